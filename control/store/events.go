@@ -1,0 +1,186 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Event types written by control. Robot-originated events keep the agent's
+// stream and sequence so replays are recognised.
+const (
+	TypeRobotRegistered   = "RobotRegistered"
+	TypeRobotConnected    = "RobotConnected"
+	TypeRobotDisconnected = "RobotDisconnected"
+	TypeRobotOffline      = "RobotOffline"
+	TypeTelemetryReported = "TelemetryReported"
+	TypeRobotEvent        = "RobotEvent"
+	TypeCommandResponse   = "CommandResponse"
+)
+
+// Event is one entry of the append-only log.
+type Event struct {
+	// Seq is the global, gap-free-in-commit-order sequence assigned on append.
+	Seq           int64           `json:"seq"`
+	RobotID       string          `json:"robot_id,omitempty"`
+	Type          string          `json:"type"`
+	Time          time.Time       `json:"time"`
+	Data          json.RawMessage `json:"data"`
+	CorrelationID string          `json:"correlation_id,omitempty"`
+	CausationID   string          `json:"causation_id,omitempty"`
+	Actor         string          `json:"actor,omitempty"`
+	// Stream and RobotSeq identify a message from a robot; (RobotID, Stream,
+	// RobotSeq) is unique, which is what makes resends idempotent.
+	Stream   string `json:"stream,omitempty"`
+	RobotSeq uint64 `json:"robot_seq,omitempty"`
+}
+
+// AppendResult says what happened to one appended event.
+type AppendResult struct {
+	Seq       int64 // global sequence; 0 for a duplicate
+	Duplicate bool  // same (robot, stream, robot sequence) was already stored
+}
+
+// Append writes events to the log in order and applies them to the
+// projections, all in one transaction: either every event is durable and
+// projected, or none is. Events already in the log (by robot, stream and
+// robot sequence) are skipped and reported as duplicates.
+func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	for i := range events {
+		if err := checkEvent(&events[i]); err != nil {
+			return nil, err
+		}
+	}
+	var results []AppendResult
+	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		results = make([]AppendResult, len(events))
+		robots := newRobotCache(tx)
+		for i := range events {
+			res, err := appendOne(ctx, tx, robots, events[i])
+			if err != nil {
+				return err
+			}
+			results[i] = res
+		}
+		return robots.flush(ctx)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("append %d events: %w", len(events), err)
+	}
+	return results, nil
+}
+
+func checkEvent(e *Event) error {
+	if e.Type == "" {
+		return errors.New("append event: type is required")
+	}
+	if e.Time.IsZero() {
+		return fmt.Errorf("append %s event: time is required", e.Type)
+	}
+	if len(e.Data) == 0 {
+		e.Data = json.RawMessage("{}")
+	}
+	if !json.Valid(e.Data) {
+		return fmt.Errorf("append %s event: data is not valid JSON", e.Type)
+	}
+	if (e.Stream == "") != (e.RobotSeq == 0) {
+		return fmt.Errorf("append %s event: stream and robot sequence go together", e.Type)
+	}
+	return nil
+}
+
+func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (AppendResult, error) {
+	var stream, robotSeq any
+	if e.Stream != "" {
+		stream, robotSeq = e.Stream, int64(e.RobotSeq)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO events
+		(robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (robot_id, stream, robot_seq) DO NOTHING`,
+		e.RobotID, e.Type, e.Time.UnixNano(), string(e.Data), e.CorrelationID, e.CausationID, e.Actor, stream, robotSeq)
+	if err != nil {
+		return AppendResult{}, fmt.Errorf("insert %s event for robot %q: %w", e.Type, e.RobotID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return AppendResult{}, err
+	}
+	if n == 0 {
+		return AppendResult{Duplicate: true}, nil
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return AppendResult{}, err
+	}
+	e.Seq = seq
+	if e.RobotID != "" {
+		if err := robots.apply(ctx, e); err != nil {
+			return AppendResult{}, err
+		}
+	}
+	return AppendResult{Seq: seq}, nil
+}
+
+// Events returns up to limit events with seq > after, oldest first.
+func (s *Store) Events(ctx context.Context, after int64, limit int, robotID string) ([]Event, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("list events: limit must be positive, got %d", limit)
+	}
+	q := `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq
+		FROM events WHERE seq > ?`
+	args := []any{after}
+	if robotID != "" {
+		q += ` AND robot_id = ?`
+		args = append(args, robotID)
+	}
+	q += ` ORDER BY seq LIMIT ?`
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list events after %d: %w", after, err)
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// LastSeq is the newest global sequence in the log (0 when empty).
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	var seq sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read last event sequence: %w", err)
+	}
+	return seq.Int64, nil
+}
+
+func scanEvent(rows *sql.Rows) (Event, error) {
+	var (
+		e        Event
+		ts       int64
+		data     string
+		stream   sql.NullString
+		robotSeq sql.NullInt64
+	)
+	if err := rows.Scan(&e.Seq, &e.RobotID, &e.Type, &ts, &data, &e.CorrelationID, &e.CausationID, &e.Actor, &stream, &robotSeq); err != nil {
+		return Event{}, fmt.Errorf("read event row: %w", err)
+	}
+	e.Time = time.Unix(0, ts).UTC()
+	e.Data = json.RawMessage(data)
+	e.Stream = stream.String
+	e.RobotSeq = uint64(robotSeq.Int64)
+	return e, nil
+}

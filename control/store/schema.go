@@ -1,0 +1,96 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// migration is one schema step. Steps are append-only: never edit a released
+// step, add a new one.
+type migration struct {
+	version int
+	name    string
+	sql     []string
+}
+
+var migrations = []migration{
+	{1, "event log, robots projection, presence", []string{
+		`CREATE TABLE events (
+			seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+			robot_id       TEXT    NOT NULL DEFAULT '',
+			type           TEXT    NOT NULL,
+			time           INTEGER NOT NULL,
+			data           TEXT    NOT NULL DEFAULT '{}',
+			correlation_id TEXT    NOT NULL DEFAULT '',
+			causation_id   TEXT    NOT NULL DEFAULT '',
+			actor          TEXT    NOT NULL DEFAULT '',
+			stream         TEXT,
+			robot_seq      INTEGER,
+			UNIQUE (robot_id, stream, robot_seq)
+		)`,
+		`CREATE INDEX events_by_robot ON events (robot_id, seq)`,
+		`CREATE TABLE robots (
+			id      TEXT PRIMARY KEY,
+			type    TEXT    NOT NULL,
+			status  TEXT    NOT NULL,
+			doc     TEXT    NOT NULL,
+			version INTEGER NOT NULL,
+			-- newest event time (unix ns), so the offline sweep needs no JSON
+			last_event INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE INDEX robots_by_status ON robots (status)`,
+		`CREATE TABLE presence (
+			robot_id       TEXT PRIMARY KEY,
+			node           TEXT    NOT NULL,
+			last_seen      INTEGER NOT NULL,
+			uptime_seconds REAL    NOT NULL
+		)`,
+	}},
+}
+
+// migrate brings the schema to the newest version. Each step runs in its own
+// transaction and records itself, so concurrent nodes starting together and
+// restarts half way through are both safe: a step is applied exactly once.
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT    NOT NULL,
+		applied_at INTEGER NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	for _, m := range migrations {
+		err := withTx(ctx, db, func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = ?`, m.version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+			for _, stmt := range m.sql {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("%.60s…: %w", stmt, err)
+				}
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+				m.version, m.name, time.Now().UnixNano())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("schema migration %d (%s): %w", m.version, m.name, err)
+		}
+	}
+	return nil
+}
+
+// SchemaVersion is the newest migration applied to the database.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return int(v.Int64), nil
+}

@@ -1,0 +1,214 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/canonical/go-dqlite/app"
+	"github.com/canonical/go-dqlite/client"
+)
+
+// DatabaseName is the dqlite database holding all control state.
+const DatabaseName = "heartbeat"
+
+// Options configure a store node.
+type Options struct {
+	// Dir holds this node's dqlite data (raft log, snapshots, identity).
+	Dir string
+	// Address is the host:port this node's dqlite listens on for peers.
+	Address string
+	// Join lists addresses of existing cluster members. Empty on the first
+	// node; ignored once the node has joined (its membership is in Dir).
+	Join []string
+	// Logger receives dqlite's log lines. Nil means slog.Default().
+	Logger *slog.Logger
+	// RolesAdjustment is how often the leader rebalances voters and standbys.
+	// Zero keeps go-dqlite's default (30 s); tests shorten it.
+	RolesAdjustment time.Duration
+}
+
+// Store is one control node's handle on the replicated state.
+type Store struct {
+	app *app.App
+	db  *sql.DB
+	log *slog.Logger
+}
+
+// Open starts (or restarts) the local dqlite node, waits until it is part of
+// a cluster with a leader, and migrates the schema.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	if o.Dir == "" {
+		return nil, errors.New("store: data directory is required")
+	}
+	if o.Address == "" {
+		return nil, errors.New("store: dqlite address (host:port) is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(o.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data directory %s: %w", o.Dir, err)
+	}
+	log := o.Logger.With("component", "dqlite")
+	opts := []app.Option{
+		app.WithAddress(o.Address),
+		app.WithLogFunc(func(l client.LogLevel, format string, a ...any) {
+			level := slog.LevelDebug
+			switch l {
+			case client.LogWarn:
+				level = slog.LevelWarn
+			case client.LogError:
+				level = slog.LevelError
+			}
+			log.Log(context.Background(), level, fmt.Sprintf(format, a...))
+		}),
+	}
+	if len(o.Join) > 0 {
+		opts = append(opts, app.WithCluster(o.Join))
+	}
+	if o.RolesAdjustment > 0 {
+		opts = append(opts, app.WithRolesAdjustmentFrequency(o.RolesAdjustment))
+	}
+	a, err := app.New(o.Dir, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start dqlite node in %s at %s: %w (a data directory remembers its address: reuse the same --db-address)", o.Dir, o.Address, err)
+	}
+	if err := a.Ready(ctx); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("dqlite node %s not ready (joining %v): %w", o.Address, o.Join, err)
+	}
+	db, err := a.Open(ctx, DatabaseName)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("open database %q: %w (no leader: is a majority of the cluster up?)", DatabaseName, err)
+	}
+	// dqlite serialises writes through the leader; a small pool is plenty
+	// and bounds the connections each node holds to it.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(8)
+	s := &Store{app: a, db: db, log: o.Logger}
+	if err := migrate(ctx, db); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close leaves the cluster gracefully (handing leadership over if this node
+// holds it) and stops the local node.
+func (s *Store) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dbErr := s.db.Close()
+	if err := s.app.Handover(ctx); err != nil {
+		s.log.Warn("dqlite handover failed; peers will elect a new leader after a timeout", "err", err)
+	}
+	appErr := s.app.Close()
+	return errors.Join(dbErr, appErr)
+}
+
+// NodeID is this node's dqlite id.
+func (s *Store) NodeID() uint64 { return s.app.ID() }
+
+// Address is this node's dqlite address.
+func (s *Store) Address() string { return s.app.Address() }
+
+// DB exposes the database for packages that own their own tables.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Member is one node of the dqlite cluster.
+type Member struct {
+	ID      uint64 `json:"id"`
+	Address string `json:"address"`
+	Role    string `json:"role"`
+}
+
+// Cluster lists the members as the leader sees them, and the leader's address.
+func (s *Store) Cluster(ctx context.Context) (leader string, members []Member, err error) {
+	cli, err := s.app.Leader(ctx)
+	if err != nil {
+		return "", nil, fmt.Errorf("find dqlite leader: %w", err)
+	}
+	defer cli.Close()
+	nodes, err := cli.Cluster(ctx)
+	if err != nil {
+		return "", nil, fmt.Errorf("list dqlite members: %w", err)
+	}
+	info, err := cli.Leader(ctx)
+	if err != nil {
+		return "", nil, fmt.Errorf("ask dqlite leader: %w", err)
+	}
+	for _, n := range nodes {
+		members = append(members, Member{ID: n.ID, Address: n.Address, Role: n.Role.String()})
+	}
+	if info != nil {
+		leader = info.Address
+	}
+	return leader, members, nil
+}
+
+// Ping checks that the database answers a query (a leader exists and is
+// reachable from this node).
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("database query failed: %w", err)
+	}
+	return nil
+}
+
+// withTx runs fn in a transaction, retrying when the failure is one a new
+// attempt can fix (leadership moved, database busy).
+func withTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	var err error
+	for attempt := 0; attempt < 8; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return errors.Join(err, ctx.Err())
+			case <-time.After(time.Duration(attempt*attempt) * 25 * time.Millisecond):
+			}
+		}
+		err = runTx(ctx, db, fn)
+		if err == nil || !retryable(err) {
+			return err
+		}
+	}
+	return err
+}
+
+func runTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// retryable reports whether err is transient in a replicated database.
+func retryable(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{"database is locked", "not leader", "leadership lost", "no available leader", "checkpoint in progress", "bad connection", "SQLITE_BUSY"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,358 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func openNode(t *testing.T, dir, addr string, join []string) *Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := Open(ctx, Options{Dir: dir, Address: addr, Join: join, Logger: quietLogger(), RolesAdjustment: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("open store %s: %v", addr, err)
+	}
+	return s
+}
+
+func openSingle(t *testing.T) *Store {
+	t.Helper()
+	s := openNode(t, t.TempDir(), freeAddr(t), nil)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func mustJSON(t *testing.T, v any) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+
+func TestMigrationsIdempotentAcrossRestart(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	s := openNode(t, dir, addr, nil)
+	ctx := context.Background()
+	if _, err := s.Append(ctx, []Event{{RobotID: "r1", Type: TypeRobotRegistered, Time: t0, Data: mustJSON(t, RegisteredData{Type: protocol.RobotLeKiwi})}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openNode(t, dir, addr, nil)
+	defer s.Close()
+	v, err := s.SchemaVersion(ctx)
+	if err != nil || v != len(migrations) {
+		t.Fatalf("schema version = %d, %v; want %d", v, err, len(migrations))
+	}
+	var n int
+	if err := s.DB().QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil || n != len(migrations) {
+		t.Fatalf("schema_migrations rows = %d, %v; want %d", n, err, len(migrations))
+	}
+	r, err := s.Robot(ctx, "r1")
+	if err != nil || r.Type != protocol.RobotLeKiwi {
+		t.Fatalf("robot survived restart: %+v, %v", r, err)
+	}
+}
+
+func TestAppendDropsDuplicatesByRobotStreamSequence(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	ev := func(robot, stream string, seq uint64) Event {
+		return Event{RobotID: robot, Type: TypeRobotEvent, Time: t0, Stream: stream, RobotSeq: seq,
+			Data: mustJSON(t, protocol.Event{Kind: "test"})}
+	}
+	res, err := s.Append(ctx, []Event{ev("r1", "a", 1), ev("r1", "a", 2), ev("r2", "a", 1), ev("r1", "b", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Duplicate || r.Seq == 0 {
+			t.Fatalf("event %d: %+v, want stored", i, r)
+		}
+	}
+	res, err = s.Append(ctx, []Event{ev("r1", "a", 2), ev("r1", "a", 3), ev("r1", "a", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bool{true, false, true}
+	for i, r := range res {
+		if r.Duplicate != want[i] {
+			t.Fatalf("event %d duplicate = %v, want %v", i, r.Duplicate, want[i])
+		}
+	}
+	evs, err := s.Events(ctx, 0, 100, "r1")
+	if err != nil || len(evs) != 4 {
+		t.Fatalf("r1 events = %d, %v; want 4", len(evs), err)
+	}
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Seq <= evs[i-1].Seq {
+			t.Fatalf("events not in sequence order: %d after %d", evs[i].Seq, evs[i-1].Seq)
+		}
+	}
+}
+
+func TestAppendRejectsBadEvents(t *testing.T) {
+	s := openSingle(t)
+	for name, e := range map[string]Event{
+		"no type":          {RobotID: "r1", Time: t0},
+		"no time":          {RobotID: "r1", Type: TypeRobotEvent},
+		"bad json":         {RobotID: "r1", Type: TypeRobotEvent, Time: t0, Data: json.RawMessage("{")},
+		"stream no seq":    {RobotID: "r1", Type: TypeRobotEvent, Time: t0, Stream: "x"},
+		"malformed for r1": {RobotID: "r1", Type: TypeRobotConnected, Time: t0, Data: json.RawMessage(`{"session": 5}`)},
+	} {
+		if _, err := s.Append(context.Background(), []Event{e}); err == nil {
+			t.Errorf("%s: append succeeded, want error", name)
+		}
+	}
+	// A failed batch leaves nothing behind.
+	if n, err := s.LastSeq(context.Background()); err != nil || n != 0 {
+		t.Fatalf("last seq after failed appends = %d, %v; want 0", n, err)
+	}
+}
+
+func TestApply(t *testing.T) {
+	temp := 51.5
+	tests := []struct {
+		name   string
+		events []Event
+		check  func(t *testing.T, r Robot)
+	}{
+		{"registered robot starts offline", []Event{
+			{Type: TypeRobotRegistered, Data: mustJSON(t, RegisteredData{Type: protocol.RobotXLE, Hardware: protocol.Hardware{Serial: "abc"}})},
+		}, func(t *testing.T, r Robot) {
+			if r.Status.State != StateOffline || r.Type != protocol.RobotXLE || r.Hardware.Serial != "abc" || !r.RegisteredAt.Equal(t0.Add(time.Second)) {
+				t.Fatalf("%+v", r)
+			}
+		}},
+		{"connect sets online and versions", []Event{
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1", Node: "n1", AgentVersion: "1.2", OSVersion: "Debian 12"})},
+		}, func(t *testing.T, r Robot) {
+			if r.Status.State != StateOnline || !r.Status.Connected || r.Status.Session != "s1" || r.Deployment.AgentVersion != "1.2" {
+				t.Fatalf("%+v", r)
+			}
+		}},
+		{"stale disconnect keeps newer session", []Event{
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1"})},
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s2"})},
+			{Type: TypeRobotDisconnected, Data: mustJSON(t, DisconnectedData{Session: "s1"})},
+		}, func(t *testing.T, r Robot) {
+			if !r.Status.Connected || r.Status.Session != "s2" || r.Status.State != StateOnline {
+				t.Fatalf("%+v", r.Status)
+			}
+		}},
+		{"disconnect keeps online until offline", []Event{
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1"})},
+			{Type: TypeRobotDisconnected, Data: mustJSON(t, DisconnectedData{Session: "s1"})},
+		}, func(t *testing.T, r Robot) {
+			if r.Status.Connected || r.Status.State != StateOnline {
+				t.Fatalf("%+v", r.Status)
+			}
+		}},
+		{"offline ends teleop and keeps last seen", []Event{
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1"})},
+			{Type: TypeRobotEvent, Data: mustJSON(t, protocol.Event{Kind: protocol.EventTeleopStarted, Data: mustJSON(t, protocol.TeleopData{Operator: "alice"})})},
+			{Type: TypeRobotOffline, Data: mustJSON(t, OfflineData{})},
+		}, func(t *testing.T, r Robot) {
+			if r.Status.State != StateOffline || r.Teleoperation.Active || !r.Status.LastSeen.Equal(t0.Add(2*time.Second)) {
+				t.Fatalf("%+v %+v", r.Status, r.Teleoperation)
+			}
+		}},
+		{"teleop start and stop", []Event{
+			{Type: TypeRobotEvent, Data: mustJSON(t, protocol.Event{Kind: protocol.EventTeleopStarted, Data: mustJSON(t, protocol.TeleopData{Operator: "bob"})})},
+		}, func(t *testing.T, r Robot) {
+			if !r.Teleoperation.Active || r.Teleoperation.Operator != "bob" || !r.Teleoperation.SessionStart.Equal(t0.Add(time.Second)) {
+				t.Fatalf("%+v", r.Teleoperation)
+			}
+		}},
+		{"telemetry fills network and resources", []Event{
+			{Type: TypeTelemetryReported, Data: mustJSON(t, protocol.Telemetry{Network: protocol.Network{Hostname: "kiwi"}, Resources: protocol.Resources{CPUPercent: 12, TemperatureC: &temp}, UptimeSeconds: 99, OSVersion: "os2"})},
+		}, func(t *testing.T, r Robot) {
+			if r.Network.Hostname != "kiwi" || r.Resources.CPUPercent != 12 || *r.Resources.TemperatureC != temp || r.Status.UptimeSeconds != 99 || r.Deployment.OSVersion != "os2" {
+				t.Fatalf("%+v", r)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var r Robot
+			for i, e := range tc.events {
+				e.RobotID, e.Seq, e.Time = "r1", int64(i+1), t0.Add(time.Duration(i+1)*time.Second)
+				if err := Apply(&r, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if r.ID != "r1" || r.Version != int64(len(tc.events)) {
+				t.Fatalf("id/version = %s/%d", r.ID, r.Version)
+			}
+			tc.check(t, r)
+		})
+	}
+}
+
+func TestPresenceAndOfflineSweep(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	for _, id := range []string{"r1", "r2", "r3"} {
+		if _, err := s.Append(ctx, []Event{{RobotID: id, Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: id})}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// r1 heartbeats recently, r2 long ago, r3 never after connecting.
+	if err := s.FlushPresence(ctx, []Presence{
+		{RobotID: "r1", Node: "n", LastSeen: t0.Add(time.Minute), UptimeSeconds: 60},
+		{RobotID: "r2", Node: "n", LastSeen: t0.Add(10 * time.Second)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A late flush with an older time must not move r1 backwards.
+	if err := s.FlushPresence(ctx, []Presence{{RobotID: "r1", Node: "old", LastSeen: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := s.SweepOffline(ctx, t0.Add(30*time.Second), t0.Add(70*time.Second), 45*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(gone) != "[r2 r3]" {
+		t.Fatalf("swept %v, want [r2 r3]", gone)
+	}
+	again, err := s.SweepOffline(ctx, t0.Add(30*time.Second), t0.Add(71*time.Second), 45*time.Second)
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second sweep = %v, %v; want nothing", again, err)
+	}
+	r1, err := s.Robot(ctx, "r1")
+	if err != nil || r1.Status.State != StateOnline || !r1.Status.LastSeen.Equal(t0.Add(time.Minute)) || r1.Status.UptimeSeconds != 60 {
+		t.Fatalf("r1 = %+v, %v", r1.Status, err)
+	}
+	n, err := s.CountRobots(ctx, StateOffline)
+	if err != nil || n != 2 {
+		t.Fatalf("offline count = %d, %v", n, err)
+	}
+	evs, err := s.Events(ctx, 0, 100, "r2")
+	if err != nil || len(evs) != 2 || evs[1].Type != TypeRobotOffline {
+		t.Fatalf("r2 events = %+v, %v", evs, err)
+	}
+}
+
+func TestRebuildEqualsLiveAndRepairs(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	var batch []Event
+	for i := 0; i < 40; i++ {
+		id := fmt.Sprintf("r%d", i%7)
+		ts := t0.Add(time.Duration(i) * time.Second)
+		switch i % 5 {
+		case 0:
+			batch = append(batch, Event{RobotID: id, Type: TypeRobotConnected, Time: ts, Data: mustJSON(t, ConnectedData{Session: fmt.Sprint(i)})})
+		case 1:
+			batch = append(batch, Event{RobotID: id, Type: TypeTelemetryReported, Time: ts, Data: mustJSON(t, protocol.Telemetry{Resources: protocol.Resources{CPUPercent: float64(i)}})})
+		case 2:
+			batch = append(batch, Event{RobotID: id, Type: TypeRobotEvent, Time: ts, Stream: "s", RobotSeq: uint64(i), Data: mustJSON(t, protocol.Event{Kind: protocol.EventTeleopStarted})})
+		case 3:
+			batch = append(batch, Event{RobotID: id, Type: TypeRobotDisconnected, Time: ts, Data: mustJSON(t, DisconnectedData{Session: fmt.Sprint(i - 3)})})
+		case 4:
+			batch = append(batch, Event{RobotID: id, Type: TypeRobotOffline, Time: ts, Data: mustJSON(t, OfflineData{})})
+		}
+		if len(batch) == 3 {
+			if _, err := s.Append(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = nil
+		}
+	}
+	if _, err := s.Append(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	mm, err := s.Verify(ctx)
+	if err != nil || len(mm) != 0 {
+		t.Fatalf("verify: %v, mismatches %+v", err, mm)
+	}
+	// Corrupt the live projection: Verify must notice, RebuildInPlace repair.
+	if _, err := s.DB().ExecContext(ctx, `UPDATE robots SET doc = json_set(doc, '$.type', 'xle') WHERE id = 'r3'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DB().ExecContext(ctx, `INSERT INTO robots (id, type, status, doc, version) VALUES ('ghost', 'xle', 'online', '{}', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	mm, err = s.Verify(ctx)
+	if err != nil || len(mm) != 2 || mm[0].RobotID != "ghost" || mm[1].RobotID != "r3" {
+		t.Fatalf("verify after corruption: %v, %+v", err, mm)
+	}
+	if n, err := s.RebuildInPlace(ctx); err != nil || n != 7 {
+		t.Fatalf("rebuild in place = %d, %v", n, err)
+	}
+	if mm, err = s.Verify(ctx); err != nil || len(mm) != 0 {
+		t.Fatalf("verify after repair: %v, %+v", err, mm)
+	}
+}
+
+func TestThreeNodeClusterReplicates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	base := t.TempDir()
+	a1, a2, a3 := freeAddr(t), freeAddr(t), freeAddr(t)
+	n1 := openNode(t, filepath.Join(base, "1"), a1, nil)
+	n2 := openNode(t, filepath.Join(base, "2"), a2, []string{a1})
+	n3 := openNode(t, filepath.Join(base, "3"), a3, []string{a1, a2})
+	nodes := []*Store{n1, n2, n3}
+	defer func() {
+		for i := len(nodes) - 1; i >= 0; i-- {
+			nodes[i].Close()
+		}
+	}()
+	ctx := context.Background()
+	if _, err := n2.Append(ctx, []Event{{RobotID: "via-n2", Type: TypeRobotRegistered, Time: t0, Data: mustJSON(t, RegisteredData{Type: protocol.RobotXLE})}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		r, err := n.Robot(ctx, "via-n2")
+		if err != nil || r.Type != protocol.RobotXLE {
+			t.Fatalf("node %d reads %+v, %v", i+1, r, err)
+		}
+	}
+	// All three become voters once roles are adjusted.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, members, err := n1.Cluster(ctx)
+		voters := 0
+		for _, m := range members {
+			if m.Role == "voter" {
+				voters++
+			}
+		}
+		if err == nil && voters == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members %+v, %v: want 3 voters", members, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
