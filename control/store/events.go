@@ -36,6 +36,9 @@ type Event struct {
 	// RobotSeq) is unique, which is what makes resends idempotent.
 	Stream   string `json:"stream,omitempty"`
 	RobotSeq uint64 `json:"robot_seq,omitempty"`
+	// RobotTime is the robot's own timestamp of the message; Time is when
+	// control received it (robot clocks may be wrong).
+	RobotTime time.Time `json:"robot_time,omitzero"`
 }
 
 // AppendResult says what happened to one appended event.
@@ -96,15 +99,18 @@ func checkEvent(e *Event) error {
 }
 
 func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (AppendResult, error) {
-	var stream, robotSeq any
+	var stream, robotSeq, robotTime any
 	if e.Stream != "" {
 		stream, robotSeq = e.Stream, int64(e.RobotSeq)
 	}
+	if !e.RobotTime.IsZero() {
+		robotTime = e.RobotTime.UnixNano()
+	}
 	res, err := tx.ExecContext(ctx, `INSERT INTO events
-		(robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (robot_id, stream, robot_seq) DO NOTHING`,
-		e.RobotID, e.Type, e.Time.UnixNano(), string(e.Data), e.CorrelationID, e.CausationID, e.Actor, stream, robotSeq)
+		e.RobotID, e.Type, e.Time.UnixNano(), string(e.Data), e.CorrelationID, e.CausationID, e.Actor, stream, robotSeq, robotTime)
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("insert %s event for robot %q: %w", e.Type, e.RobotID, err)
 	}
@@ -133,7 +139,7 @@ func (s *Store) Events(ctx context.Context, after int64, limit int, robotID stri
 	if limit <= 0 {
 		return nil, fmt.Errorf("list events: limit must be positive, got %d", limit)
 	}
-	q := `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq
+	q := `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time
 		FROM events WHERE seq > ?`
 	args := []any{after}
 	if robotID != "" {
@@ -174,13 +180,54 @@ func scanEvent(rows *sql.Rows) (Event, error) {
 		data     string
 		stream   sql.NullString
 		robotSeq sql.NullInt64
+		robotTs  sql.NullInt64
 	)
-	if err := rows.Scan(&e.Seq, &e.RobotID, &e.Type, &ts, &data, &e.CorrelationID, &e.CausationID, &e.Actor, &stream, &robotSeq); err != nil {
+	if err := rows.Scan(&e.Seq, &e.RobotID, &e.Type, &ts, &data, &e.CorrelationID, &e.CausationID, &e.Actor, &stream, &robotSeq, &robotTs); err != nil {
 		return Event{}, fmt.Errorf("read event row: %w", err)
 	}
 	e.Time = time.Unix(0, ts).UTC()
 	e.Data = json.RawMessage(data)
 	e.Stream = stream.String
 	e.RobotSeq = uint64(robotSeq.Int64)
+	if robotTs.Valid {
+		e.RobotTime = time.Unix(0, robotTs.Int64).UTC()
+	}
 	return e, nil
+}
+
+// Connect records a robot's new session: RobotRegistered first if control
+// has never seen the robot, then RobotConnected, in one transaction so two
+// nodes racing on a robot's first hello register it once.
+func (s *Store) Connect(ctx context.Context, robotID string, at time.Time, reg RegisteredData, conn ConnectedData) (registered bool, err error) {
+	regData, err := json.Marshal(reg)
+	if err != nil {
+		return false, err
+	}
+	connData, err := json.Marshal(conn)
+	if err != nil {
+		return false, err
+	}
+	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+		cache := newRobotCache(tx)
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM robots WHERE id = ?`, robotID).Scan(&n); err != nil {
+			return fmt.Errorf("look up robot %q: %w", robotID, err)
+		}
+		registered = n == 0
+		if registered {
+			e := Event{RobotID: robotID, Type: TypeRobotRegistered, Time: at, Data: regData, Actor: "robot:" + robotID, CorrelationID: conn.Session}
+			if _, err := appendOne(ctx, tx, cache, e); err != nil {
+				return err
+			}
+		}
+		e := Event{RobotID: robotID, Type: TypeRobotConnected, Time: at, Data: connData, Actor: "robot:" + robotID, CorrelationID: conn.Session}
+		if _, err := appendOne(ctx, tx, cache, e); err != nil {
+			return err
+		}
+		return cache.flush(ctx)
+	})
+	if err != nil {
+		return false, fmt.Errorf("record connection of robot %q: %w", robotID, err)
+	}
+	return registered, nil
 }

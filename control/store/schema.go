@@ -28,6 +28,7 @@ var migrations = []migration{
 			actor          TEXT    NOT NULL DEFAULT '',
 			stream         TEXT,
 			robot_seq      INTEGER,
+			robot_time     INTEGER,
 			UNIQUE (robot_id, stream, robot_seq)
 		)`,
 		`CREATE INDEX events_by_robot ON events (robot_id, seq)`,

@@ -1,0 +1,143 @@
+// Command control runs a Lekiwi Heartbeat control node: the robots'
+// WebSocket gateway, the REST API and metrics, over a dqlite cluster.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lekiwi/heartbeat/control/node"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "control",
+		Short:         "Lekiwi Heartbeat control node: robot gateway, REST API and fleet state",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.AddCommand(newRun(), &cobra.Command{
+		Use:   "version",
+		Short: "Print the control version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
+	})
+	return root
+}
+
+func newRun() *cobra.Command {
+	var configPath string
+	flagCfg := node.Defaults()
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a control node (the first of a cluster, or one joining it)",
+		Long: `Run a control node. State lives in a dqlite cluster: start the first node
+alone, then start the others with --join pointing at it. A highly available
+cluster needs three voters: two control nodes plus a witness.
+
+Configuration comes from a YAML file (--config), then LEKIWI_CONTROL_*
+environment variables (DATA_DIR, LISTEN, DB_ADDRESS, JOIN, NODE_ID,
+HEARTBEAT_INTERVAL, OFFLINE_GRACE, LOG_LEVEL), then flags.`,
+		Example: `  # a single node with its data in ./data
+  control run --data-dir ./data --listen 127.0.0.1:8080 --db-address 127.0.0.1:9001
+
+  # a second node joining the first
+  control run --data-dir ./data2 --listen 127.0.0.1:8081 --db-address 127.0.0.1:9002 --join 127.0.0.1:9001
+
+  # robots connect to ws://127.0.0.1:8080/v1/agent; the API lists them
+  curl http://127.0.0.1:8080/v1/robots`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := node.Defaults()
+			if configPath != "" {
+				if err := cfg.LoadFile(configPath); err != nil {
+					return err
+				}
+			}
+			if err := cfg.LoadEnv(os.Getenv); err != nil {
+				return err
+			}
+			applyFlags(cmd, &cfg, flagCfg)
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			log := newLogger(cfg.LogLevel)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			n, err := node.Start(startCtx, cfg, node.Options{Logger: log})
+			cancel()
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			log.Info("stopping; robots are told to reconnect elsewhere")
+			closeCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			return n.Close(closeCtx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&configPath, "config", "c", "", "YAML configuration file")
+	f.StringVar(&flagCfg.NodeID, "node-id", "", "name of this node in events (default: its --db-address)")
+	f.StringVar(&flagCfg.DataDir, "data-dir", flagCfg.DataDir, "directory for this node's dqlite data")
+	f.StringVar(&flagCfg.Listen, "listen", flagCfg.Listen, "HTTP address for robots, the API and /metrics")
+	f.StringVar(&flagCfg.DBAddress, "db-address", flagCfg.DBAddress, "host:port for dqlite replication with peers")
+	f.StringSliceVar(&flagCfg.Join, "join", nil, "dqlite address of an existing member to join (repeatable)")
+	f.DurationVar(&flagCfg.HeartbeatInterval, "heartbeat-interval", flagCfg.HeartbeatInterval, "heartbeat interval robots are told to use")
+	f.DurationVar(&flagCfg.OfflineGrace, "offline-grace", flagCfg.OfflineGrace, "added to 1.5 heartbeat intervals before a silent robot is offline")
+	f.StringVar(&flagCfg.LogLevel, "log-level", flagCfg.LogLevel, "debug, info, warn or error")
+	return cmd
+}
+
+// applyFlags copies only the flags the user set, so they override the file
+// and environment without defaults clobbering them.
+func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
+	set := cmd.Flags().Changed
+	if set("node-id") {
+		cfg.NodeID = f.NodeID
+	}
+	if set("data-dir") {
+		cfg.DataDir = f.DataDir
+	}
+	if set("listen") {
+		cfg.Listen = f.Listen
+	}
+	if set("db-address") {
+		cfg.DBAddress = f.DBAddress
+	}
+	if set("join") {
+		cfg.Join = f.Join
+	}
+	if set("heartbeat-interval") {
+		cfg.HeartbeatInterval = f.HeartbeatInterval
+	}
+	if set("offline-grace") {
+		cfg.OfflineGrace = f.OfflineGrace
+	}
+	if set("log-level") {
+		cfg.LogLevel = f.LogLevel
+	}
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(strings.ToUpper(level)))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}

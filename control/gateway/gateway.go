@@ -1,0 +1,275 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// Config tunes a gateway. Zero values take the defaults noted.
+type Config struct {
+	// NodeID names this control node in events and hello replies.
+	NodeID string
+	// HeartbeatInterval is what robots are told to use (default 30 s).
+	HeartbeatInterval time.Duration
+	// OfflineGrace is added to 1.5 heartbeat intervals before a silent robot
+	// is declared offline (default 15 s).
+	OfflineGrace time.Duration
+	// FlushInterval is how often presence is written to the store and the
+	// offline sweep runs (default: a third of the offline timeout, at most 5 s).
+	FlushInterval time.Duration
+	// HelloTimeout bounds the wait for a new connection's hello (default 10 s).
+	HelloTimeout time.Duration
+	// MaxBatch caps events per transaction (default 512).
+	MaxBatch int
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the gateway's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 30 * time.Second
+	}
+	if c.OfflineGrace <= 0 {
+		c.OfflineGrace = 15 * time.Second
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = min(c.OfflineTimeout()/3, 5*time.Second)
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = 10 * time.Second
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 512
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// OfflineTimeout is how long a robot may stay silent before it is declared
+// offline: 1.5 heartbeat intervals plus the grace.
+func (c Config) OfflineTimeout() time.Duration {
+	return c.HeartbeatInterval*3/2 + c.OfflineGrace
+}
+
+// Gateway accepts robot connections and feeds the store.
+type Gateway struct {
+	cfg     Config
+	store   *store.Store
+	log     *slog.Logger
+	metrics *metrics
+	commits chan commitReq
+
+	mu       sync.Mutex
+	sessions map[string]*session // by robot id
+	closing  bool
+	wg       sync.WaitGroup // sessions
+}
+
+// New creates a gateway over st.
+func New(st *store.Store, cfg Config) (*Gateway, error) {
+	if st == nil {
+		return nil, errors.New("gateway: store is required")
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("gateway: node id is required")
+	}
+	cfg.setDefaults()
+	return &Gateway{
+		cfg:      cfg,
+		store:    st,
+		log:      cfg.Logger.With("component", "gateway", "node", cfg.NodeID),
+		metrics:  newMetrics(cfg.Registerer),
+		commits:  make(chan commitReq, 4*cfg.MaxBatch),
+		sessions: map[string]*session{},
+	}, nil
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (g *Gateway) Config() Config { return g.cfg }
+
+// Run drives the committer and the presence loops until ctx ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); g.commitLoop(ctx) }()
+	go func() { defer wg.Done(); g.presenceLoop(ctx) }()
+	wg.Wait()
+	return nil
+}
+
+// Connected is the number of robot sessions on this node.
+func (g *Gateway) Connected() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.sessions)
+}
+
+// Shutdown closes every session with "going away" so robots reconnect to
+// another node, records their disconnection and flushes presence.
+func (g *Gateway) Shutdown(ctx context.Context) {
+	g.mu.Lock()
+	g.closing = true
+	sessions := make([]*session, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		sessions = append(sessions, s)
+	}
+	g.mu.Unlock()
+	for _, s := range sessions {
+		s.close(protocol.CloseGoingAway, "control node shutting down; reconnect to another")
+	}
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	// Wait until the sessions' disconnect events are in the log.
+	barrier := make(chan struct{})
+	select {
+	case g.commits <- commitReq{barrier: barrier}:
+		select {
+		case <-barrier:
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+	}
+	g.flushPresence(ctx, sessions)
+}
+
+// ServeHTTP upgrades a robot's request to a WebSocket session.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	closing := g.closing
+	if !closing {
+		g.wg.Add(1)
+	}
+	g.mu.Unlock()
+	if closing {
+		http.Error(w, "control node shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer g.wg.Done()
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		g.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	conn.SetReadLimit(protocol.MaxFrameBytes)
+	s := newSession(g, conn, r.RemoteAddr)
+	g.metrics.connections.Inc()
+	defer g.metrics.connections.Dec()
+	s.serve(r.Context())
+}
+
+// attach makes s the robot's session, closing an older one on this node.
+func (g *Gateway) attach(s *session) bool {
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		return false
+	}
+	old := g.sessions[s.robotID]
+	g.sessions[s.robotID] = s
+	g.mu.Unlock()
+	if old != nil {
+		old.close(protocol.ClosePolicyViolation, "replaced by a newer connection of the same robot")
+	}
+	return true
+}
+
+func (g *Gateway) detach(s *session) {
+	g.mu.Lock()
+	if g.sessions[s.robotID] == s {
+		delete(g.sessions, s.robotID)
+	}
+	g.mu.Unlock()
+}
+
+func (g *Gateway) snapshot() []*session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]*session, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// presenceLoop flushes last-seen times, closes sessions gone silent, and
+// sweeps robots no node has heard from to offline.
+func (g *Gateway) presenceLoop(ctx context.Context) {
+	t := time.NewTicker(g.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := g.cfg.Now()
+		timeout := g.cfg.OfflineTimeout()
+		sessions := g.snapshot()
+		for _, s := range sessions {
+			if now.Sub(s.heard()) > timeout {
+				s.close(protocol.ClosePolicyViolation, fmt.Sprintf("no message for %s (heartbeat interval %s)", timeout, g.cfg.HeartbeatInterval))
+			}
+		}
+		g.flushPresence(ctx, sessions)
+		gone, err := g.store.SweepOffline(ctx, now.Add(-timeout), now, timeout)
+		if err != nil {
+			g.log.Warn("offline sweep failed; will retry", "err", err)
+			continue
+		}
+		for _, id := range gone {
+			g.log.Info("robot offline", "robot", id, "timeout", timeout)
+		}
+		if n, err := g.store.CountRobots(ctx, store.StateOnline); err == nil {
+			g.metrics.robotsOnline.Set(float64(n))
+		}
+	}
+}
+
+func (g *Gateway) flushPresence(ctx context.Context, sessions []*session) {
+	batch := make([]store.Presence, 0, len(sessions))
+	for _, s := range sessions {
+		if p, ok := s.presenceSinceFlush(); ok {
+			batch = append(batch, p)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	if err := g.store.FlushPresence(ctx, batch); err != nil {
+		g.log.Warn("presence flush failed; will retry with newer times", "robots", len(batch), "err", err)
+		for _, s := range sessions {
+			s.unflush()
+		}
+	}
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

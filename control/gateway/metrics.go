@@ -1,0 +1,44 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the gateway's Prometheus series.
+type metrics struct {
+	connections    prometheus.Gauge
+	robotsOnline   prometheus.Gauge
+	messages       *prometheus.CounterVec
+	protocolErrors *prometheus.CounterVec
+	heartbeatLag   prometheus.Histogram
+	eventLag       prometheus.Histogram
+	commitBatch    prometheus.Histogram
+	commitSeconds  prometheus.Histogram
+	duplicates     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	lagBuckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lekiwi_control_websocket_connections", Help: "Robot WebSocket connections held by this node."}),
+		robotsOnline: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lekiwi_control_robots_online", Help: "Robots in state online, cluster-wide (refreshed by the offline sweep)."}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lekiwi_control_messages_total", Help: "Messages received from robots, by type."}, []string{"type"}),
+		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lekiwi_control_protocol_errors_total", Help: "Protocol errors answered to robots, by code."}, []string{"code"}),
+		heartbeatLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "lekiwi_control_heartbeat_lag_seconds", Help: "Receipt time minus the heartbeat's own timestamp (includes clock skew).", Buckets: lagBuckets}),
+		eventLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "lekiwi_control_event_lag_seconds", Help: "Time from a robot message's receipt to its commit in the event log.", Buckets: lagBuckets}),
+		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "lekiwi_control_commit_batch_size", Help: "Events per event-log transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "lekiwi_control_commit_seconds", Help: "Duration of one event-log transaction.", Buckets: lagBuckets}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lekiwi_control_duplicate_messages_total", Help: "Robot messages received again after they were durable (acknowledged, not re-applied)."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
+	}
+	return m
+}

@@ -1,0 +1,420 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// Limits on one session.
+const (
+	outQueue      = 64               // frames waiting for the writer
+	writeTimeout  = 10 * time.Second // a robot that cannot take a frame this long is dropped
+	maxBadFrames  = 16               // non-fatal protocol errors before the session is closed
+	closeWaitTime = 5 * time.Second
+)
+
+// outFrame is a frame for the writer, or (code != 0) a request to close
+// after everything queued before it was written.
+type outFrame struct {
+	data   []byte
+	code   websocket.StatusCode
+	reason string
+}
+
+// session is one robot connection.
+type session struct {
+	g      *Gateway
+	conn   *websocket.Conn
+	id     string
+	remote string
+
+	// Set by hello, then read-only.
+	robotID string
+	stream  string
+
+	// Owned by the reader goroutine.
+	lastQueued    uint64 // last telemetry/event/response sequence
+	lastHeartbeat uint64
+	badFrames     int
+
+	serverSeq atomic.Uint64
+	heardAt   atomic.Int64  // unix ns of the last valid message
+	uptime    atomic.Uint64 // float64 bits, from the last heartbeat
+	flushedAt atomic.Int64  // heardAt value last written to the store
+
+	out       chan outFrame
+	done      chan struct{} // closed when the session ends
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+}
+
+func newSession(g *Gateway, conn *websocket.Conn, remote string) *session {
+	return &session{g: g, conn: conn, id: newID(), remote: remote, out: make(chan outFrame, outQueue), done: make(chan struct{})}
+}
+
+// serve runs the session until the connection ends.
+func (s *session) serve(parent context.Context) {
+	ctx, cancel := context.WithCancel(parent)
+	s.cancel = cancel
+	defer cancel()
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); s.writeLoop(ctx) }()
+	defer func() {
+		close(s.done)
+		<-writerDone
+	}()
+
+	if err := s.hello(ctx); err != nil {
+		s.g.log.Info("robot hello rejected", "remote", s.remote, "robot", s.robotID, "err", err)
+		return
+	}
+	log := s.g.log.With("robot", s.robotID, "session", s.id)
+	log.Info("robot connected", "remote", s.remote)
+	reason := s.readLoop(ctx)
+	log.Info("robot disconnected", "reason", reason)
+	s.g.detach(s)
+	data, _ := jsonMarshal(store.DisconnectedData{Session: s.id, Node: s.g.cfg.NodeID, Reason: reason})
+	ev := store.Event{RobotID: s.robotID, Type: store.TypeRobotDisconnected, Time: s.g.cfg.Now().UTC(), Data: data, Actor: "control", CorrelationID: s.id}
+	select {
+	case s.g.commits <- commitReq{event: ev, received: time.Now()}:
+	case <-parent.Done():
+	}
+}
+
+// hello reads and answers the first frame.
+func (s *session) hello(ctx context.Context) error {
+	hctx, cancel := context.WithTimeout(ctx, s.g.cfg.HelloTimeout)
+	defer cancel()
+	typ, data, err := s.conn.Read(hctx)
+	if err != nil {
+		s.close(websocket.StatusPolicyViolation, "no hello received")
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if typ != websocket.MessageText {
+		return s.reject(protocol.Errorf(protocol.CodeInvalid, 0, "frames must be JSON text, got a binary frame"))
+	}
+	env, err := protocol.Decode(data)
+	if err != nil {
+		return s.reject(asProtocolError(err))
+	}
+	if env.Type != protocol.TypeHello {
+		return s.reject(protocol.Errorf(protocol.CodeNotReady, env.Sequence, "the first message must be hello, got %s", env.Type))
+	}
+	s.robotID = env.RobotID
+	hello, err := protocol.DecodePayload[protocol.Hello](env)
+	if err != nil {
+		return s.reject(asProtocolError(err))
+	}
+	version, err := hello.Negotiate()
+	if err != nil {
+		return s.reject(asProtocolError(err))
+	}
+	s.stream = hello.Stream
+	s.g.metrics.messages.WithLabelValues(string(protocol.TypeHello)).Inc()
+	if !s.g.attach(s) {
+		s.close(websocket.StatusGoingAway, "control node shutting down")
+		return errors.New("node shutting down")
+	}
+	now := s.g.cfg.Now().UTC()
+	s.heardAt.Store(now.UnixNano())
+	_, err = s.g.store.Connect(ctx, s.robotID, now,
+		store.RegisteredData{Type: hello.RobotType, Hardware: hello.Hardware},
+		store.ConnectedData{
+			Session: s.id, Node: s.g.cfg.NodeID, Remote: s.remote, ProtocolVersion: version,
+			AgentVersion: hello.AgentVersion, OSVersion: hello.OSVersion, Packages: hello.Packages,
+			Type: hello.RobotType, Hardware: hello.Hardware, Capabilities: hello.Capabilities,
+		})
+	if err != nil {
+		s.g.detach(s)
+		s.send(ctx, s.errorFrame(protocol.Errorf(protocol.CodeNotReady, env.Sequence, "control cannot record the connection right now; retry later")))
+		s.close(websocket.StatusTryAgainLater, "store unavailable")
+		return err
+	}
+	reply := protocol.HelloReply{
+		Version:             version,
+		Capabilities:        []string{protocol.CapTelemetry, protocol.CapEvents, protocol.CapCommands, protocol.CapQueue},
+		NodeID:              s.g.cfg.NodeID,
+		HeartbeatIntervalMS: s.g.cfg.HeartbeatInterval.Milliseconds(),
+	}
+	frame, err := s.frame(protocol.TypeHello, reply)
+	if err != nil {
+		return err
+	}
+	s.send(ctx, frame)
+	return nil
+}
+
+// reject answers a bad hello and closes.
+func (s *session) reject(perr *protocol.Error) error {
+	s.g.metrics.protocolErrors.WithLabelValues(string(perr.Code)).Inc()
+	robot := s.robotID
+	if robot == "" {
+		robot = "unknown"
+	}
+	if b, err := s.encode(protocol.TypeError, robot, perr); err == nil {
+		s.send(context.Background(), b)
+	}
+	code := websocket.StatusCode(perr.Code.CloseCode())
+	if !perr.Code.Fatal() {
+		code = websocket.StatusPolicyViolation
+	}
+	s.close(code, string(perr.Code))
+	return perr
+}
+
+// readLoop handles frames until the connection ends, returning why.
+func (s *session) readLoop(ctx context.Context) string {
+	for {
+		typ, data, err := s.conn.Read(ctx)
+		if err != nil {
+			if st := websocket.CloseStatus(err); st != -1 {
+				return fmt.Sprintf("closed with %d", st)
+			}
+			if ctx.Err() != nil {
+				return "closed by control"
+			}
+			return "connection lost: " + err.Error()
+		}
+		var perr *protocol.Error
+		if typ != websocket.MessageText {
+			perr = protocol.Errorf(protocol.CodeInvalid, 0, "frames must be JSON text, got a binary frame")
+		} else {
+			perr = s.handle(ctx, data)
+		}
+		if perr == nil {
+			continue
+		}
+		s.g.metrics.protocolErrors.WithLabelValues(string(perr.Code)).Inc()
+		s.send(ctx, s.errorFrame(perr))
+		if perr.Code.Fatal() {
+			s.close(websocket.StatusCode(perr.Code.CloseCode()), string(perr.Code))
+			return "protocol error: " + perr.Error()
+		}
+		if s.badFrames++; s.badFrames >= maxBadFrames {
+			s.close(websocket.StatusPolicyViolation, "too many bad messages")
+			return fmt.Sprintf("%d bad messages", s.badFrames)
+		}
+	}
+}
+
+// handle processes one frame; a non-nil result is sent back as an error.
+func (s *session) handle(ctx context.Context, data []byte) *protocol.Error {
+	env, err := protocol.Decode(data)
+	if err != nil {
+		return asProtocolError(err)
+	}
+	if env.RobotID != s.robotID {
+		return protocol.Errorf(protocol.CodeRobotMismatch, env.Sequence, "robot_id %q does not match %q from hello", env.RobotID, s.robotID)
+	}
+	switch env.Type {
+	case protocol.TypeHeartbeat:
+		if env.Sequence <= s.lastHeartbeat {
+			return protocol.Errorf(protocol.CodeSequenceBackwards, env.Sequence, "heartbeat sequence %d is not above the previous %d", env.Sequence, s.lastHeartbeat)
+		}
+		hb, err := protocol.DecodePayload[protocol.Heartbeat](env)
+		if err != nil {
+			return asProtocolError(err)
+		}
+		s.lastHeartbeat = env.Sequence
+		now := s.g.cfg.Now()
+		s.heardAt.Store(now.UnixNano())
+		s.uptime.Store(math.Float64bits(hb.UptimeSeconds))
+		s.g.metrics.heartbeatLag.Observe(now.Sub(env.Timestamp).Seconds())
+		s.g.metrics.messages.WithLabelValues(string(env.Type)).Inc()
+		if frame, err := s.frame(protocol.TypeAck, protocol.Ack{Sequences: []uint64{env.Sequence}}); err == nil {
+			s.send(ctx, frame)
+		}
+		return nil
+	case protocol.TypeTelemetry, protocol.TypeEvent, protocol.TypeResponse:
+		if env.Sequence <= s.lastQueued {
+			return protocol.Errorf(protocol.CodeSequenceBackwards, env.Sequence, "sequence %d is not above the previous %d on this connection", env.Sequence, s.lastQueued)
+		}
+		ev, perr := s.toEvent(env)
+		if perr != nil {
+			return perr
+		}
+		s.lastQueued = env.Sequence
+		s.heardAt.Store(s.g.cfg.Now().UnixNano())
+		s.g.metrics.messages.WithLabelValues(string(env.Type)).Inc()
+		select {
+		case s.g.commits <- commitReq{event: ev, session: s, received: time.Now()}:
+		case <-ctx.Done():
+		}
+		return nil
+	case protocol.TypeHello:
+		return protocol.Errorf(protocol.CodeInvalid, env.Sequence, "hello was already received on this connection")
+	default:
+		return protocol.Errorf(protocol.CodeInvalid, env.Sequence, "%s messages flow from control to robots, not back", env.Type)
+	}
+}
+
+// toEvent validates a durable robot message and turns it into a log entry.
+func (s *session) toEvent(env protocol.Envelope) (store.Event, *protocol.Error) {
+	var typ string
+	var err error
+	switch env.Type {
+	case protocol.TypeTelemetry:
+		typ = store.TypeTelemetryReported
+		_, err = protocol.DecodePayload[protocol.Telemetry](env)
+	case protocol.TypeEvent:
+		typ = store.TypeRobotEvent
+		_, err = protocol.DecodePayload[protocol.Event](env)
+	case protocol.TypeResponse:
+		typ = store.TypeCommandResponse
+		_, err = protocol.DecodePayload[protocol.Response](env)
+	}
+	if err != nil {
+		return store.Event{}, asProtocolError(err)
+	}
+	return store.Event{
+		RobotID: s.robotID, Type: typ, Time: s.g.cfg.Now().UTC(), Data: env.Payload,
+		Actor: "robot:" + s.robotID, CorrelationID: s.id,
+		Stream: s.stream, RobotSeq: env.Sequence, RobotTime: env.Timestamp.UTC(),
+	}, nil
+}
+
+// writeLoop writes queued frames in order; a close request ends it.
+func (s *session) writeLoop(ctx context.Context) {
+	for {
+		select {
+		case f := <-s.out:
+			if f.code != 0 {
+				s.closeNow(f.code, f.reason)
+				return
+			}
+			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			err := s.conn.Write(wctx, websocket.MessageText, f.data)
+			cancel()
+			if err != nil {
+				s.closeNow(websocket.StatusPolicyViolation, "write failed")
+				return
+			}
+		case <-s.done:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// send queues a frame, waiting for room (reader side only).
+func (s *session) send(ctx context.Context, frame []byte) {
+	if frame == nil {
+		return
+	}
+	select {
+	case s.out <- outFrame{data: frame}:
+	case <-s.done:
+	case <-ctx.Done():
+	}
+}
+
+// ackAsync queues an acknowledgement without blocking the committer; a robot
+// too slow to take its acks is disconnected and will resend.
+func (s *session) ackAsync(seqs []uint64) {
+	frame, err := s.frame(protocol.TypeAck, protocol.Ack{Sequences: seqs})
+	if err != nil {
+		s.g.log.Error("encode ack", "robot", s.robotID, "err", err)
+		return
+	}
+	select {
+	case s.out <- outFrame{data: frame}:
+	default:
+		s.close(websocket.StatusTryAgainLater, "robot not reading acknowledgements")
+	}
+}
+
+// fail tells the robot why and closes so it reconnects later.
+func (s *session) fail(perr *protocol.Error) {
+	select {
+	case s.out <- outFrame{data: s.errorFrame(perr)}:
+	default:
+	}
+	s.close(websocket.StatusTryAgainLater, string(perr.Code))
+}
+
+// close asks the writer to close after the frames queued so far; if the
+// writer is stuck, it closes at once.
+func (s *session) close(code websocket.StatusCode, reason string) {
+	select {
+	case s.out <- outFrame{code: code, reason: reason}:
+	default:
+		s.closeNow(code, reason)
+	}
+}
+
+func (s *session) closeNow(code websocket.StatusCode, reason string) {
+	s.closeOnce.Do(func() {
+		go func() {
+			// Close waits for the peer's close frame; never hold a caller on it.
+			_ = s.conn.Close(code, reason)
+		}()
+		go func() {
+			select {
+			case <-s.done:
+			case <-time.After(closeWaitTime):
+			}
+			if s.cancel != nil {
+				s.cancel()
+			}
+		}()
+	})
+}
+
+func (s *session) frame(t protocol.Type, payload any) ([]byte, error) {
+	return s.encode(t, s.robotID, payload)
+}
+
+func (s *session) encode(t protocol.Type, robotID string, payload any) ([]byte, error) {
+	env, err := protocol.New(t, robotID, s.serverSeq.Add(1), s.g.cfg.Now(), payload)
+	if err != nil {
+		return nil, err
+	}
+	return protocol.Encode(env)
+}
+
+func (s *session) errorFrame(perr *protocol.Error) []byte {
+	robot := s.robotID
+	if robot == "" {
+		robot = "unknown"
+	}
+	b, err := s.encode(protocol.TypeError, robot, perr)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func (s *session) heard() time.Time { return time.Unix(0, s.heardAt.Load()) }
+
+// presenceSinceFlush returns the presence to write if the robot was heard
+// since the last flush.
+func (s *session) presenceSinceFlush() (store.Presence, bool) {
+	h := s.heardAt.Load()
+	if h == 0 || h == s.flushedAt.Load() {
+		return store.Presence{}, false
+	}
+	s.flushedAt.Store(h)
+	return store.Presence{RobotID: s.robotID, Node: s.g.cfg.NodeID, LastSeen: time.Unix(0, h).UTC(), UptimeSeconds: math.Float64frombits(s.uptime.Load())}, true
+}
+
+// unflush forgets the last flush so the next one writes again.
+func (s *session) unflush() { s.flushedAt.Store(0) }
+
+func asProtocolError(err error) *protocol.Error {
+	var perr *protocol.Error
+	if errors.As(err, &perr) {
+		return perr
+	}
+	return protocol.Errorf(protocol.CodeInternal, 0, "%v", err)
+}
