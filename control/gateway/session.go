@@ -20,7 +20,7 @@ const (
 	outQueue      = 64               // frames waiting for the writer
 	writeTimeout  = 10 * time.Second // a robot that cannot take a frame this long is dropped
 	maxBadFrames  = 16               // non-fatal protocol errors before the session is closed
-	closeWaitTime = 5 * time.Second
+	closeWaitTime = 2 * time.Second // a peer that does not answer our close frame is cut off
 )
 
 // outFrame is a frame for the writer, or (code != 0) a request to close
@@ -70,8 +70,11 @@ func (s *session) serve(parent context.Context) {
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); s.writeLoop(ctx) }()
 	defer func() {
-		close(s.done)
+		// Frames queued so far (an error, a close code) go out first; this
+		// close only takes effect if none was requested.
+		s.close(websocket.StatusInternalError, "session ended")
 		<-writerDone
+		close(s.done)
 	}()
 
 	if err := s.hello(ctx); err != nil {
@@ -299,9 +302,8 @@ func (s *session) writeLoop(ctx context.Context) {
 				s.closeNow(websocket.StatusPolicyViolation, "write failed")
 				return
 			}
-		case <-s.done:
-			return
 		case <-ctx.Done():
+			s.closeNow(websocket.StatusGoingAway, "session canceled")
 			return
 		}
 	}
@@ -367,6 +369,7 @@ func (s *session) closeNow(code websocket.StatusCode, reason string) {
 			if s.cancel != nil {
 				s.cancel()
 			}
+			_ = s.conn.CloseNow()
 		}()
 	})
 }

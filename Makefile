@@ -1,0 +1,65 @@
+# Lekiwi Heartbeat — build, run and test.
+#   make run    install what is missing, build, start a control node + 50 simulated robots
+#   make test   install what is missing, run every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+export PATH := /usr/local/go/bin:$(PATH)
+export CGO_LDFLAGS_ALLOW := -Wl,-z,now
+GO      ?= go
+TAGS    := libsqlite3
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+RUN_DIR ?= .run
+
+# Debian packages: dqlite 1.11 (and what its headers include) for control,
+# test peers for the test suite.
+DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
+DEB_TEST  := $(DEB_BUILD) procps
+
+define ensure_debs
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "missing packages:" $$missing "- this needs Debian bookworm (dqlite 1.11) as root, or: sudo apt-get install" $$missing >&2; exit 1; \
+	  fi; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go toolchain not found: install Go 1.26 (/usr/local/go)" >&2; exit 1; }
+endef
+
+.PHONY: deps deps-test build run test lint bench clean
+
+deps:
+	$(call ensure_debs,$(DEB_BUILD))
+
+deps-test:
+	$(call ensure_debs,$(DEB_TEST))
+
+build: deps
+	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/control ./cmd/control
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent-linux-arm64 ./cmd/agent
+	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/fleet ./testbench/cmd/fleet
+
+# One control node on an embedded default data dir plus 50 simulated robots.
+run: build
+	./bin/fleet demo --robots 50 --data-dir $(RUN_DIR)/control
+
+test: deps-test
+	$(GO) vet -tags $(TAGS) ./...
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
+	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/...
+	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 ./control/... ./cmd/control/... ./testbench/...
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags $(TAGS) ./...
+
+# Heartbeat ingest, ack latency and memory at 1,000 robots; agent RSS/CPU.
+bench: build
+	./bin/fleet bench --robots 1000 --duration 30s --agent-binary ./bin/agent
+
+clean:
+	rm -rf bin $(RUN_DIR)
