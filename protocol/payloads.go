@@ -37,10 +37,10 @@ type Hardware struct {
 // Hello is the first message of a connection, from the robot.
 type Hello struct {
 	// MinVersion and MaxVersion bound the protocol versions the agent speaks.
-	MinVersion   int               `json:"min_version"`
-	MaxVersion   int               `json:"max_version"`
-	AgentVersion string            `json:"agent_version"`
-	Capabilities []string          `json:"capabilities,omitempty"`
+	MinVersion   int      `json:"min_version"`
+	MaxVersion   int      `json:"max_version"`
+	AgentVersion string   `json:"agent_version"`
+	Capabilities []string `json:"capabilities,omitempty"`
 	// Stream identifies the agent's sequence space. It changes only when the
 	// agent's state is wiped, so a re-flashed robot whose sequences restart at
 	// 1 is not mistaken for a replay of old messages.
