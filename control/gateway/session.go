@@ -20,7 +20,7 @@ const (
 	outQueue      = 64               // frames waiting for the writer
 	writeTimeout  = 10 * time.Second // a robot that cannot take a frame this long is dropped
 	maxBadFrames  = 16               // non-fatal protocol errors before the session is closed
-	closeWaitTime = 2 * time.Second // a peer that does not answer our close frame is cut off
+	closeWaitTime = 2 * time.Second  // a peer that does not answer our close frame is cut off
 )
 
 // outFrame is a frame for the writer, or (code != 0) a request to close
