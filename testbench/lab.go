@@ -1,0 +1,61 @@
+package testbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/lekiwi/heartbeat/control/node"
+)
+
+// FreeAddr returns a loopback host:port that was free a moment ago.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free loopback port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// ControlOptions describe a control node for a lab.
+type ControlOptions struct {
+	Dir               string // data directory (required)
+	Listen, DBAddress string // empty: a free loopback port
+	Join              []string
+	HeartbeatInterval time.Duration // default 1 s: labs compress time
+	OfflineGrace      time.Duration // default 500 ms
+	FlushInterval     time.Duration // default: the gateway's
+	Logger            *slog.Logger  // default: discard
+}
+
+// StartControl starts a control node on loopback.
+func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
+	var err error
+	if o.Listen == "" {
+		if o.Listen, err = FreeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	if o.DBAddress == "" {
+		if o.DBAddress, err = FreeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = time.Second
+	}
+	if o.OfflineGrace == 0 {
+		o.OfflineGrace = 500 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cfg := node.Defaults()
+	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Join = o.Dir, o.Listen, o.DBAddress, o.Join
+	cfg.HeartbeatInterval, cfg.OfflineGrace = o.HeartbeatInterval, o.OfflineGrace
+	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond})
+}
