@@ -1,0 +1,65 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigPrecedenceFileThenEnv(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "control.yml")
+	os.WriteFile(path, []byte("data_dir: /from/file\nlisten: 127.0.0.1:7000\nheartbeat_interval: 10s\njoin: [\"127.0.0.1:9100\"]\n"), 0o644)
+	c := Defaults()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"LEKIWI_CONTROL_LISTEN": "127.0.0.1:7001", "LEKIWI_CONTROL_OFFLINE_GRACE": "3s"}
+	if err := c.LoadEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/from/file" || c.Listen != "127.0.0.1:7001" || c.HeartbeatInterval != 10*time.Second ||
+		c.OfflineGrace != 3*time.Second || c.DBAddress != "127.0.0.1:9001" || len(c.Join) != 1 {
+		t.Fatalf("config %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigErrorsNameTheProblem(t *testing.T) {
+	dir := t.TempDir()
+	typo := filepath.Join(dir, "typo.yml")
+	os.WriteFile(typo, []byte("data_dri: /x\n"), 0o644)
+	c := Defaults()
+	if err := c.LoadFile(typo); err == nil || !strings.Contains(err.Error(), "data_dri") {
+		t.Fatalf("unknown key error = %v", err)
+	}
+	if err := c.LoadFile(filepath.Join(dir, "missing.yml")); err == nil {
+		t.Fatal("missing file accepted")
+	}
+	empty := filepath.Join(dir, "empty.yml")
+	os.WriteFile(empty, nil, 0o644)
+	if err := c.LoadFile(empty); err != nil {
+		t.Fatalf("empty file: %v", err)
+	}
+	if err := c.LoadEnv(func(k string) string {
+		if k == "LEKIWI_CONTROL_HEARTBEAT_INTERVAL" {
+			return "often"
+		}
+		return ""
+	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") {
+		t.Fatalf("bad env duration error = %v", err)
+	}
+	bad := Defaults()
+	bad.Listen, bad.DataDir, bad.HeartbeatInterval, bad.LogLevel = "nowhere", "", time.Millisecond, "loud"
+	bad.Join = []string{bad.DBAddress}
+	err := bad.Validate()
+	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error %v does not mention %q", err, want)
+		}
+	}
+}
