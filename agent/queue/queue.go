@@ -276,11 +276,10 @@ func (q *Queue) Append(class Class, typ protocol.Type, encode Encoder) (it Item,
 type DropReport func(seq uint64, totals protocol.QueueDroppedData) ([]byte, error)
 
 // AppendDropReport queues an event built by encode from the drop totals, if
-// anything was dropped since the last report, and marks the totals reported
-// in the same transaction. A drop the report itself causes (it may evict the
-// oldest event) is marked reported too — otherwise a queue full of events
-// would replace one event with a drop report at every check — and shows in
-// the totals of the next report.
+// anything was dropped since the last report and the queue has room for it,
+// and marks the totals reported in the same transaction. A report never
+// evicts: losing an event to make room for the news that events were lost
+// would feed itself. Without room it queues nothing; call again later.
 func (q *Queue) AppendDropReport(encode DropReport) (it Item, queued bool, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -288,11 +287,10 @@ func (q *Queue) AppendDropReport(encode DropReport) (it Item, queued bool, err e
 		return Item{}, false, nil
 	}
 	totals := protocol.QueueDroppedData{Telemetry: q.dropped[Telemetry], Events: q.dropped[Event]}
-	it, stored, err := q.appendLocked(Event, protocol.TypeEvent, func(seq uint64) ([]byte, error) { return encode(seq, totals) }, true)
-	return it, stored, err
+	return q.appendLocked(Event, protocol.TypeEvent, func(seq uint64) ([]byte, error) { return encode(seq, totals) }, true)
 }
 
-func (q *Queue) appendLocked(class Class, typ protocol.Type, encode Encoder, markReported bool) (Item, bool, error) {
+func (q *Queue) appendLocked(class Class, typ protocol.Type, encode Encoder, isReport bool) (Item, bool, error) {
 	if class != Telemetry && class != Event {
 		return Item{}, false, fmt.Errorf("append to queue: unknown class %d", class)
 	}
@@ -311,6 +309,9 @@ func (q *Queue) appendLocked(class Class, typ protocol.Type, encode Encoder, mar
 	// Work on copies; the in-memory state changes only once the
 	// transaction committed.
 	count, nbytes, dropped, reserved := q.count, q.bytes, q.dropped, q.reserved
+	if isReport && (count[Telemetry]+count[Event]+1 > q.opts.MaxItems || nbytes+size > q.opts.MaxBytes) {
+		return Item{}, false, nil
+	}
 	stored := true
 	err = q.db.Update(func(tx *bolt.Tx) error {
 		meta, items := tx.Bucket([]byte(bucketMeta)), tx.Bucket([]byte(bucketItems))
@@ -349,7 +350,7 @@ func (q *Queue) appendLocked(class Class, typ protocol.Type, encode Encoder, mar
 				}
 			}
 		}
-		if markReported {
+		if isReport {
 			for _, c := range []Class{Telemetry, Event} {
 				if err := meta.Put(reportedKey(c), u64(dropped[c])); err != nil {
 					return err
@@ -368,7 +369,7 @@ func (q *Queue) appendLocked(class Class, typ protocol.Type, encode Encoder, mar
 	}
 	q.count, q.bytes, q.dropped, q.reserved = count, nbytes, dropped, reserved
 	q.next = seq + 1
-	if markReported {
+	if isReport {
 		q.reported = dropped
 	}
 	return it, stored, nil

@@ -282,36 +282,51 @@ func TestDropCountsPersistAndAreReportedOnce(t *testing.T) {
 		}
 		return protocol.Encode(env)
 	}
+	// The queue (2 items) is full: the report waits rather than evict.
+	if _, queued, err := q.AppendDropReport(report); queued || err != nil {
+		t.Fatalf("AppendDropReport on a full queue = %v, %v; want nothing queued", queued, err)
+	}
+	if s := q.Stats(); s.DroppedEvents != 1 || s.Pending != 2 {
+		t.Fatalf("a report on a full queue changed it: %+v", s)
+	}
+	items := pending(t, q)
+	q.Ack(items[0].Seq)
 	it, queued, err := q.AppendDropReport(report)
 	if err != nil || !queued {
-		t.Fatalf("first AppendDropReport = %v, %v; want queued", queued, err)
+		t.Fatalf("AppendDropReport with room = %v, %v; want queued", queued, err)
 	}
-	var env protocol.Envelope
-	if err := json.Unmarshal(it.Data, &env); err != nil {
-		t.Fatal(err)
+	if got := reportTotals(t, it); got != (protocol.QueueDroppedData{Telemetry: 1, Events: 1}) {
+		t.Fatalf("report totals = %+v, want 1 and 1", got)
 	}
-	ev, err := protocol.DecodePayload[protocol.Event](env)
-	if err != nil || !strings.Contains(string(ev.Data), `"telemetry":1,"events":1`) {
-		t.Fatalf("report payload = %s, %v; want totals 1 and 1", ev.Data, err)
-	}
-	// The report evicted event b (queue of 2 full of events); that drop is
-	// marked reported, so there is nothing new to report.
 	if _, queued, err := q.AppendDropReport(report); queued || err != nil {
-		t.Fatalf("second AppendDropReport = %v, %v; want nothing to report", queued, err)
+		t.Fatalf("second AppendDropReport = %v, %v; want nothing new to report", queued, err)
 	}
-	if s := q.Stats(); s.DroppedEvents != 2 {
-		t.Fatalf("stats = %+v, want 2 dropped events (one by the report)", s)
-	}
-	push(t, q, Event, "d")
+	push(t, q, Event, "d") // evicts "c", the oldest event
+	q.Ack(seqsOf(pending(t, q))...)
 	it, queued, err = q.AppendDropReport(report)
 	if err != nil || !queued {
 		t.Fatalf("AppendDropReport after a new drop = %v, %v; want queued", queued, err)
 	}
-	json.Unmarshal(it.Data, &env)
-	ev, _ = protocol.DecodePayload[protocol.Event](env)
-	if !strings.Contains(string(ev.Data), `"telemetry":1,"events":3`) {
-		t.Fatalf("second report totals = %s, want telemetry 1, events 3", ev.Data)
+	if got := reportTotals(t, it); got != (protocol.QueueDroppedData{Telemetry: 1, Events: 2}) {
+		t.Fatalf("second report totals = %+v, want telemetry 1, events 2", got)
 	}
+}
+
+func reportTotals(t *testing.T, it Item) protocol.QueueDroppedData {
+	t.Helper()
+	env, err := protocol.Decode(it.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := protocol.DecodePayload[protocol.Event](env)
+	if err != nil || ev.Kind != protocol.EventQueueDropped {
+		t.Fatalf("report event %+v, %v", ev, err)
+	}
+	var d protocol.QueueDroppedData
+	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func TestOpenErrors(t *testing.T) {
