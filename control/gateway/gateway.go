@@ -244,9 +244,41 @@ func (g *Gateway) presenceLoop(ctx context.Context) {
 		for _, id := range gone {
 			g.log.Info("robot offline", "robot", id, "timeout", timeout)
 		}
+		g.revive(ctx, now, sessions)
 		if n, err := g.store.CountRobots(ctx, store.StateOnline); err == nil {
 			g.metrics.robotsOnline.Set(float64(n))
 		}
+	}
+}
+
+// revive records as connected again the robots this node still hears from
+// that some node's sweep marked offline — which happens when presence could
+// not be flushed within the timeout (a slow or partitioned database).
+func (g *Gateway) revive(ctx context.Context, now time.Time, sessions []*session) {
+	timeout := g.cfg.OfflineTimeout()
+	live := map[string]*session{}
+	ids := make([]string, 0, len(sessions))
+	for _, s := range sessions {
+		if now.Sub(s.heard()) <= timeout {
+			live[s.robotID] = s
+			ids = append(ids, s.robotID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	offline, err := g.store.OfflineAmong(ctx, ids)
+	if err != nil {
+		g.log.Warn("cannot check connected robots against the projection; will retry", "err", err)
+		return
+	}
+	for _, id := range offline {
+		s := live[id]
+		if _, err := g.store.Connect(ctx, id, now.UTC(), s.registered, s.connected); err != nil {
+			g.log.Warn("cannot record robot online again; will retry", "robot", id, "err", err)
+			continue
+		}
+		g.log.Info("robot marked offline while connected here; recorded online again", "robot", id, "session", s.id)
 	}
 }
 

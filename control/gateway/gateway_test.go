@@ -419,3 +419,38 @@ func itoa(n uint64) string {
 }
 
 var _ = errors.New
+
+func TestRobotMarkedOfflineWhileConnectedIsRevived(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: 200 * time.Millisecond, OfflineGrace: 100 * time.Millisecond, FlushInterval: 50 * time.Millisecond})
+	c := h.dial(t, "kiwi-r")
+	c.hello("s")
+	ctx := context.Background()
+	// Another node's sweep, missing this node's presence, marks it offline.
+	if _, err := h.st.Append(ctx, []store.Event{{RobotID: "kiwi-r", Type: store.TypeRobotOffline, Time: time.Now(), Data: json.RawMessage(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() { // keep heartbeating like a healthy robot
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				c.send(protocol.TypeHeartbeat, heartbeat())
+			}
+		}
+	}()
+	defer func() { close(stop); <-stopped }()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r, err := h.st.Robot(ctx, "kiwi-r")
+		if err == nil && r.Status.State == store.StateOnline && r.Status.Connected {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("robot still %+v, %v", r.Status, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -17,38 +17,84 @@ type Presence struct {
 	UptimeSeconds float64
 }
 
-// presenceChunk bounds one statement's size (SQLite allows 32766 variables).
-const presenceChunk = 500
+// maxParams is the most bind parameters dqlite's wire protocol (v1, as
+// spoken by go-dqlite 1.11) takes in one statement.
+const maxParams = 255
+
+// presenceChunk is the rows per presence upsert statement (4 parameters each).
+const presenceChunk = maxParams / 4
 
 // FlushPresence records last-seen times for many robots in a few statements.
 // A time never moves backwards: a late flush from a node the robot has left
 // cannot hide a newer one.
 func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
-	for len(batch) > 0 {
-		n := min(len(batch), presenceChunk)
-		chunk := batch[:n]
-		batch = batch[n:]
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO presence (robot_id, node, last_seen, uptime_seconds) VALUES `)
-		args := make([]any, 0, 4*len(chunk))
-		for i, p := range chunk {
-			if i > 0 {
-				sb.WriteString(",")
+	total := len(batch)
+	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		for rest := batch; len(rest) > 0; {
+			n := min(len(rest), presenceChunk)
+			if err := upsertPresence(ctx, tx, rest[:n]); err != nil {
+				return err
 			}
-			sb.WriteString("(?, ?, ?, ?)")
-			args = append(args, p.RobotID, p.Node, p.LastSeen.UnixNano(), p.UptimeSeconds)
+			rest = rest[n:]
 		}
-		sb.WriteString(` ON CONFLICT (robot_id) DO UPDATE SET node = excluded.node, last_seen = excluded.last_seen,
-			uptime_seconds = excluded.uptime_seconds WHERE excluded.last_seen > presence.last_seen`)
-		err := withTx(ctx, s.db, func(tx *sql.Tx) error {
-			_, err := tx.ExecContext(ctx, sb.String(), args...)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("flush presence of %d robots: %w", len(chunk), err)
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("flush presence of %d robots: %w", total, err)
 	}
 	return nil
+}
+
+func upsertPresence(ctx context.Context, tx *sql.Tx, chunk []Presence) error {
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO presence (robot_id, node, last_seen, uptime_seconds) VALUES `)
+	args := make([]any, 0, 4*len(chunk))
+	for i, p := range chunk {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		sb.WriteString("(?, ?, ?, ?)")
+		args = append(args, p.RobotID, p.Node, p.LastSeen.UnixNano(), p.UptimeSeconds)
+	}
+	sb.WriteString(` ON CONFLICT (robot_id) DO UPDATE SET node = excluded.node, last_seen = excluded.last_seen,
+		uptime_seconds = excluded.uptime_seconds WHERE excluded.last_seen > presence.last_seen`)
+	_, err := tx.ExecContext(ctx, sb.String(), args...)
+	return err
+}
+
+// OfflineAmong returns which of ids are in state offline. A gateway uses it
+// to find robots it still hears from that a sweep marked offline (because
+// their presence could not be flushed in time) and bring them back.
+func (s *Store) OfflineAmong(ctx context.Context, ids []string) ([]string, error) {
+	var out []string
+	for rest := ids; len(rest) > 0; {
+		n := min(len(rest), maxParams-1)
+		chunk := rest[:n]
+		rest = rest[n:]
+		args := make([]any, 0, n+1)
+		args = append(args, StateOffline)
+		for _, id := range chunk {
+			args = append(args, id)
+		}
+		q := `SELECT id FROM robots WHERE status = ? AND id IN (?` + strings.Repeat(",?", n-1) + `)`
+		rows, err := s.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("check state of %d robots: %w", n, err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // SweepOffline marks offline every online robot not heard from since cutoff

@@ -356,3 +356,36 @@ func TestThreeNodeClusterReplicates(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestPresenceFlushBeyondOneStatementAndOfflineAmong(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	var batch []Presence
+	var ids []string
+	for i := 0; i < 700; i++ { // several statements' worth of parameters
+		id := fmt.Sprintf("r%03d", i)
+		ids = append(ids, id)
+		batch = append(batch, Presence{RobotID: id, Node: "n", LastSeen: t0.Add(time.Duration(i) * time.Millisecond)})
+		st := TypeRobotConnected
+		if i%100 == 0 {
+			st = TypeRobotOffline
+		}
+		if _, err := s.Append(ctx, []Event{{RobotID: id, Type: st, Time: t0, Data: mustJSON(t, ConnectedData{Session: id})}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.FlushPresence(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := s.DB().QueryRowContext(ctx, `SELECT count(*) FROM presence`).Scan(&n); err != nil || n != 700 {
+		t.Fatalf("presence rows = %d, %v", n, err)
+	}
+	off, err := s.OfflineAmong(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(off) != 7 {
+		t.Fatalf("offline among = %v, want the 7 ids that are multiples of 100", off)
+	}
+}

@@ -1,0 +1,252 @@
+package testbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lekiwi/heartbeat/agent"
+	"github.com/lekiwi/heartbeat/agent/backoff"
+	"github.com/lekiwi/heartbeat/agent/collect"
+	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// FleetOptions describe a simulated fleet. Each robot is the real agent
+// runtime with its own on-disk queue and fixture /proc tree, connected over
+// a real socket.
+type FleetOptions struct {
+	Robots int
+	// FirstIndex numbers the robots from here, so several fleets (one per
+	// process or per control node) have distinct ids.
+	FirstIndex int
+	Servers    []string // control base URLs
+	Dir        string   // per-robot state and fixtures go under Dir/<robot id>
+	// Sync makes queues fsync like a real robot (slow with many robots).
+	Sync bool
+	// Telemetry sampling and debounce (defaults: 1 s and 2 s; labs compress time).
+	TelemetrySampleInterval time.Duration
+	TelemetryMinInterval    time.Duration
+	// FirstReconnectJitter and Backoff default to short lab values.
+	FirstReconnectJitter time.Duration
+	Backoff              backoff.Policy
+	// OnAck, if set, sees every acknowledged sequence of every robot.
+	OnAck  func(robot *SimRobot, seq uint64, t protocol.Type, latency time.Duration)
+	Logger *slog.Logger
+	Seed   uint64
+}
+
+// Fleet is a set of simulated robots.
+type Fleet struct {
+	robots []*SimRobot
+}
+
+// SimRobot is one simulated robot.
+type SimRobot struct {
+	ID    string
+	Type  protocol.RobotType
+	Board Board
+
+	dir   string
+	roots collect.Roots
+	opts  *FleetOptions
+	seed  uint64
+
+	mu     sync.Mutex
+	agent  *agent.Agent
+	queue  *queue.Queue
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// RobotID names the i-th simulated robot: every third is an XLE.
+func RobotID(i int) (string, protocol.RobotType) {
+	if i%3 == 2 {
+		return fmt.Sprintf("xle-%05d", i), protocol.RobotXLE
+	}
+	return fmt.Sprintf("lekiwi-%05d", i), protocol.RobotLeKiwi
+}
+
+// NewFleet prepares the robots (fixture trees, state directories) without
+// starting them.
+func NewFleet(o FleetOptions) (*Fleet, error) {
+	if o.Robots <= 0 || len(o.Servers) == 0 || o.Dir == "" {
+		return nil, errors.New("fleet: robots > 0, at least one server and a directory are required")
+	}
+	if o.TelemetrySampleInterval == 0 {
+		o.TelemetrySampleInterval = time.Second
+	}
+	if o.TelemetryMinInterval == 0 {
+		o.TelemetryMinInterval = 2 * time.Second
+	}
+	if o.FirstReconnectJitter == 0 {
+		o.FirstReconnectJitter = 500 * time.Millisecond
+	}
+	if o.Backoff == (backoff.Policy{}) {
+		o.Backoff = backoff.Policy{Base: 100 * time.Millisecond, Cap: 2 * time.Second}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{}
+	for i := o.FirstIndex; i < o.FirstIndex+o.Robots; i++ {
+		id, typ := RobotID(i)
+		r := &SimRobot{ID: id, Type: typ, Board: Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
+		roots, err := r.Board.WriteTree(filepath.Join(r.dir, "board"))
+		if err != nil {
+			return nil, err
+		}
+		r.roots = roots
+		f.robots = append(f.robots, r)
+	}
+	return f, nil
+}
+
+// Robots lists the fleet.
+func (f *Fleet) Robots() []*SimRobot { return f.robots }
+
+// Start starts every robot, spreading connections over spread so the
+// control node sees a ramp rather than a single burst.
+func (f *Fleet) Start(ctx context.Context, spread time.Duration) error {
+	for i, r := range f.robots {
+		if err := r.Start(ctx); err != nil {
+			return err
+		}
+		if spread > 0 && len(f.robots) > 1 {
+			time.Sleep(spread / time.Duration(len(f.robots)-1) * time.Duration(min(i, 1)))
+		}
+	}
+	return nil
+}
+
+// Stop stops every robot (in parallel) and returns the first error.
+func (f *Fleet) Stop() error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(f.robots))
+	for i, r := range f.robots {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = r.Stop() }()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Connected counts robots whose agent is in state Connected.
+func (f *Fleet) Connected() int {
+	n := 0
+	for _, r := range f.robots {
+		if r.State() == agent.Connected {
+			n++
+		}
+	}
+	return n
+}
+
+// Start opens the robot's queue and runs its agent until Stop.
+func (r *SimRobot) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agent != nil {
+		return fmt.Errorf("robot %s already running", r.ID)
+	}
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		return fmt.Errorf("robot %s state dir: %w", r.ID, err)
+	}
+	q, err := queue.Open(filepath.Join(r.dir, "queue.db"), queue.Options{NoSync: !r.opts.Sync})
+	if err != nil {
+		return fmt.Errorf("robot %s queue: %w", r.ID, err)
+	}
+	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
+	col := collect.New(collect.Options{
+		Roots: r.roots,
+		Statfs: func(string) (collect.DiskUsage, error) {
+			return collect.DiskUsage{TotalBytes: 64 << 30, UsedBytes: 9 << 30}, nil
+		},
+		Interfaces: staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}},
+	})
+	hw, err := collect.ReadHardware(r.roots.Proc)
+	if err != nil {
+		q.Close()
+		return fmt.Errorf("robot %s hardware: %w", r.ID, err)
+	}
+	opts := agent.Options{
+		RobotID: r.ID, RobotType: r.Type, Servers: r.opts.Servers, Queue: q, Collector: col,
+		Hardware: hw, AgentVersion: "sim",
+		TelemetrySampleInterval: r.opts.TelemetrySampleInterval, TelemetryMinInterval: r.opts.TelemetryMinInterval,
+		FirstReconnectJitter: r.opts.FirstReconnectJitter, Backoff: r.opts.Backoff,
+		Rand:   rand.New(rand.NewPCG(r.seed, 0x5eed)),
+		Logger: r.opts.Logger.With("robot", r.ID),
+	}
+	if r.opts.OnAck != nil {
+		opts.OnAck = func(seq uint64, t protocol.Type, latency time.Duration) { r.opts.OnAck(r, seq, t, latency) }
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		q.Close()
+		return fmt.Errorf("robot %s: %w", r.ID, err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	r.agent, r.queue, r.cancel, r.done = a, q, cancel, make(chan error, 1)
+	go func() { r.done <- a.Run(runCtx) }()
+	return nil
+}
+
+// Stop ends the robot's agent and closes its queue; its state stays on
+// disk so Start continues where it left off (like a reboot).
+func (r *SimRobot) Stop() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agent == nil {
+		return nil
+	}
+	r.cancel()
+	err := <-r.done
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	err = errors.Join(err, r.queue.Close())
+	r.agent, r.queue = nil, nil
+	return err
+}
+
+// Emit queues an event on the robot (durably; sent when connected).
+func (r *SimRobot) Emit(ctx context.Context, ev protocol.Event) error {
+	r.mu.Lock()
+	a := r.agent
+	r.mu.Unlock()
+	if a == nil {
+		return fmt.Errorf("robot %s is stopped", r.ID)
+	}
+	return a.Emit(ctx, ev)
+}
+
+// State is the agent's state (Stopped when not running).
+func (r *SimRobot) State() agent.State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agent == nil {
+		return agent.Stopped
+	}
+	return r.agent.State()
+}
+
+// Stats returns the agent's counters (zero when stopped).
+func (r *SimRobot) Stats() agent.Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agent == nil {
+		return agent.Stats{}
+	}
+	return r.agent.Stats()
+}
+
+type staticInterfaces []collect.Interface
+
+func (s staticInterfaces) Interfaces() ([]collect.Interface, error) { return s, nil }

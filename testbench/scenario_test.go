@@ -1,0 +1,285 @@
+package testbench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/control/api"
+	"github.com/lekiwi/heartbeat/control/node"
+	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+func startControl(t *testing.T, o ControlOptions) *node.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n, err := StartControl(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeControl(t, n) })
+	return n
+}
+
+func closeControl(t *testing.T, n *node.Node) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := n.Close(ctx); err != nil {
+		t.Logf("close control: %v", err)
+	}
+}
+
+func startFleet(t *testing.T, o FleetOptions) *Fleet {
+	t.Helper()
+	f, err := NewFleet(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Start(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.Stop(); err != nil {
+			t.Errorf("stop fleet: %v", err)
+		}
+	})
+	return f
+}
+
+func getJSON(t *testing.T, url string, into any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(into); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+// robotsByState lists robot ids in a state through the REST API.
+func robotsByState(t *testing.T, base, state string) []string {
+	t.Helper()
+	var ids []string
+	after := ""
+	for {
+		var page api.RobotList
+		getJSON(t, fmt.Sprintf("%s/v1/robots?state=%s&limit=1000&after=%s", base, state, after), &page)
+		for _, r := range page.Robots {
+			ids = append(ids, r.ID)
+		}
+		if page.Next == "" {
+			return ids
+		}
+		after = page.Next
+	}
+}
+
+// robotEvents lists a robot's events through the REST API.
+func robotEvents(t *testing.T, base, robot string) []store.Event {
+	t.Helper()
+	var out []store.Event
+	var after int64
+	for {
+		var page api.EventPage
+		getJSON(t, fmt.Sprintf("%s/v1/events?robot=%s&after=%d&limit=1000", base, robot, after), &page)
+		out = append(out, page.Events...)
+		if len(page.Events) == 0 {
+			return out
+		}
+		after = page.Next
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// Acceptance 2: 100 robots online within 5 s; stopped ones go offline after
+// the timeout, with their events in the log and both states in the API.
+func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
+	dir := t.TempDir()
+	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: time.Second, OfflineGrace: 500 * time.Millisecond})
+	start := time.Now()
+	fleet := startFleet(t, FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet")})
+	waitFor(t, 60*time.Second, "100 robots online in the API", func() bool {
+		t.Logf("%s: online %d connected %d", time.Since(start), len(robotsByState(t, ctl.URL(), store.StateOnline)), fleet.Connected())
+		return len(robotsByState(t, ctl.URL(), store.StateOnline)) == 100
+	})
+	t.Logf("100 robots online %s after start", time.Since(start).Round(time.Millisecond))
+
+	stopped := fleet.Robots()[:10]
+	for _, r := range stopped {
+		if err := r.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stoppedAt := time.Now()
+	timeout := ctl.Gateway().Config().OfflineTimeout()
+	waitFor(t, timeout+5*time.Second, "10 robots offline", func() bool {
+		return len(robotsByState(t, ctl.URL(), store.StateOffline)) == 10
+	})
+	if took := time.Since(stoppedAt); took < timeout {
+		t.Fatalf("robots went offline after %s, before the %s timeout", took, timeout)
+	}
+	offline := robotsByState(t, ctl.URL(), store.StateOffline)
+	for _, r := range stopped {
+		if !slices.Contains(offline, r.ID) {
+			t.Fatalf("stopped robot %s not offline (offline: %v)", r.ID, offline)
+		}
+		var types []string
+		for _, e := range robotEvents(t, ctl.URL(), r.ID) {
+			types = append(types, e.Type)
+		}
+		for _, want := range []string{store.TypeRobotRegistered, store.TypeRobotConnected, store.TypeRobotDisconnected, store.TypeRobotOffline} {
+			if !slices.Contains(types, want) {
+				t.Fatalf("robot %s events %v lack %s", r.ID, types, want)
+			}
+		}
+	}
+	if n := len(robotsByState(t, ctl.URL(), store.StateOnline)); n != 90 {
+		t.Fatalf("online robots = %d, want 90", n)
+	}
+	var one store.Robot
+	getJSON(t, ctl.URL()+"/v1/robots/"+stopped[0].ID, &one)
+	if one.Status.State != store.StateOffline || one.Hardware.Serial != stopped[0].Board.Serial || one.Network.Hostname != stopped[0].ID {
+		t.Fatalf("robot %s in the API: %+v", stopped[0].ID, one)
+	}
+}
+
+// Acceptance 3: control goes away while robots keep producing events;
+// after it restarts on the same data every event is in the log exactly once.
+func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	listen, _ := FreeAddr()
+	dbAddr, _ := FreeAddr()
+	opts := ControlOptions{Dir: filepath.Join(dir, "control"), Listen: listen, DBAddress: dbAddr}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctl, err := StartControl(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{"http://" + listen}, Dir: filepath.Join(dir, "fleet")})
+	waitFor(t, 10*time.Second, "fleet connected", func() bool { return fleet.Connected() == 20 })
+
+	const perRobot = 60
+	emit := func(from, to int) {
+		for n := from; n < to; n++ {
+			for _, r := range fleet.Robots() {
+				data, _ := json.Marshal(map[string]int{"n": n})
+				if err := r.Emit(ctx, protocol.Event{Kind: "sim.tick", Data: data}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	emit(0, 20)
+	closeControl(t, ctl) // robots lose the server mid-stream
+	emit(20, 40)         // produced while control is down: queued on the robots
+	ctl, err = StartControl(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeControl(t, ctl) })
+	emit(40, perRobot) // produced while robots reconnect
+	waitFor(t, 30*time.Second, "every robot's queue drained", func() bool {
+		for _, r := range fleet.Robots() {
+			if r.Stats().Queue.Pending > 0 || r.State().String() != "connected" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, r := range fleet.Robots() {
+		seen := map[int]int{}
+		robotSeqs := map[uint64]bool{}
+		for _, e := range robotEvents(t, ctl.URL(), r.ID) {
+			if e.Type != store.TypeRobotEvent {
+				continue
+			}
+			var ev protocol.Event
+			var d struct{ N int }
+			if json.Unmarshal(e.Data, &ev) != nil || ev.Kind != "sim.tick" || json.Unmarshal(ev.Data, &d) != nil {
+				continue
+			}
+			if robotSeqs[e.RobotSeq] {
+				t.Fatalf("robot %s: sequence %d stored twice", r.ID, e.RobotSeq)
+			}
+			robotSeqs[e.RobotSeq] = true
+			seen[d.N]++
+		}
+		for n := range perRobot {
+			if seen[n] != 1 {
+				t.Fatalf("robot %s: event %d stored %d times, want exactly once", r.ID, n, seen[n])
+			}
+		}
+	}
+	mm, err := ctl.Store().Verify(ctx)
+	if err != nil || len(mm) != 0 {
+		t.Fatalf("projection after restart: %v %+v", err, mm)
+	}
+}
+
+// Acceptance 4: three control nodes in one dqlite cluster; what robots
+// write through one node is read from the others.
+func TestThreeControlNodesShareState(t *testing.T) {
+	dir := t.TempDir()
+	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
+	db1 := n1.Config().DBAddress
+	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{db1}})
+	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{db1, n2.Config().DBAddress}})
+	nodes := []*node.Node{n1, n2, n3}
+	var fleets []*Fleet
+	for i, n := range nodes {
+		f, err := NewFleet(FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Start(context.Background(), 0); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Stop() })
+		fleets = append(fleets, f)
+	}
+	for i, n := range nodes {
+		waitFor(t, 15*time.Second, fmt.Sprintf("node %d sees 9 online robots", i+1), func() bool {
+			return len(robotsByState(t, n.URL(), store.StateOnline)) == 9
+		})
+	}
+	// A robot connected to node 1 is visible, with its connection details,
+	// through node 3's API.
+	id := fleets[0].Robots()[0].ID
+	var r store.Robot
+	getJSON(t, n3.URL()+"/v1/robots/"+id, &r)
+	if r.Status.Node != n1.Config().DBAddress || !r.Status.Connected {
+		t.Fatalf("robot %s through node 3: %+v", id, r.Status)
+	}
+	var cluster struct {
+		Members []store.Member `json:"members"`
+	}
+	getJSON(t, n2.URL()+"/v1/cluster", &cluster)
+	if len(cluster.Members) != 3 {
+		t.Fatalf("cluster members %+v", cluster.Members)
+	}
+}
