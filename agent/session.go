@@ -138,6 +138,7 @@ func (s *session) pump(ctx context.Context) error {
 			}
 			s.cursor = it.Seq
 			s.queued[it.Seq] = flight{typ: it.Type, sentAt: time.Now()}
+			s.a.touch() // a long resend is progress, not a hang
 		}
 	}
 	return nil

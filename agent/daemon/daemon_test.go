@@ -1,0 +1,188 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/lekiwi/heartbeat/agent/config"
+	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// control is a minimal control node: answers hello, acknowledges
+// everything, reports each frame's type.
+func control(t *testing.T) (url string, frames <-chan protocol.Envelope) {
+	ch := make(chan protocol.Envelope, 1000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			_, data, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			env, err := protocol.Decode(data)
+			if err != nil {
+				t.Errorf("agent sent an invalid frame: %v", err)
+				return
+			}
+			ch <- env
+			var reply protocol.Envelope
+			if env.Type == protocol.TypeHello {
+				reply, _ = protocol.New(protocol.TypeHello, env.RobotID, 1, time.Now(), protocol.HelloReply{Version: 1, NodeID: "n1", HeartbeatIntervalMS: 50})
+			} else {
+				reply, _ = protocol.New(protocol.TypeAck, env.RobotID, 1, time.Now(), protocol.Ack{Sequences: []uint64{env.Sequence}})
+			}
+			b, _ := protocol.Encode(reply)
+			if err := c.Write(r.Context(), websocket.MessageText, b); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, ch
+}
+
+func notifySocket(t *testing.T) <-chan string {
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "n"), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(dir, "n"))
+	ch := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	return ch
+}
+
+func testConfig(t *testing.T, server string) config.Config {
+	root := t.TempDir()
+	for name, content := range map[string]string{
+		"proc/stat":                "cpu  100 0 100 800 0 0 0 0\n",
+		"proc/meminfo":             "MemTotal: 8000000 kB\nMemAvailable: 6000000 kB\n",
+		"proc/uptime":              "42.5 80.0\n",
+		"proc/sys/kernel/hostname": "lekiwi-9\n",
+		"etc/os-release":           "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+	} {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := config.Default()
+	c.RobotID, c.RobotType, c.Servers = "lekiwi-9", protocol.RobotLeKiwi, []string{server}
+	c.StateDir = filepath.Join(root, "state")
+	c.Roots = config.Roots{Proc: filepath.Join(root, "proc"), Sys: filepath.Join(root, "sys"), Etc: filepath.Join(root, "etc")}
+	c.DiskPath = root
+	c.TelemetrySampleInterval = 10 * time.Millisecond
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestRunNotifiesAndConnects runs the daemon as systemd would: READY=1 once
+// the state is open, WATCHDOG=1 pings, hello with the version, telemetry
+// from the configured roots, heartbeats, STOPPING=1 on shutdown.
+func TestRunNotifiesAndConnects(t *testing.T) {
+	notes := notifySocket(t)
+	t.Setenv("WATCHDOG_USEC", "100000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	url, frames := control(t)
+	cfg := testConfig(t, url)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, "9.9.9", nil) }()
+
+	waitNote := func(want string) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case n := <-notes:
+				if n == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %s notification", want)
+			}
+		}
+	}
+	waitNote("READY=1")
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, queue.FileName)); err != nil {
+		t.Fatalf("READY=1 before the queue exists: %v", err)
+	}
+	seen := map[protocol.Type]protocol.Envelope{}
+	deadline := time.After(5 * time.Second)
+	for seen[protocol.TypeHeartbeat].Type == "" || seen[protocol.TypeTelemetry].Type == "" {
+		select {
+		case env := <-frames:
+			if _, ok := seen[env.Type]; !ok {
+				seen[env.Type] = env
+			}
+		case <-deadline:
+			t.Fatalf("saw only %v", seen)
+		}
+	}
+	hello, _ := protocol.DecodePayload[protocol.Hello](seen[protocol.TypeHello])
+	if hello.AgentVersion != "9.9.9" || hello.OSVersion != "Debian GNU/Linux 12 (bookworm)" {
+		t.Fatalf("hello %+v", hello)
+	}
+	tel, _ := protocol.DecodePayload[protocol.Telemetry](seen[protocol.TypeTelemetry])
+	if tel.Network.Hostname != "lekiwi-9" || tel.UptimeSeconds != 42.5 || tel.Resources.DiskTotalBytes == 0 {
+		t.Fatalf("telemetry %+v: want values from the configured roots", tel)
+	}
+	waitNote("WATCHDOG=1")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	waitNote("STOPPING=1")
+}
+
+func TestRunFailsOnUnusableStateDir(t *testing.T) {
+	cfg := testConfig(t, "ws://127.0.0.1:1")
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	cfg.StateDir = filepath.Join(file, "state") // under a regular file
+	err := Run(context.Background(), cfg, "dev", nil)
+	if err == nil || !strings.Contains(err.Error(), "open agent state") {
+		t.Fatalf("Run = %v, want an error opening the state", err)
+	}
+}
