@@ -1,0 +1,289 @@
+package testbench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// BenchOptions configure RunBench.
+type BenchOptions struct {
+	Robots            int
+	Duration          time.Duration // measurement window
+	HeartbeatInterval time.Duration
+	ControlBinary     string
+	AgentBinary       string
+	Dir               string // scratch space; default a temp dir, removed after
+	Out               io.Writer
+}
+
+// BenchResult holds the figures of one run.
+type BenchResult struct {
+	Robots              int
+	HeartbeatInterval   time.Duration
+	Window              time.Duration
+	OnlineAfter         time.Duration // fleet start to all robots connected
+	HeartbeatsPerSecond float64       // control's counter over the window
+	AckP50, AckP99      time.Duration // heartbeat send -> ack, seen by the robots
+	AckMax              time.Duration
+	AckSamples          int
+	ControlRSSBase      uint64  // before any robot connected
+	ControlRSSLoaded    uint64  // all robots connected, end of window
+	ControlCPU          float64 // cores used over the window
+	SimulatorRSS        uint64
+	SimulatorCPU        float64
+	AgentRSS            uint64
+	AgentHWM            uint64
+	AgentCPU            float64 // fraction of one core
+}
+
+// PerConnection is control's memory per robot connection.
+func (r BenchResult) PerConnection() float64 {
+	return float64(int64(r.ControlRSSLoaded)-int64(r.ControlRSSBase)) / float64(r.Robots)
+}
+
+// RunBench runs the benchmark described on BenchOptions.
+func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
+	res := BenchResult{Robots: o.Robots, HeartbeatInterval: o.HeartbeatInterval, Window: o.Duration}
+	if o.Robots <= 0 || o.Duration <= 0 || o.HeartbeatInterval <= 0 {
+		return res, errors.New("bench: robots, duration and heartbeat interval must be positive")
+	}
+	for _, b := range []string{o.ControlBinary, o.AgentBinary} {
+		if _, err := os.Stat(b); err != nil {
+			return res, fmt.Errorf("bench needs %s: %w (run `make build`)", b, err)
+		}
+	}
+	if o.Dir == "" {
+		d, err := os.MkdirTemp("", "lekiwi-bench-")
+		if err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(d)
+		o.Dir = d
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
+
+	listen, err := FreeAddr()
+	if err != nil {
+		return res, err
+	}
+	dbAddr, err := FreeAddr()
+	if err != nil {
+		return res, err
+	}
+	base := "http://" + listen
+	ctl := exec.CommandContext(ctx, o.ControlBinary, "run", "--data-dir", filepath.Join(o.Dir, "control"),
+		"--listen", listen, "--db-address", dbAddr, "--heartbeat-interval", o.HeartbeatInterval.String(),
+		"--offline-grace", o.HeartbeatInterval.String(), "--log-level", "warn")
+	ctl.Stderr = os.Stderr
+	if err := ctl.Start(); err != nil {
+		return res, fmt.Errorf("start control: %w", err)
+	}
+	defer func() {
+		_ = ctl.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = ctl.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = ctl.Process.Kill()
+		}
+	}()
+	if err := waitReady(ctx, base, 60*time.Second); err != nil {
+		return res, err
+	}
+	time.Sleep(time.Second)
+	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
+		res.ControlRSSBase = m.RSS
+	}
+	say("control pid %d up at %s (RSS %s); starting %d robots", ctl.Process.Pid, base, mib(res.ControlRSSBase), o.Robots)
+
+	var measuring atomic.Bool
+	var mu sync.Mutex
+	var lat []time.Duration
+	fleet, err := NewFleet(FleetOptions{
+		Robots: o.Robots, Servers: []string{base}, Dir: filepath.Join(o.Dir, "fleet"),
+		TelemetrySampleInterval: 5 * time.Second, TelemetryMinInterval: 30 * time.Second,
+		FirstReconnectJitter: time.Second,
+		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, d time.Duration) {
+			if t == protocol.TypeHeartbeat && measuring.Load() {
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		return res, err
+	}
+	start := time.Now()
+	if err := fleet.Start(ctx, 0); err != nil {
+		return res, err
+	}
+	defer fleet.Stop()
+	for fleet.Connected() < o.Robots {
+		if time.Since(start) > 2*time.Minute {
+			return res, fmt.Errorf("only %d of %d robots connected after 2 minutes", fleet.Connected(), o.Robots)
+		}
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res.OnlineAfter = time.Since(start)
+	say("%d robots connected after %s", o.Robots, res.OnlineAfter.Round(time.Millisecond))
+
+	agent, agentDone, err := startAgentProcess(ctx, o, base)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		_ = agent.Process.Signal(os.Interrupt)
+		<-agentDone
+	}()
+	time.Sleep(3 * time.Second) // settle: telemetry bursts, first heartbeats
+
+	hb0, err := scrapeCounter(base, `lekiwi_control_messages_total{type="heartbeat"}`)
+	if err != nil {
+		return res, err
+	}
+	ctlCPU0, _ := ReadProcCPU(ctl.Process.Pid)
+	simCPU0, _ := ReadProcCPU(os.Getpid())
+	agentCPU0, _ := ReadProcCPU(agent.Process.Pid)
+	measuring.Store(true)
+	t0 := time.Now()
+	say("measuring for %s", o.Duration)
+	select {
+	case <-time.After(o.Duration):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	measuring.Store(false)
+	elapsed := time.Since(t0)
+	hb1, err := scrapeCounter(base, `lekiwi_control_messages_total{type="heartbeat"}`)
+	if err != nil {
+		return res, err
+	}
+	ctlCPU1, _ := ReadProcCPU(ctl.Process.Pid)
+	simCPU1, _ := ReadProcCPU(os.Getpid())
+	agentCPU1, _ := ReadProcCPU(agent.Process.Pid)
+	res.HeartbeatsPerSecond = (hb1 - hb0) / elapsed.Seconds()
+	res.ControlCPU = (ctlCPU1 - ctlCPU0).Seconds() / elapsed.Seconds()
+	res.SimulatorCPU = (simCPU1 - simCPU0).Seconds() / elapsed.Seconds()
+	res.AgentCPU = (agentCPU1 - agentCPU0).Seconds() / elapsed.Seconds()
+	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
+		res.ControlRSSLoaded = m.RSS
+	}
+	if m, err := ReadProcMemory(os.Getpid()); err == nil {
+		res.SimulatorRSS = m.RSS
+	}
+	if m, err := ReadProcMemory(agent.Process.Pid); err == nil {
+		res.AgentRSS, res.AgentHWM = m.RSS, m.HWM
+	}
+	mu.Lock()
+	res.AckSamples = len(lat)
+	res.AckP50, res.AckP99, res.AckMax = Percentile(lat, 50), Percentile(lat, 99), Percentile(lat, 100)
+	mu.Unlock()
+	if res.AckSamples == 0 {
+		return res, errors.New("no heartbeat was acknowledged during the window")
+	}
+	return res, nil
+}
+
+// startAgentProcess runs the real agent binary against control with a
+// fixture board, like one robot in the field.
+func startAgentProcess(ctx context.Context, o BenchOptions, server string) (*exec.Cmd, chan struct{}, error) {
+	dir := filepath.Join(o.Dir, "agent")
+	roots, err := Pi5(999_999, "bench-agent").WriteTree(filepath.Join(dir, "board"))
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := fmt.Sprintf("robot_id: bench-agent\nrobot_type: lekiwi\nservers: [%q]\nstate_dir: %q\nlog_level: warn\nroots:\n  proc: %q\n  sys: %q\n  etc: %q\n",
+		server, filepath.Join(dir, "state"), roots.Proc, roots.Sys, roots.Etc)
+	path := filepath.Join(dir, "agent.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.CommandContext(ctx, o.AgentBinary, "run", "--config", path)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start agent %s: %w", o.AgentBinary, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return cmd, done, nil
+}
+
+func waitReady(ctx context.Context, base string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("control at %s not ready after %s (last error: %v)", base, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// scrapeCounter reads one sample from a Prometheus text endpoint.
+func scrapeCounter(base, series string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, series+" ") {
+			return strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, series)), 64)
+		}
+	}
+	return 0, fmt.Errorf("series %s not found at %s/metrics", series, base)
+}
+
+// Table renders the result as Markdown.
+func (r BenchResult) Table() string {
+	var b strings.Builder
+	row := func(k, v string) { fmt.Fprintf(&b, "| %s | %s |\n", k, v) }
+	b.WriteString("| metric | value |\n|---|---|\n")
+	row("robots (simulated, real agent runtime)", strconv.Itoa(r.Robots))
+	row("heartbeat interval told to robots", r.HeartbeatInterval.String())
+	row("all robots connected after", r.OnlineAfter.Round(time.Millisecond).String())
+	row("measurement window", r.Window.String())
+	row("heartbeats ingested per second", fmt.Sprintf("%.0f", r.HeartbeatsPerSecond))
+	row("heartbeat ack latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d samples)", r.AckP50.Round(time.Microsecond), r.AckP99.Round(time.Microsecond), r.AckMax.Round(time.Microsecond), r.AckSamples))
+	row("control RSS idle → loaded", fmt.Sprintf("%s → %s", mib(r.ControlRSSBase), mib(r.ControlRSSLoaded)))
+	row("control RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnection()/1024))
+	row("control CPU (cores)", fmt.Sprintf("%.3f", r.ControlCPU))
+	row("simulator RSS / CPU (cores)", fmt.Sprintf("%s / %.3f", mib(r.SimulatorRSS), r.SimulatorCPU))
+	row("agent process RSS (peak)", fmt.Sprintf("%s (%s)", mib(r.AgentRSS), mib(r.AgentHWM)))
+	row("agent process CPU", fmt.Sprintf("%.3f%% of one core", 100*r.AgentCPU))
+	return b.String()
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -1,0 +1,96 @@
+// Command fleet is the lab tool: `fleet demo` runs a control node with a
+// simulated fleet (what `make run` starts), `fleet bench` measures ingest,
+// latency and memory.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lekiwi/heartbeat/testbench"
+)
+
+func main() {
+	root := &cobra.Command{Use: "fleet", Short: "Lekiwi Heartbeat lab: simulated fleets and benchmarks", SilenceUsage: true}
+	root.AddCommand(newDemo(), newBench())
+	if err := root.Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func newDemo() *cobra.Command {
+	o := testbench.DemoOptions{Out: os.Stdout}
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run one control node and simulated robots until Ctrl-C",
+		Long: `Starts a control node (dqlite data in --data-dir, reused across runs) and
+--robots simulated robots (LeKiwi and XLE mixed, each the real agent runtime
+with its own fixture /proc tree and on-disk queue, over real sockets). Prints
+the API URL and a live online count. Ctrl-C stops robots, then the node.`,
+		Example: `  fleet demo --robots 50 --data-dir .run/control
+  curl http://127.0.0.1:8080/v1/robots?state=online`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelWarn
+			if verbose {
+				level = slog.LevelInfo
+			}
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			ctx, stop := signalContext()
+			defer stop()
+			return testbench.RunDemo(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Robots, "robots", 50, "number of simulated robots")
+	f.StringVar(&o.DataDir, "data-dir", ".run/control", "control node data directory (robot state goes beside it)")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:8080", "HTTP address of the control node")
+	f.StringVar(&o.DBAddress, "db-address", "127.0.0.1:9001", "dqlite address of the control node")
+	f.DurationVar(&o.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "heartbeat interval robots are told to use")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log connections and state changes")
+	return cmd
+}
+
+func newBench() *cobra.Command {
+	o := testbench.BenchOptions{Out: os.Stdout}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure heartbeat ingest, ack latency and memory with N simulated robots",
+		Long: `Starts bin/control as a separate process (so its memory is its own), connects
+--robots simulated robots from this process, and measures: control RSS per
+connection, heartbeat ingest rate and ack latency p50/p99 over --duration, and a
+real agent process's RSS and CPU at steady state. Prints a Markdown table for
+docs/BENCHMARKS.md.`,
+		Example: `  fleet bench --robots 1000 --duration 30s --control-binary bin/control --agent-binary bin/agent`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext()
+			defer stop()
+			res, err := testbench.RunBench(ctx, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(o.Out, res.Table())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Robots, "robots", 1000, "simulated robots")
+	f.DurationVar(&o.Duration, "duration", 30*time.Second, "measurement window once all robots are online")
+	f.DurationVar(&o.HeartbeatInterval, "heartbeat-interval", time.Second, "heartbeat interval control tells robots (production: 30s)")
+	f.StringVar(&o.ControlBinary, "control-binary", "bin/control", "control binary to run")
+	f.StringVar(&o.AgentBinary, "agent-binary", "bin/agent", "agent binary to measure")
+	return cmd
+}
