@@ -445,3 +445,19 @@ func jsonEqual(a, b any) bool {
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
 }
+
+func TestHeartbeatJitterWithinTenPercent(t *testing.T) {
+	h := newHarness(t, "", []string{deadURL(t)}, nil)
+	h.a.hbInterval = time.Second
+	lo, hi := time.Hour, time.Duration(0)
+	for range 2000 {
+		d := h.a.heartbeatDelay()
+		if d < 900*time.Millisecond || d > 1100*time.Millisecond {
+			t.Fatalf("heartbeat delay %v outside 1s ±10%%", d)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo > 920*time.Millisecond || hi < 1080*time.Millisecond {
+		t.Fatalf("delays span only [%v, %v]: the jitter should cover most of ±10%%", lo, hi)
+	}
+}

@@ -47,8 +47,9 @@ func TestEveryEventDeliveredExactlyOnceAcrossDrops(t *testing.T) {
 		case 1:
 			return connPolicy{noAck: true, dropAfter: 6} // acks nothing
 		}
-		return connPolicy{}
+		return connPolicy{ackBatch: 3} // several sequences per ack, newest first
 	}
+	fc.hbIntervalMS = 20 // heartbeats also flush held acks
 	h := newHarness(t, "", []string{fc.url()}, nil)
 	const before, during = 10, 30
 	emit := func(i int) {
@@ -328,4 +329,74 @@ func TestManyAgentsInOneProcess(t *testing.T) {
 		h.stop(t)
 	}
 	fc.checkNoViolations(t)
+}
+
+// TestWindowBoundsUnackedInFlight: with a window of 4 and a control that
+// acknowledges nothing, exactly 4 queued messages are sent; after a
+// reconnect to a control that does acknowledge, the rest follow.
+func TestWindowBoundsUnackedInFlight(t *testing.T) {
+	fc := newFakeControl(t, "")
+	fc.hbIntervalMS = 10
+	fc.policy = func(conn int) connPolicy {
+		if conn == 0 {
+			return connPolicy{noAck: true}
+		}
+		return connPolicy{}
+	}
+	h := newHarness(t, "", []string{fc.url()}, func(o *Options) { o.Window = 4 })
+	for i := range 10 {
+		if err := h.a.Emit(context.Background(), protocol.Event{Kind: "test.tick", Message: fmt.Sprint("event-", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.start()
+	queuedFrames := func() (n, heartbeats int) {
+		_, frames, _, _, _ := fc.snapshot()
+		for _, f := range frames {
+			if f.Type == protocol.TypeHeartbeat {
+				heartbeats++
+			} else {
+				n++
+			}
+		}
+		return n, heartbeats
+	}
+	waitFor(t, 5*time.Second, "heartbeats flowing with the window full", func() bool {
+		n, hb := queuedFrames()
+		return n >= 4 && hb >= 5
+	})
+	if n, _ := queuedFrames(); n != 4 {
+		t.Fatalf("%d queued messages sent without acknowledgement, want the window of 4", n)
+	}
+	fc.mu.Lock()
+	fc.conns[0].CloseNow()
+	fc.mu.Unlock()
+	waitFor(t, 5*time.Second, "everything delivered after the reconnect", func() bool { return h.q.Stats().Pending == 0 })
+	h.stop(t)
+	_, _, stored, _, _ := fc.snapshot()
+	if got := eventsByMessage(t, stored, "test.tick"); len(got) != 10 {
+		t.Fatalf("%d events stored, want 10", len(got))
+	}
+	fc.checkNoViolations(t)
+}
+
+// TestRejectedMessageRemoved: a queued message control refuses as invalid
+// would be refused on every resend; the agent drops it and counts it, and
+// the messages after it still flow.
+func TestRejectedMessageRemoved(t *testing.T) {
+	fc := newFakeControl(t, "")
+	fc.policy = func(int) connPolicy { return connPolicy{reject: "test.poison"} }
+	h := newHarness(t, "", []string{fc.url()}, nil)
+	h.start()
+	h.rec.waitState(t, Connected, 5*time.Second)
+	for _, k := range []string{"test.ok", "test.poison", "test.ok"} {
+		if err := h.a.Emit(context.Background(), protocol.Event{Kind: k, Message: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the queue to drain", func() bool { return h.q.Stats().Pending == 0 && h.a.Stats().Rejected == 1 })
+	h.stop(t)
+	if s := h.a.Stats(); s.Rejected != 1 || s.Reconnects != 0 {
+		t.Fatalf("stats %+v: want 1 rejected, connection kept", s)
+	}
 }

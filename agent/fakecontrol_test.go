@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,12 @@ type streamSeq struct {
 type connPolicy struct {
 	noAck     bool // never acknowledge queued messages
 	dropAfter int  // close after this many queued messages, before acking the last (0: never)
+	// ackBatch > 1 holds acknowledgements until that many are due (or a
+	// heartbeat arrives) and sends them as one ack in reverse order.
+	ackBatch int
+	// reject answers queued events of this kind with an invalid error
+	// instead of an ack, as control does for a message it cannot accept.
+	reject string
 }
 
 // fakeControl plays the control side of /v1/agent as the gateway does:
@@ -151,6 +158,15 @@ func (f *fakeControl) handle(w http.ResponseWriter, r *http.Request) {
 		pol = f.policy(connIndex)
 	}
 	var lastQueued, lastHeartbeat uint64
+	var held []uint64
+	flush := func() {
+		if len(held) == 0 {
+			return
+		}
+		slices.Reverse(held)
+		f.send(ctx, c, env.RobotID, protocol.TypeAck, protocol.Ack{Sequences: held})
+		held = nil
+	}
 	nQueued := 0
 	for {
 		_, data, err := c.Read(ctx)
@@ -175,6 +191,7 @@ func (f *fakeControl) handle(w http.ResponseWriter, r *http.Request) {
 				f.violate("heartbeat payload: %v", err)
 			}
 			f.send(ctx, c, env.RobotID, protocol.TypeAck, protocol.Ack{Sequences: []uint64{env.Sequence}})
+			flush()
 		case protocol.TypeTelemetry, protocol.TypeEvent, protocol.TypeResponse:
 			if env.Sequence <= lastQueued {
 				f.violate("queued %s %d not above %d on this connection", env.Type, env.Sequence, lastQueued)
@@ -196,7 +213,19 @@ func (f *fakeControl) handle(w http.ResponseWriter, r *http.Request) {
 			if pol.dropAfter > 0 && nQueued >= pol.dropAfter {
 				return // "crash" before the commit that would acknowledge it
 			}
-			if !pol.noAck {
+			if pol.reject != "" && env.Type == protocol.TypeEvent {
+				if ev, _ := protocol.DecodePayload[protocol.Event](env); ev.Kind == pol.reject {
+					f.send(ctx, c, env.RobotID, protocol.TypeError, protocol.Errorf(protocol.CodeInvalid, env.Sequence, "event kind %q is refused", ev.Kind))
+					continue
+				}
+			}
+			switch {
+			case pol.noAck:
+			case pol.ackBatch > 1:
+				if held = append(held, env.Sequence); len(held) >= pol.ackBatch {
+					flush()
+				}
+			default:
 				f.send(ctx, c, env.RobotID, protocol.TypeAck, protocol.Ack{Sequences: []uint64{env.Sequence}})
 			}
 		default:
