@@ -72,7 +72,8 @@ func seed(t *testing.T, st *store.Store) {
 		if i%2 == 1 {
 			typ = protocol.RobotXLE
 		}
-		if _, err := st.Connect(ctx, id, now, store.RegisteredData{Type: typ}, store.ConnectedData{Session: id, Type: typ}); err != nil {
+		data, _ := json.Marshal(store.ConnectedData{Session: id, Type: typ})
+		if _, err := st.Append(ctx, []store.Event{{RobotID: id, Type: store.TypeRobotConnected, Time: now, Data: data}}); err != nil {
 			t.Fatal(err)
 		}
 	}

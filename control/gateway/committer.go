@@ -14,9 +14,12 @@ type commitReq struct {
 	event    store.Event
 	session  *session
 	received time.Time
-	// barrier, when set, marks no event: it is closed once everything
-	// queued before it has been committed (or has failed).
-	barrier chan struct{}
+	// result, when set, receives the append's outcome (nil when durable).
+	result chan error
+	// job, when set, marks no event: it runs on the committer after the
+	// events queued before it, so every write of this node goes through
+	// one goroutine and never contends with another for the database.
+	job func(context.Context)
 }
 
 // commitLoop appends waiting events in batches. It never waits to fill a
@@ -48,14 +51,14 @@ func (g *Gateway) commitLoop(ctx context.Context) {
 func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	batch := make([]commitReq, 0, len(all))
 	for _, r := range all {
-		if r.barrier == nil {
+		if r.job == nil {
 			batch = append(batch, r)
 		}
 	}
 	defer func() {
 		for _, r := range all {
-			if r.barrier != nil {
-				close(r.barrier)
+			if r.job != nil {
+				r.job(ctx)
 			}
 		}
 	}()
@@ -76,7 +79,9 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 		// their sessions and let them come back when the store can write.
 		g.log.Error("event log append failed; closing the affected sessions so robots resend later", "events", len(batch), "err", err)
 		for _, r := range batch {
-			if r.session != nil {
+			if r.result != nil {
+				r.result <- err
+			} else if r.session != nil {
 				r.session.fail(protocol.Errorf(protocol.CodeNotReady, r.event.RobotSeq, "control could not store the message; reconnect and resend"))
 			}
 		}
@@ -85,6 +90,10 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	now := time.Now()
 	acks := map[*session][]uint64{}
 	for i, r := range batch {
+		if r.result != nil {
+			r.result <- nil
+			continue
+		}
 		if r.session == nil {
 			continue
 		}
@@ -97,5 +106,37 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	}
 	for s, seqs := range acks {
 		s.ackAsync(seqs)
+	}
+}
+
+// do runs fn on the committer and waits for it (or for ctx).
+func (g *Gateway) do(ctx context.Context, fn func(context.Context)) {
+	done := make(chan struct{})
+	req := commitReq{job: func(ctx context.Context) { defer close(done); fn(ctx) }}
+	select {
+	case g.commits <- req:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// appendAndWait appends one event through the committer and waits until it
+// is durable.
+func (g *Gateway) appendAndWait(ctx context.Context, ev store.Event) error {
+	result := make(chan error, 1)
+	select {
+	case g.commits <- commitReq{event: ev, result: result, received: time.Now()}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -144,17 +144,15 @@ func (g *Gateway) Shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 	}
-	// Wait until the sessions' disconnect events are in the log.
-	barrier := make(chan struct{})
-	select {
-	case g.commits <- commitReq{barrier: barrier}:
-		select {
-		case <-barrier:
-		case <-ctx.Done():
-		}
-	case <-ctx.Done():
-	}
-	g.flushPresence(ctx, sessions)
+	// Runs after the sessions' disconnect events, which are queued ahead.
+	g.do(ctx, func(ctx context.Context) { g.flushPresence(ctx, sessions) })
+}
+
+// connectEvent is the RobotConnected event of a session.
+func (g *Gateway) connectEvent(s *session, at time.Time) store.Event {
+	data, _ := jsonMarshal(s.connected)
+	return store.Event{RobotID: s.robotID, Type: store.TypeRobotConnected, Time: at.UTC(), Data: data,
+		Actor: "robot:" + s.robotID, CorrelationID: s.id}
 }
 
 // ServeHTTP upgrades a robot's request to a WebSocket session.
@@ -227,27 +225,33 @@ func (g *Gateway) presenceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := g.cfg.Now()
-		timeout := g.cfg.OfflineTimeout()
-		sessions := g.snapshot()
-		for _, s := range sessions {
-			if now.Sub(s.heard()) > timeout {
-				s.close(protocol.ClosePolicyViolation, fmt.Sprintf("no message for %s (heartbeat interval %s)", timeout, g.cfg.HeartbeatInterval))
-			}
+		g.do(ctx, g.presenceTick)
+	}
+}
+
+// presenceTick runs on the committer: close silent sessions, flush
+// presence, sweep silent robots offline, revive wrongly swept ones.
+func (g *Gateway) presenceTick(ctx context.Context) {
+	now := g.cfg.Now()
+	timeout := g.cfg.OfflineTimeout()
+	sessions := g.snapshot()
+	for _, s := range sessions {
+		if now.Sub(s.heard()) > timeout {
+			s.close(protocol.ClosePolicyViolation, fmt.Sprintf("no message for %s (heartbeat interval %s)", timeout, g.cfg.HeartbeatInterval))
 		}
-		g.flushPresence(ctx, sessions)
-		gone, err := g.store.SweepOffline(ctx, now.Add(-timeout), now, timeout)
-		if err != nil {
-			g.log.Warn("offline sweep failed; will retry", "err", err)
-			continue
-		}
-		for _, id := range gone {
-			g.log.Info("robot offline", "robot", id, "timeout", timeout)
-		}
-		g.revive(ctx, now, sessions)
-		if n, err := g.store.CountRobots(ctx, store.StateOnline); err == nil {
-			g.metrics.robotsOnline.Set(float64(n))
-		}
+	}
+	g.flushPresence(ctx, sessions)
+	gone, err := g.store.SweepOffline(ctx, now.Add(-timeout), now, timeout)
+	if err != nil {
+		g.log.Warn("offline sweep failed; will retry", "err", err)
+		return
+	}
+	for _, id := range gone {
+		g.log.Info("robot offline", "robot", id, "timeout", timeout)
+	}
+	g.revive(ctx, now, sessions)
+	if n, err := g.store.CountRobots(ctx, store.StateOnline); err == nil {
+		g.metrics.robotsOnline.Set(float64(n))
 	}
 }
 
@@ -274,7 +278,7 @@ func (g *Gateway) revive(ctx context.Context, now time.Time, sessions []*session
 	}
 	for _, id := range offline {
 		s := live[id]
-		if _, err := g.store.Connect(ctx, id, now.UTC(), s.registered, s.connected); err != nil {
+		if _, err := g.store.Append(ctx, []store.Event{g.connectEvent(s, now)}); err != nil {
 			g.log.Warn("cannot record robot online again; will retry", "robot", id, "err", err)
 			continue
 		}

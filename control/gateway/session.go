@@ -39,10 +39,9 @@ type session struct {
 	remote string
 
 	// Set by hello, then read-only.
-	robotID    string
-	stream     string
-	registered store.RegisteredData
-	connected  store.ConnectedData
+	robotID   string
+	stream    string
+	connected store.ConnectedData
 
 	// Owned by the reader goroutine.
 	lastQueued    uint64 // last telemetry/event/response sequence
@@ -132,18 +131,16 @@ func (s *session) hello(ctx context.Context) error {
 	}
 	now := s.g.cfg.Now().UTC()
 	s.heardAt.Store(now.UnixNano())
-	s.registered = store.RegisteredData{Type: hello.RobotType, Hardware: hello.Hardware}
 	s.connected = store.ConnectedData{
 		Session: s.id, Node: s.g.cfg.NodeID, Remote: s.remote, ProtocolVersion: version,
 		AgentVersion: hello.AgentVersion, OSVersion: hello.OSVersion, Packages: hello.Packages,
 		Type: hello.RobotType, Hardware: hello.Hardware, Capabilities: hello.Capabilities,
 	}
-	_, err = s.g.store.Connect(ctx, s.robotID, now, s.registered, s.connected)
-	if err != nil {
+	if err := s.g.appendAndWait(ctx, s.g.connectEvent(s, now)); err != nil {
 		s.g.detach(s)
 		s.send(ctx, s.errorFrame(protocol.Errorf(protocol.CodeNotReady, env.Sequence, "control cannot record the connection right now; retry later")))
 		s.close(websocket.StatusTryAgainLater, "store unavailable")
-		return err
+		return fmt.Errorf("record connection: %w", err)
 	}
 	reply := protocol.HelloReply{
 		Version:             version,

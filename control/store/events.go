@@ -50,7 +50,8 @@ type AppendResult struct {
 // Append writes events to the log in order and applies them to the
 // projections, all in one transaction: either every event is durable and
 // projected, or none is. Events already in the log (by robot, stream and
-// robot sequence) are skipped and reported as duplicates.
+// robot sequence) are skipped and reported as duplicates. A robot's first
+// RobotConnected is preceded by a RobotRegistered made from its data.
 func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -65,6 +66,9 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 		results = make([]AppendResult, len(events))
 		robots := newRobotCache(tx)
 		for i := range events {
+			if err := registerIfNew(ctx, tx, robots, events[i]); err != nil {
+				return err
+			}
 			res, err := appendOne(ctx, tx, robots, events[i])
 			if err != nil {
 				return err
@@ -134,6 +138,30 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 	return AppendResult{Seq: seq}, nil
 }
 
+// registerIfNew appends RobotRegistered before a robot's first
+// RobotConnected. Doing it inside the append transaction means two nodes
+// racing on a robot's first hello register it exactly once.
+func registerIfNew(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) error {
+	if e.Type != TypeRobotConnected || e.RobotID == "" {
+		return nil
+	}
+	r, err := robots.get(ctx, e.RobotID)
+	if err != nil || r.ID != "" {
+		return err
+	}
+	var d ConnectedData
+	if err := json.Unmarshal(e.Data, &d); err != nil {
+		return dataError(e, err)
+	}
+	reg, err := json.Marshal(RegisteredData{Type: d.Type, Hardware: d.Hardware})
+	if err != nil {
+		return err
+	}
+	_, err = appendOne(ctx, tx, robots, Event{RobotID: e.RobotID, Type: TypeRobotRegistered, Time: e.Time, Data: reg,
+		Actor: e.Actor, CorrelationID: e.CorrelationID})
+	return err
+}
+
 // Events returns up to limit events with seq > after, oldest first.
 func (s *Store) Events(ctx context.Context, after int64, limit int, robotID string) ([]Event, error) {
 	if limit <= 0 {
@@ -193,41 +221,4 @@ func scanEvent(rows *sql.Rows) (Event, error) {
 		e.RobotTime = time.Unix(0, robotTs.Int64).UTC()
 	}
 	return e, nil
-}
-
-// Connect records a robot's new session: RobotRegistered first if control
-// has never seen the robot, then RobotConnected, in one transaction so two
-// nodes racing on a robot's first hello register it once.
-func (s *Store) Connect(ctx context.Context, robotID string, at time.Time, reg RegisteredData, conn ConnectedData) (registered bool, err error) {
-	regData, err := json.Marshal(reg)
-	if err != nil {
-		return false, err
-	}
-	connData, err := json.Marshal(conn)
-	if err != nil {
-		return false, err
-	}
-	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
-		cache := newRobotCache(tx)
-		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM robots WHERE id = ?`, robotID).Scan(&n); err != nil {
-			return fmt.Errorf("look up robot %q: %w", robotID, err)
-		}
-		registered = n == 0
-		if registered {
-			e := Event{RobotID: robotID, Type: TypeRobotRegistered, Time: at, Data: regData, Actor: "robot:" + robotID, CorrelationID: conn.Session}
-			if _, err := appendOne(ctx, tx, cache, e); err != nil {
-				return err
-			}
-		}
-		e := Event{RobotID: robotID, Type: TypeRobotConnected, Time: at, Data: connData, Actor: "robot:" + robotID, CorrelationID: conn.Session}
-		if _, err := appendOne(ctx, tx, cache, e); err != nil {
-			return err
-		}
-		return cache.flush(ctx)
-	})
-	if err != nil {
-		return false, fmt.Errorf("record connection of robot %q: %w", robotID, err)
-	}
-	return registered, nil
 }

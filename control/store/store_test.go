@@ -255,7 +255,7 @@ func TestPresenceAndOfflineSweep(t *testing.T) {
 		t.Fatalf("offline count = %d, %v", n, err)
 	}
 	evs, err := s.Events(ctx, 0, 100, "r2")
-	if err != nil || len(evs) != 2 || evs[1].Type != TypeRobotOffline {
+	if err != nil || len(evs) != 3 || evs[0].Type != TypeRobotRegistered || evs[2].Type != TypeRobotOffline {
 		t.Fatalf("r2 events = %+v, %v", evs, err)
 	}
 }
@@ -387,5 +387,34 @@ func TestPresenceFlushBeyondOneStatementAndOfflineAmong(t *testing.T) {
 	}
 	if len(off) != 7 {
 		t.Fatalf("offline among = %v, want the 7 ids that are multiples of 100", off)
+	}
+}
+
+func TestFirstConnectRegistersOnce(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	conn := func(session string) Event {
+		return Event{RobotID: "new-1", Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: session, Type: protocol.RobotXLE, Hardware: protocol.Hardware{Serial: "x1"}})}
+	}
+	if _, err := s.Append(ctx, []Event{conn("a"), conn("b")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, []Event{conn("c")}); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.Events(ctx, 0, 10, "new-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, e := range evs {
+		types = append(types, e.Type)
+	}
+	if fmt.Sprint(types) != "[RobotRegistered RobotConnected RobotConnected RobotConnected]" {
+		t.Fatalf("events %v", types)
+	}
+	r, err := s.Robot(ctx, "new-1")
+	if err != nil || r.Type != protocol.RobotXLE || r.Hardware.Serial != "x1" || r.RegisteredAt.IsZero() || r.Status.Session != "c" {
+		t.Fatalf("robot %+v, %v", r, err)
 	}
 }
