@@ -59,7 +59,7 @@ lint: deps
 
 # Heartbeat ingest, ack latency and memory at 1,000 robots; agent RSS/CPU.
 bench: build
-	./bin/fleet bench --robots 1000 --duration 30s --agent-binary ./bin/agent
+	ulimit -n 20000; ./bin/fleet bench --robots 1000 --duration 30s --control-binary bin/control --agent-binary bin/agent
 
 clean:
 	rm -rf bin $(RUN_DIR)

@@ -43,6 +43,9 @@ type BenchResult struct {
 	ControlRSSBase      uint64  // before any robot connected
 	ControlRSSLoaded    uint64  // all robots connected, end of window
 	ControlCPU          float64 // cores used over the window
+	ControlHeapInuse    float64 // Go heap in use, loaded
+	ControlStacks       float64 // goroutine stacks, loaded
+	ControlGoroutines   float64
 	SimulatorRSS        uint64
 	SimulatorCPU        float64
 	AgentRSS            uint64
@@ -187,6 +190,9 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
 		res.ControlRSSLoaded = m.RSS
 	}
+	res.ControlHeapInuse, _ = scrapeCounter(base, "go_memstats_heap_inuse_bytes")
+	res.ControlStacks, _ = scrapeCounter(base, "go_memstats_stack_inuse_bytes")
+	res.ControlGoroutines, _ = scrapeCounter(base, "go_goroutines")
 	if m, err := ReadProcMemory(os.Getpid()); err == nil {
 		res.SimulatorRSS = m.RSS
 	}
@@ -279,6 +285,8 @@ func (r BenchResult) Table() string {
 	row("heartbeat ack latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d samples)", r.AckP50.Round(time.Microsecond), r.AckP99.Round(time.Microsecond), r.AckMax.Round(time.Microsecond), r.AckSamples))
 	row("control RSS idle → loaded", fmt.Sprintf("%s → %s", mib(r.ControlRSSBase), mib(r.ControlRSSLoaded)))
 	row("control RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnection()/1024))
+	row("control Go heap in use / goroutine stacks, loaded", fmt.Sprintf("%s / %s", mib(uint64(r.ControlHeapInuse)), mib(uint64(r.ControlStacks))))
+	row("control goroutines per connection", fmt.Sprintf("%.2f", r.ControlGoroutines/float64(r.Robots)))
 	row("control CPU (cores)", fmt.Sprintf("%.3f", r.ControlCPU))
 	row("simulator RSS / CPU (cores)", fmt.Sprintf("%s / %.3f", mib(r.SimulatorRSS), r.SimulatorCPU))
 	row("agent process RSS (peak)", fmt.Sprintf("%s (%s)", mib(r.AgentRSS), mib(r.AgentHWM)))
