@@ -182,7 +182,7 @@ func (r *SimRobot) Start(ctx context.Context) error {
 		TelemetrySampleInterval: r.opts.TelemetrySampleInterval, TelemetryMinInterval: r.opts.TelemetryMinInterval,
 		FirstReconnectJitter: r.opts.FirstReconnectJitter, Backoff: r.opts.Backoff,
 		Rand:   rand.New(rand.NewPCG(r.seed, 0x5eed)),
-		Logger: r.opts.Logger.With("robot", r.ID),
+		Logger: r.opts.Logger,
 	}
 	if r.opts.OnAck != nil {
 		opts.OnAck = func(seq uint64, t protocol.Type, latency time.Duration) { r.opts.OnAck(r, seq, t, latency) }

@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,29 +14,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/storetest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
 func newAPI(t *testing.T) (*store.Store, *httptest.Server) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Address: addr, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, log := storetest.Open(t), storetest.Logger()
 	reg := prometheus.NewRegistry()
 	mux := http.NewServeMux()
 	New(st, Options{Logger: log, Registerer: reg, Gatherer: reg}).Register(mux)
 	srv := httptest.NewServer(mux)
-	t.Cleanup(func() { srv.Close(); st.Close() })
+	t.Cleanup(srv.Close)
 	return st, srv
 }
 

@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -17,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/storetest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -29,19 +27,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Options{Dir: t.TempDir(), Address: addr, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, log := storetest.Open(t), storetest.Logger()
 	cfg.NodeID, cfg.Logger = "test-node", log
 	gw, err := New(st, cfg)
 	if err != nil {
@@ -58,7 +44,6 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		srv.Close()
 		stop()
 		<-done
-		st.Close()
 	})
 	return &harness{st: st, gw: gw, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
