@@ -41,7 +41,8 @@ const (
 // Known reports whether t is a message type of this protocol version.
 func (t Type) Known() bool {
 	switch t {
-	case TypeHello, TypeHeartbeat, TypeTelemetry, TypeEvent, TypeCommand, TypeResponse, TypeAck, TypeError:
+	case TypeHello, TypeHeartbeat, TypeTelemetry, TypeEvent, TypeCommand, TypeResponse, TypeAck, TypeError,
+		TypeRenew, TypeCertificate:
 		return true
 	}
 	return false
