@@ -130,7 +130,10 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 		return AppendResult{}, err
 	}
 	e.Seq = seq
-	if e.RobotID != "" {
+	if err := applySecurity(ctx, tx, e); err != nil {
+		return AppendResult{}, err
+	}
+	if e.RobotID != "" && robotEvent(e.Type) {
 		if err := robots.apply(ctx, e); err != nil {
 			return AppendResult{}, err
 		}
@@ -160,6 +163,17 @@ func registerIfNew(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event)
 	_, err = appendOne(ctx, tx, robots, Event{RobotID: e.RobotID, Type: TypeRobotRegistered, Time: e.Time, Data: reg,
 		Actor: e.Actor, CorrelationID: e.CorrelationID})
 	return err
+}
+
+// robotEvent reports whether an event type belongs to the robots
+// projection. Audit records and enrollment bookkeeping name a robot id
+// (possibly one that never connected) but must not create a robot.
+func robotEvent(t string) bool {
+	switch t {
+	case TypeAccessDenied, TypeEnrollmentCreated:
+		return false
+	}
+	return true
 }
 
 // Events returns up to limit events with seq > after, oldest first.

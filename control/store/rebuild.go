@@ -30,7 +30,7 @@ func (s *Store) rebuild(ctx context.Context) (map[string]*Robot, int64, error) {
 		}
 		for _, e := range page {
 			after = e.Seq
-			if e.RobotID == "" {
+			if e.RobotID == "" || !robotEvent(e.Type) {
 				continue
 			}
 			r := robots[e.RobotID]
@@ -125,6 +125,9 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 		if now.Int64 != last {
 			return errLogMoved
 		}
+		if err := rebuildSecurity(ctx, tx); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM robots`); err != nil {
 			return err
 		}
@@ -139,4 +142,39 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("replace robots projection: %w", err)
 	}
 	return len(rebuilt), nil
+}
+
+// rebuildSecurity replays the security events into fresh token,
+// enrollment and certificate tables.
+func rebuildSecurity(ctx context.Context, tx *sql.Tx) error {
+	for _, t := range []string{"tokens", "enrollment_tokens", "certificates"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t); err != nil {
+			return fmt.Errorf("clear %s: %w", t, err)
+		}
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time
+		FROM events WHERE type IN (?, ?, ?, ?, ?, ?) ORDER BY seq`,
+		TypeTokenCreated, TypeTokenRevoked, TypeEnrollmentCreated, TypeRobotEnrolled, TypeCertificateIssued, TypeRobotRevoked)
+	if err != nil {
+		return fmt.Errorf("read security events: %w", err)
+	}
+	var events []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		events = append(events, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, e := range events {
+		if err := applySecurity(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	return nil
 }

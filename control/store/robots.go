@@ -29,6 +29,10 @@ type Robot struct {
 	Teleoperation Teleoperation      `json:"teleoperation"`
 	Resources     protocol.Resources `json:"resources"`
 	RegisteredAt  time.Time          `json:"registered_at,omitzero"`
+	// Certificate is the robot's newest certificate; Revoked is set when an
+	// operator revoked its identity (until it enrolls again).
+	Certificate *RobotCertificate `json:"certificate,omitempty"`
+	Revoked     bool              `json:"revoked,omitempty"`
 	// Version is the global sequence of the last event applied.
 	Version int64 `json:"version"`
 }
@@ -59,6 +63,12 @@ type Teleoperation struct {
 	Active       bool      `json:"active"`
 	Operator     string    `json:"operator,omitempty"`
 	SessionStart time.Time `json:"session_start,omitzero"`
+}
+
+// RobotCertificate identifies a robot's certificate.
+type RobotCertificate struct {
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
 }
 
 // RegisteredData is the data of RobotRegistered.
@@ -157,6 +167,17 @@ func Apply(r *Robot, e Event) error {
 		if t.OSVersion != "" {
 			r.Deployment.OSVersion = t.OSVersion
 		}
+	case TypeRobotEnrolled, TypeCertificateIssued:
+		var d CertInfo
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return dataError(e, err)
+		}
+		r.Certificate = &RobotCertificate{Serial: d.Serial, NotAfter: d.NotAfter.UTC()}
+		if e.Type == TypeRobotEnrolled {
+			r.Revoked = false
+		}
+	case TypeRobotRevoked:
+		r.Revoked = true
 	case TypeRobotEvent:
 		var ev protocol.Event
 		if err := json.Unmarshal(e.Data, &ev); err != nil {

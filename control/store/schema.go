@@ -49,6 +49,33 @@ var migrations = []migration{
 			uptime_seconds REAL    NOT NULL
 		)`,
 	}},
+	{2, "api tokens, enrollment tokens, certificates", []string{
+		`CREATE TABLE tokens (
+			id         TEXT PRIMARY KEY,
+			name       TEXT    NOT NULL,
+			role       TEXT    NOT NULL,
+			hash       TEXT    NOT NULL,
+			created_at INTEGER NOT NULL,
+			expires_at INTEGER NOT NULL DEFAULT 0,
+			revoked_at INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE TABLE enrollment_tokens (
+			hash       TEXT PRIMARY KEY,
+			robot_id   TEXT    NOT NULL,
+			created_at INTEGER NOT NULL,
+			expires_at INTEGER NOT NULL,
+			used_at    INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE TABLE certificates (
+			serial      TEXT PRIMARY KEY,
+			robot_id    TEXT    NOT NULL,
+			fingerprint TEXT    NOT NULL,
+			not_before  INTEGER NOT NULL,
+			not_after   INTEGER NOT NULL,
+			revoked_at  INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE INDEX certificates_by_robot ON certificates (robot_id)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own
