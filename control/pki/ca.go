@@ -100,7 +100,7 @@ func (ca *CA) Pool() *x509.CertPool {
 // ParseCACert parses a PEM CA certificate (the first CERTIFICATE block) and
 // checks that it may sign certificates.
 func ParseCACert(pemBytes []byte) (*x509.Certificate, error) {
-	cert, err := parseCertPEM(pemBytes)
+	cert, err := ParseCertPEM(pemBytes)
 	if err != nil {
 		return nil, err
 	}

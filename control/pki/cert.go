@@ -31,8 +31,9 @@ func encodeCertPEM(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: der})
 }
 
-// parseCertPEM parses the first CERTIFICATE block of pemBytes.
-func parseCertPEM(pemBytes []byte) (*x509.Certificate, error) {
+// ParseCertPEM parses the first CERTIFICATE block of pemBytes, skipping
+// other blocks (a key or a CA certificate may share the file).
+func ParseCertPEM(pemBytes []byte) (*x509.Certificate, error) {
 	rest := pemBytes
 	for {
 		var block *pem.Block

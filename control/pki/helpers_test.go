@@ -86,7 +86,7 @@ func robotCert(t testing.TB, ca *CA, id string, lifetime time.Duration, at time.
 
 func parseCert(t testing.TB, pemBytes []byte) *x509.Certificate {
 	t.Helper()
-	c, err := parseCertPEM(pemBytes)
+	c, err := ParseCertPEM(pemBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
