@@ -1,0 +1,81 @@
+// Command provision is the technician's tool: for now `provision ca ...`
+// creates and inspects the fleet's certificate authority and issues node
+// certificates. All logic lives in control/pki; this is flags around it.
+// It is CGO-free so it cross-compiles to a Pi (linux/arm64).
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at link time: -ldflags "-X main.version=1.4.0". Unset, the
+// module version from the build info (or "dev") is used.
+var version = ""
+
+func main() {
+	root := newRoot(os.Stdout, os.Stderr, os.LookupEnv)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "provision:", err)
+		os.Exit(1)
+	}
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// newRoot builds the command tree; output streams and the environment are
+// injected so tests run it in-process.
+func newRoot(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "provision",
+		Short: "Lekiwi Heartbeat technician tool: certificate authority (images and flashing to come)",
+		Long: `provision is the technician's bench tool for the Lekiwi Heartbeat fleet.
+
+Today it manages the fleet's certificate authority (CA): the CA signs a
+certificate for every control node, witness and netboot station (node
+certificates, made here) and for every robot (made by control when a robot
+enrolls or renews). Whoever holds ca.key can mint any identity in the fleet:
+keep it encrypted, offline, and backed up.`,
+		Example: `  # A new fleet: create the CA, protected by a passphrase kept in a file.
+  provision ca init --dir ./fleet-ca --passphrase-file ~/.lekiwi-ca-pass
+
+  # What is this CA? (reads only ca.crt, no passphrase needed)
+  provision ca show --dir ./fleet-ca
+
+  # A certificate for the first control node.
+  provision ca issue-node --dir ./fleet-ca --passphrase-file ~/.lekiwi-ca-pass \
+    --name control-a --dns control-a.lan --ip 10.0.0.5 \
+    --out-cert control-a.crt --out-key control-a.key`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newCACmd(lookupEnv), newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version of provision",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "provision %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return err
+		},
+	}
+}
