@@ -33,6 +33,11 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
+	af := &adminFlags{}
+	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af)} {
+		af.add(c)
+		root.AddCommand(c)
+	}
 	root.AddCommand(newRun(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the control version",
@@ -53,15 +58,23 @@ cluster needs three voters: two control nodes plus a witness.
 
 Configuration comes from a YAML file (--config), then LEKIWI_CONTROL_*
 environment variables (DATA_DIR, LISTEN, DB_ADDRESS, JOIN, NODE_ID,
-HEARTBEAT_INTERVAL, OFFLINE_GRACE, LOG_LEVEL), then flags.`,
-		Example: `  # a single node with its data in ./data
-  control run --data-dir ./data --listen 127.0.0.1:8080 --db-address 127.0.0.1:9001
+HEARTBEAT_INTERVAL, OFFLINE_GRACE, LOG_LEVEL, CA_DIR, CA_PASSPHRASE_FILE,
+INSECURE, TLS_NAMES, ADMIN_SOCKET, OIDC_ISSUER, OIDC_AUDIENCE, OIDC_ROLE_CLAIM),
+then flags.
+
+Robots connect with mTLS (TLS 1.3) using certificates from the fleet CA; the
+same HTTPS port serves the API to bearer tokens (` + "`control token create`" + `).
+Administration commands on this host talk to the node over its admin socket.`,
+		Example: `  # a fleet CA, then a single node with its data in ./data
+  provision ca init --dir ./ca
+  control run --ca-dir ./ca --data-dir ./data --listen 127.0.0.1:8080 --db-address 127.0.0.1:9001
 
   # a second node joining the first
   control run --data-dir ./data2 --listen 127.0.0.1:8081 --db-address 127.0.0.1:9002 --join 127.0.0.1:9001
 
-  # robots connect to ws://127.0.0.1:8080/v1/agent; the API lists them
-  curl http://127.0.0.1:8080/v1/robots`,
+  # robots connect to wss://127.0.0.1:8080/v1/agent; the API lists them
+  TOKEN=$(control token create --data-dir ./data --name me --role operator)
+  curl --cacert ./ca/ca.crt -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8080/v1/robots`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := node.Defaults()
@@ -103,6 +116,12 @@ HEARTBEAT_INTERVAL, OFFLINE_GRACE, LOG_LEVEL), then flags.`,
 	f.DurationVar(&flagCfg.HeartbeatInterval, "heartbeat-interval", flagCfg.HeartbeatInterval, "heartbeat interval robots are told to use")
 	f.DurationVar(&flagCfg.OfflineGrace, "offline-grace", flagCfg.OfflineGrace, "added to 1.5 heartbeat intervals before a silent robot is offline")
 	f.StringVar(&flagCfg.LogLevel, "log-level", flagCfg.LogLevel, "debug, info, warn or error")
+	f.StringVar(&flagCfg.CADir, "ca-dir", "", "fleet CA directory from `provision ca init` (required unless --insecure)")
+	f.StringVar(&flagCfg.CAPassphraseFile, "ca-passphrase-file", "", "file holding the CA key's passphrase")
+	f.BoolVar(&flagCfg.Insecure, "insecure", false, "DEVELOPMENT ONLY: plain HTTP, robots not authenticated")
+	f.StringSliceVar(&flagCfg.TLSNames, "tls-name", nil, "extra DNS name or IP for this node's certificate (repeatable)")
+	f.StringVar(&flagCfg.AdminSocket, "admin-socket", "", "local admin socket (default <data-dir>/control.sock)")
+	f.DurationVar(&flagCfg.RobotCertLifetime, "robot-cert-lifetime", flagCfg.RobotCertLifetime, "validity of robot certificates")
 	return cmd
 }
 
@@ -133,6 +152,24 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("log-level") {
 		cfg.LogLevel = f.LogLevel
+	}
+	if set("ca-dir") {
+		cfg.CADir = f.CADir
+	}
+	if set("ca-passphrase-file") {
+		cfg.CAPassphraseFile = f.CAPassphraseFile
+	}
+	if set("insecure") {
+		cfg.Insecure = f.Insecure
+	}
+	if set("tls-name") {
+		cfg.TLSNames = f.TLSNames
+	}
+	if set("admin-socket") {
+		cfg.AdminSocket = f.AdminSocket
+	}
+	if set("robot-cert-lifetime") {
+		cfg.RobotCertLifetime = f.RobotCertLifetime
 	}
 }
 

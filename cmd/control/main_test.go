@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lekiwi/heartbeat/control/pki"
 )
 
 // The test binary doubles as the control binary so the daemon is exercised
@@ -60,11 +64,14 @@ func TestBadConfigurationIsExplained(t *testing.T) {
 		env  string
 		want string
 	}{
-		{"bad listen flag", []string{"run", "--listen", "nowhere", "--data-dir", dir}, "", "listen"},
+		{"bad listen flag", []string{"run", "--listen", "nowhere", "--data-dir", dir, "--insecure"}, "", "listen"},
+		{"no CA and not insecure", []string{"run", "--data-dir", dir}, "", "provision ca init"},
+		{"missing CA", []string{"run", "--data-dir", dir, "--ca-dir", filepath.Join(dir, "noca")}, "", "noca"},
 		{"unknown config key", []string{"run", "--config", typo}, "", "listen_addr"},
 		{"missing config file", []string{"run", "--config", filepath.Join(dir, "none.yml")}, "", "none.yml"},
-		{"bad env duration", []string{"run", "--data-dir", dir}, "LEKIWI_CONTROL_HEARTBEAT_INTERVAL=soon", "HEARTBEAT_INTERVAL"},
-		{"join itself", []string{"run", "--data-dir", dir, "--db-address", "127.0.0.1:9555", "--join", "127.0.0.1:9555"}, "", "own db_address"},
+		{"bad env duration", []string{"run", "--data-dir", dir, "--insecure"}, "LEKIWI_CONTROL_HEARTBEAT_INTERVAL=soon", "HEARTBEAT_INTERVAL"},
+		{"join itself", []string{"run", "--data-dir", dir, "--insecure", "--db-address", "127.0.0.1:9555", "--join", "127.0.0.1:9555"}, "", "own db_address"},
+		{"admin without a node", []string{"token", "list", "--data-dir", dir}, "", "admin socket"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,9 +87,18 @@ func TestBadConfigurationIsExplained(t *testing.T) {
 	}
 }
 
-func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
+func TestRunServesAdminCommandsAndStopsOnSIGTERM(t *testing.T) {
 	listen := freeAddr(t)
-	cmd := control("run", "--data-dir", t.TempDir(), "--listen", listen, "--db-address", freeAddr(t), "--log-level", "warn")
+	caDir, dataDir := filepath.Join(t.TempDir(), "ca"), t.TempDir()
+	ca, err := pki.Create(pki.CreateOptions{Name: "test fleet CA", KeyType: pki.KeyECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Save(caDir, nil); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	cmd := control("run", "--ca-dir", caDir, "--data-dir", dataDir, "--listen", listen, "--db-address", freeAddr(t), "--log-level", "warn")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -91,7 +107,7 @@ func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 	defer cmd.Process.Kill()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + listen + "/readyz")
+		resp, err := client.Get("https://" + listen + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -102,6 +118,32 @@ func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 			t.Fatalf("control never became ready: %v\n%s", err, stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Admin commands reach the node over its socket.
+	out, err := control("token", "create", "--data-dir", dataDir, "--name", "alice", "--role", "operator").Output()
+	if err != nil {
+		t.Fatalf("token create: %v", err)
+	}
+	token := strings.TrimSpace(string(out))
+	req, _ := http.NewRequest("GET", "https://"+listen+"/v1/whoami", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"alice"`) {
+		t.Fatalf("whoami with the printed token: %d %s", resp.StatusCode, body)
+	}
+	if out, err := control("token", "list", "--data-dir", dataDir).Output(); err != nil || !strings.Contains(string(out), "alice") || strings.Contains(string(out), token) {
+		t.Fatalf("token list: %v\n%s", err, out)
+	}
+	if out, err := control("enroll", "create", "--data-dir", dataDir, "--robot-id", "kiwi-1").Output(); err != nil || !strings.HasPrefix(string(out), "lke_") {
+		t.Fatalf("enroll create: %v %s", err, out)
+	}
+	if out, err := control("robot", "revoke", "--data-dir", dataDir, "ghost-1").CombinedOutput(); err == nil || !strings.Contains(string(out), "no certificate") {
+		t.Fatalf("revoking an unknown robot: %v %s", err, out)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)

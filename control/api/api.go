@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
+	"github.com/lekiwi/heartbeat/control/auth"
+	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -31,6 +33,24 @@ type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// Auth authenticates callers; required.
+	Auth *auth.Authenticator
+	// CA signs robot certificates at enrollment; nil disables enrollment
+	// (a node running --insecure).
+	CA *pki.CA
+	// RobotCertLifetime is a robot certificate's validity (default 90 days).
+	RobotCertLifetime time.Duration
+	// EnrollmentTTL is how long an enrollment token is valid (default 24 h).
+	EnrollmentTTL time.Duration
+	// RateLimit and RateBurst bound requests per principal (default 20/s,
+	// burst 40); the local admin socket is not limited.
+	RateLimit rate.Limit
+	RateBurst int
+	// Revoked is called after a robot's identity was revoked, so this node
+	// cuts the robot's live session at once (other nodes learn from the log).
+	Revoked func(robotID string)
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
 // Server holds the API's dependencies.
@@ -39,44 +59,58 @@ type Server struct {
 	log      *slog.Logger
 	gatherer prometheus.Gatherer
 	latency  *prometheus.HistogramVec
+	denied   *prometheus.CounterVec
+	o        Options
+	limiter  *limiter
+	audit    *rate.Limiter
 }
 
 // New builds an API over st.
-func New(st *store.Store, o Options) *Server {
+func New(st *store.Store, o Options) (*Server, error) {
+	if o.Auth == nil {
+		return nil, errors.New("api: an authenticator is required")
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	if o.Gatherer == nil {
 		o.Gatherer = prometheus.NewRegistry()
 	}
+	if o.RobotCertLifetime <= 0 {
+		o.RobotCertLifetime = 90 * 24 * time.Hour
+	}
+	if o.EnrollmentTTL <= 0 {
+		o.EnrollmentTTL = 24 * time.Hour
+	}
+	if o.RateLimit <= 0 {
+		o.RateLimit, o.RateBurst = 20, 40
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	s := &Server{
 		store:    st,
 		log:      o.Logger.With("component", "api"),
 		gatherer: o.Gatherer,
+		o:        o,
+		limiter:  newLimiter(o.RateLimit, o.RateBurst),
+		// Audit records of refusals are capped so a flood of bad requests
+		// cannot flood the replicated log; the counter still counts all.
+		audit: rate.NewLimiter(20, 100),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "lekiwi_control_api_request_seconds",
 			Help:    "REST API request latency by route and status code.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"route", "code"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lekiwi_control_access_denied_total",
+			Help: "Requests and robot connections refused, by reason.",
+		}, []string{"reason"}),
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(s.latency)
+		o.Registerer.MustRegister(s.latency, s.denied)
 	}
-	return s
-}
-
-// Register adds the API's routes to mux.
-func (s *Server) Register(mux *http.ServeMux) {
-	mux.Handle("GET /v1/robots", s.instrument("/v1/robots", s.listRobots))
-	mux.Handle("GET /v1/robots/{id}", s.instrument("/v1/robots/{id}", s.getRobot))
-	mux.Handle("GET /v1/events", s.instrument("/v1/events", s.listEvents))
-	mux.Handle("GET /v1/cluster", s.instrument("/v1/cluster", s.cluster))
-	mux.Handle("GET /healthz", s.instrument("/healthz", s.healthz))
-	mux.Handle("GET /readyz", s.instrument("/readyz", s.readyz))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s; see GET /v1/robots, /v1/robots/{id}, /v1/events", r.Method, r.URL.Path))
-	})
+	return s, nil
 }
 
 // RobotList is the body of GET /v1/robots.
@@ -219,30 +253,6 @@ func parseLimit(v string) (int, error) {
 		return 0, badRequest("limit must be a whole number from 1 to %d, got %q", MaxLimit, v)
 	}
 	return n, nil
-}
-
-// instrument turns an error-returning handler into an http.Handler that
-// answers errors as JSON and records latency under the route pattern.
-func (s *Server) instrument(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		if err := h(rec, r); err != nil {
-			var ae *apiError
-			switch {
-			case errors.As(err, &ae):
-				writeError(rec, ae.status, ae.code, ae.msg)
-			case errors.Is(err, store.ErrNotFound):
-				writeError(rec, http.StatusNotFound, "not_found", err.Error())
-			case errors.Is(err, context.Canceled):
-				writeError(rec, 499, "canceled", "request canceled")
-			default:
-				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-				writeError(rec, http.StatusServiceUnavailable, "unavailable", "control could not answer (database unavailable?): "+err.Error())
-			}
-		}
-		s.latency.WithLabelValues(route, strconv.Itoa(rec.status)).Observe(time.Since(start).Seconds())
-	})
 }
 
 type statusRecorder struct {

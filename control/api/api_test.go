@@ -13,25 +13,59 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/control/store/storetest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
-func newAPI(t *testing.T) (*store.Store, *httptest.Server) {
+// testAPI is an API over a real store with one token per role.
+type testAPI struct {
+	st     *store.Store
+	srv    *httptest.Server
+	tokens map[auth.Role]string
+	api    *Server
+}
+
+func newTestAPI(t *testing.T, o Options) *testAPI {
 	t.Helper()
 	st, log := storetest.Open(t), storetest.Logger()
 	reg := prometheus.NewRegistry()
+	o.Logger, o.Registerer, o.Gatherer = log, reg, reg
+	o.Auth = &auth.Authenticator{Tokens: st}
+	a, err := New(st, o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
-	New(st, Options{Logger: log, Registerer: reg, Gatherer: reg}).Register(mux)
+	a.Register(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return st, srv
+	ta := &testAPI{st: st, srv: srv, tokens: map[auth.Role]string{}, api: a}
+	for _, role := range auth.Roles() {
+		id, secret, full := auth.NewToken()
+		if err := st.CreateToken(context.Background(), store.TokenData{ID: id, Name: string(role) + "-user", Role: role, Hash: auth.HashSecret(secret)}, "test", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		ta.tokens[role] = full
+	}
+	return ta
 }
+
+func newAPI(t *testing.T) (*store.Store, *httptest.Server) {
+	ta := newTestAPI(t, Options{})
+	adminToken = ta.tokens[auth.RoleAdmin]
+	return ta.st, ta.srv
+}
+
+// adminToken authenticates the read-only tests' requests.
+var adminToken string
 
 func get(t *testing.T, srv *httptest.Server, path string, into any) int {
 	t.Helper()
-	resp, err := http.Get(srv.URL + path)
+	req, _ := http.NewRequest("GET", srv.URL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +166,8 @@ func TestEventsPaging(t *testing.T) {
 		}
 		after = page.Next
 	}
-	if len(seqs) != 11 { // 5 registered + 5 connected + 1 offline
-		t.Fatalf("got %d events, want 11", len(seqs))
+	if len(seqs) != 14 { // 3 tokens + 5 registered + 5 connected + 1 offline
+		t.Fatalf("got %d events, want 14", len(seqs))
 	}
 	for i := 1; i < len(seqs); i++ {
 		if seqs[i] <= seqs[i-1] {
@@ -181,7 +215,9 @@ func TestHealthReadyAndMetrics(t *testing.T) {
 	if code := get(t, srv, "/readyz", &h); code != 200 || h["status"] != "ready" {
 		t.Fatalf("readyz %d %v", code, h)
 	}
-	resp, err := http.Get(srv.URL + "/metrics")
+	req, _ := http.NewRequest("GET", srv.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,9 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
+	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -40,6 +42,12 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// CA verifies robot certificates and signs renewals. Nil is the
+	// --insecure development mode: no client certificates, robot ids taken
+	// from hello as claimed.
+	CA *pki.CA
+	// RobotCertLifetime is a renewed certificate's validity (default 90 d).
+	RobotCertLifetime time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -64,6 +72,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.RobotCertLifetime <= 0 {
+		c.RobotCertLifetime = 90 * 24 * time.Hour
+	}
 }
 
 // OfflineTimeout is how long a robot may stay silent before it is declared
@@ -84,6 +95,10 @@ type Gateway struct {
 	sessions map[string]*session // by robot id
 	closing  bool
 	wg       sync.WaitGroup // sessions
+
+	revMu   sync.RWMutex
+	revoked map[string]bool // certificate serials
+	audit   *rate.Limiter   // budget for AccessDenied records
 }
 
 // New creates a gateway over st.
@@ -102,6 +117,8 @@ func New(st *store.Store, cfg Config) (*Gateway, error) {
 		metrics:  newMetrics(cfg.Registerer),
 		commits:  make(chan commitReq, 4*cfg.MaxBatch),
 		sessions: map[string]*session{},
+		revoked:  map[string]bool{},
+		audit:    rate.NewLimiter(20, 100),
 	}, nil
 }
 
@@ -111,9 +128,10 @@ func (g *Gateway) Config() Config { return g.cfg }
 // Run drives the committer and the presence loops until ctx ends.
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); g.commitLoop(ctx) }()
 	go func() { defer wg.Done(); g.presenceLoop(ctx) }()
+	go func() { defer wg.Done(); g.watchRevocations(ctx) }()
 	wg.Wait()
 	return nil
 }
@@ -168,6 +186,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.wg.Done()
+	certRobot, certSerial, ok := g.peerIdentity(w, r)
+	if !ok {
+		return
+	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		g.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
@@ -175,6 +197,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(protocol.MaxFrameBytes)
 	s := newSession(g, conn, r.RemoteAddr)
+	s.certRobotID, s.certSerial = certRobot, certSerial
 	g.metrics.connections.Inc()
 	defer g.metrics.connections.Dec()
 	s.serve(r.Context())
@@ -308,4 +331,13 @@ func newID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// capabilities this node offers robots.
+func (g *Gateway) capabilities() []string {
+	caps := []string{protocol.CapTelemetry, protocol.CapEvents, protocol.CapCommands, protocol.CapQueue}
+	if g.cfg.CA != nil {
+		caps = append(caps, protocol.CapRenew)
+	}
+	return caps
 }

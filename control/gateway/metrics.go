@@ -13,6 +13,7 @@ type metrics struct {
 	commitBatch    prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 	duplicates     prometheus.Counter
+	denied         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +37,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_commit_seconds", Help: "Duration of one event-log transaction.", Buckets: lagBuckets}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lekiwi_control_duplicate_messages_total", Help: "Robot messages received again after they were durable (acknowledged, not re-applied)."}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lekiwi_control_robot_denied_total", Help: "Robot connections refused, by reason."}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
+		reg.MustRegister(m.denied, m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
 	}
 	return m
 }

@@ -37,6 +37,10 @@ type session struct {
 	conn   *websocket.Conn
 	id     string
 	remote string
+	// certRobotID and certSerial come from the verified client certificate
+	// (empty in --insecure mode).
+	certRobotID string
+	certSerial  string
 
 	// Set by hello, then read-only.
 	robotID   string
@@ -115,6 +119,12 @@ func (s *session) hello(ctx context.Context) error {
 		return s.reject(protocol.Errorf(protocol.CodeNotReady, env.Sequence, "the first message must be hello, got %s", env.Type))
 	}
 	s.robotID = env.RobotID
+	if s.certRobotID != "" && env.RobotID != s.certRobotID {
+		s.g.deny(store.DeniedData{Reason: "robot_mismatch", Remote: s.remote, Claimed: env.RobotID,
+			Detail: fmt.Sprintf("certificate of robot %q claimed robot %q", s.certRobotID, env.RobotID)}, s.certRobotID)
+		s.robotID = s.certRobotID
+		return s.reject(protocol.Errorf(protocol.CodeRobotMismatch, env.Sequence, "hello names robot %q but the certificate is robot %q", env.RobotID, s.certRobotID))
+	}
 	hello, err := protocol.DecodePayload[protocol.Hello](env)
 	if err != nil {
 		return s.reject(asProtocolError(err))
@@ -144,7 +154,7 @@ func (s *session) hello(ctx context.Context) error {
 	}
 	reply := protocol.HelloReply{
 		Version:             version,
-		Capabilities:        []string{protocol.CapTelemetry, protocol.CapEvents, protocol.CapCommands, protocol.CapQueue},
+		Capabilities:        s.g.capabilities(),
 		NodeID:              s.g.cfg.NodeID,
 		HeartbeatIntervalMS: s.g.cfg.HeartbeatInterval.Milliseconds(),
 	}
@@ -216,6 +226,8 @@ func (s *session) handle(ctx context.Context, data []byte) *protocol.Error {
 		return asProtocolError(err)
 	}
 	if env.RobotID != s.robotID {
+		s.g.deny(store.DeniedData{Reason: "robot_mismatch", Remote: s.remote, Claimed: env.RobotID,
+			Detail: fmt.Sprintf("session of robot %q sent a message as %q", s.robotID, env.RobotID)}, s.robotID)
 		return protocol.Errorf(protocol.CodeRobotMismatch, env.Sequence, "robot_id %q does not match %q from hello", env.RobotID, s.robotID)
 	}
 	switch env.Type {
@@ -253,6 +265,9 @@ func (s *session) handle(ctx context.Context, data []byte) *protocol.Error {
 		case <-ctx.Done():
 		}
 		return nil
+	case protocol.TypeRenew:
+		s.heardAt.Store(s.g.cfg.Now().UnixNano())
+		return s.renew(ctx, env)
 	case protocol.TypeHello:
 		return protocol.Errorf(protocol.CodeInvalid, env.Sequence, "hello was already received on this connection")
 	default:

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/lekiwi/heartbeat/control/auth"
 )
 
 // Config is a control node's configuration. Precedence: YAML file, then
@@ -33,6 +35,29 @@ type Config struct {
 	OfflineGrace time.Duration `yaml:"offline_grace"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+
+	// CADir holds the fleet CA (ca.crt, ca.key) made by `provision ca init`.
+	// Required unless Insecure.
+	CADir string `yaml:"ca_dir"`
+	// CAPassphraseFile holds the CA key's passphrase, if it has one.
+	CAPassphraseFile string `yaml:"ca_passphrase_file"`
+	// Insecure serves plain HTTP and accepts robots without certificates.
+	// Development only.
+	Insecure bool `yaml:"insecure"`
+	// TLSNames are extra DNS names and IPs for this node's serving
+	// certificate (it always covers localhost and the listen address).
+	TLSNames []string `yaml:"tls_names"`
+	// AdminSocket is the Unix socket for local administration
+	// (`control token|enroll|robot ...`); default <data_dir>/control.sock.
+	AdminSocket string `yaml:"admin_socket"`
+	// RobotCertLifetime is the validity of robot certificates.
+	RobotCertLifetime time.Duration `yaml:"robot_cert_lifetime"`
+	// EnrollmentTTL is the default validity of enrollment tokens.
+	EnrollmentTTL time.Duration `yaml:"enrollment_ttl"`
+	// RateLimit is API requests per second per principal (burst twice that).
+	RateLimit float64 `yaml:"rate_limit"`
+	// OIDC, when its issuer is set, accepts bearer JWTs from that issuer.
+	OIDC auth.OIDCConfig `yaml:"oidc"`
 }
 
 // Defaults are the values of an unconfigured node.
@@ -44,6 +69,9 @@ func Defaults() Config {
 		HeartbeatInterval: 30 * time.Second,
 		OfflineGrace:      15 * time.Second,
 		LogLevel:          "info",
+		RobotCertLifetime: 90 * 24 * time.Hour,
+		EnrollmentTTL:     24 * time.Hour,
+		RateLimit:         20,
 	}
 }
 
@@ -89,6 +117,18 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("LISTEN", &c.Listen)
 	str("DB_ADDRESS", &c.DBAddress)
 	str("LOG_LEVEL", &c.LogLevel)
+	str("CA_DIR", &c.CADir)
+	str("CA_PASSPHRASE_FILE", &c.CAPassphraseFile)
+	str("ADMIN_SOCKET", &c.AdminSocket)
+	str("OIDC_ISSUER", &c.OIDC.Issuer)
+	str("OIDC_AUDIENCE", &c.OIDC.Audience)
+	str("OIDC_ROLE_CLAIM", &c.OIDC.RoleClaim)
+	if v := getenv(EnvPrefix + "INSECURE"); v != "" {
+		c.Insecure = v == "1" || strings.EqualFold(v, "true")
+	}
+	if v := getenv(EnvPrefix + "TLS_NAMES"); v != "" {
+		c.TLSNames = splitList(v)
+	}
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
@@ -116,6 +156,21 @@ func (c *Config) Validate() error {
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))
+	}
+	switch {
+	case c.Insecure && c.CADir != "":
+		errs = append(errs, errors.New("insecure and ca_dir exclude each other: drop --insecure to use the CA"))
+	case !c.Insecure && c.CADir == "":
+		errs = append(errs, errors.New("ca_dir is required (create a CA with `provision ca init --dir DIR`), or pass --insecure for development"))
+	}
+	if c.RobotCertLifetime < time.Hour {
+		errs = append(errs, fmt.Errorf("robot_cert_lifetime %s is below 1h", c.RobotCertLifetime))
+	}
+	if c.RateLimit <= 0 {
+		errs = append(errs, fmt.Errorf("rate_limit %v must be positive", c.RateLimit))
+	}
+	if (c.OIDC.Issuer == "") != (c.OIDC.Audience == "") {
+		errs = append(errs, errors.New("oidc needs both issuer and audience"))
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline_grace %s is negative", c.OfflineGrace))

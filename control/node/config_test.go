@@ -11,7 +11,7 @@ import (
 func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "control.yml")
-	os.WriteFile(path, []byte("data_dir: /from/file\nlisten: 127.0.0.1:7000\nheartbeat_interval: 10s\njoin: [\"127.0.0.1:9100\"]\n"), 0o644)
+	os.WriteFile(path, []byte("ca_dir: /etc/ca\ndata_dir: /from/file\nlisten: 127.0.0.1:7000\nheartbeat_interval: 10s\njoin: [\"127.0.0.1:9100\"]\n"), 0o644)
 	c := Defaults()
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
@@ -57,9 +57,21 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 	bad.Listen, bad.DataDir, bad.HeartbeatInterval, bad.LogLevel = "nowhere", "", time.Millisecond, "loud"
 	bad.Join = []string{bad.DBAddress}
 	err := bad.Validate()
-	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address"} {
+	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %v does not mention %q", err, want)
 		}
+	}
+}
+
+func TestInsecureAndCAExcludeEachOther(t *testing.T) {
+	c := Defaults()
+	c.Insecure, c.CADir = true, "/ca"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "exclude") {
+		t.Fatalf("Validate = %v", err)
+	}
+	c.CADir = ""
+	if err := c.Validate(); err != nil {
+		t.Fatalf("insecure alone: %v", err)
 	}
 }

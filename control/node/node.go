@@ -10,28 +10,37 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/time/rate"
 
 	"github.com/lekiwi/heartbeat/control/api"
+	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/gateway"
+	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
 // Node is a running control node.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	store    *store.Store
-	gateway  *gateway.Gateway
-	server   *http.Server
-	listener net.Listener
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closed   sync.Once
+	cfg       Config
+	log       *slog.Logger
+	store     *store.Store
+	gateway   *gateway.Gateway
+	server    *http.Server
+	listener  net.Listener
+	admin     *http.Server
+	adminPath string
+	ca        *pki.CA
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closed    sync.Once
 }
 
 // Options are start-time knobs that are not user configuration.
@@ -57,6 +66,31 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		log = slog.Default()
 	}
 	log = log.With("node", cfg.NodeID)
+	var ca *pki.CA
+	if !cfg.Insecure {
+		var pass []byte
+		if cfg.CAPassphraseFile != "" {
+			b, err := os.ReadFile(cfg.CAPassphraseFile)
+			if err != nil {
+				return nil, fmt.Errorf("read CA passphrase: %w", err)
+			}
+			pass = []byte(strings.TrimRight(string(b), "\r\n"))
+		}
+		var err error
+		if ca, err = pki.Load(cfg.CADir, pass); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Warn("running --insecure: plain HTTP, robots are not authenticated; never do this outside development")
+	}
+	var oidcVerifier auth.JWTVerifier
+	if cfg.OIDC.Issuer != "" {
+		v, err := auth.NewOIDC(ctx, cfg.OIDC)
+		if err != nil {
+			return nil, err
+		}
+		oidcVerifier = v
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s for HTTP: %w (is another control node running?)", cfg.Listen, err)
@@ -68,37 +102,118 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	gw, err := gateway.New(st, gateway.Config{
-		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
-		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg,
-	})
-	if err != nil {
+	fail := func(err error) (*Node, error) {
 		st.Close()
 		ln.Close()
 		return nil, err
 	}
+	gw, err := gateway.New(st, gateway.Config{
+		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
+		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg, CA: ca, RobotCertLifetime: cfg.RobotCertLifetime,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	apiServer, err := api.New(st, api.Options{
+		Logger: log, Registerer: reg, Gatherer: reg, CA: ca,
+		Auth:              &auth.Authenticator{Tokens: st, OIDC: oidcVerifier},
+		RobotCertLifetime: cfg.RobotCertLifetime, EnrollmentTTL: cfg.EnrollmentTTL,
+		RateLimit: rate.Limit(cfg.RateLimit), RateBurst: int(2 * cfg.RateLimit),
+		Revoked: func(id string) { gw.CloseRobot(id, "robot identity revoked") },
+	})
+	if err != nil {
+		return fail(err)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/agent", gw)
-	api.New(st, api.Options{Logger: log, Registerer: reg, Gatherer: reg}).Register(mux)
+	apiServer.Register(mux)
+	server := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second, // slowloris
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if ca != nil {
+		sc, err := newServingCert(ca, cfg.NodeID, cfg.Listen, cfg.TLSNames)
+		if err != nil {
+			return fail(err)
+		}
+		server.TLSConfig = tlsConfig(sc, gw.VerifyConnection)
+	}
+	adminPath := cfg.AdminSocket
+	if adminPath == "" {
+		adminPath = filepath.Join(cfg.DataDir, "control.sock")
+	}
+	adminLn, err := listenAdmin(adminPath)
+	if err != nil {
+		return fail(err)
+	}
+	admin := &http.Server{Handler: apiServer.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}
 	runCtx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel,
-		server: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)},
+		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel, server: server,
+		admin: admin, adminPath: adminPath, ca: ca,
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
 	go func() {
 		defer n.wg.Done()
-		if err := n.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if server.TLSConfig != nil {
+			err = server.ServeTLS(ln, "", "")
+		} else {
+			err = server.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP server stopped", "err", err)
 		}
 	}()
-	log.Info("control node started", "http", n.URL(), "db", cfg.DBAddress, "data_dir", cfg.DataDir, "join", cfg.Join)
+	go func() {
+		defer n.wg.Done()
+		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin socket server stopped", "err", err)
+		}
+	}()
+	log.Info("control node started", "url", n.URL(), "db", cfg.DBAddress, "data_dir", cfg.DataDir, "join", cfg.Join, "admin_socket", adminPath)
 	return n, nil
 }
 
-// URL is the node's HTTP base URL.
-func (n *Node) URL() string { return "http://" + n.listener.Addr().String() }
+// URL is the node's base URL (https unless --insecure).
+func (n *Node) URL() string {
+	if n.ca != nil {
+		return "https://" + n.listener.Addr().String()
+	}
+	return "http://" + n.listener.Addr().String()
+}
+
+// CA is the fleet CA this node uses (nil in --insecure mode).
+func (n *Node) CA() *pki.CA { return n.ca }
+
+// AdminSocket is the path of the local admin socket.
+func (n *Node) AdminSocket() string { return n.adminPath }
+
+// listenAdmin opens the local admin socket, readable and writable by its
+// owner only: whoever can open it administers the fleet.
+func listenAdmin(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("admin socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin socket %s is in use: is another control node running from this data directory?", path)
+	}
+	_ = os.Remove(path) // stale socket of a node that died
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return ln, nil
+}
 
 // Store is the node's store handle.
 func (n *Node) Store() *store.Store { return n.store }
@@ -120,6 +235,7 @@ func (n *Node) Close(ctx context.Context) error {
 		if errors.Is(serr, context.DeadlineExceeded) {
 			serr = n.server.Close()
 		}
+		_ = n.admin.Close()
 		n.cancel()
 		n.wg.Wait()
 		err = errors.Join(serr, n.store.Close())

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -235,4 +236,33 @@ func scanEvent(rows *sql.Rows) (Event, error) {
 		e.RobotTime = time.Unix(0, robotTs.Int64).UTC()
 	}
 	return e, nil
+}
+
+// EventsOfTypes returns up to limit events of the given types with
+// seq > after, oldest first — how nodes tail the log for what concerns them.
+func (s *Store) EventsOfTypes(ctx context.Context, after int64, limit int, types ...string) ([]Event, error) {
+	if len(types) == 0 || len(types) > maxParams-2 {
+		return nil, fmt.Errorf("list events by type: need 1-%d types", maxParams-2)
+	}
+	q := `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time
+		FROM events WHERE seq > ? AND type IN (?` + strings.Repeat(",?", len(types)-1) + `) ORDER BY seq LIMIT ?`
+	args := []any{after}
+	for _, t := range types {
+		args = append(args, t)
+	}
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list %v events after %d: %w", types, after, err)
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }
