@@ -29,10 +29,12 @@ type Agent struct {
 	lastActive atomic.Int64 // unix ns; the Run loop's last sign of life
 	kick       chan struct{}
 
-	sent, acked, reconnects, rejected atomic.Uint64
+	sent, acked, reconnects, rejected, renewed atomic.Uint64
 
 	// Owned by the Run goroutine.
 	hbInterval time.Duration
+	serverCaps []string  // from the last hello reply
+	renewAt    time.Time // no renew before this (Options.Now clock); zero on each new connection
 	tel        telemetryState
 }
 
@@ -42,6 +44,7 @@ type Stats struct {
 	Acked      uint64 // of those, acknowledged by control
 	Reconnects uint64 // established connections lost
 	Rejected   uint64 // queued messages control refused as invalid, removed from the queue
+	Renewed    uint64 // certificates renewed over the connection and installed
 	Queue      protocol.QueueStats
 }
 
@@ -72,7 +75,8 @@ func (a *Agent) State() State { return State(a.state.Load()) }
 func (a *Agent) Stats() Stats {
 	return Stats{
 		Sent: a.sent.Load(), Acked: a.acked.Load(), Reconnects: a.reconnects.Load(), Rejected: a.rejected.Load(),
-		Queue: a.q.Stats(),
+		Renewed: a.renewed.Load(),
+		Queue:   a.q.Stats(),
 	}
 }
 

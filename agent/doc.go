@@ -21,8 +21,16 @@
 // (telemetry, events, responses) in strictly increasing sequence — first
 // those left unacknowledged from before, with their original sequence,
 // timestamp and payload, then new ones — and heartbeats in strictly
-// increasing sequence among themselves, interleaved freely. All sequences
-// come from one allocator in the queue, which never goes backwards.
+// increasing sequence among themselves, interleaved freely. A renew (the
+// certificate renewal request, see Options.Identity) is sent like a
+// heartbeat: not queued, with a fresh sequence, no ordering check. All
+// sequences come from one allocator in the queue, which never goes
+// backwards.
+//
+// Identity: the runtime itself holds no key. mTLS comes from
+// Options.HTTPClient (the identity's TLS configuration, which reads the
+// current certificate at every handshake); renewal goes through
+// Options.Identity, a Renewer that agent/identity implements.
 //
 // An Agent is cheap: two goroutines while connected (the loop and a frame
 // reader) plus the WebSocket library's, one while disconnected, no package

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/backoff"
@@ -35,6 +36,20 @@ type Backoff struct {
 
 // Delay is the total sleep.
 func (b Backoff) Delay() time.Duration { return b.Backoff + b.Jitter }
+
+// Renewer renews the robot's certificate over the live connection.
+// *identity.Identity implements it; the runtime only needs these three
+// steps and never sees a key.
+type Renewer interface {
+	// NeedsRenewal reports whether the certificate is due at now.
+	NeedsRenewal(now time.Time) bool
+	// RenewalCSR returns a PEM certificate request for a new key the
+	// Renewer keeps until Install.
+	RenewalCSR() ([]byte, error)
+	// Install verifies and saves the renewed certificate and makes it the
+	// one the next TLS handshake presents.
+	Install(protocol.Certificate) error
+}
 
 // Options configure an Agent. Zero values take the defaults named.
 type Options struct {
@@ -75,9 +90,24 @@ type Options struct {
 	Logger *slog.Logger
 	// Now stamps envelopes; default time.Now.
 	Now func() time.Time
-	// HTTPClient dials the WebSocket (TLS settings go here). Its Timeout
-	// must be zero; HandshakeTimeout bounds the dial.
+	// HTTPClient dials the WebSocket. TLS settings go here: for mTLS to
+	// control pass identity.(*Identity).HTTPClient() — a transport whose
+	// TLSClientConfig is the identity's TLSConfig(), which presents the
+	// current (renewed) certificate on every handshake. Its Timeout must be
+	// zero; HandshakeTimeout bounds the dial. Default http.DefaultClient.
 	HTTPClient *http.Client
+
+	// Identity, if set, renews the robot's certificate over the live
+	// connection: the agent announces protocol.CapRenew in hello and, when
+	// control's hello reply announces it too and Identity.NeedsRenewal(Now())
+	// holds, sends one renew message with a CSR; control's certificate
+	// answer is passed to Identity.Install. It must be the identity whose
+	// TLS configuration HTTPClient uses.
+	Identity Renewer
+	// RenewRetry is how long to wait, on the same connection, after a renew
+	// that failed or went unanswered before sending another; a new
+	// connection tries at once. Default 1h.
+	RenewRetry time.Duration
 
 	// OnTransition is called on the Run goroutine after every state change.
 	// It must not block.
@@ -100,6 +130,7 @@ const (
 	DefaultHandshakeTimeout        = 10 * time.Second
 	DefaultWriteTimeout            = 10 * time.Second
 	DefaultWindow                  = 256
+	DefaultRenewRetry              = time.Hour
 )
 
 func (o *Options) validateAndDefault() ([]string, error) {
@@ -140,6 +171,9 @@ func (o *Options) validateAndDefault() ([]string, error) {
 	if o.Capabilities == nil {
 		o.Capabilities = []string{protocol.CapTelemetry, protocol.CapEvents, protocol.CapCommands, protocol.CapQueue}
 	}
+	if o.Identity != nil && !slices.Contains(o.Capabilities, protocol.CapRenew) {
+		o.Capabilities = append(slices.Clone(o.Capabilities), protocol.CapRenew)
+	}
 	setDur := func(d *time.Duration, def time.Duration) {
 		if *d <= 0 {
 			*d = def
@@ -151,6 +185,7 @@ func (o *Options) validateAndDefault() ([]string, error) {
 	setDur(&o.TelemetryMaxInterval, DefaultTelemetryMaxInterval)
 	setDur(&o.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDur(&o.WriteTimeout, DefaultWriteTimeout)
+	setDur(&o.RenewRetry, DefaultRenewRetry)
 	switch {
 	case o.FirstReconnectJitter == 0:
 		o.FirstReconnectJitter = DefaultFirstReconnectJitter

@@ -27,8 +27,9 @@ func (a *Agent) register(ctx context.Context, url string) (*websocket.Conn, erro
 		return nil, fmt.Errorf("hello to %s: %w", url, err)
 	}
 	a.hbInterval = time.Duration(reply.HeartbeatIntervalMS) * time.Millisecond
+	a.serverCaps = reply.Capabilities
 	a.log.Info("registered with control", "server", url, "node", reply.NodeID, "version", reply.Version,
-		"heartbeat_interval", a.hbInterval, "pending", a.q.Stats().Pending)
+		"heartbeat_interval", a.hbInterval, "pending", a.q.Stats().Pending, "capabilities", reply.Capabilities)
 	return conn, nil
 }
 

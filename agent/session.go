@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/coder/websocket"
@@ -31,13 +32,17 @@ type session struct {
 	// unsent and everything at or below it was sent (or evicted).
 	cursor     uint64
 	queued     map[uint64]flight // queued items in flight; at most Window
-	heartbeats map[uint64]flight
+	heartbeats map[uint64]flight // heartbeats and renews in flight
+	renewCap   bool              // control's hello reply announced CapRenew
+	renewSeq   uint64            // sequence of the renew awaiting an answer, or 0
 }
 
 // serve runs an established connection until it is lost (the error says
 // how) or ctx ends.
 func (a *Agent) serve(ctx context.Context, conn *websocket.Conn, sampleTick *time.Ticker) error {
-	s := &session{a: a, conn: conn, queued: map[uint64]flight{}, heartbeats: map[uint64]flight{}}
+	s := &session{a: a, conn: conn, queued: map[uint64]flight{}, heartbeats: map[uint64]flight{},
+		renewCap: slices.Contains(a.serverCaps, protocol.CapRenew)}
+	a.renewAt = time.Time{} // a new connection may renew at once
 
 	// The reader outlives ctx on purpose: on shutdown it must keep reading
 	// so the close handshake completes.
@@ -64,6 +69,9 @@ func (a *Agent) serve(ctx context.Context, conn *websocket.Conn, sampleTick *tim
 	if err := s.pump(ctx); err != nil {
 		return err
 	}
+	if err := s.maybeRenew(ctx); err != nil {
+		return err
+	}
 	hb := time.NewTimer(a.heartbeatDelay())
 	defer hb.Stop()
 	for {
@@ -86,6 +94,9 @@ func (a *Agent) serve(ctx context.Context, conn *websocket.Conn, sampleTick *tim
 			hb.Reset(a.heartbeatDelay())
 		case <-sampleTick.C:
 			a.onSampleTick(ctx, true)
+			if err := s.maybeRenew(ctx); err != nil {
+				return err
+			}
 		}
 		if err := s.pump(ctx); err != nil {
 			return err
@@ -204,6 +215,13 @@ func (s *session) handle(env protocol.Envelope) error {
 			return nil
 		}
 		s.command(cmd)
+	case protocol.TypeCertificate:
+		cert, err := protocol.DecodePayload[protocol.Certificate](env)
+		if err != nil {
+			a.log.Warn("ignoring bad certificate message", "err", err)
+			return nil
+		}
+		s.installCertificate(cert)
 	default:
 		a.log.Warn("ignoring unexpected message from control", "type", env.Type, "sequence", env.Sequence)
 	}
@@ -257,6 +275,10 @@ func (s *session) serverError(perr *protocol.Error) {
 	permanent := perr.Code == protocol.CodeInvalid || perr.Code == protocol.CodeBadJSON ||
 		perr.Code == protocol.CodeUnknownType || perr.Code == protocol.CodeTooLarge
 	a.log.Error("control reported an error", "code", perr.Code, "sequence", perr.Sequence, "message", perr.Message, "fatal", perr.Code.Fatal())
+	if perr.Sequence != 0 && perr.Sequence == s.renewSeq {
+		s.renewFailed(perr)
+		return
+	}
 	if perr.Sequence == 0 || !inFlight || !permanent {
 		return
 	}
