@@ -14,7 +14,7 @@ RUN_DIR ?= .run
 # Debian packages: dqlite 1.11 (and what its headers include) for control,
 # test peers for the test suite.
 DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
-DEB_TEST  := $(DEB_BUILD) procps
+DEB_TEST  := $(DEB_BUILD) procps openssl
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -41,6 +41,7 @@ build: deps
 	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/control ./cmd/control
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent-linux-arm64 ./cmd/agent
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/provision ./cmd/provision
 	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/fleet ./testbench/cmd/fleet
 
 # One control node on an embedded default data dir plus 50 simulated robots.
@@ -50,8 +51,9 @@ run: build
 test: deps-test
 	$(GO) vet -tags $(TAGS) ./...
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
-	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/...
-	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 ./control/... ./cmd/control/... ./testbench/...
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provision
+	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/... ./control/pki/... ./control/auth/... ./cmd/provision/...
+	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 ./control/api/... ./control/gateway/... ./control/node/... ./control/store/... ./cmd/control/... ./testbench/...
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

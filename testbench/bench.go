@@ -3,6 +3,7 @@ package testbench
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -87,8 +89,13 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if err != nil {
 		return res, err
 	}
-	base := "http://" + listen
-	ctl := exec.CommandContext(ctx, o.ControlBinary, "run", "--data-dir", filepath.Join(o.Dir, "control"),
+	base := "https://" + listen
+	caDir := filepath.Join(o.Dir, "ca")
+	ca, err := LabCA(caDir)
+	if err != nil {
+		return res, err
+	}
+	ctl := exec.CommandContext(ctx, o.ControlBinary, "run", "--ca-dir", caDir, "--data-dir", filepath.Join(o.Dir, "control"),
 		"--listen", listen, "--db-address", dbAddr, "--heartbeat-interval", o.HeartbeatInterval.String(),
 		"--offline-grace", o.HeartbeatInterval.String(), "--log-level", "warn")
 	ctl.Stderr = os.Stderr
@@ -105,9 +112,15 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 			_ = ctl.Process.Kill()
 		}
 	}()
-	if err := waitReady(ctx, base, 60*time.Second); err != nil {
+	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13}}}
+	if err := waitReady(ctx, httpc, base, 60*time.Second); err != nil {
 		return res, err
 	}
+	token, err := adminToken(ctx, o.ControlBinary, filepath.Join(o.Dir, "control"))
+	if err != nil {
+		return res, err
+	}
+	scrape := func(series string) (float64, error) { return scrapeCounter(httpc, base, token, series) }
 	time.Sleep(time.Second)
 	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
 		res.ControlRSSBase = m.RSS
@@ -118,7 +131,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	fleet, err := NewFleet(FleetOptions{
-		Robots: o.Robots, Servers: []string{base}, Dir: filepath.Join(o.Dir, "fleet"),
+		Robots: o.Robots, Servers: []string{base}, Dir: filepath.Join(o.Dir, "fleet"), CA: ca,
 		TelemetrySampleInterval: 5 * time.Second, TelemetryMinInterval: 30 * time.Second,
 		FirstReconnectJitter: time.Second,
 		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, d time.Duration) {
@@ -149,7 +162,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	res.OnlineAfter = time.Since(start)
 	say("%d robots connected after %s", o.Robots, res.OnlineAfter.Round(time.Millisecond))
 
-	agent, agentDone, err := startAgentProcess(ctx, o, base)
+	agent, agentDone, err := startAgentProcess(ctx, o, base, ca)
 	if err != nil {
 		return res, err
 	}
@@ -159,7 +172,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	}()
 	time.Sleep(3 * time.Second) // settle: telemetry bursts, first heartbeats
 
-	hb0, err := scrapeCounter(base, `lekiwi_control_messages_total{type="heartbeat"}`)
+	hb0, err := scrape(`lekiwi_control_messages_total{type="heartbeat"}`)
 	if err != nil {
 		return res, err
 	}
@@ -176,7 +189,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	}
 	measuring.Store(false)
 	elapsed := time.Since(t0)
-	hb1, err := scrapeCounter(base, `lekiwi_control_messages_total{type="heartbeat"}`)
+	hb1, err := scrape(`lekiwi_control_messages_total{type="heartbeat"}`)
 	if err != nil {
 		return res, err
 	}
@@ -190,9 +203,9 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
 		res.ControlRSSLoaded = m.RSS
 	}
-	res.ControlHeapInuse, _ = scrapeCounter(base, "go_memstats_heap_inuse_bytes")
-	res.ControlStacks, _ = scrapeCounter(base, "go_memstats_stack_inuse_bytes")
-	res.ControlGoroutines, _ = scrapeCounter(base, "go_goroutines")
+	res.ControlHeapInuse, _ = scrape("go_memstats_heap_inuse_bytes")
+	res.ControlStacks, _ = scrape("go_memstats_stack_inuse_bytes")
+	res.ControlGoroutines, _ = scrape("go_goroutines")
 	if m, err := ReadProcMemory(os.Getpid()); err == nil {
 		res.SimulatorRSS = m.RSS
 	}
@@ -211,10 +224,14 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 
 // startAgentProcess runs the real agent binary against control with a
 // fixture board, like one robot in the field.
-func startAgentProcess(ctx context.Context, o BenchOptions, server string) (*exec.Cmd, chan struct{}, error) {
+func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *pki.CA) (*exec.Cmd, chan struct{}, error) {
 	dir := filepath.Join(o.Dir, "agent")
 	roots, err := Pi5(999_999, "bench-agent").WriteTree(filepath.Join(dir, "board"))
 	if err != nil {
+		return nil, nil, err
+	}
+	// As if enrolled: the daemon finds its identity in the state dir.
+	if _, err := simIdentity(ca, "bench-agent", 0, filepath.Join(dir, "state", "identity")); err != nil {
 		return nil, nil, err
 	}
 	cfg := fmt.Sprintf("robot_id: bench-agent\nrobot_type: lekiwi\nservers: [%q]\nstate_dir: %q\nlog_level: warn\nroots:\n  proc: %q\n  sys: %q\n  etc: %q\n",
@@ -233,10 +250,10 @@ func startAgentProcess(ctx context.Context, o BenchOptions, server string) (*exe
 	return cmd, done, nil
 }
 
-func waitReady(ctx context.Context, base string, timeout time.Duration) error {
+func waitReady(ctx context.Context, c *http.Client, base string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := http.Get(base + "/readyz")
+		resp, err := c.Get(base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -254,9 +271,24 @@ func waitReady(ctx context.Context, base string, timeout time.Duration) error {
 	}
 }
 
+// adminToken mints a token through the control binary's admin command, as
+// an operator on the control host would.
+func adminToken(ctx context.Context, controlBinary, dataDir string) (string, error) {
+	out, err := exec.CommandContext(ctx, controlBinary, "token", "create", "--data-dir", dataDir, "--name", "bench", "--role", "admin").Output()
+	if err != nil {
+		return "", fmt.Errorf("create a bench token with %s token create: %w", controlBinary, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
 // scrapeCounter reads one sample from a Prometheus text endpoint.
-func scrapeCounter(base, series string) (float64, error) {
-	resp, err := http.Get(base + "/metrics")
+func scrapeCounter(c *http.Client, base, token, series string) (float64, error) {
+	req, err := http.NewRequest("GET", base+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("scrape metrics: %w", err)
 	}

@@ -48,11 +48,18 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		}
 	}()
 	url := ctl.URL()
-	fmt.Fprintf(o.Out, "control node up: API %s  (try: curl %s/v1/robots?state=online)\n", url, url)
-	fmt.Fprintf(o.Out, "data: %s · heartbeat every %s · metrics %s/metrics\n", o.DataDir, o.HeartbeatInterval, url)
+	api, err := NewAPIClient(ctx, ctl, "admin")
+	if err != nil {
+		return err
+	}
+	caFile := filepath.Join(filepath.Dir(o.DataDir), "ca", "ca.crt")
+	fmt.Fprintf(o.Out, "control node up: %s (mTLS for robots, fleet CA %s)\n", url, caFile)
+	fmt.Fprintf(o.Out, "admin token for this run: %s\n", api.Token)
+	fmt.Fprintf(o.Out, "try: curl --cacert %s -H 'Authorization: Bearer %s' %s/v1/robots?state=online\n", caFile, api.Token, url)
+	fmt.Fprintf(o.Out, "data: %s · heartbeat every %s · admin socket %s\n", o.DataDir, o.HeartbeatInterval, ctl.AdminSocket())
 
 	fleet, err := NewFleet(FleetOptions{
-		Robots: o.Robots, Servers: []string{url}, Dir: filepath.Join(filepath.Dir(o.DataDir), "robots"),
+		Robots: o.Robots, Servers: []string{url}, Dir: filepath.Join(filepath.Dir(o.DataDir), "robots"), CA: ctl.CA(),
 		TelemetrySampleInterval: 2 * time.Second, TelemetryMinInterval: 10 * time.Second, Logger: o.Logger,
 	})
 	if err != nil {

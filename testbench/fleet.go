@@ -2,6 +2,8 @@ package testbench
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,7 +17,9 @@ import (
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/backoff"
 	"github.com/lekiwi/heartbeat/agent/collect"
+	"github.com/lekiwi/heartbeat/agent/identity"
 	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -41,6 +45,13 @@ type FleetOptions struct {
 	OnAck  func(robot *SimRobot, seq uint64, t protocol.Type, latency time.Duration)
 	Logger *slog.Logger
 	Seed   uint64
+	// CA, when set, gives every robot a key and a certificate signed by it
+	// (as if enrolled) and connects with mTLS; servers must then be https.
+	CA *pki.CA
+	// CertLifetime of the simulated robots' certificates (default 90 days).
+	CertLifetime time.Duration
+	// Now is the robots' clock (renewal tests move it forward).
+	Now func() time.Time
 }
 
 // Fleet is a set of simulated robots.
@@ -58,6 +69,8 @@ type SimRobot struct {
 	roots collect.Roots
 	opts  *FleetOptions
 	seed  uint64
+
+	identity *identity.Identity
 
 	mu     sync.Mutex
 	agent  *agent.Agent
@@ -104,6 +117,11 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 			return nil, err
 		}
 		r.roots = roots
+		if o.CA != nil {
+			if r.identity, err = simIdentity(o.CA, id, o.CertLifetime, filepath.Join(r.dir, "identity")); err != nil {
+				return nil, err
+			}
+		}
 		f.robots = append(f.robots, r)
 	}
 	return f, nil
@@ -184,6 +202,13 @@ func (r *SimRobot) Start(ctx context.Context) error {
 		Rand:   rand.New(rand.NewPCG(r.seed, 0x5eed)),
 		Logger: r.opts.Logger,
 	}
+	if r.identity != nil {
+		opts.HTTPClient = r.identity.HTTPClient()
+		opts.Identity = r.identity
+	}
+	if r.opts.Now != nil {
+		opts.Now = r.opts.Now
+	}
 	if r.opts.OnAck != nil {
 		opts.OnAck = func(seq uint64, t protocol.Type, latency time.Duration) { r.opts.OnAck(r, seq, t, latency) }
 	}
@@ -250,3 +275,34 @@ func (r *SimRobot) Stats() agent.Stats {
 type staticInterfaces []collect.Interface
 
 func (s staticInterfaces) Interfaces() ([]collect.Interface, error) { return s, nil }
+
+// simIdentity gives a simulated robot what enrollment would: a key made
+// for it and a certificate from the fleet CA, saved in its state dir.
+func simIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string) (*identity.Identity, error) {
+	if id, err := identity.Load(dir); err == nil {
+		return id, nil
+	}
+	key, csr, err := identity.NewKeyAndCSR(robotID)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, _, err := ca.SignRobot(csr, robotID, lifetime, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("sign certificate of simulated robot %s: %w", robotID, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity.FromPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), certPEM, ca.CertPEM)
+	if err != nil {
+		return nil, err
+	}
+	if err := id.Save(dir); err != nil {
+		return nil, err
+	}
+	return identity.Load(dir)
+}
+
+// Identity is the robot's identity (nil without a CA).
+func (r *SimRobot) Identity() *identity.Identity { return r.identity }

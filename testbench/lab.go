@@ -6,9 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/node"
+	"github.com/lekiwi/heartbeat/control/pki"
 )
 
 // FreeAddr returns a loopback host:port that was free a moment ago.
@@ -30,6 +33,27 @@ type ControlOptions struct {
 	OfflineGrace      time.Duration // default 500 ms
 	FlushInterval     time.Duration // default: the gateway's
 	Logger            *slog.Logger  // default: discard
+	// CADir is the fleet CA; empty with Insecure false means Dir/../ca,
+	// created on first use (labs run mTLS like production).
+	CADir    string
+	Insecure bool
+	// RobotCertLifetime overrides the 90-day default (renewal tests).
+	RobotCertLifetime time.Duration
+}
+
+// LabCA loads the CA in dir, creating it on first use.
+func LabCA(dir string) (*pki.CA, error) {
+	if _, err := os.Stat(filepath.Join(dir, "ca.crt")); err == nil {
+		return pki.Load(dir, nil)
+	}
+	ca, err := pki.Create(pki.CreateOptions{Name: "Lekiwi lab CA", KeyType: pki.KeyECDSAP256})
+	if err != nil {
+		return nil, err
+	}
+	if err := ca.Save(dir, nil); err != nil {
+		return nil, err
+	}
+	return ca, nil
 }
 
 // StartControl starts a control node on loopback.
@@ -57,5 +81,18 @@ func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
 	cfg := node.Defaults()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Join = o.Dir, o.Listen, o.DBAddress, o.Join
 	cfg.HeartbeatInterval, cfg.OfflineGrace = o.HeartbeatInterval, o.OfflineGrace
+	cfg.Insecure = o.Insecure
+	if o.RobotCertLifetime > 0 {
+		cfg.RobotCertLifetime = o.RobotCertLifetime
+	}
+	if !o.Insecure {
+		cfg.CADir = o.CADir
+		if cfg.CADir == "" {
+			cfg.CADir = filepath.Join(filepath.Dir(o.Dir), "ca")
+		}
+		if _, err := LabCA(cfg.CADir); err != nil {
+			return nil, err
+		}
+	}
 	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond})
 }

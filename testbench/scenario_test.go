@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -53,29 +52,31 @@ func startFleet(t *testing.T, o FleetOptions) *Fleet {
 	return f
 }
 
-func getJSON(t *testing.T, url string, into any) {
+// client returns an operator's API client for n.
+func client(t *testing.T, n *node.Node) *APIClient {
 	t.Helper()
-	resp, err := http.Get(url)
+	c, err := NewAPIClient(context.Background(), n, "operator")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(into); err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+	return c
+}
+
+func getJSON(t *testing.T, c *APIClient, path string, into any) {
+	t.Helper()
+	if err := c.Get(context.Background(), path, into); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // robotsByState lists robot ids in a state through the REST API.
-func robotsByState(t *testing.T, base, state string) []string {
+func robotsByState(t *testing.T, c *APIClient, state string) []string {
 	t.Helper()
 	var ids []string
 	after := ""
 	for {
 		var page api.RobotList
-		getJSON(t, fmt.Sprintf("%s/v1/robots?state=%s&limit=1000&after=%s", base, state, after), &page)
+		getJSON(t, c, fmt.Sprintf("/v1/robots?state=%s&limit=1000&after=%s", state, after), &page)
 		for _, r := range page.Robots {
 			ids = append(ids, r.ID)
 		}
@@ -87,13 +88,13 @@ func robotsByState(t *testing.T, base, state string) []string {
 }
 
 // robotEvents lists a robot's events through the REST API.
-func robotEvents(t *testing.T, base, robot string) []store.Event {
+func robotEvents(t *testing.T, c *APIClient, robot string) []store.Event {
 	t.Helper()
 	var out []store.Event
 	var after int64
 	for {
 		var page api.EventPage
-		getJSON(t, fmt.Sprintf("%s/v1/events?robot=%s&after=%d&limit=1000", base, robot, after), &page)
+		getJSON(t, c, fmt.Sprintf("/v1/events?robot=%s&after=%d&limit=1000", robot, after), &page)
 		out = append(out, page.Events...)
 		if len(page.Events) == 0 {
 			return out
@@ -109,7 +110,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		if time.Since(start) > timeout {
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
-		time.Sleep(25 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	return time.Since(start)
 }
@@ -119,10 +120,11 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	dir := t.TempDir()
 	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: time.Second, OfflineGrace: 500 * time.Millisecond})
+	api := client(t, ctl)
 	start := time.Now()
-	fleet := startFleet(t, FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet")})
+	fleet := startFleet(t, FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	waitFor(t, 5*time.Second-time.Since(start), "100 robots online in the API within 5 s of start", func() bool {
-		return len(robotsByState(t, ctl.URL(), store.StateOnline)) == 100
+		return len(robotsByState(t, api, store.StateOnline)) == 100
 	})
 	t.Logf("100 robots online %s after start", time.Since(start).Round(time.Millisecond))
 
@@ -135,18 +137,18 @@ func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	stoppedAt := time.Now()
 	timeout := ctl.Gateway().Config().OfflineTimeout()
 	waitFor(t, timeout+5*time.Second, "10 robots offline", func() bool {
-		return len(robotsByState(t, ctl.URL(), store.StateOffline)) == 10
+		return len(robotsByState(t, api, store.StateOffline)) == 10
 	})
 	if took := time.Since(stoppedAt); took < timeout {
 		t.Fatalf("robots went offline after %s, before the %s timeout", took, timeout)
 	}
-	offline := robotsByState(t, ctl.URL(), store.StateOffline)
+	offline := robotsByState(t, api, store.StateOffline)
 	for _, r := range stopped {
 		if !slices.Contains(offline, r.ID) {
 			t.Fatalf("stopped robot %s not offline (offline: %v)", r.ID, offline)
 		}
 		var types []string
-		for _, e := range robotEvents(t, ctl.URL(), r.ID) {
+		for _, e := range robotEvents(t, api, r.ID) {
 			types = append(types, e.Type)
 		}
 		for _, want := range []string{store.TypeRobotRegistered, store.TypeRobotConnected, store.TypeRobotDisconnected, store.TypeRobotOffline} {
@@ -155,11 +157,11 @@ func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 			}
 		}
 	}
-	if n := len(robotsByState(t, ctl.URL(), store.StateOnline)); n != 90 {
+	if n := len(robotsByState(t, api, store.StateOnline)); n != 90 {
 		t.Fatalf("online robots = %d, want 90", n)
 	}
 	var one store.Robot
-	getJSON(t, ctl.URL()+"/v1/robots/"+stopped[0].ID, &one)
+	getJSON(t, api, "/v1/robots/"+stopped[0].ID, &one)
 	if one.Status.State != store.StateOffline || one.Hardware.Serial != stopped[0].Board.Serial || one.Network.Hostname != stopped[0].ID {
 		t.Fatalf("robot %s in the API: %+v", stopped[0].ID, one)
 	}
@@ -178,7 +180,7 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{"http://" + listen}, Dir: filepath.Join(dir, "fleet")})
+	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	waitFor(t, 10*time.Second, "fleet connected", func() bool { return fleet.Connected() == 20 })
 
 	const perRobot = 60
@@ -210,10 +212,11 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 		}
 		return true
 	})
+	api := client(t, ctl)
 	for _, r := range fleet.Robots() {
 		seen := map[int]int{}
 		robotSeqs := map[uint64]bool{}
-		for _, e := range robotEvents(t, ctl.URL(), r.ID) {
+		for _, e := range robotEvents(t, api, r.ID) {
 			if e.Type != store.TypeRobotEvent {
 				continue
 			}
@@ -251,7 +254,7 @@ func TestThreeControlNodesShareState(t *testing.T) {
 	nodes := []*node.Node{n1, n2, n3}
 	var fleets []*Fleet
 	for i, n := range nodes {
-		f, err := NewFleet(FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i))})
+		f, err := NewFleet(FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i)), CA: n.CA()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -261,23 +264,24 @@ func TestThreeControlNodesShareState(t *testing.T) {
 		t.Cleanup(func() { f.Stop() })
 		fleets = append(fleets, f)
 	}
-	for i, n := range nodes {
+	clients := []*APIClient{client(t, n1), client(t, n2), client(t, n3)}
+	for i, c := range clients {
 		waitFor(t, 15*time.Second, fmt.Sprintf("node %d sees 9 online robots", i+1), func() bool {
-			return len(robotsByState(t, n.URL(), store.StateOnline)) == 9
+			return len(robotsByState(t, c, store.StateOnline)) == 9
 		})
 	}
 	// A robot connected to node 1 is visible, with its connection details,
 	// through node 3's API.
 	id := fleets[0].Robots()[0].ID
 	var r store.Robot
-	getJSON(t, n3.URL()+"/v1/robots/"+id, &r)
+	getJSON(t, clients[2], "/v1/robots/"+id, &r)
 	if r.Status.Node != n1.Config().DBAddress || !r.Status.Connected {
 		t.Fatalf("robot %s through node 3: %+v", id, r.Status)
 	}
 	var cluster struct {
 		Members []store.Member `json:"members"`
 	}
-	getJSON(t, n2.URL()+"/v1/cluster", &cluster)
+	getJSON(t, clients[1], "/v1/cluster", &cluster)
 	if len(cluster.Members) != 3 {
 		t.Fatalf("cluster members %+v", cluster.Members)
 	}
@@ -289,8 +293,9 @@ func TestThreeControlNodesShareState(t *testing.T) {
 func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 	dir := t.TempDir()
 	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: 300 * time.Millisecond, OfflineGrace: 200 * time.Millisecond, FlushInterval: 100 * time.Millisecond})
-	fleet := startFleet(t, FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"),
+	fleet := startFleet(t, FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
 		TelemetrySampleInterval: 100 * time.Millisecond, TelemetryMinInterval: 200 * time.Millisecond})
+	api := client(t, ctl)
 	waitFor(t, 10*time.Second, "fleet connected", func() bool { return fleet.Connected() == 30 })
 	ctx := context.Background()
 	robots := fleet.Robots()
@@ -328,7 +333,7 @@ func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 			}
 		}
 		waitFor(t, 10*time.Second, "stopped robots offline", func() bool {
-			off := robotsByState(t, ctl.URL(), store.StateOffline)
+			off := robotsByState(t, api, store.StateOffline)
 			for _, r := range gone {
 				if !slices.Contains(off, r.ID) {
 					return false
@@ -350,14 +355,14 @@ func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 		}
 		return true
 	})
-	live := robotsByState(t, ctl.URL(), store.StateOnline)
+	live := robotsByState(t, api, store.StateOnline)
 	if len(live) != 30 {
 		t.Fatalf("online after workload: %d", len(live))
 	}
 	var teleop, hot int
 	for _, id := range live {
 		var r store.Robot
-		getJSON(t, ctl.URL()+"/v1/robots/"+id, &r)
+		getJSON(t, api, "/v1/robots/"+id, &r)
 		if r.Teleoperation.Active {
 			teleop++
 		}
