@@ -46,7 +46,10 @@ func LabCA(dir string) (*pki.CA, error) {
 	if _, err := os.Stat(filepath.Join(dir, "ca.crt")); err == nil {
 		return pki.Load(dir, nil)
 	}
-	ca, err := pki.Create(pki.CreateOptions{Name: "Lekiwi lab CA", KeyType: pki.KeyECDSAP256})
+	// Backdated a week so labs can make certificates that have already
+	// expired.
+	weekAgo := time.Now().Add(-7 * 24 * time.Hour)
+	ca, err := pki.Create(pki.CreateOptions{Name: "Lekiwi lab CA", KeyType: pki.KeyECDSAP256, Now: func() time.Time { return weekAgo }})
 	if err != nil {
 		return nil, err
 	}

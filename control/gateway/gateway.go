@@ -97,8 +97,8 @@ type Gateway struct {
 	wg       sync.WaitGroup // sessions
 
 	revMu   sync.RWMutex
-	revoked map[string]bool // certificate serials
-	audit   *rate.Limiter   // budget for AccessDenied records
+	revoked map[string]time.Time // robot id → revocation time
+	audit   *rate.Limiter        // budget for AccessDenied records
 }
 
 // New creates a gateway over st.
@@ -117,7 +117,7 @@ func New(st *store.Store, cfg Config) (*Gateway, error) {
 		metrics:  newMetrics(cfg.Registerer),
 		commits:  make(chan commitReq, 4*cfg.MaxBatch),
 		sessions: map[string]*session{},
-		revoked:  map[string]bool{},
+		revoked:  map[string]time.Time{},
 		audit:    rate.NewLimiter(20, 100),
 	}, nil
 }

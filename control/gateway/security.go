@@ -41,12 +41,18 @@ func (g *Gateway) VerifyConnection(cs tls.ConnectionState) error {
 		g.deny(store.DeniedData{Reason: string(pki.ReasonOf(err)), Fingerprint: pki.Fingerprint(cs.PeerCertificates[0]), Detail: err.Error()}, claimedRobot(cs.PeerCertificates[0]))
 		return err
 	}
-	if g.isRevoked(pki.SerialHex(leaf)) {
-		id, _ := pki.RobotIDFromCert(leaf)
-		g.deny(store.DeniedData{Reason: "revoked", Fingerprint: pki.Fingerprint(leaf), Detail: "certificate serial " + pki.SerialHex(leaf) + " is revoked"}, id)
+	id, _ := pki.RobotIDFromCert(leaf)
+	if at, revoked := g.revokedAt(id); revoked && issuedBefore(leaf, at) {
+		g.deny(store.DeniedData{Reason: "revoked", Fingerprint: pki.Fingerprint(leaf), Detail: fmt.Sprintf("robot %s was revoked at %s; certificate %s predates it", id, at.Format(time.RFC3339), pki.SerialHex(leaf))}, id)
 		return fmt.Errorf("certificate %s of robot %s is revoked", pki.SerialHex(leaf), id)
 	}
 	return nil
+}
+
+// issuedBefore reports whether cert was issued at or before t. Signing
+// backdates NotBefore by pki.ClockSkew; undo that to get the issue time.
+func issuedBefore(cert *x509.Certificate, t time.Time) bool {
+	return !cert.NotBefore.Add(pki.ClockSkew).After(t)
 }
 
 // claimedRobot is the robot id a certificate names, whether or not it is
@@ -93,10 +99,19 @@ func (g *Gateway) deny(d store.DeniedData, robotID string) {
 	}
 }
 
-func (g *Gateway) isRevoked(serial string) bool {
+func (g *Gateway) revokedAt(robotID string) (time.Time, bool) {
 	g.revMu.RLock()
 	defer g.revMu.RUnlock()
-	return g.revoked[serial]
+	t, ok := g.revoked[robotID]
+	return t, ok
+}
+
+func (g *Gateway) setRevoked(robotID string, at time.Time) {
+	g.revMu.Lock()
+	defer g.revMu.Unlock()
+	if at.After(g.revoked[robotID]) {
+		g.revoked[robotID] = at
+	}
 }
 
 // CloseRobot cuts a robot's session on this node, if it has one.
@@ -118,13 +133,11 @@ func (g *Gateway) watchRevocations(ctx context.Context) {
 	for {
 		last, err := g.store.LastSeq(ctx)
 		if err == nil {
-			var serials []string
-			if serials, err = g.store.RevokedSerials(ctx, g.cfg.Now()); err == nil {
-				g.revMu.Lock()
-				for _, sn := range serials {
-					g.revoked[sn] = true
+			var robots map[string]time.Time
+			if robots, err = g.store.RevokedRobots(ctx); err == nil {
+				for id, at := range robots {
+					g.setRevoked(id, at)
 				}
-				g.revMu.Unlock()
 				after = last
 				break
 			}
@@ -153,16 +166,7 @@ func (g *Gateway) watchRevocations(ctx context.Context) {
 		}
 		for _, e := range evs {
 			after = e.Seq
-			var d store.RevokedData
-			if err := jsonUnmarshal(e.Data, &d); err != nil {
-				g.log.Error("malformed revocation event", "seq", e.Seq, "err", err)
-				continue
-			}
-			g.revMu.Lock()
-			for _, sn := range d.Serials {
-				g.revoked[sn] = true
-			}
-			g.revMu.Unlock()
+			g.setRevoked(e.RobotID, e.Time)
 			if g.CloseRobot(e.RobotID, "robot identity revoked") {
 				g.log.Info("revoked robot's session closed", "robot", e.RobotID)
 			}
@@ -197,4 +201,11 @@ func (s *session) renew(ctx context.Context, env protocol.Envelope) *protocol.Er
 	s.send(ctx, frame)
 	s.g.log.Info("robot certificate renewed", "robot", s.robotID, "serial", info.Serial, "not_after", info.NotAfter)
 	return nil
+}
+
+// HasSession reports whether robotID has a session on this node.
+func (g *Gateway) HasSession(robotID string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sessions[robotID] != nil
 }

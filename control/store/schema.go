@@ -76,6 +76,9 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX certificates_by_robot ON certificates (robot_id)`,
 	}},
+	{3, "events by type, for nodes tailing revocations and commands", []string{
+		`CREATE INDEX events_by_type ON events (type, seq)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own

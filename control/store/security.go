@@ -251,8 +251,10 @@ func (s *Store) RecordCertificate(ctx context.Context, robotID string, info Cert
 	return err
 }
 
-// RevokeRobot revokes every certificate the robot holds; it returns their
-// serials.
+// RevokeRobot revokes the robot's identity: every certificate issued to it
+// up to now, including ones control has no record of (signed offline at a
+// bench) — the check is "issued before the revocation", not a serial list.
+// It returns the serials control knew of.
 func (s *Store) RevokeRobot(ctx context.Context, robotID, reason, actor string, now time.Time) ([]string, error) {
 	var serials []string
 	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
@@ -271,11 +273,11 @@ func (s *Store) RevokeRobot(ctx context.Context, robotID, reason, actor string, 
 		}
 		rows.Close()
 		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM certificates WHERE robot_id = ?`, robotID).Scan(&n); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM certificates WHERE robot_id = ?) + (SELECT count(*) FROM robots WHERE id = ?)`, robotID, robotID).Scan(&n); err != nil {
 			return err
 		}
 		if n == 0 {
-			return fmt.Errorf("robot %q has no certificate: %w", robotID, ErrNotFound)
+			return fmt.Errorf("robot %q is unknown (no certificate, never connected): %w", robotID, ErrNotFound)
 		}
 		data, _ := json.Marshal(RevokedData{Serials: serials, Reason: reason})
 		cache := newRobotCache(tx)
@@ -288,6 +290,26 @@ func (s *Store) RevokeRobot(ctx context.Context, robotID, reason, actor string, 
 		return nil, fmt.Errorf("revoke robot %q: %w", robotID, err)
 	}
 	return serials, nil
+}
+
+// RevokedRobots maps each revoked robot to its latest revocation time;
+// certificates issued to it before then are void.
+func (s *Store) RevokedRobots(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT robot_id, max(time) FROM events WHERE type = ? GROUP BY robot_id`, TypeRobotRevoked)
+	if err != nil {
+		return nil, fmt.Errorf("list revoked robots: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var id string
+		var ns int64
+		if err := rows.Scan(&id, &ns); err != nil {
+			return nil, err
+		}
+		out[id] = time.Unix(0, ns).UTC()
+	}
+	return out, rows.Err()
 }
 
 // RevokedSerials lists revoked certificate serials that have not expired
