@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -52,6 +53,8 @@ type FleetOptions struct {
 	CertLifetime time.Duration
 	// Now is the robots' clock (renewal tests move it forward).
 	Now func() time.Time
+	// NoResumption disables TLS session resumption (benchmark baseline).
+	NoResumption bool
 }
 
 // Fleet is a set of simulated robots.
@@ -204,6 +207,11 @@ func (r *SimRobot) Start(ctx context.Context) error {
 	}
 	if r.identity != nil {
 		opts.HTTPClient = r.identity.HTTPClient()
+		if r.opts.NoResumption {
+			cfg := r.identity.TLSConfig()
+			cfg.ClientSessionCache = nil
+			opts.HTTPClient = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+		}
 		opts.Identity = r.identity
 	}
 	if r.opts.Now != nil {

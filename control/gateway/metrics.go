@@ -14,6 +14,7 @@ type metrics struct {
 	commitSeconds  prometheus.Histogram
 	duplicates     prometheus.Counter
 	denied         *prometheus.CounterVec
+	handshakes     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,9 +40,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_duplicate_messages_total", Help: "Robot messages received again after they were durable (acknowledged, not re-applied)."}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lekiwi_control_robot_denied_total", Help: "Robot connections refused, by reason."}, []string{"reason"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lekiwi_control_tls_client_handshakes_total", Help: "TLS handshakes with a client certificate, by whether the session was resumed."}, []string{"resumed"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.denied, m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
+		reg.MustRegister(m.handshakes, m.denied, m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
 	}
 	return m
 }

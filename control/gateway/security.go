@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/coder/websocket"
@@ -30,6 +31,7 @@ func (g *Gateway) VerifyConnection(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 || g.cfg.CA == nil {
 		return nil
 	}
+	g.metrics.handshakes.WithLabelValues(strconv.FormatBool(cs.DidResume)).Inc()
 	now := g.cfg.Now()
 	_, leaf, err := g.cfg.CA.VerifyRobot(cs.PeerCertificates, now)
 	if err != nil {

@@ -141,16 +141,23 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		}
 		server.TLSConfig = tlsConfig(sc, gw.VerifyConnection)
 	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	if server.TLSConfig != nil {
+		if err := rotateTicketKeys(runCtx, server.TLSConfig, ca, log); err != nil {
+			cancel()
+			return fail(err)
+		}
+	}
 	adminPath := cfg.AdminSocket
 	if adminPath == "" {
 		adminPath = filepath.Join(cfg.DataDir, "control.sock")
 	}
 	adminLn, err := listenAdmin(adminPath)
 	if err != nil {
+		cancel()
 		return fail(err)
 	}
 	admin := &http.Server{Handler: apiServer.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}
-	runCtx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel, server: server,
 		admin: admin, adminPath: adminPath, ca: ca,
