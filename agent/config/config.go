@@ -30,6 +30,7 @@ import (
 // Defaults.
 const (
 	DefaultFile                    = "/etc/lekiwi/agent.yml"
+	DefaultCAFile                  = "/etc/lekiwi/ca.pem"
 	DefaultStateDir                = "/var/lib/lekiwi/agent"
 	DefaultHeartbeatInterval       = 30 * time.Second
 	DefaultTelemetrySampleInterval = 5 * time.Second
@@ -53,6 +54,20 @@ type Config struct {
 	// dials <base>/v1/agent and rotates through them on each attempt.
 	Servers  []string `yaml:"servers"`
 	StateDir string   `yaml:"state_dir"`
+
+	// CAFile is the fleet CA (PEM) shipped in the image: the only CA the
+	// agent trusts control's certificate with when it enrolls. After
+	// enrollment the identity keeps its own copy (state_dir/identity/ca.pem).
+	CAFile string `yaml:"ca_file"`
+	// EnrollmentToken or EnrollmentTokenFile (not both) hold the single-use
+	// token a robot without an identity enrolls with. The daemon deletes
+	// the file after a successful enrollment; prefer it to the inline token,
+	// which stays in the configuration (and, as a flag, in ps).
+	EnrollmentToken     string `yaml:"enrollment_token"`
+	EnrollmentTokenFile string `yaml:"enrollment_token_file"`
+	// Insecure allows ws:// and http:// servers and skips the identity:
+	// no TLS, no client certificate. Development only.
+	Insecure bool `yaml:"insecure"`
 
 	// HeartbeatInterval applies until a control node's hello reply sets its own.
 	HeartbeatInterval       time.Duration `yaml:"heartbeat_interval"`
@@ -94,6 +109,7 @@ type Hardware struct {
 func Default() Config {
 	return Config{
 		StateDir:                DefaultStateDir,
+		CAFile:                  DefaultCAFile,
 		HeartbeatInterval:       DefaultHeartbeatInterval,
 		TelemetrySampleInterval: DefaultTelemetrySampleInterval,
 		TelemetryMinInterval:    DefaultTelemetryMinInterval,
@@ -112,12 +128,16 @@ func Default() Config {
 // Flags are the command-line settings; nil (or a nil slice) means the flag
 // was not given and the lower layers stand.
 type Flags struct {
-	RobotID           *string
-	RobotType         *string
-	Servers           []string
-	StateDir          *string
-	HeartbeatInterval *time.Duration
-	LogLevel          *string
+	RobotID             *string
+	RobotType           *string
+	Servers             []string
+	StateDir            *string
+	HeartbeatInterval   *time.Duration
+	LogLevel            *string
+	CAFile              *string
+	EnrollmentToken     *string
+	EnrollmentTokenFile *string
+	Insecure            *bool
 }
 
 // Sources are where Load reads from.
@@ -200,6 +220,12 @@ func (c *Config) mergeFlags(f Flags) {
 		c.HeartbeatInterval = *f.HeartbeatInterval
 	}
 	set(&c.LogLevel, f.LogLevel)
+	set(&c.CAFile, f.CAFile)
+	set(&c.EnrollmentToken, f.EnrollmentToken)
+	set(&c.EnrollmentTokenFile, f.EnrollmentTokenFile)
+	if f.Insecure != nil {
+		c.Insecure = *f.Insecure
+	}
 }
 
 // resolveHardware fills identity fields nobody configured from the board.
@@ -239,9 +265,21 @@ func (c *Config) Validate() error {
 		bad("servers: at least one control server URL is required, like ws://control.local:8080 (set servers, %s or --server)", EnvServers)
 	}
 	for i, s := range c.Servers {
-		if _, err := endpoint.AgentURL(s); err != nil {
+		u, err := endpoint.AgentURL(s)
+		if err != nil {
 			bad("servers[%d]: %w", i, err)
+			continue
 		}
+		if !c.Insecure && !strings.HasPrefix(u, "wss://") {
+			bad("servers[%d] %q is not encrypted: robots connect with their certificate over TLS, use wss:// (or https://); "+
+				"for development against a plain control, pass --insecure (insecure: true, %s=true)", i, s, EnvInsecure)
+		}
+	}
+	if c.EnrollmentToken != "" && c.EnrollmentTokenFile != "" {
+		bad("enrollment_token and enrollment_token_file are both set: give only one (the file is better: the agent deletes it once used)")
+	}
+	if !c.Insecure && c.CAFile == "" {
+		bad("ca_file is empty: name the fleet CA shipped in the image (default %s), or pass --insecure for development", DefaultCAFile)
 	}
 	if c.StateDir == "" {
 		bad("state_dir is empty: the agent needs a directory for its queue (default %s)", DefaultStateDir)

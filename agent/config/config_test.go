@@ -34,6 +34,7 @@ heartbeat_interval: 20s
 log_level: warn
 roots: {proc: testdata/proc}
 hardware: {serial: file-serial}
+insecure: true
 `
 
 func TestPrecedenceFileEnvFlags(t *testing.T) {
@@ -104,7 +105,7 @@ func TestPrecedenceFileEnvFlags(t *testing.T) {
 func TestConfigFileLocation(t *testing.T) {
 	file := writeFile(t, baseYAML)
 	missing := filepath.Join(t.TempDir(), "nope.yml")
-	minimalEnv := map[string]string{EnvRobotID: "r1", EnvRobotType: "lekiwi", EnvServers: "ws://c:1", EnvProcRoot: "testdata/proc"}
+	minimalEnv := map[string]string{EnvRobotID: "r1", EnvRobotType: "lekiwi", EnvServers: "ws://c:1", EnvProcRoot: "testdata/proc", EnvInsecure: "true"}
 	tests := []struct {
 		name    string
 		src     Sources
@@ -179,12 +180,12 @@ func TestBadInput(t *testing.T) {
 
 func TestEmptyFileMeansDefaults(t *testing.T) {
 	c, err := Load(Sources{File: writeFile(t, "# nothing yet\n"), LookupEnv: envMap(map[string]string{
-		EnvRobotID: "r1", EnvRobotType: "xle", EnvServers: "ws://c:1", EnvProcRoot: "testdata/proc"})})
+		EnvRobotID: "r1", EnvRobotType: "xle", EnvServers: "wss://c:1", EnvProcRoot: "testdata/proc"})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Default()
-	want.RobotID, want.RobotType, want.Servers, want.Roots.Proc = "r1", "xle", []string{"ws://c:1"}, "testdata/proc"
+	want.RobotID, want.RobotType, want.Servers, want.Roots.Proc = "r1", "xle", []string{"wss://c:1"}, "testdata/proc"
 	want.Hardware = Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "d04170"}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("Load =\n%+v\nwant\n%+v", c, want)
@@ -203,5 +204,100 @@ func TestEnvVarsDocumented(t *testing.T) {
 		if !seen[must] {
 			t.Errorf("%s is not listed", must)
 		}
+	}
+}
+
+// TestSecurityRules: without insecure only encrypted servers are accepted
+// and the error says both ways out; insecure allows plain ones; the
+// enrollment settings layer like every other key.
+func TestSecurityRules(t *testing.T) {
+	const secureYAML = `
+robot_id: r1
+robot_type: lekiwi
+servers: [wss://control.lan:8443]
+roots: {proc: testdata/proc}
+`
+	tests := []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		flags   Flags
+		wantErr []string
+		check   func(c Config) string
+	}{
+		{name: "wss and https are accepted, defaults are secure", flags: Flags{Servers: []string{"wss://a:1", "https://b:2"}}, check: func(c Config) string {
+			if c.Insecure || c.CAFile != DefaultCAFile || c.EnrollmentToken != "" || c.EnrollmentTokenFile != "" {
+				return "defaults: want secure, ca_file " + DefaultCAFile + ", no token"
+			}
+			return ""
+		}},
+		{name: "ws is refused without insecure", flags: Flags{Servers: []string{"wss://a:1", "ws://b:2"}},
+			wantErr: []string{`servers[1] "ws://b:2" is not encrypted`, "wss://", "--insecure", EnvInsecure}},
+		{name: "http is refused without insecure", env: map[string]string{EnvServers: "http://b:2"}, wantErr: []string{"servers[0]", "not encrypted"}},
+		{name: "insecure flag allows ws", flags: Flags{Servers: []string{"ws://b:2", "http://c:3"}, Insecure: ptr(true)}, check: func(c Config) string {
+			if !c.Insecure {
+				return "insecure not set"
+			}
+			return ""
+		}},
+		{name: "insecure from the file", yaml: strings.Replace(secureYAML, "wss://", "ws://", 1) + "insecure: true\n", check: func(c Config) string {
+			if !c.Insecure {
+				return "insecure not set"
+			}
+			return ""
+		}},
+		{name: "insecure from the environment", env: map[string]string{EnvInsecure: "1", EnvServers: "ws://b:2"}, check: func(c Config) string {
+			if !c.Insecure {
+				return "insecure not set"
+			}
+			return ""
+		}},
+		{name: "--insecure=false beats the environment", env: map[string]string{EnvInsecure: "true", EnvServers: "ws://b:2"}, flags: Flags{Insecure: ptr(false)}, wantErr: []string{"not encrypted"}},
+		{name: "bad insecure value", env: map[string]string{EnvInsecure: "sometimes"}, wantErr: []string{EnvInsecure, `"sometimes" is not true or false`}},
+		{name: "enrollment settings: file < env < flags", yaml: secureYAML + "ca_file: /file/ca.pem\nenrollment_token_file: /file/token\n",
+			env:   map[string]string{EnvCAFile: "/env/ca.pem", EnvEnrollmentTokenFile: "/env/token"},
+			flags: Flags{EnrollmentTokenFile: ptr("/flag/token")},
+			check: func(c Config) string {
+				if c.CAFile != "/env/ca.pem" || c.EnrollmentTokenFile != "/flag/token" {
+					return "ca_file / enrollment_token_file not layered"
+				}
+				return ""
+			}},
+		{name: "inline token", env: map[string]string{EnvEnrollmentToken: "lke_abc"}, check: func(c Config) string {
+			if c.EnrollmentToken != "lke_abc" {
+				return "token not read"
+			}
+			return ""
+		}},
+		{name: "token and token file", yaml: secureYAML + "enrollment_token: lke_abc\n", flags: Flags{EnrollmentTokenFile: ptr("/t")},
+			wantErr: []string{"enrollment_token and enrollment_token_file are both set"}},
+		{name: "no CA without insecure", flags: Flags{CAFile: ptr("")}, wantErr: []string{"ca_file is empty", "--insecure"}},
+		{name: "no CA is fine when insecure", flags: Flags{CAFile: ptr(""), Insecure: ptr(true)}, check: func(Config) string { return "" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			y := tt.yaml
+			if y == "" {
+				y = secureYAML
+			}
+			c, err := Load(Sources{File: writeFile(t, y), LookupEnv: envMap(tt.env), Flags: tt.flags})
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatal("Load accepted it")
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tt.check(c); msg != "" {
+				t.Fatalf("%s: %+v", msg, c)
+			}
+		})
 	}
 }

@@ -34,6 +34,10 @@ const (
 	EnvHardwareModel           = "LEKIWI_AGENT_HARDWARE_MODEL"
 	EnvHardwareRevision        = "LEKIWI_AGENT_HARDWARE_REVISION"
 	EnvLogLevel                = "LEKIWI_AGENT_LOG_LEVEL"
+	EnvCAFile                  = "LEKIWI_AGENT_CA_FILE"
+	EnvEnrollmentToken         = "LEKIWI_AGENT_ENROLLMENT_TOKEN"
+	EnvEnrollmentTokenFile     = "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE"
+	EnvInsecure                = "LEKIWI_AGENT_INSECURE"
 )
 
 // EnvVar documents one environment variable.
@@ -72,7 +76,18 @@ func EnvVars() []EnvVar {
 			}
 			return nil
 		}},
-		{Name: EnvStateDir, Key: "state_dir", Help: "directory of the queue (default " + DefaultStateDir + ")", set: str(func(c *Config) *string { return &c.StateDir })},
+		{Name: EnvStateDir, Key: "state_dir", Help: "directory of the queue and identity/ (default " + DefaultStateDir + ")", set: str(func(c *Config) *string { return &c.StateDir })},
+		{Name: EnvCAFile, Key: "ca_file", Help: "fleet CA (PEM) trusted for enrollment (default " + DefaultCAFile + ")", set: str(func(c *Config) *string { return &c.CAFile })},
+		{Name: EnvEnrollmentTokenFile, Key: "enrollment_token_file", Help: "file holding the single-use enrollment token; deleted once enrolled", set: str(func(c *Config) *string { return &c.EnrollmentTokenFile })},
+		{Name: EnvEnrollmentToken, Key: "enrollment_token", Help: "the enrollment token itself (prefer the file)", set: str(func(c *Config) *string { return &c.EnrollmentToken })},
+		{Name: EnvInsecure, Key: "insecure", Help: "true: allow ws:// servers, no TLS, no identity (development only; default false)", set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not true or false: %w", v, err)
+			}
+			c.Insecure = b
+			return nil
+		}},
 		{Name: EnvHeartbeatInterval, Key: "heartbeat_interval", Help: "heartbeat interval until control sets one (default 30s)", set: dur(func(c *Config) *time.Duration { return &c.HeartbeatInterval })},
 		{Name: EnvTelemetrySampleInterval, Key: "telemetry_sample_interval", Help: "how often telemetry is sampled (default 5s)", set: dur(func(c *Config) *time.Duration { return &c.TelemetrySampleInterval })},
 		{Name: EnvTelemetryMinInterval, Key: "telemetry_min_interval", Help: "least time between two telemetry messages (default 10s)", set: dur(func(c *Config) *time.Duration { return &c.TelemetryMinInterval })},

@@ -1,14 +1,18 @@
 // Package daemon wires the agent's parts into the service systemd runs:
-// configuration in, queue opened from the state directory, collector on the
-// configured roots, readiness and watchdog notifications, and the runtime
-// until the context ends. cmd/agent is only flags around Run.
+// configuration in, queue opened from the state directory, readiness and
+// watchdog notifications, the robot identity (loaded from
+// <state_dir>/identity, or enrolled with the token and fleet CA first; none
+// in insecure mode), collector on the configured roots, and the runtime
+// over mTLS until the context ends. cmd/agent is only flags around Run.
 package daemon
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent"
@@ -43,6 +47,56 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			log.Error("close queue", "err", err)
 		}
 	}()
+
+	// Ready once the state is open, before a first enrollment that may take
+	// a while (network not up yet): systemd must not kill the agent while
+	// it waits, nor in the middle of trading its token.
+	if _, err := systemd.Ready(); err != nil {
+		log.Warn("systemd readiness notification failed", "err", err)
+	}
+	var running atomic.Pointer[agent.Agent]
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	watchdogDone := make(chan struct{})
+	defer func() {
+		stopWatchdog()
+		<-watchdogDone
+	}()
+	go func() {
+		defer close(watchdogDone)
+		healthy := func() error {
+			a := running.Load()
+			if a == nil {
+				return nil // enrolling: every step has its own timeout
+			}
+			if idle := time.Since(a.LastActive()); idle > StuckAfter {
+				return fmt.Errorf("runtime loop silent for %v (state %s)", idle.Round(time.Second), a.State())
+			}
+			return nil
+		}
+		if err := systemd.Watchdog(wctx, healthy, log); err != nil {
+			log.Warn("systemd watchdog disabled", "err", err)
+		}
+	}()
+
+	var (
+		httpClient *http.Client
+		renewer    agent.Renewer
+	)
+	if cfg.Insecure {
+		log.Warn("INSECURE: the link to control is unauthenticated and unencrypted (no TLS, no robot certificate); for development only",
+			"servers", cfg.Servers)
+	} else {
+		id, err := loadOrEnroll(ctx, cfg, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				log.Info("agent stopped before enrollment finished")
+				return nil
+			}
+			return err
+		}
+		httpClient, renewer = id.HTTPClient(), id
+	}
+
 	col := collect.New(collect.Options{
 		Roots:    collect.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys, Etc: cfg.Roots.Etc},
 		DiskPath: cfg.DiskPath,
@@ -62,38 +116,20 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Backoff:                 backoff.Policy{Base: cfg.BackoffBase, Cap: cfg.BackoffCap},
 		FirstReconnectJitter:    firstReconnectJitter(cfg.FirstReconnectJitter),
 		Logger:                  log,
+		HTTPClient:              httpClient,
+		Identity:                renewer,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
+	running.Store(a)
 	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version,
-		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending)
-
-	// Ready once the state is open: from here on Emit is durable.
-	if _, err := systemd.Ready(); err != nil {
-		log.Warn("systemd readiness notification failed", "err", err)
-	}
-	wctx, stopWatchdog := context.WithCancel(ctx)
-	watchdogDone := make(chan struct{})
-	go func() {
-		defer close(watchdogDone)
-		healthy := func() error {
-			if idle := time.Since(a.LastActive()); idle > StuckAfter {
-				return fmt.Errorf("runtime loop silent for %v (state %s)", idle.Round(time.Second), a.State())
-			}
-			return nil
-		}
-		if err := systemd.Watchdog(wctx, healthy, log); err != nil {
-			log.Warn("systemd watchdog disabled", "err", err)
-		}
-	}()
+		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending, "mtls", !cfg.Insecure)
 
 	err = a.Run(ctx)
 	if nerr := systemd.Stopping(); nerr != nil {
 		log.Warn("systemd stopping notification failed", "err", nerr)
 	}
-	stopWatchdog()
-	<-watchdogDone
 	s := a.Stats()
 	log.Info("agent stopped", "sent", s.Sent, "acked", s.Acked, "reconnects", s.Reconnects, "pending", s.Queue.Pending)
 	return err

@@ -105,6 +105,7 @@ func testConfig(t *testing.T, server string) config.Config {
 	c.Roots = config.Roots{Proc: filepath.Join(root, "proc"), Sys: filepath.Join(root, "sys"), Etc: filepath.Join(root, "etc")}
 	c.DiskPath = root
 	c.TelemetrySampleInterval = 10 * time.Millisecond
+	c.Insecure = strings.HasPrefix(server, "ws://") || strings.HasPrefix(server, "http://")
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func (e *EnrollError) Error() string {
 	case CodeTokenInvalid:
 		why = "control does not know this enrollment token (mistyped, or made by another fleet's control)"
 	default:
-		why = "if the token is the problem"
+		return fmt.Sprintf("control refused to enroll robot %s (%s): retrying will not help; check that agent and control versions match and servers points at control, and if the token is the problem %s", e.RobotID, what, newToken)
 	}
 	return fmt.Sprintf("control refused to enroll robot %s (%s): %s; %s", e.RobotID, what, why, newToken)
 }

@@ -67,8 +67,10 @@ and resent after a reconnect or a reboot.`,
 func newRunCmd(lookupEnv func(string) (string, bool)) *cobra.Command {
 	var (
 		file, robotID, robotType, stateDir, logLevel string
+		caFile, token, tokenFile                     string
 		servers                                      []string
 		heartbeat                                    time.Duration
+		insecure                                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -81,22 +83,54 @@ it required), LEKIWI_AGENT_* environment variables, then flags.
 
 Environment variable, YAML key (durations like 30s, 5m), meaning:
 ` + envHelp() + `
+Identity and TLS. A robot talks to control over wss:// (or https://) only,
+authenticated by its own certificate (mutual TLS, TLS 1.3). The certificate,
+its private key and the fleet CA live in <state_dir>/identity/ (key.pem and
+cert.pem mode 0600, ca.pem). The key is generated on the robot and never
+leaves it.
+  * First start, no identity yet: the agent enrolls. It reads the single-use
+    token (enrollment_token_file, or enrollment_token), trusts only the fleet
+    CA in ca_file (default ` + config.DefaultCAFile + `), sends control a
+    certificate request with the token, saves what comes back, deletes the
+    token file and connects. Network errors are retried with backoff; a
+    token control refuses (token_used, token_expired, token_invalid) stops
+    the agent with the reason — create a new token on a control node with
+    control enroll create --robot-id <id> and restart.
+  * Every later start loads the identity; no token is needed.
+  * Renewal is automatic: two thirds into the certificate's lifetime the
+    agent asks control for a new one over its live connection (new key,
+    same robot id); the next connection presents it.
+  * --insecure (insecure: true) is for development against a plain control:
+    ws:// and http:// servers are accepted, no TLS and no identity are used,
+    and the agent logs a warning. Without it, ws:// servers are refused.
+
 Logs are JSON on stderr (journald). Under systemd the agent reports READY=1
 once its queue is open and pings the watchdog while its loop is alive.`,
-		Example: `  # A robot configured by file:
+		Example: `  # A robot configured by file (the image ships /etc/lekiwi/ca.pem; the
+  # provisioning step writes the token file next to the agent's state, where
+  # the agent may delete it once enrolled — /etc is read-only to the unit):
   cat /etc/lekiwi/agent.yml
     robot_id: lekiwi-0042
     robot_type: lekiwi
     servers: [wss://control-a.lan:8443, wss://control-b.lan:8443]
+    ca_file: /etc/lekiwi/ca.pem
+    enrollment_token_file: /var/lib/lekiwi/agent/enrollment-token
   agent run
+
+  # Enroll by hand: make a token on a control node, hand it to the robot:
+  control enroll create --robot-id lekiwi-0042      # prints lke_...
+  echo lke_... > /var/lib/lekiwi/agent/enrollment-token
+  agent run --robot-id lekiwi-0042 --robot-type lekiwi \
+    --server wss://control-a.lan:8443 --ca-file /etc/lekiwi/ca.pem \
+    --enrollment-token-file /var/lib/lekiwi/agent/enrollment-token
 
   # Everything on the command line, two control nodes, debug logs:
   agent run --robot-id lekiwi-0042 --robot-type lekiwi \
-    --server ws://10.0.0.5:8080 --server ws://10.0.0.6:8080 --log-level debug
+    --server wss://10.0.0.5:8443 --server wss://10.0.0.6:8443 --log-level debug
 
-  # Try it on a laptop against a local control, state in /tmp:
+  # Try it on a laptop against a local control without TLS, state in /tmp:
   LEKIWI_AGENT_SERVERS=http://127.0.0.1:8080 agent run --robot-id dev-1 \
-    --robot-type xle --state-dir /tmp/agent-state`,
+    --robot-type xle --state-dir /tmp/agent-state --insecure`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
@@ -119,6 +153,18 @@ once its queue is open and pings the watchdog while its loop is alive.`,
 			if f.Changed("log-level") {
 				flags.LogLevel = &logLevel
 			}
+			if f.Changed("ca-file") {
+				flags.CAFile = &caFile
+			}
+			if f.Changed("enrollment-token") {
+				flags.EnrollmentToken = &token
+			}
+			if f.Changed("enrollment-token-file") {
+				flags.EnrollmentTokenFile = &tokenFile
+			}
+			if f.Changed("insecure") {
+				flags.Insecure = &insecure
+			}
 			cfg, err := config.Load(config.Sources{File: file, LookupEnv: lookupEnv, Flags: flags})
 			if err != nil {
 				return err
@@ -136,9 +182,13 @@ once its queue is open and pings the watchdog while its loop is alive.`,
 	f.StringVar(&robotID, "robot-id", "", "robot id, a DNS label like lekiwi-0042")
 	f.StringVar(&robotType, "robot-type", "", "robot type: lekiwi or xle")
 	f.StringArrayVar(&servers, "server", nil, "control base URL (ws, wss, http, https); repeat for several; replaces the file's list")
-	f.StringVar(&stateDir, "state-dir", "", "directory for the on-disk queue (default "+config.DefaultStateDir+")")
+	f.StringVar(&stateDir, "state-dir", "", "directory for the on-disk queue and identity/ (default "+config.DefaultStateDir+")")
 	f.DurationVar(&heartbeat, "heartbeat-interval", 0, "heartbeat interval until control sets one (default 30s)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default info)")
+	f.StringVar(&caFile, "ca-file", "", "fleet CA (PEM) trusted when enrolling (default "+config.DefaultCAFile+")")
+	f.StringVar(&tokenFile, "enrollment-token-file", "", "file with the single-use enrollment token; deleted after enrolling")
+	f.StringVar(&token, "enrollment-token", "", "the enrollment token itself (visible in ps: prefer --enrollment-token-file)")
+	f.BoolVar(&insecure, "insecure", false, "development only: allow ws:// and http:// servers, no TLS, no robot identity")
 	return cmd
 }
 

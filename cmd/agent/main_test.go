@@ -39,7 +39,8 @@ func TestRunHelpTeaches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Examples:", "--server ws://10.0.0.5:8080 --server", "--robot-id", "--state-dir", "--heartbeat-interval", "--log-level", "--config", config.DefaultFile} {
+	for _, want := range []string{"Examples:", "--server wss://10.0.0.5:8443 --server", "--robot-id", "--state-dir", "--heartbeat-interval", "--log-level", "--config", config.DefaultFile,
+		"--ca-file", "--enrollment-token-file", "--enrollment-token ", "--insecure", config.DefaultCAFile, "control enroll create --robot-id", "identity/", "token_used", "Renewal", "0600"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("run --help lacks %q", want)
 		}
@@ -64,6 +65,9 @@ func TestRunConfigErrors(t *testing.T) {
 		{name: "flag beats env", env: map[string]string{config.EnvRobotID: "good-id"}, args: []string{"run", "--config", writeYAML(t, "robot_type: lekiwi\nservers: [ws://c:1]\n"), "--robot-id", "Bad_ID"}, wantErr: `robot id "Bad_ID"`},
 		{name: "bad duration flag", args: []string{"run", "--heartbeat-interval", "soon"}, wantErr: "heartbeat-interval"},
 		{name: "stray argument", args: []string{"run", "now"}, wantErr: "unknown command"},
+		{name: "ws without --insecure", args: []string{"run", "--robot-id", "r1", "--robot-type", "xle", "--server", "ws://c:1", "--config", writeYAML(t, "disk_path: /\n")}, wantErr: "use wss:// (or https://); for development against a plain control, pass --insecure"},
+		{name: "--insecure=false beats the environment", env: map[string]string{config.EnvInsecure: "true"}, args: []string{"run", "--insecure=false", "--robot-id", "r1", "--robot-type", "xle", "--server", "ws://c:1", "--config", writeYAML(t, "disk_path: /\n")}, wantErr: "not encrypted"},
+		{name: "token and token file", args: []string{"run", "--enrollment-token", "lke_x", "--enrollment-token-file", "/t", "--config", writeYAML(t, "robot_id: r1\nrobot_type: xle\nservers: [wss://c:1]\n")}, wantErr: "both set"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,7 +93,7 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, logs, err := execute(ctx, env, "run", "--robot-id", "flag-robot", "--server", dead, "--state-dir", state, "--log-level", "debug")
+	_, logs, err := execute(ctx, env, "run", "--robot-id", "flag-robot", "--server", dead, "--state-dir", state, "--log-level", "debug", "--insecure")
 	if err != nil {
 		t.Fatalf("run = %v\n%s", err, logs)
 	}
@@ -99,7 +103,7 @@ func TestRunStartsAndStopsCleanly(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(state, queue.FileName)); err != nil {
 		t.Fatalf("no queue in --state-dir: %v", err)
 	}
-	for _, want := range []string{`"robot":"flag-robot"`, `"level":"DEBUG"`, `"to":"retrying"`, dead, `"msg":"agent stopped"`} {
+	for _, want := range []string{`"robot":"flag-robot"`, `"level":"DEBUG"`, `"to":"retrying"`, dead, `"msg":"agent stopped"`, `"level":"WARN","msg":"INSECURE`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("JSON logs lack %s:\n%s", want, logs)
 		}
