@@ -147,6 +147,10 @@ func (i *Identity) HTTPClient() *http.Client {
 // TLS 1.3 resumption skips client authentication (the server takes the
 // certificate from the session ticket), so after a renewal the old sessions
 // must go or the next connection would present the old certificate again.
+// (A handshake still running while Install flushes could put back a session
+// made with the old certificate; the agent has one connection and installs
+// on it, so none is running then — and the old certificate stays valid
+// until it expires anyway.)
 type sessionCache struct {
 	mu sync.Mutex
 	c  tls.ClientSessionCache
