@@ -57,12 +57,15 @@ func startControlProc(ctx context.Context, bin string, args ...string) (*control
 
 func (p *controlProc) stop() {
 	_ = p.cmd.Process.Signal(os.Interrupt)
+	start := time.Now()
 	select {
 	case <-p.done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(60 * time.Second):
+		fmt.Fprintf(os.Stderr, "control pid %d did not stop within 60 s of SIGINT; killing it\n", p.cmd.Process.Pid)
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+	fmt.Fprintf(os.Stderr, "control pid %d stopped %s after SIGINT\n", p.cmd.Process.Pid, time.Since(start).Round(time.Millisecond))
 }
 
 // RunReconnectBench connects a fleet with mTLS, restarts the control node

@@ -34,7 +34,8 @@ type Config struct {
 	FlushInterval time.Duration
 	// HelloTimeout bounds the wait for a new connection's hello (default 10 s).
 	HelloTimeout time.Duration
-	// MaxBatch caps events per transaction (default 512).
+	// MaxBatch caps events per transaction (default and maximum
+	// store.MaxAppendBatch).
 	MaxBatch int
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
@@ -63,8 +64,8 @@ func (c *Config) setDefaults() {
 	if c.HelloTimeout <= 0 {
 		c.HelloTimeout = 10 * time.Second
 	}
-	if c.MaxBatch <= 0 {
-		c.MaxBatch = 512
+	if c.MaxBatch <= 0 || c.MaxBatch > store.MaxAppendBatch {
+		c.MaxBatch = store.MaxAppendBatch
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -115,7 +116,7 @@ func New(st *store.Store, cfg Config) (*Gateway, error) {
 		store:    st,
 		log:      cfg.Logger.With("component", "gateway", "node", cfg.NodeID),
 		metrics:  newMetrics(cfg.Registerer),
-		commits:  make(chan commitReq, 4*cfg.MaxBatch),
+		commits:  make(chan commitReq, 4096),
 		sessions: map[string]*session{},
 		revoked:  map[string]time.Time{},
 		audit:    rate.NewLimiter(20, 100),

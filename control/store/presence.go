@@ -29,18 +29,24 @@ const presenceChunk = maxParams / 4
 // cannot hide a newer one.
 func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
 	total := len(batch)
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
-		for rest := batch; len(rest) > 0; {
-			n := min(len(rest), presenceChunk)
-			if err := upsertPresence(ctx, tx, rest[:n]); err != nil {
-				return err
+	for len(batch) > 0 {
+		// Presence rows are small; still, keep transactions modest (see
+		// MaxAppendBatch).
+		txRows := batch[:min(len(batch), 16*presenceChunk)]
+		batch = batch[len(txRows):]
+		err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+			for rest := txRows; len(rest) > 0; {
+				n := min(len(rest), presenceChunk)
+				if err := upsertPresence(ctx, tx, rest[:n]); err != nil {
+					return err
+				}
+				rest = rest[n:]
 			}
-			rest = rest[n:]
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("flush presence of %d robots: %w", total, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("flush presence of %d robots: %w", total, err)
 	}
 	return nil
 }
@@ -100,15 +106,27 @@ func (s *Store) OfflineAmong(ctx context.Context, ids []string) ([]string, error
 // SweepOffline marks offline every online robot not heard from since cutoff
 // (neither an event nor a flushed heartbeat), appending one RobotOffline
 // event each. Selection and append share a transaction, so nodes sweeping at
-// the same time do not record a robot going offline twice.
+// the same time do not record a robot going offline twice; transactions hold
+// at most MaxAppendBatch robots each.
 func (s *Store) SweepOffline(ctx context.Context, cutoff, now time.Time, timeout time.Duration) ([]string, error) {
+	var all []string
+	for {
+		gone, err := s.sweepOnce(ctx, cutoff, now, timeout)
+		all = append(all, gone...)
+		if err != nil || len(gone) < MaxAppendBatch {
+			return all, err
+		}
+	}
+}
+
+func (s *Store) sweepOnce(ctx context.Context, cutoff, now time.Time, timeout time.Duration) ([]string, error) {
 	var gone []string
 	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
 		gone = gone[:0]
 		rows, err := tx.QueryContext(ctx, `SELECT r.id, max(r.last_event, coalesce(p.last_seen, 0)) FROM robots r
 			LEFT JOIN presence p ON p.robot_id = r.id
 			WHERE r.status = ? AND max(r.last_event, coalesce(p.last_seen, 0)) < ?
-			ORDER BY r.id LIMIT 5000`, StateOnline, cutoff.UnixNano())
+			ORDER BY r.id LIMIT ?`, StateOnline, cutoff.UnixNano(), MaxAppendBatch)
 		if err != nil {
 			return fmt.Errorf("find silent robots: %w", err)
 		}

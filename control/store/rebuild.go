@@ -117,7 +117,9 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+	// Replace the projection in transactions of MaxAppendBatch robots (see
+	// there). Each checks the log has not moved; if it has, start over.
+	guard := func(tx *sql.Tx) error {
 		var now sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&now); err != nil {
 			return err
@@ -125,14 +127,34 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 		if now.Int64 != last {
 			return errLogMoved
 		}
+		return nil
+	}
+	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+		if err := guard(tx); err != nil {
+			return err
+		}
 		if err := rebuildSecurity(ctx, tx); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM robots`); err != nil {
+		// Robots the log no longer knows go; the rest are overwritten below.
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM robots`)
+		if err != nil {
 			return err
 		}
-		for _, r := range rebuilt {
-			if err := putRobot(ctx, tx, r); err != nil {
+		var stale []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			if rebuilt[id] == nil {
+				stale = append(stale, id)
+			}
+		}
+		rows.Close()
+		for _, id := range stale {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM robots WHERE id = ?`, id); err != nil {
 				return err
 			}
 		}
@@ -140,6 +162,28 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replace robots projection: %w", err)
+	}
+	robots := make([]*Robot, 0, len(rebuilt))
+	for _, r := range rebuilt {
+		robots = append(robots, r)
+	}
+	for len(robots) > 0 {
+		chunk := robots[:min(len(robots), MaxAppendBatch)]
+		robots = robots[len(chunk):]
+		err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+			if err := guard(tx); err != nil {
+				return err
+			}
+			for _, r := range chunk {
+				if err := putRobot(ctx, tx, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("replace robots projection: %w", err)
+		}
 	}
 	return len(rebuilt), nil
 }

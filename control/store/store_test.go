@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -416,5 +417,53 @@ func TestFirstConnectRegistersOnce(t *testing.T) {
 	r, err := s.Robot(ctx, "new-1")
 	if err != nil || r.Type != protocol.RobotXLE || r.Hardware.Serial != "x1" || r.RegisteredAt.IsZero() || r.Status.Session != "c" {
 		t.Fatalf("robot %+v, %v", r, err)
+	}
+}
+
+// TestLargeFleetStaysWithinSafeTransactions writes a 3,000-robot database
+// the way a busy node does, in MaxAppendBatch transactions, then rebuilds
+// the projection in place: libdqlite 1.11.1 corrupted databases on much
+// larger transactions (see MaxAppendBatch); this keeps the limits honest.
+func TestLargeFleetStaysWithinSafeTransactions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large fleet")
+	}
+	s := openSingle(t)
+	ctx := context.Background()
+	temp := 51.0
+	const robots = 3000
+	batch := func(from int, typ string) []Event {
+		var evs []Event
+		for i := from; i < min(from+MaxAppendBatch, robots); i++ {
+			id := fmt.Sprintf("r%05d", i)
+			data := mustJSON(t, DisconnectedData{Session: "s", Node: "n", Reason: "closed with 1001"})
+			if typ == TypeTelemetryReported {
+				data = mustJSON(t, protocol.Telemetry{Network: protocol.Network{Hostname: id, IPs: []string{"10.42.0.1", "fe80::1"}},
+					Resources: protocol.Resources{TemperatureC: &temp}, OSVersion: strings.Repeat("Debian GNU/Linux 12 ", 80)})
+			}
+			evs = append(evs, Event{RobotID: id, Type: typ, Time: t0, Data: data})
+		}
+		return evs
+	}
+	for _, typ := range []string{TypeTelemetryReported, TypeRobotDisconnected, TypeTelemetryReported} {
+		for from := 0; from < robots; from += MaxAppendBatch {
+			if _, err := s.Append(ctx, batch(from, typ)); err != nil {
+				t.Fatalf("%s batch at %d: %v", typ, from, err)
+			}
+		}
+	}
+	tooMany := append(batch(0, TypeRobotDisconnected), batch(MaxAppendBatch, TypeRobotDisconnected)...)
+	if _, err := s.Append(ctx, tooMany); err == nil || !strings.Contains(err.Error(), "split the batch") {
+		t.Fatalf("oversize batch: %v", err)
+	}
+	if n, err := s.RebuildInPlace(ctx); err != nil || n != robots {
+		t.Fatalf("rebuild in place: %d, %v", n, err)
+	}
+	if mm, err := s.Verify(ctx); err != nil || len(mm) != 0 {
+		t.Fatalf("verify: %v, %d mismatches", err, len(mm))
+	}
+	var res string
+	if err := s.DB().QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil || res != "ok" {
+		t.Fatalf("integrity check: %q, %v", res, err)
 	}
 }
