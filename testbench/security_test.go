@@ -93,6 +93,13 @@ func TestRobotLinkRefusals(t *testing.T) {
 		}
 		waitDenied(t, ctl, "no_client_certificate")
 	})
+	t.Run("TLS 1.2: handshake refused", func(t *testing.T) {
+		cfg := robotTLS(t, ca, trust, "kiwi-12", time.Now(), time.Hour)
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+		if _, _, err := dialAgent(ctx, ctl, cfg); err == nil || !strings.Contains(err.Error(), "protocol version") {
+			t.Fatalf("TLS 1.2 client: %v", err)
+		}
+	})
 	t.Run("certificate from another CA: handshake refused", func(t *testing.T) {
 		other, _ := pki.Create(pki.CreateOptions{Name: "Lekiwi Fleet CA", KeyType: pki.KeyECDSAP256}) // same name, other key
 		_, _, err := dialAgent(ctx, ctl, robotTLS(t, other, trust, "kiwi-x", time.Now(), 0))
