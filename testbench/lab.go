@@ -39,6 +39,8 @@ type ControlOptions struct {
 	Insecure bool
 	// RobotCertLifetime overrides the 90-day default (renewal tests).
 	RobotCertLifetime time.Duration
+	// ReadHeaderTimeout overrides the node's (slowloris tests).
+	ReadHeaderTimeout time.Duration
 }
 
 // LabCA loads the CA in dir, creating it on first use.
@@ -97,5 +99,5 @@ func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
 			return nil, err
 		}
 	}
-	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond})
+	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond, ReadHeaderTimeout: o.ReadHeaderTimeout})
 }

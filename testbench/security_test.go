@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -237,5 +238,37 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 	waitFor(t, 10*time.Second, "restarted robot connected on its stored identity", func() bool { return sessionHere(ctl, "lekiwi-00000") })
 	if restarted.Robots()[0].Identity().Certificate().SerialNumber.Cmp(renewed.SerialNumber) != 0 {
 		t.Fatal("restarted robot did not use the renewed identity")
+	}
+}
+
+// A client dribbling its request headers (slowloris) is cut off after the
+// header timeout instead of holding a connection forever.
+func TestSlowHeadersAreCutOff(t *testing.T) {
+	dir := t.TempDir()
+	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), ReadHeaderTimeout: 300 * time.Millisecond})
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(ctl.URL(), "https://"), &tls.Config{RootCAs: ctl.CA().Pool(), MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	var closedAfter time.Duration
+	for i := 0; i < 40; i++ { // one header line every 100 ms, never finishing
+		time.Sleep(100 * time.Millisecond)
+		if _, err := conn.Write([]byte("X-Slow: 1\r\n")); err != nil {
+			closedAfter = time.Since(start)
+			break
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := conn.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			closedAfter = time.Since(start)
+			break
+		}
+	}
+	if closedAfter == 0 || closedAfter > 2*time.Second {
+		t.Fatalf("slow client still connected after %s (closed after %s)", time.Since(start), closedAfter)
 	}
 }

@@ -50,6 +50,9 @@ type Options struct {
 	FlushInterval time.Duration
 	// RolesAdjustment overrides dqlite's role rebalancing period.
 	RolesAdjustment time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send its
+	// request headers (slowloris); default 10 s.
+	ReadHeaderTimeout time.Duration
 }
 
 // Start opens the store (joining the cluster if configured), starts the
@@ -127,9 +130,12 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/agent", gw)
 	apiServer.Register(mux)
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
 	server := &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second, // slowloris
+		ReadHeaderTimeout: o.ReadHeaderTimeout, // slowloris
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
