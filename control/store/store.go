@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -32,6 +33,9 @@ type Options struct {
 	// RolesAdjustment is how often the leader rebalances voters and standbys.
 	// Zero keeps go-dqlite's default (30 s); tests shorten it.
 	RolesAdjustment time.Duration
+	// ListenTLS and DialTLS, when set, make peer traffic mutual TLS
+	// (node certificates from the fleet CA).
+	ListenTLS, DialTLS *tls.Config
 }
 
 // Store is one control node's handle on the replicated state.
@@ -75,6 +79,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	if o.RolesAdjustment > 0 {
 		opts = append(opts, app.WithRolesAdjustmentFrequency(o.RolesAdjustment))
+	}
+	if o.ListenTLS != nil && o.DialTLS != nil {
+		opts = append(opts, app.WithTLS(o.ListenTLS, o.DialTLS))
 	}
 	a, err := app.New(o.Dir, opts...)
 	if err != nil {
