@@ -27,7 +27,7 @@ func freeAddr(t *testing.T) string {
 func TestPeerTLSClusterAndForeignNode(t *testing.T) {
 	ca, _ := pki.Create(pki.CreateOptions{Name: "fleet", KeyType: pki.KeyECDSAP256})
 	other, _ := pki.Create(pki.CreateOptions{Name: "fleet", KeyType: pki.KeyECDSAP256})
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError+4}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 4}))
 	open := func(ca *pki.CA, dir, addr string, join []string, timeout time.Duration) (*store.Store, error) {
 		l, d, err := peerTLS(ca, addr, addr)
 		if err != nil {
