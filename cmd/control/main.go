@@ -34,10 +34,11 @@ func newRoot() *cobra.Command {
 		SilenceErrors: false,
 	}
 	af := &adminFlags{}
-	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af)} {
+	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af), newLeave(af), newCluster(af)} {
 		af.add(c)
 		root.AddCommand(c)
 	}
+	root.AddCommand(newServe(modeInit), newServe(modeJoin), newServe(modeWitness), newRecover())
 	root.AddCommand(newRun(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the control version",
@@ -46,7 +47,19 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-func newRun() *cobra.Command {
+// serveMode is what a long-running command starts.
+type serveMode int
+
+const (
+	modeRun     serveMode = iota // control node, first or joining (--join)
+	modeInit                     // control node starting a new cluster
+	modeJoin                     // control node joining PEER...
+	modeWitness                  // dqlite voter only
+)
+
+func newRun() *cobra.Command { return newServe(modeRun) }
+
+func newServe(mode serveMode) *cobra.Command {
 	var configPath string
 	flagCfg := node.Defaults()
 	cmd := &cobra.Command{
@@ -76,7 +89,7 @@ Administration commands on this host talk to the node over its admin socket.`,
   TOKEN=$(control token create --data-dir ./data --name me --role operator)
   curl --cacert ./ca/ca.crt -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8080/v1/robots`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := node.Defaults()
 			if configPath != "" {
 				if err := cfg.LoadFile(configPath); err != nil {
@@ -87,6 +100,14 @@ Administration commands on this host talk to the node over its admin socket.`,
 				return err
 			}
 			applyFlags(cmd, &cfg, flagCfg)
+			switch mode {
+			case modeInit:
+				if len(cfg.Join) > 0 {
+					return fmt.Errorf("init starts a new cluster; to join %v use `control join`", cfg.Join)
+				}
+			case modeJoin:
+				cfg.Join = args
+			}
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("invalid configuration:\n%w", err)
 			}
@@ -94,17 +115,48 @@ Administration commands on this host talk to the node over its admin socket.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			if mode == modeWitness {
+				w, err := node.StartWitness(startCtx, cfg, node.Options{Logger: log})
+				cancel()
+				if err != nil {
+					return err
+				}
+				<-ctx.Done()
+				return w.Close()
+			}
 			n, err := node.Start(startCtx, cfg, node.Options{Logger: log})
 			cancel()
 			if err != nil {
 				return err
 			}
-			<-ctx.Done()
+			select {
+			case <-ctx.Done():
+			case <-n.Left():
+				log.Info("left the cluster")
+			}
 			log.Info("stopping; robots are told to reconnect elsewhere")
 			closeCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			return n.Close(closeCtx)
 		},
+	}
+	switch mode {
+	case modeInit:
+		cmd.Use, cmd.Short = "init", "Start the first control node of a new cluster"
+		cmd.Long = "Start the first control node of a new cluster (same flags as run, no --join).\n\n" + cmd.Long
+		cmd.Example = "  control init --ca-dir ./ca --data-dir /var/lib/lekiwi/control --listen 10.0.0.10:8443 --db-address 10.0.0.10:9001"
+	case modeJoin:
+		cmd.Use, cmd.Short = "join PEER [PEER...]", "Start a control node that joins the cluster of PEER (a member's db address)"
+		cmd.Long = "Start a control node joining an existing cluster; PEER is a member's --db-address.\n\n" + cmd.Long
+		cmd.Example = "  control join 10.0.0.10:9001 --ca-dir ./ca --data-dir /var/lib/lekiwi/control --listen 10.0.0.11:8443 --db-address 10.0.0.11:9001"
+		cmd.Args = cobra.MinimumNArgs(1)
+	case modeWitness:
+		cmd.Use, cmd.Short = "witness", "Run a dqlite voter only (no API, no gateway): the third vote for two control nodes"
+		cmd.Long = `Run a witness: a member of the dqlite cluster that votes and keeps a replica
+but serves no robots and no API. Two control nodes plus a witness make the
+three voters that survive the loss of any one; two nodes alone hold no replica.
+It is small enough to run on the netboot station.`
+		cmd.Example = "  control witness --join 10.0.0.10:9001 --ca-dir ./ca --data-dir /var/lib/lekiwi/witness --db-address 10.0.0.20:9001"
 	}
 	f := cmd.Flags()
 	f.StringVarP(&configPath, "config", "c", "", "YAML configuration file")

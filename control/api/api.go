@@ -51,6 +51,8 @@ type Options struct {
 	Revoked func(robotID string)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Leave removes this node from the cluster (`control leave`).
+	Leave func(context.Context) error
 }
 
 // Server holds the API's dependencies.

@@ -50,6 +50,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Pattern: "/v1/robots/{id}", Perm: auth.PermRead, Handle: s.getRobot},
 		{Method: "GET", Pattern: "/v1/events", Perm: auth.PermRead, Handle: s.listEvents},
 		{Method: "GET", Pattern: "/v1/cluster", Perm: auth.PermRead, Handle: s.cluster},
+		{Method: "POST", Pattern: "/v1/cluster/leave", Perm: auth.PermAdmin, Mutating: true, Handle: s.leaveCluster},
+		{Method: "DELETE", Pattern: "/v1/cluster/members/{id}", Perm: auth.PermAdmin, Mutating: true, Handle: s.removeMember},
 		{Method: "POST", Pattern: "/v1/enrollments", Perm: auth.PermConfigure, Mutating: true, Handle: s.createEnrollment},
 		{Method: "POST", Pattern: "/v1/robots/{id}/revoke", Perm: auth.PermAdmin, Mutating: true, Handle: s.revokeRobot},
 		{Method: "GET", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Handle: s.listTokens},

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +37,7 @@ type Node struct {
 	admin     *http.Server
 	adminPath string
 	ca        *pki.CA
+	left      chan struct{}
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closed    sync.Once
@@ -71,16 +71,8 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	log = log.With("node", cfg.NodeID)
 	var ca *pki.CA
 	if !cfg.Insecure {
-		var pass []byte
-		if cfg.CAPassphraseFile != "" {
-			b, err := os.ReadFile(cfg.CAPassphraseFile)
-			if err != nil {
-				return nil, fmt.Errorf("read CA passphrase: %w", err)
-			}
-			pass = []byte(strings.TrimRight(string(b), "\r\n"))
-		}
 		var err error
-		if ca, err = pki.Load(cfg.CADir, pass); err != nil {
+		if ca, err = loadCA(cfg); err != nil {
 			return nil, err
 		}
 	} else {
@@ -112,6 +104,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var leave func(context.Context) error
 	fail := func(err error) (*Node, error) {
 		st.Close()
 		ln.Close()
@@ -130,9 +123,19 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		RobotCertLifetime: cfg.RobotCertLifetime, EnrollmentTTL: cfg.EnrollmentTTL,
 		RateLimit: rate.Limit(cfg.RateLimit), RateBurst: int(2 * cfg.RateLimit),
 		Revoked: func(id string) { gw.CloseRobot(id, "robot identity revoked") },
+		Leave:   func(ctx context.Context) error { return leave(ctx) },
 	})
 	if err != nil {
 		return fail(err)
+	}
+	leftCh := make(chan struct{})
+	var leaveOnce sync.Once
+	leave = func(ctx context.Context) error {
+		if err := st.Leave(ctx); err != nil {
+			return err
+		}
+		leaveOnce.Do(func() { close(leftCh) })
+		return nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/agent", gw)
@@ -173,7 +176,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	admin := &http.Server{Handler: apiServer.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}
 	n := &Node{
 		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel, server: server,
-		admin: admin, adminPath: adminPath, ca: ca,
+		admin: admin, adminPath: adminPath, ca: ca, left: leftCh,
 	}
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
@@ -206,6 +209,10 @@ func (n *Node) URL() string {
 	}
 	return "http://" + n.listener.Addr().String()
 }
+
+// Left is closed once the node has left the cluster (`control leave`); the
+// process should then Close and exit.
+func (n *Node) Left() <-chan struct{} { return n.left }
 
 // CA is the fleet CA this node uses (nil in --insecure mode).
 func (n *Node) CA() *pki.CA { return n.ca }
