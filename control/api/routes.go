@@ -53,6 +53,8 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Pattern: "/v1/cluster/leave", Perm: auth.PermAdmin, Mutating: true, Handle: s.leaveCluster},
 		{Method: "DELETE", Pattern: "/v1/cluster/members/{id}", Perm: auth.PermAdmin, Mutating: true, Handle: s.removeMember},
 		{Method: "POST", Pattern: "/v1/enrollments", Perm: auth.PermConfigure, Mutating: true, Handle: s.createEnrollment},
+		{Method: "POST", Pattern: "/v1/robots/{id}/commands", Perm: auth.PermConfigure, Mutating: true, Handle: s.queueCommand},
+		{Method: "GET", Pattern: "/v1/commands/{id}", Perm: auth.PermRead, Handle: s.getCommand},
 		{Method: "POST", Pattern: "/v1/robots/{id}/revoke", Perm: auth.PermAdmin, Mutating: true, Handle: s.revokeRobot},
 		{Method: "GET", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Handle: s.listTokens},
 		{Method: "POST", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Mutating: true, Handle: s.createToken},

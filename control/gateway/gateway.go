@@ -129,10 +129,11 @@ func (g *Gateway) Config() Config { return g.cfg }
 // Run drives the committer and the presence loops until ctx ends.
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); g.commitLoop(ctx) }()
 	go func() { defer wg.Done(); g.presenceLoop(ctx) }()
 	go func() { defer wg.Done(); g.watchRevocations(ctx) }()
+	go func() { defer wg.Done(); g.watchCommands(ctx) }()
 	wg.Wait()
 	return nil
 }

@@ -163,6 +163,7 @@ func (s *session) hello(ctx context.Context) error {
 		return err
 	}
 	s.send(ctx, frame)
+	s.sendPending(ctx)
 	return nil
 }
 

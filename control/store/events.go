@@ -145,6 +145,9 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 	if err := applySecurity(ctx, tx, e); err != nil {
 		return AppendResult{}, err
 	}
+	if err := applyCommands(ctx, tx, e); err != nil {
+		return AppendResult{}, err
+	}
 	if e.RobotID != "" && robotEvent(e.Type) {
 		if err := robots.apply(ctx, e); err != nil {
 			return AppendResult{}, err
@@ -182,7 +185,7 @@ func registerIfNew(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event)
 // (possibly one that never connected) but must not create a robot.
 func robotEvent(t string) bool {
 	switch t {
-	case TypeAccessDenied, TypeEnrollmentCreated:
+	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered:
 		return false
 	}
 	return true

@@ -129,11 +129,11 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 		}
 		return nil
 	}
+	if err := s.rebuildTables(ctx, guard); err != nil {
+		return 0, fmt.Errorf("rebuild security and command tables: %w", err)
+	}
 	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
 		if err := guard(tx); err != nil {
-			return err
-		}
-		if err := rebuildSecurity(ctx, tx); err != nil {
 			return err
 		}
 		// Robots the log no longer knows go; the rest are overwritten below.
@@ -188,37 +188,49 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 	return len(rebuilt), nil
 }
 
-// rebuildSecurity replays the security events into fresh token,
-// enrollment and certificate tables.
-func rebuildSecurity(ctx context.Context, tx *sql.Tx) error {
-	for _, t := range []string{"tokens", "enrollment_tokens", "certificates"} {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t); err != nil {
-			return fmt.Errorf("clear %s: %w", t, err)
-		}
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time
-		FROM events WHERE type IN (?, ?, ?, ?, ?, ?) ORDER BY seq`,
-		TypeTokenCreated, TypeTokenRevoked, TypeEnrollmentCreated, TypeRobotEnrolled, TypeCertificateIssued, TypeRobotRevoked)
-	if err != nil {
-		return fmt.Errorf("read security events: %w", err)
-	}
-	var events []Event
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			rows.Close()
+// rebuildTables replays the security and command events into fresh
+// token, enrollment, certificate and command tables, in transactions of at
+// most MaxAppendBatch events, each checked by guard.
+func (s *Store) rebuildTables(ctx context.Context, guard func(*sql.Tx) error) error {
+	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		if err := guard(tx); err != nil {
 			return err
 		}
-		events = append(events, e)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		for _, t := range []string{"tokens", "enrollment_tokens", "certificates", "commands"} {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+t); err != nil {
+				return fmt.Errorf("clear %s: %w", t, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	for _, e := range events {
-		if err := applySecurity(ctx, tx, e); err != nil {
+	var after int64
+	for {
+		page, err := s.EventsOfTypes(ctx, after, MaxAppendBatch,
+			TypeTokenCreated, TypeTokenRevoked, TypeEnrollmentCreated, TypeRobotEnrolled, TypeCertificateIssued, TypeRobotRevoked,
+			TypeCommandQueued, TypeCommandDelivered, TypeCommandResponse)
+		if err != nil || len(page) == 0 {
 			return err
 		}
+		err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+			if err := guard(tx); err != nil {
+				return err
+			}
+			for _, e := range page {
+				if err := applySecurity(ctx, tx, e); err != nil {
+					return err
+				}
+				if err := applyCommands(ctx, tx, e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		after = page[len(page)-1].Seq
 	}
-	return nil
 }

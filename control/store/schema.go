@@ -79,6 +79,23 @@ var migrations = []migration{
 	{3, "events by type, for nodes tailing revocations and commands", []string{
 		`CREATE INDEX events_by_type ON events (type, seq)`,
 	}},
+	{4, "command outbox", []string{
+		`CREATE TABLE commands (
+			id           TEXT PRIMARY KEY,
+			robot_id     TEXT    NOT NULL,
+			name         TEXT    NOT NULL,
+			args         TEXT    NOT NULL DEFAULT 'null',
+			status       TEXT    NOT NULL,
+			created_at   INTEGER NOT NULL,
+			deadline     INTEGER NOT NULL,
+			delivered_by TEXT    NOT NULL DEFAULT '',
+			delivered_at INTEGER NOT NULL DEFAULT 0,
+			answered_at  INTEGER NOT NULL DEFAULT 0,
+			response     TEXT    NOT NULL DEFAULT 'null',
+			actor        TEXT    NOT NULL DEFAULT ''
+		)`,
+		`CREATE INDEX commands_pending ON commands (robot_id, status)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own
