@@ -41,6 +41,8 @@ type ControlOptions struct {
 	RobotCertLifetime time.Duration
 	// ReadHeaderTimeout overrides the node's (slowloris tests).
 	ReadHeaderTimeout time.Duration
+	// MaxBatch caps events per transaction (0: the gateway's default).
+	MaxBatch int
 }
 
 // LabCA loads the CA in dir, creating it on first use.
@@ -99,5 +101,5 @@ func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
 			return nil, err
 		}
 	}
-	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond, ReadHeaderTimeout: o.ReadHeaderTimeout})
+	return node.Start(ctx, cfg, node.Options{Logger: o.Logger, FlushInterval: o.FlushInterval, RolesAdjustment: 500 * time.Millisecond, ReadHeaderTimeout: o.ReadHeaderTimeout, MaxBatch: o.MaxBatch})
 }

@@ -75,19 +75,9 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 	}
 	var results []AppendResult
 	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
-		results = make([]AppendResult, len(events))
-		robots := newRobotCache(tx)
-		for i := range events {
-			if err := registerIfNew(ctx, tx, robots, events[i]); err != nil {
-				return err
-			}
-			res, err := appendOne(ctx, tx, robots, events[i])
-			if err != nil {
-				return err
-			}
-			results[i] = res
-		}
-		return robots.flush(ctx)
+		var err error
+		results, err = appendBatch(ctx, tx, events)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("append %d events: %w", len(events), err)
@@ -156,29 +146,6 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 	return AppendResult{Seq: seq}, nil
 }
 
-// registerIfNew appends RobotRegistered before a robot's first
-// RobotConnected. Doing it inside the append transaction means two nodes
-// racing on a robot's first hello register it exactly once.
-func registerIfNew(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) error {
-	if e.Type != TypeRobotConnected || e.RobotID == "" {
-		return nil
-	}
-	r, err := robots.get(ctx, e.RobotID)
-	if err != nil || r.ID != "" {
-		return err
-	}
-	var d ConnectedData
-	if err := json.Unmarshal(e.Data, &d); err != nil {
-		return dataError(e, err)
-	}
-	reg, err := json.Marshal(RegisteredData{Type: d.Type, Hardware: d.Hardware})
-	if err != nil {
-		return err
-	}
-	_, err = appendOne(ctx, tx, robots, Event{RobotID: e.RobotID, Type: TypeRobotRegistered, Time: e.Time, Data: reg,
-		Actor: e.Actor, CorrelationID: e.CorrelationID})
-	return err
-}
 
 // robotEvent reports whether an event type belongs to the robots
 // projection. Audit records and enrollment bookkeeping name a robot id

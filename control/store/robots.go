@@ -251,14 +251,7 @@ func (c *robotCache) apply(ctx context.Context, e Event) error {
 	return nil
 }
 
-func (c *robotCache) flush(ctx context.Context) error {
-	for id := range c.dirty {
-		if err := putRobot(ctx, c.tx, c.robots[id]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (c *robotCache) flush(ctx context.Context) error { return c.flushMany(ctx) }
 
 func putRobot(ctx context.Context, tx *sql.Tx, r *Robot) error {
 	doc, err := json.Marshal(r)
