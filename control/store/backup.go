@@ -540,7 +540,11 @@ func (b *BackupReader) read() (Event, error) {
 	case e.Seq <= b.prev:
 		return Event{}, &BackupError{Line: b.line, Msg: fmt.Sprintf("event seq %d does not follow seq %d on line %d: seqs must increase strictly", e.Seq, b.prev, b.prevAt)}
 	case prev != b.prev:
-		return Event{}, &BackupError{Line: b.line, Msg: fmt.Sprintf("gap: event seq %d follows seq %d in the log, but the line before holds seq %d: events are missing from the file", e.Seq, prev, b.prev)}
+		before := fmt.Sprintf("the line before holds seq %d", b.prev)
+		if b.prevAt == 0 {
+			before = "it is the first event of the file"
+		}
+		return Event{}, &BackupError{Line: b.line, Msg: fmt.Sprintf("gap: event seq %d follows seq %d in the log, but %s: events are missing from the file", e.Seq, prev, before)}
 	case e.Seq > b.header.LastSeq:
 		return Event{}, &BackupError{Line: b.line, Msg: fmt.Sprintf("event seq %d is past the header's last_seq %d", e.Seq, b.header.LastSeq)}
 	}
@@ -575,4 +579,297 @@ func (b *BackupReader) finish(end BackupEnd) error {
 			return fail("data after the end line")
 		}
 	}
+}
+
+// BackupProgress reports how far reading or restoring a backup got.
+type BackupProgress struct {
+	Events int64 // events so far
+	Total  int64 // events announced by the header
+	Bytes  int64 // bytes of the file read
+}
+
+// CheckBackup reads a whole backup and checks every line, the counts and
+// the checksum. progress (optional) is called every few thousand events.
+func CheckBackup(r io.Reader, progress func(BackupProgress)) (BackupHeader, error) {
+	br, err := NewBackupReader(r)
+	if err != nil {
+		return BackupHeader{}, err
+	}
+	for {
+		if _, err := br.Next(); err == io.EOF {
+			break
+		} else if err != nil {
+			return br.Header(), err
+		}
+		if progress != nil && br.Events()%5000 == 0 {
+			progress(BackupProgress{Events: br.Events(), Total: br.Header().Events, Bytes: br.Bytes()})
+		}
+	}
+	if progress != nil {
+		progress(BackupProgress{Events: br.Events(), Total: br.Header().Events, Bytes: br.Bytes()})
+	}
+	return br.Header(), nil
+}
+
+// ImportEvents writes events exactly as they are, with their own seqs, and
+// applies them to the projections in one transaction, through the same
+// code as Append (Apply for the robots, applySecurity for tokens,
+// enrollments and certificates, applyCommands for the command outbox). Unlike Append it adds nothing (no
+// RobotRegistered before a first connection: the log being imported
+// already holds it) and drops nothing: a duplicate is an error. Seqs must
+// increase strictly and follow the newest event already in the log; the
+// explicit seqs carry the AUTOINCREMENT counter along, so events appended
+// later continue after the imported ones. At most MaxAppendBatch events.
+func (s *Store) ImportEvents(ctx context.Context, events []Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if len(events) > MaxAppendBatch {
+		return fmt.Errorf("import %d events: more than %d in one transaction is unsafe with libdqlite 1.11; split the batch", len(events), MaxAppendBatch)
+	}
+	for i := range events {
+		if err := checkEvent(&events[i]); err != nil {
+			return fmt.Errorf("import event seq %d: %w", events[i].Seq, err)
+		}
+		if events[i].Seq <= 0 {
+			return fmt.Errorf("import %s event: seq %d is not positive", events[i].Type, events[i].Seq)
+		}
+		if i > 0 && events[i].Seq <= events[i-1].Seq {
+			return fmt.Errorf("import events: seq %d after seq %d; seqs must increase strictly", events[i].Seq, events[i-1].Seq)
+		}
+	}
+	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		var last sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&last); err != nil {
+			return fmt.Errorf("read newest seq: %w", err)
+		}
+		if events[0].Seq <= last.Int64 {
+			return fmt.Errorf("event seq %d is not after the newest event already in the log (seq %d)", events[0].Seq, last.Int64)
+		}
+		robots := newRobotCache(tx)
+		for _, e := range events {
+			if err := importOne(ctx, tx, robots, e); err != nil {
+				return err
+			}
+		}
+		return robots.flush(ctx)
+	})
+	if err != nil {
+		return fmt.Errorf("import events %d-%d: %w", events[0].Seq, events[len(events)-1].Seq, err)
+	}
+	return nil
+}
+
+func importOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) error {
+	var stream, robotSeq, robotTime any
+	if e.Stream != "" {
+		stream, robotSeq = e.Stream, int64(e.RobotSeq)
+	}
+	if !e.RobotTime.IsZero() {
+		robotTime = e.RobotTime.UnixNano()
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events
+		(seq, robot_id, type, time, data, correlation_id, causation_id, actor, stream, robot_seq, robot_time)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Seq, e.RobotID, e.Type, e.Time.UnixNano(), string(e.Data), e.CorrelationID, e.CausationID, e.Actor, stream, robotSeq, robotTime); err != nil {
+		return fmt.Errorf("insert event seq %d (%s, robot %q): %w", e.Seq, e.Type, e.RobotID, err)
+	}
+	// The same projections, in the same order, as appendBatch.
+	if err := applySecurity(ctx, tx, e); err != nil {
+		return err
+	}
+	if err := applyCommands(ctx, tx, e); err != nil {
+		return err
+	}
+	if e.RobotID != "" && robotEvent(e.Type) {
+		return robots.apply(ctx, e)
+	}
+	return nil
+}
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	// Store opens the new node: Dir is where its data goes (absent or
+	// empty), Address its dqlite address — the one `control run` will use
+	// on this data directory, since a node remembers its address.
+	Store Options
+	// Progress, if set, is called after every transaction.
+	Progress func(BackupProgress)
+}
+
+// RestoreReport describes a finished restore.
+type RestoreReport struct {
+	Header BackupHeader
+	Events int64
+	Robots int
+	Bytes  int64
+}
+
+// Restore makes a new single-node database from a backup: it checks the
+// header, starts a fresh dqlite node in a temporary directory next to
+// o.Store.Dir, imports the events with their original seqs in transactions
+// of MaxAppendBatch, checks the counts and the checksum, verifies that the
+// robots projection equals a replay of the log, closes the node and only
+// then moves the directory into place. On any failure nothing is left at
+// o.Store.Dir. Start `control run` on the directory afterwards.
+func Restore(ctx context.Context, r io.Reader, o RestoreOptions) (RestoreReport, error) {
+	dir := o.Store.Dir
+	if dir == "" {
+		return RestoreReport{}, errors.New("restore: a data directory for the new node is required")
+	}
+	if o.Store.Address == "" {
+		return RestoreReport{}, errors.New("restore: the new node's dqlite address (host:port) is required")
+	}
+	if len(o.Store.Join) > 0 {
+		return RestoreReport{}, errors.New("restore: a restored node starts a new cluster; other nodes join it afterwards")
+	}
+	if err := checkEmptyDir(dir); err != nil {
+		return RestoreReport{}, err
+	}
+	br, err := NewBackupReader(r)
+	if err != nil {
+		return RestoreReport{}, err
+	}
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o750); err != nil {
+		return RestoreReport{}, fmt.Errorf("restore: %w", err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".restoring-")
+	if err != nil {
+		return RestoreReport{}, fmt.Errorf("restore: make a working directory next to %s: %w", dir, err)
+	}
+	rep, err := restoreInto(ctx, br, o, tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return rep, err
+	}
+	// An empty directory at dir goes first (os.Remove fails on anything
+	// else, so nothing but an empty directory can be lost).
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		os.RemoveAll(tmp)
+		return rep, fmt.Errorf("restore: data directory %s: %w", dir, err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return rep, fmt.Errorf("restore: move the restored data to %s: %w", dir, err)
+	}
+	if d, err := os.Open(parent); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return rep, nil
+}
+
+func restoreInto(ctx context.Context, br *BackupReader, o RestoreOptions, dir string) (RestoreReport, error) {
+	rep := RestoreReport{Header: br.Header()}
+	so := o.Store
+	so.Dir = dir
+	st, err := Open(ctx, so)
+	if err != nil {
+		return rep, fmt.Errorf("restore: start the new node: %w", err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			st.Close()
+		}
+	}()
+	if last, err := st.LastSeq(ctx); err != nil || last != 0 {
+		return rep, fmt.Errorf("restore: the new node's log is not empty (last seq %d, %v)", last, err)
+	}
+	batch := make([]Event, 0, MaxAppendBatch)
+	flush := func() error {
+		if err := st.ImportEvents(ctx, batch); err != nil {
+			return fmt.Errorf("restore (at line %d): %w", br.Line(), err)
+		}
+		rep.Events += int64(len(batch))
+		batch = batch[:0]
+		if o.Progress != nil {
+			o.Progress(BackupProgress{Events: rep.Events, Total: rep.Header.Events, Bytes: br.Bytes()})
+		}
+		return nil
+	}
+	for {
+		e, err := br.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return rep, err
+		}
+		batch = append(batch, e)
+		if len(batch) == MaxAppendBatch {
+			if err := flush(); err != nil {
+				return rep, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return rep, err
+	}
+	rep.Bytes = br.Bytes()
+	last, err := st.LastSeq(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("restore: %w", err)
+	}
+	var n int64
+	if err := st.db.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		return rep, fmt.Errorf("restore: count events: %w", err)
+	}
+	if last != rep.Header.LastSeq || n != rep.Header.Events {
+		return rep, fmt.Errorf("restore: the new log holds %d events up to seq %d, the backup %d up to seq %d", n, last, rep.Header.Events, rep.Header.LastSeq)
+	}
+	mm, err := st.Verify(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("restore: verify the projection: %w", err)
+	}
+	if len(mm) > 0 {
+		return rep, fmt.Errorf("restore: the robots projection differs from a replay of the log for %d robots (first %q); this is a bug, report it with the backup", len(mm), mm[0].RobotID)
+	}
+	if rep.Robots, err = st.CountRobots(ctx, ""); err != nil {
+		return rep, fmt.Errorf("restore: %w", err)
+	}
+	closed = true
+	if err := st.Close(); err != nil {
+		return rep, fmt.Errorf("restore: stop the new node: %w", err)
+	}
+	return rep, nil
+}
+
+// checkEmptyDir accepts a missing or empty directory.
+func checkEmptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("restore: data directory %s: %w", dir, err)
+	case len(entries) > 0:
+		return fmt.Errorf("restore: data directory %s is not empty (%d entries, e.g. %s): restore only into a new, empty directory, never over a node's data", dir, len(entries), entries[0].Name())
+	}
+	return nil
+}
+
+// countingWriter counts bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func writeLine(w io.Writer, line []byte) error {
+	if err := writeAll(w, line); err != nil {
+		return err
+	}
+	return writeAll(w, []byte{'\n'})
+}
+
+func writeAll(w io.Writer, p []byte) error {
+	_, err := w.Write(p)
+	return err
 }
