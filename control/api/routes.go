@@ -59,6 +59,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Handle: s.listTokens},
 		{Method: "POST", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Mutating: true, Handle: s.createToken},
 		{Method: "DELETE", Pattern: "/v1/tokens/{id}", Perm: auth.PermAdmin, Mutating: true, Handle: s.revokeToken},
+		{Method: "GET", Pattern: "/v1/admin/backup", Perm: auth.PermAdmin, Handle: s.backup},
+		{Method: "GET", Pattern: "/v1/admin/storage", Perm: auth.PermAdmin, Handle: s.storage},
 	}
 }
 

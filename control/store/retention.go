@@ -427,3 +427,15 @@ func (s *Store) deleteTelemetry(ctx context.Context, seqs []int64, submit func(c
 	}
 	return total, nil
 }
+
+// DatabaseSize is the database's size in bytes (pages × page size) — what
+// dqlite 1.11 keeps in memory on every node — and how much of it is free
+// pages, which SQLite reuses for new rows rather than giving back.
+func (s *Store) DatabaseSize(ctx context.Context) (total, free int64, err error) {
+	var pages, freePages, pageSize int64
+	if err := s.db.QueryRowContext(ctx, `SELECT page_count, freelist_count, page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()`).
+		Scan(&pages, &freePages, &pageSize); err != nil {
+		return 0, 0, fmt.Errorf("read database size: %w", err)
+	}
+	return pages * pageSize, freePages * pageSize, nil
+}
