@@ -39,6 +39,7 @@ func newRoot() *cobra.Command {
 		root.AddCommand(c)
 	}
 	root.AddCommand(newServe(modeInit), newServe(modeJoin), newServe(modeWitness), newRecover())
+	root.AddCommand(newBackup(af), newRestore())
 	root.AddCommand(newRun(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the control version",

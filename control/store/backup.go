@@ -13,9 +13,14 @@ import (
 	"hash"
 	"io"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	dqlite "github.com/canonical/go-dqlite"
+	"github.com/canonical/go-dqlite/client"
+	"gopkg.in/yaml.v2"
 )
 
 // Backups.
@@ -689,9 +694,14 @@ func importOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) err
 
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
-	// Store opens the new node: Dir is where its data goes (absent or
+	// Store describes the new node: Dir is where its data goes (absent or
 	// empty), Address its dqlite address — the one `control run` will use
-	// on this data directory, since a node remembers its address.
+	// on this data directory, since a node remembers its address. While
+	// restoring, the node listens on a free loopback port instead (nothing
+	// outside the host can reach it, and the final address may still be in
+	// use by the node being replaced), so ListenTLS and DialTLS are not
+	// used; the final address is written into the node's identity and raft
+	// configuration after it stopped.
 	Store Options
 	// Progress, if set, is called after every transaction.
 	Progress func(BackupProgress)
@@ -706,12 +716,14 @@ type RestoreReport struct {
 }
 
 // Restore makes a new single-node database from a backup: it checks the
-// header, starts a fresh dqlite node in a temporary directory next to
-// o.Store.Dir, imports the events with their original seqs in transactions
-// of MaxAppendBatch, checks the counts and the checksum, verifies that the
-// robots projection equals a replay of the log, closes the node and only
-// then moves the directory into place. On any failure nothing is left at
-// o.Store.Dir. Start `control run` on the directory afterwards.
+// header, starts a fresh dqlite node on a loopback port in a temporary
+// directory next to o.Store.Dir, imports the events with their original
+// seqs in transactions of MaxAppendBatch, checks the counts and the
+// checksum, verifies that the robots projection equals a replay of the log,
+// closes the node, gives it its final address (as `control recover` does:
+// identity, raft configuration, peer list) and only then moves the
+// directory into place. On any failure nothing is left at o.Store.Dir.
+// Start `control run` on the directory afterwards.
 func Restore(ctx context.Context, r io.Reader, o RestoreOptions) (RestoreReport, error) {
 	dir := o.Store.Dir
 	if dir == "" {
@@ -722,6 +734,9 @@ func Restore(ctx context.Context, r io.Reader, o RestoreOptions) (RestoreReport,
 	}
 	if len(o.Store.Join) > 0 {
 		return RestoreReport{}, errors.New("restore: a restored node starts a new cluster; other nodes join it afterwards")
+	}
+	if _, _, err := net.SplitHostPort(o.Store.Address); err != nil {
+		return RestoreReport{}, fmt.Errorf("restore: dqlite address %q is not host:port", o.Store.Address)
 	}
 	if err := checkEmptyDir(dir); err != nil {
 		return RestoreReport{}, err
@@ -739,6 +754,9 @@ func Restore(ctx context.Context, r io.Reader, o RestoreOptions) (RestoreReport,
 		return RestoreReport{}, fmt.Errorf("restore: make a working directory next to %s: %w", dir, err)
 	}
 	rep, err := restoreInto(ctx, br, o, tmp)
+	if err == nil {
+		err = setNodeAddress(tmp, o.Store.Address)
+	}
 	if err != nil {
 		os.RemoveAll(tmp)
 		return rep, err
@@ -763,7 +781,13 @@ func Restore(ctx context.Context, r io.Reader, o RestoreOptions) (RestoreReport,
 func restoreInto(ctx context.Context, br *BackupReader, o RestoreOptions, dir string) (RestoreReport, error) {
 	rep := RestoreReport{Header: br.Header()}
 	so := o.Store
-	so.Dir = dir
+	so.Dir, so.ListenTLS, so.DialTLS = dir, nil, nil
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return rep, fmt.Errorf("restore: find a free loopback port: %w", err)
+	}
+	so.Address = l.Addr().String()
+	l.Close()
 	st, err := Open(ctx, so)
 	if err != nil {
 		return rep, fmt.Errorf("restore: start the new node: %w", err)
@@ -834,6 +858,51 @@ func restoreInto(ctx context.Context, br *BackupReader, o RestoreOptions, dir st
 		return rep, fmt.Errorf("restore: stop the new node: %w", err)
 	}
 	return rep, nil
+}
+
+// setNodeAddress gives a stopped node its final address: in its identity
+// (go-dqlite app's info.yaml), its raft configuration, and its peer list.
+func setNodeAddress(dir, address string) error {
+	path := filepath.Join(dir, "info.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("restore: read the new node's identity: %w", err)
+	}
+	var info nodeInfo
+	var doc yaml.MapSlice
+	if err := yaml.Unmarshal(b, &info); err != nil || info.ID == 0 {
+		return fmt.Errorf("restore: the new node's identity %s is unreadable: %v", path, err)
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	for i := range doc {
+		if doc[i].Key == "Address" {
+			doc[i].Value = address
+		}
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path+".new", out, 0o600); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	self := []dqlite.NodeInfo{{ID: info.ID, Address: address, Role: client.Voter}}
+	if err := dqlite.ReconfigureMembershipExt(dir, self); err != nil {
+		return fmt.Errorf("restore: set the new node's address in its raft configuration: %w", err)
+	}
+	peers, err := client.NewYamlNodeStore(filepath.Join(dir, "cluster.yaml"))
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if err := peers.Set(context.Background(), self); err != nil {
+		return fmt.Errorf("restore: set the new node's peer list: %w", err)
+	}
+	return nil
 }
 
 // checkEmptyDir accepts a missing or empty directory.

@@ -224,6 +224,10 @@ func TestBackupRestoreReproducesProjectionsAndSecurityTables(t *testing.T) {
 	}
 	dst := openNode(t, dir, addr, nil)
 	defer dst.Close()
+	// The node restored on a loopback port now lives at its final address.
+	if leader, members, err := dst.Cluster(ctx); err != nil || leader != addr || len(members) != 1 || members[0].Address != addr {
+		t.Fatalf("restored node: leader %q, members %+v, %v; want %s alone", leader, members, err, addr)
+	}
 	got := allEvents(t, dst)
 	if len(got) != len(want) {
 		t.Fatalf("restored %d events, want %d", len(got), len(want))
