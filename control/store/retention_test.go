@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -493,7 +495,7 @@ func TestSizing(t *testing.T) {
 				db.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&pageSize)
 				return pages * pageSize, (pages - free) * pageSize
 			}
-			empty, _ := size()
+			_, empty := size()
 			day := t0
 			var tel, other int
 			for r := range robots {
@@ -534,17 +536,59 @@ func TestSizing(t *testing.T) {
 				slices.SortStableFunc(evs, func(a, b Event) int { return a.Time.Compare(b.Time) })
 				appendAll(t, s, evs)
 			}
-			total, used := size()
-			perRobot := float64(used-empty) / float64(robots)
-			perEvent := float64(used-empty) / float64(tel+other)
-			// Compact as of two days later: the day falls in the hourly tier.
-			rep, err := s.Retain(ctx, day.Add(48*time.Hour), DefaultRetentionPolicy())
-			if err != nil {
-				t.Fatal(err)
+			_, used := size()
+			rss0 := rssBytes()
+			n := float64(robots)
+			row := func(stage string, bytes int64, rss int64) {
+				fmt.Printf("| %s | %s | %d | %.0f | %.1f | %.1f |\n", pr.name, stage, robots, float64(bytes-empty)/n/1024, float64(bytes-empty)/(1<<20), float64(rss)/(1<<20))
 			}
-			_, compacted := size()
-			fmt.Printf("%-40s robots=%d events/robot-day=%d (telemetry %d, other %d) bytes/event=%.0f bytes/robot-day=%.0f db=%d used=%d; after compaction to hourly: %d deleted, used=%d (%.0f bytes/robot-day)\n",
-				pr.name, robots, (tel+other)/robots, tel/robots, other/robots, perEvent, perRobot, total, used, rep.Deleted, compacted, float64(compacted-empty)/float64(robots))
+			fmt.Printf("\n%s: %d events per robot-day (%d telemetry, %d others), %.0f bytes per event in the database\n",
+				pr.name, (tel+other)/robots, tel/robots, other/robots, float64(used-empty)/float64(tel+other))
+			fmt.Println("| profile | stage | robots | KiB per robot-day | database MiB | RSS outside Go MiB |")
+			fmt.Println("|---|---|---|---|---|---|")
+			row("raw (last hour: every event kept)", used, rss0)
+			// 25 h later the day is (all but its first hour) in the 10-minute
+			// tier; 48 h later all of it is in the hourly tier.
+			for _, at := range []struct {
+				stage string
+				now   time.Time
+			}{{"one per 10 min", day.Add(24*time.Hour + 59*time.Minute)}, {"one per hour", day.Add(48 * time.Hour)}} {
+				if _, err := s.Retain(ctx, at.now, DefaultRetentionPolicy()); err != nil {
+					t.Fatal(err)
+				}
+				_, used := size()
+				row(at.stage, used, rssBytes())
+			}
+			// Pages freed by deletes are reused by new rows, but rows kept
+			// stay spread over half-empty pages (no VACUUM: it would be one
+			// huge transaction). Refilling shows what a steady state costs.
+			total, _ := size()
+			fmt.Printf("file %d bytes (%.1f MiB) including free pages\n", total, float64(total)/(1<<20))
 		})
 	}
+}
+
+// rssBytes is this process's resident memory outside the Go runtime's:
+// dqlite's (database pages, WAL, raft log entries) and SQLite's, which run
+// in this process through cgo.
+func rssBytes() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return procRSS() - int64(ms.Sys-ms.HeapReleased)
+}
+
+func procRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
