@@ -592,3 +592,61 @@ func procRSS() int64 {
 	}
 	return 0
 }
+
+// Retention runs outside any transaction of the writers: appends landing
+// while it plans and deletes only supersede what it deletes.
+func TestRetainAlongsideLiveAppends(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	now := t0.Add(40 * 24 * time.Hour)
+	robots := []string{"a", "b", "c", "d"}
+	var evs []Event
+	for i := range 2000 {
+		r := robots[i%len(robots)]
+		if i < len(robots) {
+			evs = append(evs, connected(t, r, "s0", t0, "os"))
+		}
+		evs = append(evs, telemetry(t, r, t0.Add(time.Duration(i)*15*time.Minute), "", 0))
+	}
+	appendAll(t, s, evs)
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		at := now.Add(-30 * time.Minute)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			r := robots[i%len(robots)]
+			osv := ""
+			if i%5 == 0 {
+				osv = fmt.Sprint("os-", i)
+			}
+			if _, err := s.Append(ctx, []Event{telemetry(t, r, at.Add(time.Duration(i)*time.Second), osv, 0)}); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	var deleted int
+	for range 3 {
+		rep, err := s.Retain(ctx, now, DefaultRetentionPolicy())
+		if err != nil {
+			t.Fatal(err)
+		}
+		deleted += rep.Deleted
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if deleted == 0 {
+		t.Fatal("nothing was compacted")
+	}
+	if mm, err := s.Verify(ctx); err != nil || len(mm) != 0 {
+		t.Fatalf("verify after retention alongside appends: %v %+v", err, mm)
+	}
+}
