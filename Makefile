@@ -14,7 +14,7 @@ RUN_DIR ?= .run
 # Debian packages: dqlite 1.11 (and what its headers include) for control,
 # test peers for the test suite.
 DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
-DEB_TEST  := $(DEB_BUILD) procps openssl
+DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -67,3 +67,11 @@ bench: build
 
 clean:
 	rm -rf bin $(RUN_DIR)
+
+# HA chaos acceptance (issue 4) at full size: 2 control nodes + witness as
+# real processes, 1,000 simulated agents; kill -9 of the leader, partition
+# (network namespace + iptables, needs root), rolling restart, witness loss.
+# `make test` runs the same tests with 200 agents.
+.PHONY: chaos
+chaos: deps-test
+	ulimit -n 20000; $(GO) test -tags $(TAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./testbench -args -chaos.agents=1000

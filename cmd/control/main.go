@@ -166,6 +166,7 @@ It is small enough to run on the netboot station.`
 	f.StringVar(&flagCfg.Listen, "listen", flagCfg.Listen, "HTTP address for robots, the API and /metrics")
 	f.StringVar(&flagCfg.DBAddress, "db-address", flagCfg.DBAddress, "host:port for dqlite replication with peers")
 	f.StringSliceVar(&flagCfg.Join, "join", nil, "dqlite address of an existing member to join (repeatable)")
+	f.DurationVar(&flagCfg.DBNetworkLatency, "db-network-latency", flagCfg.DBNetworkLatency, "one-way latency between members; raft elections start after 15x this (same value on every member)")
 	f.DurationVar(&flagCfg.HeartbeatInterval, "heartbeat-interval", flagCfg.HeartbeatInterval, "heartbeat interval robots are told to use")
 	f.DurationVar(&flagCfg.OfflineGrace, "offline-grace", flagCfg.OfflineGrace, "added to 1.5 heartbeat intervals before a silent robot is offline")
 	f.StringVar(&flagCfg.LogLevel, "log-level", flagCfg.LogLevel, "debug, info, warn or error")
@@ -196,6 +197,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("join") {
 		cfg.Join = f.Join
+	}
+	if set("db-network-latency") {
+		cfg.DBNetworkLatency = f.DBNetworkLatency
 	}
 	if set("heartbeat-interval") {
 		cfg.HeartbeatInterval = f.HeartbeatInterval

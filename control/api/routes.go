@@ -18,8 +18,12 @@ import (
 
 // Request limits.
 const (
-	MaxBodyBytes   = 1 << 20          // larger bodies get 413
-	RequestTimeout = 30 * time.Second // reading the body and answering
+	MaxBodyBytes = 1 << 20 // larger bodies get 413
+	// RequestTimeout bounds reading the body and answering. It is half the
+	// CLI's patience so that a node cut off from the cluster's majority
+	// answers with an error the operator can act on instead of a client
+	// timeout.
+	RequestTimeout = 15 * time.Second
 )
 
 // Route is one API endpoint and the permission it needs. Every route is in
@@ -181,7 +185,7 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.Canceled):
 		writeError(w, 499, "canceled", "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
-		writeError(w, http.StatusServiceUnavailable, "timeout", fmt.Sprintf("no answer within %s; retry", RequestTimeout))
+		writeError(w, http.StatusServiceUnavailable, "timeout", fmt.Sprintf("no answer within %s: the database did not respond (is a majority of the cluster up? check `control cluster status`); retry", RequestTimeout))
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "control could not answer (database unavailable?): "+err.Error())

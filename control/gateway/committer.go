@@ -58,7 +58,11 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	defer func() {
 		for _, r := range all {
 			if r.job != nil {
-				r.job(ctx)
+				// Jobs (presence flushes of every session) may span
+				// several transactions.
+				jctx, cancel := context.WithTimeout(ctx, 4*g.cfg.CommitTimeout)
+				r.job(jctx)
+				cancel()
 			}
 		}
 	}()
@@ -70,7 +74,9 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 		events[i] = r.event
 	}
 	start := time.Now()
-	results, err := g.store.Append(ctx, events)
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.CommitTimeout)
+	results, err := g.store.Append(cctx, events)
+	cancel()
 	g.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	g.metrics.commitBatch.Observe(float64(len(batch)))
 	if err != nil {

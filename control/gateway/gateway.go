@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -49,6 +50,17 @@ type Config struct {
 	CA *pki.CA
 	// RobotCertLifetime is a renewed certificate's validity (default 90 d).
 	RobotCertLifetime time.Duration
+	// CommitTimeout bounds one append transaction (default 5 s). A commit
+	// that times out is not acknowledged; robots resend and duplicates are
+	// recognised by their sequence numbers.
+	CommitTimeout time.Duration
+	// StoreProbeInterval is how often the store's reachability is checked
+	// (default 1 s).
+	StoreProbeInterval time.Duration
+	// ShedAfter is how long the store may stay unreachable before robots
+	// are sent to other nodes (default 6 s: longer than a leader election,
+	// so a failover alone does not move robots).
+	ShedAfter time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -76,6 +88,15 @@ func (c *Config) setDefaults() {
 	if c.RobotCertLifetime <= 0 {
 		c.RobotCertLifetime = 90 * 24 * time.Hour
 	}
+	if c.CommitTimeout <= 0 {
+		c.CommitTimeout = 5 * time.Second
+	}
+	if c.StoreProbeInterval <= 0 {
+		c.StoreProbeInterval = time.Second
+	}
+	if c.ShedAfter <= 0 {
+		c.ShedAfter = 6 * time.Second
+	}
 }
 
 // OfflineTimeout is how long a robot may stay silent before it is declared
@@ -100,6 +121,8 @@ type Gateway struct {
 	revMu   sync.RWMutex
 	revoked map[string]time.Time // robot id → revocation time
 	audit   *rate.Limiter        // budget for AccessDenied records
+
+	fenced atomic.Bool // store unreachable: robots are sent elsewhere
 }
 
 // New creates a gateway over st.
@@ -129,7 +152,8 @@ func (g *Gateway) Config() Config { return g.cfg }
 // Run drives the committer and the presence loops until ctx ends.
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); g.watchStore(ctx) }()
 	go func() { defer wg.Done(); g.commitLoop(ctx) }()
 	go func() { defer wg.Done(); g.presenceLoop(ctx) }()
 	go func() { defer wg.Done(); g.watchRevocations(ctx) }()
@@ -188,6 +212,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.wg.Done()
+	if g.refuseFenced(w) {
+		return
+	}
 	certRobot, certSerial, ok := g.peerIdentity(w, r)
 	if !ok {
 		return

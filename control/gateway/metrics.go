@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics are the gateway's Prometheus series.
 type metrics struct {
 	connections    prometheus.Gauge
+	fenced         prometheus.Gauge
 	robotsOnline   prometheus.Gauge
 	messages       *prometheus.CounterVec
 	protocolErrors *prometheus.CounterVec
@@ -22,6 +23,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lekiwi_control_websocket_connections", Help: "Robot WebSocket connections held by this node."}),
+		fenced: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lekiwi_control_fenced", Help: "1 while this node cannot reach the database and sends robots to other nodes."}),
 		robotsOnline: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "lekiwi_control_robots_online", Help: "Robots in state online, cluster-wide (refreshed by the offline sweep)."}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -44,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_tls_client_handshakes_total", Help: "TLS handshakes with a client certificate, by whether the session was resumed."}, []string{"resumed"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.handshakes, m.denied, m.connections, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
+		reg.MustRegister(m.handshakes, m.denied, m.connections, m.fenced, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
 	}
 	return m
 }

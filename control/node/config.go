@@ -28,6 +28,11 @@ type Config struct {
 	DBAddress string `yaml:"db_address"`
 	// Join lists dqlite addresses of existing members (empty on the first node).
 	Join []string `yaml:"join"`
+	// DBNetworkLatency is the expected one-way latency between members. dqlite
+	// derives its raft timeouts from it: heartbeats every 1.5×, elections
+	// after 15× (randomised up to 30×), so it bounds how fast writes resume
+	// after the leader dies. Use the same value on every member.
+	DBNetworkLatency time.Duration `yaml:"db_network_latency"`
 	// HeartbeatInterval is the interval robots are told to heartbeat at.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// OfflineGrace is added to 1.5 heartbeat intervals before a silent robot
@@ -66,6 +71,7 @@ func Defaults() Config {
 		DataDir:           "/var/lib/lekiwi/control",
 		Listen:            "127.0.0.1:8080",
 		DBAddress:         "127.0.0.1:9001",
+		DBNetworkLatency:  100 * time.Millisecond,
 		HeartbeatInterval: 30 * time.Second,
 		OfflineGrace:      15 * time.Second,
 		LogLevel:          "info",
@@ -132,7 +138,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
-	return errors.Join(dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace))
+	return errors.Join(dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency))
 }
 
 // Validate reports every problem with c at once.
@@ -153,6 +159,9 @@ func (c *Config) Validate() error {
 		if j == c.DBAddress {
 			errs = append(errs, fmt.Errorf("join lists this node's own db_address %q: name the other members", j))
 		}
+	}
+	if c.DBNetworkLatency < time.Millisecond || c.DBNetworkLatency > time.Minute {
+		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 100ms)", c.DBNetworkLatency))
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))

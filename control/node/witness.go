@@ -20,7 +20,7 @@ type Witness struct {
 	log   *slog.Logger
 }
 
-// StartWitness joins the cluster as a member. Only DataDir, DBAddress,
+// StartWitness joins the cluster as a member. Only DataDir, DBAddress, DBNetworkLatency,
 // Join, CADir/CAPassphraseFile (or Insecure) and NodeID of cfg are used.
 func StartWitness(ctx context.Context, cfg Config, o Options) (*Witness, error) {
 	if len(cfg.Join) == 0 {
@@ -37,7 +37,7 @@ func StartWitness(ctx context.Context, cfg Config, o Options) (*Witness, error) 
 		log = slog.Default()
 	}
 	log = log.With("node", cfg.NodeID, "role", "witness")
-	so := store.Options{Dir: cfg.DataDir, Address: cfg.DBAddress, Join: cfg.Join, Logger: log, RolesAdjustment: o.RolesAdjustment}
+	so := store.Options{Dir: cfg.DataDir, Address: cfg.DBAddress, Join: cfg.Join, Logger: log, RolesAdjustment: o.RolesAdjustment, NetworkLatency: cfg.DBNetworkLatency}
 	if !cfg.Insecure {
 		ca, err := loadCA(cfg)
 		if err != nil {

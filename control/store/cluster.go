@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	dqlite "github.com/canonical/go-dqlite"
 	"github.com/canonical/go-dqlite/client"
@@ -24,10 +26,26 @@ func (s *Store) Leave(ctx context.Context) error {
 		return fmt.Errorf("find the leader to leave the cluster: %w", err)
 	}
 	defer cli.Close()
-	if err := cli.Remove(ctx, s.app.ID()); err != nil {
+	if err := removeRetrying(ctx, cli, s.app.ID()); err != nil {
 		return fmt.Errorf("remove node %d (%s) from the cluster: %w", s.app.ID(), s.app.Address(), err)
 	}
 	return nil
+}
+
+// removeRetrying removes member id, waiting out a configuration change
+// already in flight (a role adjustment or a join): raft allows one at a time.
+func removeRetrying(ctx context.Context, cli *client.Client, id uint64) error {
+	for {
+		err := cli.Remove(ctx, id)
+		if err == nil || !strings.Contains(err.Error(), "configuration change is already in progress") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (still busy when the deadline came: %w)", err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // RemoveMember removes another member (a dead one) from the cluster.
@@ -46,7 +64,7 @@ func (s *Store) RemoveMember(ctx context.Context, id uint64) error {
 	}
 	for _, n := range nodes {
 		if n.ID == id {
-			if err := cli.Remove(ctx, id); err != nil {
+			if err := removeRetrying(ctx, cli, id); err != nil {
 				return fmt.Errorf("remove member %d (%s): %w", id, n.Address, err)
 			}
 			return nil

@@ -146,7 +146,6 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 	return AppendResult{Seq: seq}, nil
 }
 
-
 // robotEvent reports whether an event type belongs to the robots
 // projection. Audit records and enrollment bookkeeping name a robot id
 // (possibly one that never connected) but must not create a robot.

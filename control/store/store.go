@@ -19,6 +19,12 @@ import (
 // DatabaseName is the dqlite database holding all control state.
 const DatabaseName = "heartbeat"
 
+// DefaultRolesAdjustment is how often the leader rebalances roles. go-dqlite's
+// own default (30 s) leaves a cluster with a single voter for up to half a
+// minute after a member joins or leaves; a tick is one cluster query and a
+// probe per member, cheap at three to five members.
+const DefaultRolesAdjustment = 3 * time.Second
+
 // Options configure a store node.
 type Options struct {
 	// Dir holds this node's dqlite data (raft log, snapshots, identity).
@@ -31,8 +37,12 @@ type Options struct {
 	// Logger receives dqlite's log lines. Nil means slog.Default().
 	Logger *slog.Logger
 	// RolesAdjustment is how often the leader rebalances voters and standbys.
-	// Zero keeps go-dqlite's default (30 s); tests shorten it.
+	// Zero means DefaultRolesAdjustment.
 	RolesAdjustment time.Duration
+	// NetworkLatency is the expected one-way latency between members; raft
+	// heartbeats and election timeouts scale with it. Zero keeps dqlite's
+	// defaults (elections after 3 to 6 s).
+	NetworkLatency time.Duration
 	// ListenTLS and DialTLS, when set, make peer traffic mutual TLS
 	// (node certificates from the fleet CA).
 	ListenTLS, DialTLS *tls.Config
@@ -77,8 +87,12 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if len(o.Join) > 0 {
 		opts = append(opts, app.WithCluster(o.Join))
 	}
-	if o.RolesAdjustment > 0 {
-		opts = append(opts, app.WithRolesAdjustmentFrequency(o.RolesAdjustment))
+	if o.RolesAdjustment <= 0 {
+		o.RolesAdjustment = DefaultRolesAdjustment
+	}
+	opts = append(opts, app.WithRolesAdjustmentFrequency(o.RolesAdjustment))
+	if o.NetworkLatency > 0 {
+		opts = append(opts, app.WithNetworkLatency(o.NetworkLatency))
 	}
 	if o.ListenTLS != nil && o.DialTLS != nil {
 		opts = append(opts, app.WithTLS(o.ListenTLS, o.DialTLS))
