@@ -455,12 +455,10 @@ func TestChaosPartition(t *testing.T) {
 // false: the caller returns. Inside the namespace it returns true: the
 // caller runs the test body.
 //
-// Besides keeping iptables rules and stray traffic off the host, the
-// namespace isolates dqlite: with TLS, go-dqlite binds its node to the
-// abstract Unix socket @dqlite-<node id>, and the first node of every
-// cluster has the same id (dqlite.BootstrapID), so two TLS clusters
-// started on one host collide ("failed to set bind address"). Abstract
-// sockets belong to a network namespace.
+// The namespace keeps iptables rules, stray traffic and the processes a
+// test leaves behind off the host. (It once also kept two TLS clusters'
+// first nodes from colliding on dqlite's abstract socket name; store.Open
+// now makes that name unique per address.)
 //
 // Without root or `ip` the test runs on the host's loopback, unless
 // required (the partition test needs iptables), when it is skipped.
@@ -495,7 +493,7 @@ func inNetns(t *testing.T, required bool) bool {
 		if required {
 			t.Skipf("%s needs %s", t.Name(), missing)
 		}
-		t.Logf("running on the host's loopback: no %s; a concurrent TLS dqlite cluster on this host would collide with ours", missing)
+		t.Logf("running on the host's loopback: no %s", missing)
 		return true
 	}
 	t.Cleanup(func() {

@@ -62,10 +62,8 @@ func (n *bkNode) stop(t *testing.T) {
 	}
 }
 
-// The nodes run --insecure: with peer TLS, go-dqlite binds the first node
-// of a cluster to a host-wide abstract socket named after its fixed
-// bootstrap id, so a TLS node here would collide with any other test's.
-// Restore itself never uses the peer port's TLS (it works on loopback).
+// The nodes run --insecure to keep the test about backups; restore itself
+// never uses the peer port's TLS (it works on loopback).
 func TestBackupRestoreRun(t *testing.T) {
 	dataA := t.TempDir()
 	a := bkStartNode(t, "--insecure", "--data-dir", dataA, "--db-address", freeAddr(t))

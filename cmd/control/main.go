@@ -167,6 +167,7 @@ It is small enough to run on the netboot station.`
 	f.StringVar(&flagCfg.DBAddress, "db-address", flagCfg.DBAddress, "host:port for dqlite replication with peers")
 	f.StringSliceVar(&flagCfg.Join, "join", nil, "dqlite address of an existing member to join (repeatable)")
 	f.DurationVar(&flagCfg.DBNetworkLatency, "db-network-latency", flagCfg.DBNetworkLatency, "one-way latency between members; raft elections start after 15x this (same value on every member)")
+	f.DurationVar(&flagCfg.RetentionInterval, "retention-interval", flagCfg.RetentionInterval, "how often the leader compacts telemetry (0 disables; see docs/OPERATIONS.md)")
 	f.DurationVar(&flagCfg.HeartbeatInterval, "heartbeat-interval", flagCfg.HeartbeatInterval, "heartbeat interval robots are told to use")
 	f.DurationVar(&flagCfg.OfflineGrace, "offline-grace", flagCfg.OfflineGrace, "added to 1.5 heartbeat intervals before a silent robot is offline")
 	f.StringVar(&flagCfg.LogLevel, "log-level", flagCfg.LogLevel, "debug, info, warn or error")
@@ -200,6 +201,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("db-network-latency") {
 		cfg.DBNetworkLatency = f.DBNetworkLatency
+	}
+	if set("retention-interval") {
+		cfg.RetentionInterval = f.RetentionInterval
 	}
 	if set("heartbeat-interval") {
 		cfg.HeartbeatInterval = f.HeartbeatInterval

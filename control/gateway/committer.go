@@ -146,3 +146,15 @@ func (g *Gateway) appendAndWait(ctx context.Context, ev store.Event) error {
 		return ctx.Err()
 	}
 }
+
+// Submit runs write on the committer, after the events queued before it,
+// and returns its error: the way for other writers of this node (retention)
+// to share the single writer instead of contending with it.
+func (g *Gateway) Submit(ctx context.Context, write func(context.Context) error) error {
+	err := context.Canceled
+	g.do(ctx, func(ctx context.Context) { err = write(ctx) })
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}

@@ -61,6 +61,9 @@ type Config struct {
 	EnrollmentTTL time.Duration `yaml:"enrollment_ttl"`
 	// RateLimit is API requests per second per principal (burst twice that).
 	RateLimit float64 `yaml:"rate_limit"`
+	// RetentionInterval is how often the leader compacts telemetry
+	// (store.DefaultRetentionPolicy); 0 disables retention.
+	RetentionInterval time.Duration `yaml:"retention_interval"`
 	// OIDC, when its issuer is set, accepts bearer JWTs from that issuer.
 	OIDC auth.OIDCConfig `yaml:"oidc"`
 }
@@ -78,6 +81,7 @@ func Defaults() Config {
 		RobotCertLifetime: 90 * 24 * time.Hour,
 		EnrollmentTTL:     24 * time.Hour,
 		RateLimit:         20,
+		RetentionInterval: time.Hour,
 	}
 }
 
@@ -138,7 +142,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
-	return errors.Join(dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency))
+	return errors.Join(dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
 }
 
 // Validate reports every problem with c at once.
@@ -180,6 +184,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.OIDC.Issuer == "") != (c.OIDC.Audience == "") {
 		errs = append(errs, errors.New("oidc needs both issuer and audience"))
+	}
+	if c.RetentionInterval != 0 && c.RetentionInterval < time.Second {
+		errs = append(errs, fmt.Errorf("retention_interval %s must be 0 (off) or at least 1s", c.RetentionInterval))
 	}
 	if c.OfflineGrace < 0 {
 		errs = append(errs, fmt.Errorf("offline_grace %s is negative", c.OfflineGrace))

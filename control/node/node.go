@@ -183,6 +183,11 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
+	if cfg.RetentionInterval > 0 {
+		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); r.loop(runCtx) }()
+	}
 	go func() {
 		defer n.wg.Done()
 		var err error

@@ -53,3 +53,31 @@ func TestPeerTLSClusterAndForeignNode(t *testing.T) {
 		t.Fatal("a node with a foreign CA joined the cluster")
 	}
 }
+
+// The first node of every cluster has the same dqlite id; with peer TLS
+// go-dqlite names its local socket after that id, so two clusters in one
+// network namespace used to collide. Two first nodes, same process.
+func TestTwoTLSClustersShareANetworkNamespace(t *testing.T) {
+	ca, _ := pki.Create(pki.CreateOptions{Name: "fleet", KeyType: pki.KeyECDSAP256})
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 4}))
+	for i := range 2 {
+		addr := freeAddr(t)
+		l, d, err := peerTLS(ca, addr, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s, err := store.Open(ctx, store.Options{Dir: filepath.Join(t.TempDir(), "n"), Address: addr, ListenTLS: l, DialTLS: d, Logger: log})
+		cancel()
+		if err != nil {
+			t.Fatalf("first node of cluster %d: %v", i+1, err)
+		}
+		defer s.Close()
+		if err := s.Ping(context.Background()); err != nil {
+			t.Fatalf("cluster %d: %v", i+1, err)
+		}
+	}
+	if v, ok := os.LookupEnv("SNAP_INSTANCE_NAME"); ok {
+		t.Fatalf("SNAP_INSTANCE_NAME left set to %q", v)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/canonical/go-dqlite/app"
@@ -97,7 +98,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.ListenTLS != nil && o.DialTLS != nil {
 		opts = append(opts, app.WithTLS(o.ListenTLS, o.DialTLS))
 	}
-	a, err := app.New(o.Dir, opts...)
+	a, err := newApp(o, opts)
 	if err != nil {
 		return nil, fmt.Errorf("start dqlite node in %s at %s: %w (a data directory remembers its address: reuse the same --db-address)", o.Dir, o.Address, err)
 	}
@@ -232,4 +233,44 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// appNew serialises app.New calls that set SNAP_INSTANCE_NAME (see newApp):
+// the variable is process-wide and read inside app.New.
+var appNew sync.Mutex
+
+// newApp starts the go-dqlite app. With TLS, go-dqlite binds the local
+// dqlite engine to the abstract Unix socket "@dqlite-<node id>", and the
+// first node of every cluster has the same id (dqlite.BootstrapID): two
+// clusters' first nodes in one network namespace (two test clusters, or a
+// witness host that also bootstrapped a lab cluster) collide with "failed to
+// set bind address". The only knob go-dqlite 1.11 offers on that name is
+// SNAP_INSTANCE_NAME (meant for snap confinement: the socket becomes
+// "@snap.<name>.dqlite-<id>"), so it is set to a name derived from this
+// node's address, unique in the namespace because the address is bound too.
+func newApp(o Options, opts []app.Option) (*app.App, error) {
+	if o.ListenTLS == nil {
+		return app.New(o.Dir, opts...)
+	}
+	appNew.Lock()
+	defer appNew.Unlock()
+	prev, had := os.LookupEnv("SNAP_INSTANCE_NAME")
+	name := "lekiwi-" + strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return '_'
+	}, o.Address)
+	if had && prev != "" {
+		name = prev + "." + name // inside a snap: keep its prefix
+	}
+	os.Setenv("SNAP_INSTANCE_NAME", name)
+	defer func() {
+		if had {
+			os.Setenv("SNAP_INSTANCE_NAME", prev)
+		} else {
+			os.Unsetenv("SNAP_INSTANCE_NAME")
+		}
+	}()
+	return app.New(o.Dir, opts...)
 }

@@ -1,0 +1,74 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lekiwi/heartbeat/control/store"
+)
+
+// retention runs telemetry retention on a schedule. Every node runs the
+// loop, but only the current dqlite leader does the work: the leader
+// changes with failovers, and two nodes thinning the same over-budget
+// robot at once would thin it twice.
+type retention struct {
+	store    *store.Store
+	submit   func(context.Context, func(context.Context) error) error
+	policy   store.RetentionPolicy
+	interval time.Duration
+	log      *slog.Logger
+	deleted  prometheus.Counter
+	lastRun  prometheus.Gauge
+}
+
+func newRetention(st *store.Store, submit func(context.Context, func(context.Context) error) error, interval time.Duration, log *slog.Logger, reg prometheus.Registerer) *retention {
+	r := &retention{
+		store: st, submit: submit, policy: store.DefaultRetentionPolicy(), interval: interval, log: log,
+		deleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lekiwi_control_retention_deleted_total", Help: "Telemetry events deleted by retention on this node."}),
+		lastRun: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lekiwi_control_retention_last_run_timestamp_seconds", Help: "When this node last completed a retention run (as leader)."}),
+	}
+	reg.MustRegister(r.deleted, r.lastRun)
+	return r
+}
+
+func (r *retention) loop(ctx context.Context) {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.runIfLeader(ctx)
+	}
+}
+
+func (r *retention) runIfLeader(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	leader, _, err := r.store.Cluster(qctx)
+	cancel()
+	if err != nil {
+		r.log.Warn("retention skipped: cluster leader unknown", "err", err)
+		return
+	}
+	if leader != r.store.Address() {
+		return
+	}
+	p := r.policy
+	p.Submit = r.submit
+	rep, err := r.store.Retain(ctx, time.Now(), p)
+	r.deleted.Add(float64(rep.Deleted))
+	if err != nil {
+		r.log.Warn("telemetry retention failed; the next run continues", "deleted", rep.Deleted, "err", err)
+		return
+	}
+	r.lastRun.SetToCurrentTime()
+	r.log.Info("telemetry retention", "robots", rep.Robots, "telemetry", rep.Telemetry, "deleted", rep.Deleted,
+		"budget_deleted", rep.BudgetDeleted, "over_budget", len(rep.OverBudget), "truncated", rep.Truncated, "elapsed", rep.Elapsed.Round(time.Millisecond))
+}
