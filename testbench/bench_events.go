@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,13 +22,18 @@ type EventsOptions struct {
 	Robots   int
 	Duration time.Duration
 	MaxBatch int // events per transaction; 1 = no group commit
-	Out      io.Writer
+	// Rate, when set, paces the fleet to this many events per second in
+	// total instead of saturating the cluster: query latency at a steady
+	// load rather than at the throughput limit.
+	Rate float64
+	Out  io.Writer
 }
 
 // EventsResult holds one run's figures.
 type EventsResult struct {
 	Robots       int
 	MaxBatch     int
+	Rate         float64 // 0: saturating
 	Window       time.Duration
 	EventsPerSec float64 // acknowledged (durable) events per second
 	QueryP50     time.Duration
@@ -39,7 +45,7 @@ type EventsResult struct {
 // robot emit events as fast as its window allows, and measures durable
 // events per second and GET /v1/robots/{id} latency on another node.
 func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) {
-	res := EventsResult{Robots: o.Robots, MaxBatch: o.MaxBatch, Window: o.Duration}
+	res := EventsResult{Robots: o.Robots, MaxBatch: o.MaxBatch, Rate: o.Rate, Window: o.Duration}
 	dir, err := os.MkdirTemp("", "lekiwi-events-")
 	if err != nil {
 		return res, err
@@ -94,6 +100,23 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if o.Rate > 0 {
+				// Paced: each robot its share of the rate, phases spread.
+				every := time.Duration(float64(time.Second) * float64(o.Robots) / o.Rate)
+				time.Sleep(time.Duration(rand.Int64N(int64(every))))
+				t := time.NewTicker(every)
+				defer t.Stop()
+				for {
+					select {
+					case <-wctx.Done():
+						return
+					case <-t.C:
+					}
+					if err := r.Emit(wctx, protocol.Event{Kind: "bench.tick"}); err != nil {
+						return
+					}
+				}
+			}
 			// Keep about a window's worth queued per robot: the agent sends
 			// at most 256 unacknowledged.
 			for wctx.Err() == nil {
@@ -136,9 +159,13 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 // Table renders results side by side.
 func EventsTable(rs ...EventsResult) string {
 	var b strings.Builder
-	b.WriteString("| events per transaction | robots | durable events/s | state query p50 / p99 (n) |\n|---|---|---|---|\n")
+	b.WriteString("| events per transaction | robots | offered load | durable events/s | state query p50 / p99 (n) |\n|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| %d | %d | %.0f | %s / %s (%d) |\n", r.MaxBatch, r.Robots, r.EventsPerSec, r.QueryP50.Round(time.Microsecond), r.QueryP99.Round(time.Microsecond), r.Queries)
+		load := "saturating"
+		if r.Rate > 0 {
+			load = fmt.Sprintf("%.0f events/s", r.Rate)
+		}
+		fmt.Fprintf(&b, "| %d | %d | %s | %.0f | %s / %s (%d) |\n", r.MaxBatch, r.Robots, load, r.EventsPerSec, r.QueryP50.Round(time.Microsecond), r.QueryP99.Round(time.Microsecond), r.Queries)
 	}
 	return b.String()
 }

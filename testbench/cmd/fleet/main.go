@@ -128,6 +128,7 @@ node, with TLS session resumption on (default) or off.`,
 func newEvents() *cobra.Command {
 	var robots int
 	var duration time.Duration
+	var rate float64
 	cmd := &cobra.Command{
 		Use:   "bench-events",
 		Short: "Durable events/s on a 3-node cluster, group commit vs one transaction per event",
@@ -135,7 +136,9 @@ func newEvents() *cobra.Command {
 --robots simulated robots emitting events as fast as their send window allows,
 twice: with one transaction per event, then with group commit (up to 64 events
 per transaction). Reports acknowledged (durable) events per second and the
-latency of GET /v1/robots/{id} on another node during the load.`,
+latency of GET /v1/robots/{id} on another node during the load. A third run
+paces the fleet at --rate events/s with group commit: query latency at a steady
+load instead of at the throughput limit.`,
 		Example: "  fleet bench-events --robots 200 --duration 20s",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -150,6 +153,14 @@ latency of GET /v1/robots/{id} on another node during the load.`,
 				fmt.Printf("batch %d: %.0f events/s\n", batch, r.EventsPerSec)
 				rs = append(rs, r)
 			}
+			if rate > 0 {
+				r, err := testbench.RunEventsBench(ctx, testbench.EventsOptions{Robots: robots, Duration: duration, MaxBatch: 64, Rate: rate, Out: os.Stdout})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("paced at %.0f/s: %.0f events/s\n", rate, r.EventsPerSec)
+				rs = append(rs, r)
+			}
 			fmt.Println(testbench.EventsTable(rs...))
 			if rs[0].EventsPerSec > 0 {
 				fmt.Printf("group commit / one transaction per event: %.1fx\n", rs[1].EventsPerSec/rs[0].EventsPerSec)
@@ -159,5 +170,6 @@ latency of GET /v1/robots/{id} on another node during the load.`,
 	}
 	cmd.Flags().IntVar(&robots, "robots", 200, "simulated robots emitting events")
 	cmd.Flags().DurationVar(&duration, "duration", 20*time.Second, "measurement window per mode")
+	cmd.Flags().Float64Var(&rate, "rate", 500, "events/s of the paced run (0 skips it)")
 	return cmd
 }
