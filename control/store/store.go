@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -25,6 +26,10 @@ const DatabaseName = "heartbeat"
 // minute after a member joins or leaves; a tick is one cluster query and a
 // probe per member, cheap at three to five members.
 const DefaultRolesAdjustment = 3 * time.Second
+
+// MaxTxRetryTime bounds how long a transaction is retried on contention or
+// a leader change when the caller's context has no earlier deadline.
+const MaxTxRetryTime = 10 * time.Second
 
 // Options configure a store node.
 type Options struct {
@@ -189,13 +194,28 @@ func (s *Store) Ping(ctx context.Context) error {
 // withTx runs fn in a transaction, retrying when the failure is one a new
 // attempt can fix (leadership moved, database busy).
 func withTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	// Writers on different nodes meet on the leader, where SQLite answers a
+	// second writer "database is locked" at once rather than queueing it.
+	// A fixed number of retries starved the API's writes while two busy
+	// gateways kept committing (seen with 1,000 robots), so retry until the
+	// caller's deadline (MaxTxRetryTime without one), with short jittered
+	// waits that give every writer its turn.
+	deadline := time.Now().Add(MaxTxRetryTime)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	var err error
-	for attempt := 0; attempt < 8; attempt++ {
+	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
+			wait := min(2*time.Millisecond<<min(attempt, 6), 100*time.Millisecond)
+			wait = wait/2 + rand.N(wait)
+			if time.Now().Add(wait).After(deadline) {
+				return fmt.Errorf("%w (gave up after %d attempts)", err, attempt)
+			}
 			select {
 			case <-ctx.Done():
 				return errors.Join(err, ctx.Err())
-			case <-time.After(time.Duration(attempt*attempt) * 25 * time.Millisecond):
+			case <-time.After(wait):
 			}
 		}
 		err = runTx(ctx, db, fn)
@@ -203,7 +223,6 @@ func withTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 			return err
 		}
 	}
-	return err
 }
 
 func runTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
