@@ -204,8 +204,12 @@ func killLeader(t *testing.T, e *chaosEnv, watch *ConnWatch) (victim *Member, wr
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	time.Sleep(100 * time.Millisecond) // the watcher samples every 20 ms: let it see the whole fleet up
 	robots, stillDown, lastBack, longest := watch.Since(t0)
-	if robots > 0 && stillDown == 0 {
+	switch {
+	case stillDown > 0:
+		agentsAfter = time.Since(t0) // not seen back yet: count until now, never zero
+	case robots > 0:
 		agentsAfter = lastBack.Sub(t0)
 	}
 	t.Logf("kill -9 of leader %s (witness: %v): first write through %s %s after the kill; %d agents lost their connection, all back %s after the kill (longest outage %s); %d events acknowledged meanwhile",
