@@ -53,6 +53,10 @@ type Options struct {
 	Now func() time.Time
 	// Leave removes this node from the cluster (`control leave`).
 	Leave func(context.Context) error
+	// Fenced, when set and true, means this node cannot reach the
+	// database's majority: writes are refused at once instead of waiting
+	// out the request timeout.
+	Fenced func() bool
 }
 
 // Server holds the API's dependencies.

@@ -113,6 +113,9 @@ func (s *Server) wrap(rt Route, local bool) http.Handler {
 		defer cancel()
 		r = r.WithContext(ctx)
 		err := s.authorize(rec, r, rt, local, &r)
+		if err == nil && rt.Mutating && s.o.Fenced != nil && s.o.Fenced() {
+			err = &apiError{http.StatusServiceUnavailable, "unavailable", "this control node cannot reach the cluster majority, so it cannot write; use another control node or check `control cluster status`"}
+		}
 		if err == nil {
 			err = rt.Handle(rec, r)
 		}

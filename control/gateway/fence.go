@@ -68,3 +68,6 @@ func (g *Gateway) refuseFenced(w http.ResponseWriter) bool {
 	http.Error(w, "control node cannot reach the cluster majority; connect to another node", http.StatusServiceUnavailable)
 	return true
 }
+
+// Fenced reports whether the gateway is fenced (database unreachable).
+func (g *Gateway) Fenced() bool { return g.fenced.Load() }

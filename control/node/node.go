@@ -127,6 +127,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		RateLimit: rate.Limit(cfg.RateLimit), RateBurst: int(2 * cfg.RateLimit),
 		Revoked: func(id string) { gw.CloseRobot(id, "robot identity revoked") },
 		Leave:   func(ctx context.Context) error { return leave(ctx) },
+		Fenced:  gw.Fenced,
 	})
 	if err != nil {
 		return fail(err)
