@@ -149,6 +149,7 @@ var (
 	ifaceName  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 	timezone   = regexp.MustCompile(`^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$`)
 	regDomain  = regexp.MustCompile(`^[A-Z]{2}$`)
+	hexPSK     = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 	owner      = regexp.MustCompile(`^[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?$`)
 	// Private key material announces itself; nothing with these markers
 	// may reach a world-readable partition.
@@ -247,7 +248,7 @@ func (s Seed) Validate() error {
 				if ssid == "" || len(ssid) > 32 {
 					bad("network: wifi %q: SSID %q must be 1-32 bytes", name, ssid)
 				}
-				if ap.Password != "" && (len(ap.Password) < 8 || len(ap.Password) > 64) {
+				if ap.Password != "" && (len(ap.Password) < 8 || len(ap.Password) > 64 || (len(ap.Password) == 64 && !hexPSK.MatchString(ap.Password))) {
 					bad("network: wifi %q: the password for %q must be 8-63 characters (or a 64-digit hex PSK)", name, ssid)
 				}
 			}

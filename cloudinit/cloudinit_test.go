@@ -89,7 +89,7 @@ func TestFilesParseBack(t *testing.T) {
 		File{Path: "/etc/quoted", Content: "key: \"value\" # not a comment\n- not a list\n", Owner: "lekiwi:lekiwi"})
 	s.Users[0].SSHAuthorizedKeys = []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f ops@example"}
 	s.Network.WiFis = map[string]WiFi{"wlan0": {DHCP4: true, Optional: true, RegulatoryDomain: "GB",
-		AccessPoints: map[string]AccessPoint{"lab: 5GHz": {Password: "correct horse"}, "open": {}}}}
+		AccessPoints: map[string]AccessPoint{"lab: 5GHz": {Password: "correct horse"}, "open": {}, "psk": {Password: strings.Repeat("0f", 32)}}}}
 	files, err := s.Files()
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestFilesParseBack(t *testing.T) {
 	if net.Network.Version != 2 || !net.Network.Ethernets["eth0"].DHCP4 || !net.Network.Ethernets["eth0"].Optional {
 		t.Errorf("network-config: %+v", net)
 	}
-	if aps := net.Network.WiFis["wlan0"].AccessPoints; aps["lab: 5GHz"]["password"] != "correct horse" || aps["open"] == nil || net.Network.WiFis["wlan0"].Reg != "GB" {
+	if aps := net.Network.WiFis["wlan0"].AccessPoints; aps["lab: 5GHz"]["password"] != "correct horse" || aps["open"] == nil || aps["psk"]["password"] != strings.Repeat("0f", 32) || net.Network.WiFis["wlan0"].Reg != "GB" {
 		t.Errorf("wifis: %+v", net.Network.WiFis)
 	}
 }
@@ -258,6 +258,9 @@ func TestValidateRejects(t *testing.T) {
 		{"wifi without ap", func(s *Seed) { s.Network.WiFis = map[string]WiFi{"wlan0": {}} }, "wifi \"wlan0\" has no access points"},
 		{"short wifi password", func(s *Seed) {
 			s.Network.WiFis = map[string]WiFi{"wlan0": {AccessPoints: map[string]AccessPoint{"lab": {Password: "short"}}}}
+		}, "must be 8-63 characters"},
+		{"64 characters but not hex", func(s *Seed) {
+			s.Network.WiFis = map[string]WiFi{"wlan0": {AccessPoints: map[string]AccessPoint{"lab": {Password: strings.Repeat("z", 64)}}}}
 		}, "must be 8-63 characters"},
 		{"bad regdom", func(s *Seed) {
 			s.Network.WiFis = map[string]WiFi{"wlan0": {RegulatoryDomain: "gb", AccessPoints: map[string]AccessPoint{"lab": {}}}}
