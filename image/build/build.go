@@ -1,0 +1,469 @@
+// Package build assembles a Lekiwi A/B disk image from a base (its boot
+// and root trees), a profile and the agent: it plans the layout, adds the
+// agent, its configuration, unit, update keys, the profile's files, fstab
+// and image metadata to the root tree, renders both boot slots and the
+// bootconfig partition, and writes everything into a sparse file that is
+// renamed into place only when complete. No root, mount or loop device.
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/cloudinit"
+	"github.com/lekiwi/heartbeat/image/ext4fs"
+	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/image/tree"
+	"github.com/lekiwi/heartbeat/profiles"
+)
+
+// Paths inside the image that the agent, customize and inspect agree on.
+const (
+	AgentBinary    = "usr/bin/lekiwi-agent"
+	AgentConfig    = "etc/lekiwi/agent.yml"
+	AgentUnit      = "etc/systemd/system/lekiwi-agent.service"
+	AgentDropIn    = "etc/systemd/system/lekiwi-agent.service.d/10-robot.conf"
+	UpdateKeysDir  = "etc/lekiwi/update-keys"
+	ImageInfoPath  = "etc/lekiwi/image.json"
+	BootInfoFile   = "lekiwi-image.json" // the same metadata on each boot slot
+	PersistentDir  = "/var/lib/lekiwi"
+	RobotEnvFile   = "robot.env" // in the persistent partition: per-robot agent settings
+	SeedFileSize   = 64 << 10    // each cloud-init seed file, padded so customize rewrites it in place
+	systemHeadroom = 130         // percent of the root content a default system slot gets
+)
+
+// Info is the image's metadata, in /etc/lekiwi/image.json and on each boot
+// slot.
+type Info struct {
+	Version     string `json:"version"`
+	Profile     string `json:"profile"`
+	Base        string `json:"base"`
+	BaseArch    string `json:"base_arch,omitempty"`
+	Created     int64  `json:"created"` // SOURCE_DATE_EPOCH
+	AgentSHA256 string `json:"agent_sha256,omitempty"`
+	Seed        string `json:"seed"` // hex: GUIDs and filesystem ids derive from it
+}
+
+// Inputs are what the image is made of.
+type Inputs struct {
+	Boot        *tree.Tree // the base's boot partition (firmware, kernel, config.txt, cmdline.txt)
+	Root        *tree.Tree // the base's root filesystem; Build adds to it
+	Arch        string     // the root filesystem's architecture, "" if unknown
+	Description string     // names the base in image.json
+}
+
+// Options are the build's settings.
+type Options struct {
+	Out         string // image path; <Out>.partial while writing
+	Profile     *profiles.Profile
+	AgentPath   string   // the arm64 agent binary
+	ControlURLs []string // agent servers
+	UpdateKeys  []string // public key files trusted for updates
+	Version     string
+	Epoch       time.Time // SOURCE_DATE_EPOCH
+	Sizes       layout.Sizes
+	// Sidecars, if set, runs on the finished image (still at its temporary
+	// path) to write .bmap and block index files next to Out.
+	Sidecars func(ctx context.Context, f *os.File) error
+	Progress io.Writer
+}
+
+func (o Options) progressf(format string, a ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", a...)
+	}
+}
+
+// Build writes the image. On error nothing is left at Out or Out.partial.
+func Build(ctx context.Context, in Inputs, o Options) (err error) {
+	p := o.Profile
+	if p == nil {
+		return errors.New("build: no profile")
+	}
+	if in.Root == nil || in.Boot == nil {
+		return errors.New("build: the base has no boot partition or no root filesystem; use a Raspberry Pi OS image as base")
+	}
+	if in.Arch != "" && in.Arch != p.Arch {
+		return fmt.Errorf("base root filesystem is %s but profile %s needs %s: use an %s base", in.Arch, p.Name, p.Arch, p.Arch)
+	}
+	if o.Epoch.IsZero() {
+		return errors.New("build: no timestamp: set SOURCE_DATE_EPOCH (or Options.Epoch) so the image is reproducible")
+	}
+	if o.Out == "" {
+		return errors.New("build: no output path")
+	}
+	if o.AgentPath == "" {
+		return errors.New("build: no agent binary: build one with `CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent` and pass --agent")
+	}
+	agentSum, err := fileSHA256(o.AgentPath)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w", err)
+	}
+	if arch, err := elfArch(o.AgentPath); err != nil || arch != p.Arch {
+		return fmt.Errorf("agent binary %s is %s, profile %s needs %s: build it with `CGO_ENABLED=0 GOARCH=%s go build ./cmd/agent` (%v)", o.AgentPath, arch, p.Name, p.Arch, p.Arch, err)
+	}
+	epoch := o.Epoch.UTC()
+	seedSum := sha256.Sum256([]byte(strings.Join([]string{p.Name, o.Version, in.Description, in.Arch, fmt.Sprint(epoch.Unix()), agentSum, strings.Join(o.ControlURLs, ",")}, "\x00")))
+	seed := seedSum[:]
+	info := Info{Version: o.Version, Profile: p.Name, Base: in.Description, BaseArch: in.Arch, Created: epoch.Unix(), AgentSHA256: agentSum, Seed: hex.EncodeToString(seed)}
+
+	sizes := o.Sizes
+	root := in.Root
+	rootData, rootInodes := ext4fs.Estimate(root)
+	rootData += 32 << 20 // what Build adds (agent, configuration) and slack
+	if sizes.System == 0 {
+		raw := rootData * systemHeadroom / 100
+		sizes.System = max(layout.AlignUp(raw+ext4fs.Overhead(layout.AlignUp(raw), rootInodes, true)), 128<<20)
+	}
+	plan, err := layout.New(sizes, seed)
+	if err != nil {
+		return err
+	}
+	if need := rootData + ext4fs.Overhead(sizes.System, rootInodes, true); need > sizes.System && o.Sizes.System != 0 {
+		return fmt.Errorf("the root filesystem needs about %d MiB but --system-size is %d MiB: raise --system-size or leave it out to size the slot from the content", need>>20, sizes.System>>20)
+	}
+	if err := addToRoot(root, o, info, plan, epoch); err != nil {
+		return err
+	}
+	seedFiles, err := buildSeed(p)
+	if err != nil {
+		return err
+	}
+	infoJSON, _ := json.MarshalIndent(info, "", "  ")
+	infoJSON = append(infoJSON, '\n')
+
+	tmp := o.Out + ".partial"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Truncate(plan.Size); err != nil {
+		return fmt.Errorf("size %s: %w", tmp, err)
+	}
+	if err := layout.WriteGPT(f, plan); err != nil {
+		return err
+	}
+	part := func(n int) (*io.OffsetWriter, int64) {
+		pp := plan.Part(n)
+		return io.NewOffsetWriter(f, pp.Start), pp.Size
+	}
+	// bootconfig: autoboot.txt only.
+	autoboot, err := layout.Autoboot("a")
+	if err != nil {
+		return err
+	}
+	bc := tree.New()
+	if err := bc.AddBytes("autoboot.txt", autoboot, 0o644, epoch); err != nil {
+		return err
+	}
+	w, size := part(layout.BootConfig)
+	if err := fatfs.Write(w, size, bc, fatfs.Params{Type: fatfs.FAT16, Label: "BOOTCONFIG", VolumeID: layout.DeriveID(seed, "bootconfig"), Time: epoch, HiddenSectors: uint32(plan.Part(layout.BootConfig).Start / 512)}); err != nil {
+		return fmt.Errorf("bootconfig partition: %w", err)
+	}
+	baseCmdline, _ := in.Boot.ReadFile("cmdline.txt")
+	baseFstab, _ := root.ReadFile("etc/fstab")
+	in.Root = tree.New()
+	if baseFstab != nil {
+		if err := in.Root.AddBytes("etc/fstab", baseFstab, 0o644, epoch); err != nil {
+			return err
+		}
+	}
+	for _, slot := range []struct {
+		boot, system int
+		label        string
+	}{{layout.BootA, layout.SystemA, "BOOT_A"}, {layout.BootB, layout.SystemB, "BOOT_B"}} {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		bt, err := slotBoot(in.Boot, string(baseCmdline), plan.Part(slot.system).GUID.String(), seedFiles, infoJSON, epoch)
+		if err != nil {
+			return err
+		}
+		o.progressf("writing %s (%d MiB)", plan.Part(slot.boot).Name, plan.Part(slot.boot).Size>>20)
+		w, size := part(slot.boot)
+		if err := fatfs.Write(w, size, bt, fatfs.Params{Type: fatfs.FAT32, Label: slot.label, VolumeID: layout.DeriveID(seed, slot.label), Time: epoch, HiddenSectors: uint32(plan.Part(slot.boot).Start / 512)}); err != nil {
+			return fmt.Errorf("%s partition: %w", plan.Part(slot.boot).Name, err)
+		}
+		fstab, err := Fstab(in.Root, plan, slot.boot, slot.system)
+		if err != nil {
+			return err
+		}
+		if err := root.AddBytes("etc/fstab", fstab, 0o644, epoch); err != nil {
+			return err
+		}
+		o.progressf("writing %s (%d MiB)", plan.Part(slot.system).Name, plan.Part(slot.system).Size>>20)
+		name := plan.Part(slot.system).Name
+		w, size = part(slot.system)
+		if err := ext4fs.Write(w, size, root, ext4fs.Params{Label: name, UUID: layout.DeriveGUID(seed, "fs:"+name), HashSeed: layout.DeriveGUID(seed, "hash:"+name), Time: epoch, Journal: true, ReservedPercent: 5}); err != nil {
+			if errors.Is(err, ext4fs.ErrNoSpace) {
+				return fmt.Errorf("%s: %w (raise --system-size)", name, err)
+			}
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	w, size = part(layout.Persistent)
+	if err := WritePersistent(w, size, seed, epoch, nil, false); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if o.Sidecars != nil {
+		if err := o.Sidecars(ctx, f); err != nil {
+			return fmt.Errorf("sidecar files: %w", err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		f = nil
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	f = nil
+	if err := os.Rename(tmp, o.Out); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, o.Out, err)
+	}
+	o.progressf("wrote %s (%d MiB)", o.Out, plan.Size>>20)
+	return nil
+}
+
+// PersistentParams are the ext4 parameters of the persistent partition,
+// the same at build and customize time.
+func PersistentParams(seed []byte, epoch time.Time, inPlace bool) ext4fs.Params {
+	return ext4fs.Params{Label: "persistent", UUID: layout.DeriveGUID(seed, "fs:persistent"), HashSeed: layout.DeriveGUID(seed, "hash:persistent"), Time: epoch, Journal: true, ZeroMetadata: inPlace}
+}
+
+// WritePersistent writes the persistent filesystem: the agent's state
+// directory and, when given, per-robot files (paths relative to
+// /var/lib/lekiwi).
+func WritePersistent(w io.WriterAt, size int64, seed []byte, epoch time.Time, robot map[string]RobotFile, inPlace bool) error {
+	t := tree.New()
+	if err := t.Add(tree.Entry{Path: ".", Kind: tree.Dir, Mode: 0o755, ModTime: epoch}); err != nil {
+		return err
+	}
+	if err := t.Add(tree.Entry{Path: "agent", Kind: tree.Dir, Mode: 0o700, ModTime: epoch}); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(robot))
+	for n := range robot {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		rf := robot[n]
+		if d := path.Dir(n); d != "." {
+			if _, ok := t.Get(d); !ok {
+				if err := t.Add(tree.Entry{Path: d, Kind: tree.Dir, Mode: 0o700, ModTime: epoch}); err != nil {
+					return err
+				}
+			}
+		}
+		if err := t.AddBytes(n, rf.Data, rf.Mode, epoch); err != nil {
+			return err
+		}
+	}
+	if err := ext4fs.Write(w, size, t, PersistentParams(seed, epoch, inPlace)); err != nil {
+		return fmt.Errorf("persistent partition: %w", err)
+	}
+	return nil
+}
+
+// RobotFile is one per-robot file for the persistent partition.
+type RobotFile struct {
+	Data []byte
+	Mode os.FileMode
+}
+
+func buildSeed(p *profiles.Profile) (map[string][]byte, error) {
+	s, err := cloudinit.FromProfile(p, cloudinit.Identity{RobotID: "unprovisioned-" + p.Name, Hostname: p.Name + "-unprovisioned"})
+	if err != nil {
+		return nil, fmt.Errorf("cloud-init seed: %w", err)
+	}
+	return SeedFiles(s)
+}
+
+// SeedFiles renders a seed padded to SeedFileSize per file.
+func SeedFiles(s cloudinit.Seed) (map[string][]byte, error) {
+	files, err := s.Files()
+	if err != nil {
+		return nil, fmt.Errorf("cloud-init seed: %w", err)
+	}
+	out := map[string][]byte{}
+	for name, b := range files {
+		padded, err := layout.Pad(b, SeedFileSize)
+		if err != nil {
+			return nil, fmt.Errorf("cloud-init %s: %w", name, err)
+		}
+		out[name] = padded
+	}
+	return out, nil
+}
+
+func slotBoot(base *tree.Tree, cmdline, rootGUID string, seed map[string][]byte, info []byte, epoch time.Time) (*tree.Tree, error) {
+	t := tree.New()
+	for _, e := range base.Entries() {
+		if err := t.Add(*e); err != nil {
+			return nil, fmt.Errorf("boot partition: %w", err)
+		}
+	}
+	// Raspberry Pi OS's first-boot and seed files would fight ours.
+	for _, name := range []string{"firstrun.sh", "user-data", "meta-data", "network-config", "autoboot.txt"} {
+		t.Remove(name)
+	}
+	if err := t.AddBytes("cmdline.txt", []byte(layout.Cmdline(cmdline, rootGUID, cloudinit.CmdlineArg)), 0o644, epoch); err != nil {
+		return nil, err
+	}
+	for name, b := range seed {
+		if err := t.AddBytes(name, b, 0o644, epoch); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.AddBytes(BootInfoFile, info, 0o644, epoch); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+type agentYAML struct {
+	RobotType         string            `yaml:"robot_type"`
+	Servers           []string          `yaml:"servers,omitempty"`
+	HeartbeatInterval string            `yaml:"heartbeat_interval,omitempty"`
+	TelemetryMin      string            `yaml:"telemetry_min_interval,omitempty"`
+	Extra             map[string]string `yaml:",inline"`
+}
+
+func addToRoot(root *tree.Tree, o Options, info Info, plan *layout.Plan, epoch time.Time) error {
+	p := o.Profile
+	add := func(name string, data []byte, mode os.FileMode) error {
+		return root.AddBytes(name, data, mode, epoch)
+	}
+	if err := root.AddHostFile(AgentBinary, o.AgentPath, 0o755, epoch); err != nil {
+		return fmt.Errorf("agent binary: %w", err)
+	}
+	cfg := agentYAML{RobotType: string(p.RobotType), Servers: o.ControlURLs, Extra: p.Agent.Extra}
+	if p.Agent.HeartbeatInterval > 0 {
+		cfg.HeartbeatInterval = p.Agent.HeartbeatInterval.String()
+	}
+	if p.Agent.TelemetryMinInterval > 0 {
+		cfg.TelemetryMin = p.Agent.TelemetryMinInterval.String()
+	}
+	y, err := yaml.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("agent configuration: %w", err)
+	}
+	header := "# Written by `provision image build` for profile " + p.Name + ". Per-robot settings\n# (robot_id, CA, enrollment token) come from " + PersistentDir + "/" + RobotEnvFile + ".\n"
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{AgentConfig, append([]byte(header), y...), 0o644},
+		{AgentUnit, []byte(systemd.Unit()), 0o644},
+		{AgentDropIn, []byte("# Per-robot settings written by `provision image customize` into the persistent partition.\n[Unit]\nRequiresMountsFor=" + PersistentDir + "\n[Service]\nEnvironmentFile=-" + PersistentDir + "/" + RobotEnvFile + "\n"), 0o644},
+	}
+	for _, f := range files {
+		if err := add(f.name, f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	if err := root.Add(tree.Entry{Path: "etc/systemd/system/multi-user.target.wants/lekiwi-agent.service", Kind: tree.Symlink, Link: "/" + AgentUnit, Mode: 0o777, ModTime: epoch}); err != nil {
+		return err
+	}
+	for _, k := range o.UpdateKeys {
+		if err := root.AddHostFile(path.Join(UpdateKeysDir, filepath.Base(k)), k, 0o644, epoch); err != nil {
+			return fmt.Errorf("update key: %w", err)
+		}
+	}
+	for _, pf := range p.Files {
+		if err := add(strings.TrimPrefix(pf.Path, "/"), []byte(pf.Content), pf.Mode); err != nil {
+			return fmt.Errorf("profile %s file %s: %w", p.Name, pf.Path, err)
+		}
+	}
+	if err := root.Add(tree.Entry{Path: strings.TrimPrefix(PersistentDir, "/"), Kind: tree.Dir, Mode: 0o755, ModTime: epoch}); err != nil {
+		return err
+	}
+	j, _ := json.MarshalIndent(info, "", "  ")
+	return add(ImageInfoPath, append(j, '\n'), 0o644)
+}
+
+// Fstab keeps the base's fstab lines except those for /, /boot and
+// /boot/firmware, and mounts the slot's root and boot partitions and the
+// persistent partition by PARTUUID. It is the one file in which the two
+// system slots differ.
+func Fstab(root *tree.Tree, plan *layout.Plan, boot, system int) ([]byte, error) {
+	var keep []string
+	if old, err := root.ReadFile("etc/fstab"); err == nil {
+		for _, line := range strings.Split(string(old), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 && !strings.HasPrefix(f[0], "#") && (f[1] == "/" || f[1] == "/boot" || f[1] == "/boot/firmware" || f[1] == PersistentDir) {
+				continue
+			}
+			if strings.TrimSpace(line) != "" {
+				keep = append(keep, line)
+			}
+		}
+	}
+	keep = append(keep,
+		"# Lekiwi A/B layout (provision image build)",
+		"PARTUUID="+plan.Part(system).GUID.String()+"  /               ext4  defaults,noatime  0 1",
+		"PARTUUID="+plan.Part(boot).GUID.String()+"  /boot/firmware  vfat  defaults,noatime  0 2",
+		"PARTUUID="+plan.Part(layout.Persistent).GUID.String()+"  "+PersistentDir+"  ext4  defaults,noatime  0 2",
+	)
+	return []byte(strings.Join(keep, "\n") + "\n"), nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// elfArch names the Debian architecture of an ELF executable.
+func elfArch(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := make([]byte, 20)
+	if _, err := io.ReadFull(f, h); err != nil || string(h[:4]) != "\x7fELF" {
+		return "not an ELF executable", fmt.Errorf("%s is not an ELF executable", p)
+	}
+	switch uint16(h[18]) | uint16(h[19])<<8 {
+	case 183:
+		return "arm64", nil
+	case 62:
+		return "amd64", nil
+	case 40:
+		return "armhf", nil
+	}
+	return "unknown", nil
+}
