@@ -1,0 +1,136 @@
+// Package customize turns a built Lekiwi image into one robot's image in
+// place: it rewrites the persistent partition with the robot's identity
+// (certificate, key, CA, enrollment token, agent settings) and the
+// cloud-init seed (instance id, host name) on both boot slots. Only those
+// regions are written — the seed files keep their padded length, so the
+// FAT tables and directories do not change — which takes well under a
+// second on a 4 GiB image.
+package customize
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/lekiwi/heartbeat/agent/identity"
+	"github.com/lekiwi/heartbeat/cloudinit"
+	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/profiles"
+)
+
+// Robot is one robot's identity.
+type Robot struct {
+	RobotID         string
+	Hostname        string // "" uses the profile's pattern
+	CertPEM, KeyPEM []byte // both or neither
+	CAPEM           []byte
+	EnrollToken     string
+}
+
+// Apply writes r into the image at path.
+func Apply(path string, r Robot) error {
+	if r.RobotID == "" {
+		return fmt.Errorf("customize %s: --robot-id is required", path)
+	}
+	if (r.CertPEM == nil) != (r.KeyPEM == nil) {
+		return fmt.Errorf("customize %s: give both --cert and --key, or neither (then --enroll-token)", path)
+	}
+	if r.CertPEM == nil && r.EnrollToken == "" {
+		return fmt.Errorf("customize %s: give --cert and --key, or --enroll-token, so the robot can reach control", path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("customize: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	plan, err := layout.ReadGPT(f, st.Size())
+	if err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	if err := layout.CheckAB(plan); err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	info, err := ReadInfo(f, plan)
+	if err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	seed, err := hex.DecodeString(info.Seed)
+	if err != nil {
+		return fmt.Errorf("customize %s: image metadata has a bad seed: %w", path, err)
+	}
+	p, err := profiles.Load(info.Profile)
+	if err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	s, err := cloudinit.FromProfile(p, cloudinit.Identity{RobotID: r.RobotID, Hostname: r.Hostname})
+	if err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	files, err := build.SeedFiles(s)
+	if err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	for _, n := range []int{layout.BootA, layout.BootB} {
+		part := plan.Part(n)
+		fsys, err := fatfs.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
+		if err != nil {
+			return fmt.Errorf("customize %s: %s: %w", path, part.Name, err)
+		}
+		for name, b := range files {
+			if err := fsys.Overwrite(io.NewOffsetWriter(f, part.Start), name, b); err != nil {
+				return fmt.Errorf("customize %s: %s: %w", path, part.Name, err)
+			}
+		}
+	}
+	env := "LEKIWI_AGENT_ROBOT_ID=" + r.RobotID + "\n"
+	robot := map[string]build.RobotFile{}
+	idDir := "agent/" + identity.DirName + "/"
+	if r.CertPEM != nil {
+		robot[idDir+identity.CertFile] = build.RobotFile{Data: r.CertPEM, Mode: 0o644}
+		robot[idDir+identity.KeyFile] = build.RobotFile{Data: r.KeyPEM, Mode: 0o600}
+	}
+	if r.CAPEM != nil {
+		robot[idDir+identity.CAFile] = build.RobotFile{Data: r.CAPEM, Mode: 0o644}
+		env += "LEKIWI_AGENT_CA_FILE=" + build.PersistentDir + "/" + idDir + identity.CAFile + "\n"
+	}
+	if r.EnrollToken != "" {
+		robot["agent/enrollment-token"] = build.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
+		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + build.PersistentDir + "/agent/enrollment-token\n"
+	}
+	robot[build.RobotEnvFile] = build.RobotFile{Data: []byte(env), Mode: 0o644}
+	part := plan.Part(layout.Persistent)
+	if err := build.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true); err != nil {
+		return fmt.Errorf("customize %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("customize %s: sync: %w", path, err)
+	}
+	return nil
+}
+
+// ReadInfo reads the build metadata from boot_a.
+func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*build.Info, error) {
+	part := plan.Part(layout.BootA)
+	fsys, err := fatfs.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", part.Name, err)
+	}
+	b, err := fsys.ReadFile(build.BootInfoFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s has no %s: was the image made by provision image build? (%w)", part.Name, build.BootInfoFile, err)
+	}
+	var info build.Info
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", part.Name, build.BootInfoFile, err)
+	}
+	return &info, nil
+}

@@ -1,0 +1,90 @@
+package customize
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/image/tree"
+	"github.com/lekiwi/heartbeat/profiles"
+)
+
+func TestApplyWritesIdentityAndSeedInPlace(t *testing.T) {
+	for _, b := range []string{"e2fsck", "fsck.fat", "mtype", "debugfs"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed", b)
+		}
+	}
+	dir := t.TempDir()
+	epoch := time.Unix(1715000000, 0)
+	boot, root := tree.New(), tree.New()
+	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
+	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
+	agent := filepath.Join(dir, "agent")
+	b := make([]byte, 64)
+	copy(b, "\x7fELF")
+	b[18] = 183
+	os.WriteFile(agent, b, 0o755)
+	p, err := profiles.Load("lekiwi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "robot.img")
+	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
+		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = Apply(img, Robot{RobotID: "robot-0042", Hostname: "lekiwi-0042", CertPEM: []byte("CERT"), KeyPEM: []byte("KEY"), CAPEM: []byte("CA"), EnrollToken: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("customize took %v", time.Since(start))
+	f, _ := os.Open(img)
+	st, _ := f.Stat()
+	plan, _ := layout.ReadGPT(f, st.Size())
+	extract := func(n int) string {
+		part := plan.Part(n)
+		out := filepath.Join(dir, part.Name)
+		o, _ := os.Create(out)
+		io.Copy(o, io.NewSectionReader(f, part.Start, part.Size))
+		o.Close()
+		return out
+	}
+	pers := extract(layout.Persistent)
+	if out, err := exec.Command("e2fsck", "-fn", pers).CombinedOutput(); err != nil {
+		t.Fatalf("persistent: %v\n%s", err, out)
+	}
+	for req, want := range map[string]string{
+		"cat /robot.env":               "LEKIWI_AGENT_ROBOT_ID=robot-0042",
+		"cat /agent/identity/cert.pem": "CERT",
+		"stat /agent/identity/key.pem": "Mode:  0600",
+		"cat /agent/enrollment-token":  "tok",
+	} {
+		out, _ := exec.Command("debugfs", "-R", req, pers).CombinedOutput()
+		if !strings.Contains(string(out), want) {
+			t.Errorf("debugfs %s: want %q in %s", req, want, out)
+		}
+	}
+	for _, n := range []int{layout.BootA, layout.BootB} {
+		bp := extract(n)
+		if out, err := exec.Command("fsck.fat", "-n", bp).CombinedOutput(); err != nil {
+			t.Fatalf("boot %d: %v\n%s", n, err, out)
+		}
+		out, _ := exec.Command("mtype", "-i", bp, "::meta-data").Output()
+		if !strings.Contains(string(out), "robot-0042") || !strings.Contains(string(out), "lekiwi-0042") {
+			t.Errorf("boot %d meta-data = %q", n, out)
+		}
+	}
+	f.Close()
+	if err := Apply(img, Robot{RobotID: "r"}); err == nil {
+		t.Error("no credentials accepted")
+	}
+}
