@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lekiwi/heartbeat/image/base"
+	"github.com/lekiwi/heartbeat/image/bmap"
+	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/customize"
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/profiles"
+)
+
+func newImageCmd(lookupEnv func(string) (string, bool)) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "image",
+		Short: "Build, customise and inspect A/B Raspberry Pi images (no root, no loop devices)",
+	}
+	c.AddCommand(newImageBuild(lookupEnv), newImageCustomize())
+	return c
+}
+
+func newImageBuild(lookupEnv func(string) (string, bool)) *cobra.Command {
+	var (
+		baseSrc, profile, out, agent, version, tmp  string
+		controls, keys                              []string
+		bootMiB, systemMiB, persistentMiB, imageMiB int64
+		insecure                                    bool
+	)
+	c := &cobra.Command{
+		Use:   "build --base SRC --profile lekiwi --agent PATH --out IMG",
+		Short: "Build an A/B image from a Raspberry Pi OS image, root filesystem tarball or OCI image",
+		Long: `Build writes a GPT image: bootconfig (FAT16, autoboot.txt), boot_a and boot_b
+(FAT32), system_a and system_b (ext4), persistent (ext4), all 8 MiB aligned,
+with the agent, its configuration and unit, update keys and the profile's
+files in the root filesystem and a cloud-init seed on both boot slots.
+
+The agent binary must be built for the robot:
+  CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent
+
+Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes.
+The image is written to OUT.partial and renamed when complete; OUT.bmap
+is written next to it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			epochStr, ok := lookupEnv("SOURCE_DATE_EPOCH")
+			if !ok {
+				return fmt.Errorf("SOURCE_DATE_EPOCH is not set: set it (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%%ct)) so the image is reproducible")
+			}
+			sec, err := strconv.ParseInt(epochStr, 10, 64)
+			if err != nil {
+				return fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970: %w", epochStr, err)
+			}
+			p, err := profiles.Load(profile)
+			if err != nil {
+				return err
+			}
+			b, err := base.Open(ctx, baseSrc, base.Options{TempDir: tmp, Insecure: insecure, Progress: cmd.ErrOrStderr()})
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			o := build.Options{Out: out, Profile: p, AgentPath: agent, ControlURLs: controls, UpdateKeys: keys, Version: version,
+				Epoch: time.Unix(sec, 0), Progress: cmd.ErrOrStderr(),
+				Sizes: layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
+				Sidecars: func(ctx context.Context, f *os.File) error {
+					m, err := bmap.Scan(ctx, f, bmap.ScanOptions{BlockSize: 4096})
+					if err != nil {
+						return err
+					}
+					return writeSidecar(bmap.SidecarPath(out), m.WriteXML)
+				}}
+			return build.Build(ctx, build.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&baseSrc, "base", "", "Raspberry Pi OS image (.img, .img.xz, .img.zst), root filesystem tarball, or OCI image reference")
+	f.StringVar(&profile, "profile", "lekiwi", "robot profile: lekiwi or xle")
+	f.StringVar(&out, "out", "", "output image path")
+	f.StringVar(&agent, "agent", "", "the arm64 agent binary (CGO_ENABLED=0 GOARCH=arm64 go build ./cmd/agent)")
+	f.StringVar(&version, "version", "dev", "image version recorded in /etc/lekiwi/image.json")
+	f.StringVar(&tmp, "temp-dir", "", "directory for decompressed bases (default: system temp)")
+	f.StringArrayVar(&controls, "control-url", nil, "control server URL for the agent (repeatable)")
+	f.StringArrayVar(&keys, "update-key", nil, "trusted update-signing public key file (repeatable) → /etc/lekiwi/update-keys/")
+	f.Int64Var(&bootMiB, "boot-size", 256, "size of each boot slot in MiB (multiple of 8)")
+	f.Int64Var(&systemMiB, "system-size", 0, "size of each system slot in MiB (default: root content + 30%)")
+	f.Int64Var(&persistentMiB, "persistent-size", 64, "size of the persistent partition in MiB (it grows on first boot)")
+	f.Int64Var(&imageMiB, "image-size", 0, "whole image size in MiB (persistent fills the rest)")
+	f.BoolVar(&insecure, "insecure", false, "allow a plain-HTTP OCI registry for --base")
+	_ = c.MarkFlagRequired("base")
+	_ = c.MarkFlagRequired("out")
+	return c
+}
+
+func writeSidecar(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
+
+func newImageCustomize() *cobra.Command {
+	var r customize.Robot
+	var cert, key, ca string
+	c := &cobra.Command{
+		Use:   "customize IMG --robot-id ID (--cert FILE --key FILE | --enroll-token T) [--ca FILE] [--hostname NAME]",
+		Short: "Write one robot's identity and cloud-init seed into a built image, in place",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			read := func(p string) []byte {
+				if p == "" || err != nil {
+					return nil
+				}
+				var b []byte
+				b, err = os.ReadFile(p)
+				return b
+			}
+			r.CertPEM, r.KeyPEM, r.CAPEM = read(cert), read(key), read(ca)
+			if err != nil {
+				return err
+			}
+			if err := customize.Apply(args[0], r); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "customized %s for robot %s\n", args[0], r.RobotID)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&r.RobotID, "robot-id", "", "robot id (becomes the cloud-init instance id)")
+	f.StringVar(&r.Hostname, "hostname", "", "host name (default: the profile's pattern)")
+	f.StringVar(&cert, "cert", "", "robot certificate (PEM)")
+	f.StringVar(&key, "key", "", "robot private key (PEM)")
+	f.StringVar(&ca, "ca", "", "fleet CA certificate (PEM)")
+	f.StringVar(&r.EnrollToken, "enroll-token", "", "enrollment token, when the robot enrolls itself on first boot")
+	return c
+}
