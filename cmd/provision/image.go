@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/image/base"
+	"github.com/lekiwi/heartbeat/image/blockindex"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
@@ -47,7 +48,7 @@ The agent binary must be built for the robot:
 
 Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes.
 The image is written to OUT.partial and renamed when complete; OUT.bmap
-is written next to it.`,
+and OUT.blkidx (block hash index for delta updates) are written next to it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -79,7 +80,14 @@ is written next to it.`,
 					if err != nil {
 						return err
 					}
-					return writeSidecar(bmap.SidecarPath(out), m.WriteXML)
+					if err := writeSidecar(bmap.SidecarPath(out), m.WriteXML); err != nil {
+						return err
+					}
+					ix, err := blockindex.Build(ctx, f, 4096)
+					if err != nil {
+						return err
+					}
+					return writeSidecar(blockindex.SidecarPath(out), func(w io.Writer) error { _, err := ix.WriteTo(w); return err })
 				}}
 			return build.Build(ctx, build.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
 		},
