@@ -260,9 +260,6 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // parseDocument returns the root node of the single YAML document in data.
 func parseDocument(source string, data []byte) (root *yaml.Node, err error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, &Error{Source: source, Line: 1, Column: 1, Msg: "empty profile: expected a mapping with name, robot_type, arch, …"}
-	}
 	defer func() {
 		// yaml.v3 has had panics on malformed input; a profile loader must
 		// answer bad bytes with an error, never take the process down.
@@ -271,8 +268,11 @@ func parseDocument(source string, data []byte) (root *yaml.Node, err error) {
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
+	empty := &Error{Source: source, Line: 1, Column: 1, Msg: "empty profile: expected a mapping with name, robot_type, arch, …"}
 	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return nil, empty // only comments
+	} else if err != nil {
 		return nil, syntaxError(source, err)
 	}
 	var extra yaml.Node
@@ -281,8 +281,8 @@ func parseDocument(source string, data []byte) (root *yaml.Node, err error) {
 	} else if !errors.Is(err, io.EOF) {
 		return nil, syntaxError(source, err)
 	}
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
-		return nil, &Error{Source: source, Line: 1, Column: 1, Msg: "empty profile: expected a mapping with name, robot_type, arch, …"}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || isNull(doc.Content[0]) {
+		return nil, empty
 	}
 	return doc.Content[0], nil
 }

@@ -104,6 +104,9 @@ func TestParseRejects(t *testing.T) {
 		{"syntax error", "name: t\n  robot_type: [\n", []string{"bad.yaml:2: YAML syntax:"}, 1},
 		{"tab indentation", "name: t\nagent:\n\theartbeat_interval: 30s\n", []string{"bad.yaml:3: YAML syntax: found character that cannot start any token"}, 1},
 		{"empty", "\n  \n", []string{"bad.yaml:1:1: empty profile"}, 1},
+		{"only comments", "# nothing yet\n", []string{"bad.yaml:1:1: empty profile"}, 1},
+		{"empty document", "---\n", []string{"bad.yaml:1:1: empty profile"}, 1},
+		{"null document", "~\n", []string{"bad.yaml:1:1: empty profile"}, 1},
 		{"not a mapping", "- a\n- b\n", []string{"bad.yaml:1:1: expected a mapping (key: value lines), found a list"}, 1},
 		{"many errors at once", "+colour: red\ndescription: 1\npackages: [\"X\"]\n", []string{
 			"bad.yaml:8:1: unknown key \"colour\"", "bad.yaml:9:14: description: expected a string",
