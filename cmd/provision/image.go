@@ -24,7 +24,7 @@ func newImageCmd(lookupEnv func(string) (string, bool)) *cobra.Command {
 		Use:   "image",
 		Short: "Build, customise and inspect A/B Raspberry Pi images (no root, no loop devices)",
 	}
-	c.AddCommand(newImageBuild(lookupEnv), newImageCustomize())
+	c.AddCommand(newImageBuild(lookupEnv), newImageCustomize(), newImagePush(lookupEnv), newImagePull(lookupEnv))
 	return c
 }
 
