@@ -176,6 +176,7 @@ It is small enough to run on the netboot station.`
 	f.BoolVar(&flagCfg.Insecure, "insecure", false, "DEVELOPMENT ONLY: plain HTTP, robots not authenticated")
 	f.StringSliceVar(&flagCfg.TLSNames, "tls-name", nil, "extra DNS name or IP for this node's certificate (repeatable)")
 	f.StringVar(&flagCfg.AdminSocket, "admin-socket", "", "local admin socket (default <data-dir>/control.sock)")
+	f.StringVar(&flagCfg.RegistryDir, "registry-dir", "", `storage of the embedded OCI registry at /v2/ (default <data-dir>/registry; "off" disables it)`)
 	f.DurationVar(&flagCfg.RobotCertLifetime, "robot-cert-lifetime", flagCfg.RobotCertLifetime, "validity of robot certificates")
 	return cmd
 }
@@ -228,6 +229,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("admin-socket") {
 		cfg.AdminSocket = f.AdminSocket
+	}
+	if set("registry-dir") {
+		cfg.RegistryDir = f.RegistryDir
 	}
 	if set("robot-cert-lifetime") {
 		cfg.RobotCertLifetime = f.RobotCertLifetime

@@ -55,6 +55,10 @@ type Config struct {
 	// AdminSocket is the Unix socket for local administration
 	// (`control token|enroll|robot ...`); default <data_dir>/control.sock.
 	AdminSocket string `yaml:"admin_socket"`
+	// RegistryDir stores the embedded OCI registry served at /v2/ (disk
+	// images pushed with `provision image push`); default
+	// <data_dir>/registry, "off" disables the registry.
+	RegistryDir string `yaml:"registry_dir"`
 	// RobotCertLifetime is the validity of robot certificates.
 	RobotCertLifetime time.Duration `yaml:"robot_cert_lifetime"`
 	// EnrollmentTTL is the default validity of enrollment tokens.
@@ -130,6 +134,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("CA_DIR", &c.CADir)
 	str("CA_PASSPHRASE_FILE", &c.CAPassphraseFile)
 	str("ADMIN_SOCKET", &c.AdminSocket)
+	str("REGISTRY_DIR", &c.RegistryDir)
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_AUDIENCE", &c.OIDC.Audience)
 	str("OIDC_ROLE_CLAIM", &c.OIDC.RoleClaim)

@@ -23,6 +23,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/gateway"
 	"github.com/lekiwi/heartbeat/control/pki"
+	"github.com/lekiwi/heartbeat/control/registry"
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
@@ -144,6 +145,18 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/agent", gw)
 	apiServer.Register(mux)
+	if regDir := cfg.RegistryDir; regDir != "off" {
+		if regDir == "" {
+			regDir = filepath.Join(cfg.DataDir, "registry")
+		}
+		images, err := registry.New(regDir, registry.Options{Logger: log})
+		if err != nil {
+			return fail(err)
+		}
+		// Robots (client certificate) and any token may pull; pushing
+		// needs the engineer or admin role.
+		mux.Handle("/v2/", apiServer.Protect(images, auth.PermRead, auth.PermDeploy))
+	}
 	if o.ReadHeaderTimeout <= 0 {
 		o.ReadHeaderTimeout = 10 * time.Second
 	}
