@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -15,7 +16,9 @@ import (
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
+	"github.com/lekiwi/heartbeat/image/inspect"
 	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/image/tree"
 	"github.com/lekiwi/heartbeat/profiles"
 )
 
@@ -24,13 +27,14 @@ func newImageCmd(lookupEnv func(string) (string, bool)) *cobra.Command {
 		Use:   "image",
 		Short: "Build, customise and inspect A/B Raspberry Pi images (no root, no loop devices)",
 	}
-	c.AddCommand(newImageBuild(lookupEnv), newImageCustomize(), newImagePush(lookupEnv), newImagePull(lookupEnv))
+	c.AddCommand(newImageBuild(lookupEnv), newImageCustomize(), newImageInspect(), newImagePush(lookupEnv), newImagePull(lookupEnv))
 	return c
 }
 
 func newImageBuild(lookupEnv func(string) (string, bool)) *cobra.Command {
 	var (
 		baseSrc, profile, out, agent, version, tmp  string
+		firmware                                    string
 		controls, keys                              []string
 		bootMiB, systemMiB, persistentMiB, imageMiB int64
 		insecure                                    bool
@@ -48,7 +52,13 @@ The agent binary must be built for the robot:
 
 Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes.
 The image is written to OUT.partial and renamed when complete; OUT.bmap
-and OUT.blkidx (block hash index for delta updates) are written next to it.`,
+and OUT.blkidx (block hash index for delta updates) are written next to it.
+
+Boot files come from the base's boot partition (Raspberry Pi OS images) or,
+for a root filesystem tarball or OCI base, from --firmware DIR (for example
+the contents of Debian's raspi-firmware package plus the kernel, initramfs
+and config.txt); files in DIR replace the base's. Without a cmdline.txt a
+default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -83,16 +93,22 @@ and OUT.blkidx (block hash index for delta updates) are written next to it.`,
 					if err := writeSidecar(bmap.SidecarPath(out), m.WriteXML); err != nil {
 						return err
 					}
-					ix, err := blockindex.Build(ctx, f, 4096)
+					ix, err := blockindex.Build(ctx, f, 0)
 					if err != nil {
 						return err
 					}
 					return writeSidecar(blockindex.SidecarPath(out), func(w io.Writer) error { _, err := ix.WriteTo(w); return err })
 				}}
+			if firmware != "" {
+				if b.Boot, err = withFirmware(b.Boot, firmware); err != nil {
+					return err
+				}
+			}
 			return build.Build(ctx, build.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
 		},
 	}
 	f := c.Flags()
+	f.StringVar(&firmware, "firmware", "", "folder of boot files (firmware, kernel, dtbs, config.txt) for the boot slots; overrides the base's")
 	f.StringVar(&baseSrc, "base", "", "Raspberry Pi OS image (.img, .img.xz, .img.zst), root filesystem tarball, or OCI image reference")
 	f.StringVar(&profile, "profile", "lekiwi", "robot profile: lekiwi or xle")
 	f.StringVar(&out, "out", "", "output image path")
@@ -160,4 +176,77 @@ func newImageCustomize() *cobra.Command {
 	f.StringVar(&ca, "ca", "", "fleet CA certificate (PEM)")
 	f.StringVar(&r.EnrollToken, "enroll-token", "", "enrollment token, when the robot enrolls itself on first boot")
 	return c
+}
+
+func newImageInspect() *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "inspect IMG [--output text|json]",
+		Short: "Show an A/B image's layout, PARTUUIDs, active slot, slot versions and key file checksums",
+		Long: `Reads a built image (or a card, e.g. /dev/sdb) without mounting it: the GPT
+partitions with their filesystems and PARTUUIDs, which slot autoboot.txt boots,
+each slot's version, profile and base, whether each slot's cmdline.txt points
+root= at its own system partition, and SHA-256 of the files that decide how the
+robot boots (cmdline.txt, config.txt, the cloud-init seed, the agent binary and
+its configuration). Problems a technician should act on are listed last; the
+exit status is 1 when there are any.`,
+		Example: "  provision image inspect lekiwi-1.4.0.img\n  provision image inspect /dev/sdb --output json | jq .slots[].info.version",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := inspect.Inspect(args[0])
+			if err != nil {
+				return err
+			}
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			case "text":
+				r.WriteText(cmd.OutOrStdout())
+			default:
+				return fmt.Errorf("--output %q: use text or json", output)
+			}
+			if r.LayoutProblem != "" {
+				return fmt.Errorf("%s is not a Lekiwi A/B image: %s", args[0], r.LayoutProblem)
+			}
+			if len(r.Problems) > 0 {
+				return fmt.Errorf("%s: %d problem(s), listed above", args[0], len(r.Problems))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return c
+}
+
+// defaultCmdline is used when neither the base nor --firmware has one.
+const defaultCmdline = "console=serial0,115200 console=tty1 rootfstype=ext4 fsck.repair=yes rootwait\n"
+
+// withFirmware overlays the boot files of dir on boot (nil for bases
+// without a boot partition).
+func withFirmware(boot *tree.Tree, dir string) (*tree.Tree, error) {
+	fw, err := base.FirmwareDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if boot == nil {
+		boot = tree.New()
+	}
+	for _, e := range fw.Entries() {
+		if e.Path == "." {
+			continue
+		}
+		if err := boot.Add(*e); err != nil {
+			return nil, fmt.Errorf("--firmware %s: %w", dir, err)
+		}
+	}
+	if _, ok := boot.Get("cmdline.txt"); !ok {
+		if err := boot.AddBytes("cmdline.txt", []byte(defaultCmdline), 0o644, time.Unix(0, 0)); err != nil {
+			return nil, err
+		}
+	}
+	return boot, nil
 }
