@@ -78,7 +78,7 @@ func Defaults() Config {
 		DataDir:           "/var/lib/lekiwi/control",
 		Listen:            "127.0.0.1:8080",
 		DBAddress:         "127.0.0.1:9001",
-		DBNetworkLatency:  100 * time.Millisecond,
+		DBNetworkLatency:  60 * time.Millisecond,
 		HeartbeatInterval: 30 * time.Second,
 		OfflineGrace:      15 * time.Second,
 		LogLevel:          "info",
@@ -170,7 +170,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.DBNetworkLatency < time.Millisecond || c.DBNetworkLatency > time.Minute {
-		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 100ms)", c.DBNetworkLatency))
+		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 60ms)", c.DBNetworkLatency))
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))
