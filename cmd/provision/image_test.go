@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,4 +142,94 @@ func sum(t *testing.T, p string) [32]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
+}
+
+// Acceptance 2 of issue 5 end to end: a Raspberry Pi OS-shaped image made
+// with the standard tools (MBR, FAT bootfs and ext4 rootfs, the first
+// partition at sector 8192 or 16384) becomes an A/B image whose system
+// slots hold the original files and whose boot slots hold the original
+// boot files.
+func TestImageBuildFromRaspberryPiOSImage(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4", "debugfs", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (DEB_TEST in the Makefile has it)", tool)
+		}
+	}
+	for _, start := range []int{8192, 16384} {
+		t.Run(fmt.Sprint("bootfs at ", start), func(t *testing.T) {
+			dir := t.TempDir()
+			run := func(name string, args ...string) {
+				t.Helper()
+				if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+					t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+				}
+			}
+			// Boot and root filesystems, staged with standard tools.
+			bootImg, rootImg := filepath.Join(dir, "boot.fat"), filepath.Join(dir, "root.ext4")
+			run("truncate", "-s", "64M", bootImg)
+			run("mkfs.vfat", "-F", "32", "-n", "bootfs", bootImg)
+			for name, body := range map[string]string{"config.txt": "arm_64bit=1\n", "cmdline.txt": "console=serial0,115200 console=tty1 root=PARTUUID=abcd-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n", "start4.elf": strings.Repeat("S", 3000)} {
+				p := filepath.Join(dir, name)
+				os.WriteFile(p, []byte(body), 0o644)
+				run("mcopy", "-i", bootImg, p, "::"+name)
+			}
+			stage := filepath.Join(dir, "stage")
+			os.MkdirAll(filepath.Join(stage, "usr/bin"), 0o755)
+			os.MkdirAll(filepath.Join(stage, "etc"), 0o755)
+			os.WriteFile(filepath.Join(stage, "usr/bin/dash"), arm64ELF(), 0o755)
+			os.Symlink("dash", filepath.Join(stage, "usr/bin/sh"))
+			os.Symlink("usr/bin", filepath.Join(stage, "bin"))
+			os.WriteFile(filepath.Join(stage, "etc/os-release"), []byte("PRETTY_NAME=\"Raspberry Pi OS test\"\n"), 0o644)
+			os.WriteFile(filepath.Join(stage, "usr/bin/passwd"), []byte("setuid"), 0o755)
+			os.Chmod(filepath.Join(stage, "usr/bin/passwd"), 0o755|os.ModeSetuid)
+			run("truncate", "-s", "64M", rootImg)
+			run("mkfs.ext4", "-q", "-L", "rootfs", "-d", stage, rootImg)
+			// The disk: MBR, FAT32 LBA at start, Linux after it.
+			img := filepath.Join(dir, "raspios.img")
+			run("truncate", "-s", fmt.Sprint((start+2*131072+2048)*512), img)
+			cmd := exec.Command("sfdisk", "--quiet", img)
+			cmd.Stdin = strings.NewReader(fmt.Sprintf("label: dos\nstart=%d, size=131072, type=c\nstart=%d, size=131072, type=83\n", start, start+131072))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("sfdisk: %v\n%s", err, out)
+			}
+			run("dd", "if="+bootImg, "of="+img, "bs=512", fmt.Sprintf("seek=%d", start), "conv=notrunc,sparse", "status=none")
+			run("dd", "if="+rootImg, "of="+img, "bs=512", fmt.Sprintf("seek=%d", start+131072), "conv=notrunc,sparse", "status=none")
+
+			agent := filepath.Join(dir, "lekiwi-agent")
+			os.WriteFile(agent, arm64ELF(), 0o755)
+			out := filepath.Join(dir, "ab.img")
+			if _, stderr, err := execute(map[string]string{"SOURCE_DATE_EPOCH": "1767225600"}, "image", "build", "--base", img, "--profile", "xle",
+				"--agent", agent, "--boot-size", "64", "--out", out, "--temp-dir", dir); err != nil {
+				t.Fatalf("build from the Raspberry Pi OS image: %v\n%s", err, stderr)
+			}
+			stdout, _, err := execute(nil, "image", "inspect", out, "--output", "json")
+			if err != nil {
+				t.Fatalf("inspect: %v\n%s", err, stdout)
+			}
+			var r inspect.Report
+			json.Unmarshal([]byte(stdout), &r)
+			for _, s := range r.Slots {
+				if !strings.Contains(s.Cmdline, "console=serial0,115200") || strings.Contains(s.Cmdline, "firstboot") || !s.RootOK {
+					t.Errorf("slot %s cmdline.txt %q: want the base's arguments, root= its own slot, no firstboot", s.Name, s.Cmdline)
+				}
+			}
+			// The original root files, in system_a, seen by debugfs.
+			sysA := r.Layout[3]
+			part := filepath.Join(dir, "system_a.ext4")
+			run("dd", "if="+out, "of="+part, "bs=1M", fmt.Sprintf("skip=%d", sysA.Start>>20), fmt.Sprintf("count=%d", sysA.Size>>20), "status=none")
+			run("e2fsck", "-fn", part)
+			got, err := exec.Command("debugfs", "-R", "cat /etc/os-release", part).Output()
+			if err != nil || !strings.Contains(string(got), "Raspberry Pi OS test") {
+				t.Fatalf("system_a /etc/os-release: %v %q", err, got)
+			}
+			stat, _ := exec.Command("debugfs", "-R", "stat /usr/bin/passwd", part).Output()
+			if !strings.Contains(string(stat), "Mode:  04755") {
+				t.Fatalf("setuid bit lost on /usr/bin/passwd:\n%s", stat)
+			}
+			link, _ := exec.Command("debugfs", "-R", "stat /bin", part).Output()
+			if !strings.Contains(string(link), `Fast link dest: "usr/bin"`) {
+				t.Fatalf("symlink /bin lost:\n%s", link)
+			}
+		})
+	}
 }
