@@ -84,21 +84,8 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 			defer b.Close()
 			o := build.Options{Out: out, Profile: p, AgentPath: agent, ControlURLs: controls, UpdateKeys: keys, Version: version,
 				Epoch: time.Unix(sec, 0), Progress: cmd.ErrOrStderr(),
-				Sizes: layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
-				Sidecars: func(ctx context.Context, f *os.File) error {
-					m, err := bmap.Scan(ctx, f, bmap.ScanOptions{BlockSize: 4096})
-					if err != nil {
-						return err
-					}
-					if err := writeSidecar(bmap.SidecarPath(out), m.WriteXML); err != nil {
-						return err
-					}
-					ix, err := blockindex.Build(ctx, f, 0)
-					if err != nil {
-						return err
-					}
-					return writeSidecar(blockindex.SidecarPath(out), func(w io.Writer) error { _, err := ix.WriteTo(w); return err })
-				}}
+				Sizes:    layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
+				Sidecars: func(ctx context.Context, f *os.File) error { return writeSidecars(ctx, f, out) }}
 			if firmware != "" {
 				if b.Boot, err = withFirmware(b.Boot, firmware); err != nil {
 					return err
@@ -127,6 +114,22 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 	return c
 }
 
+// writeSidecars writes IMG.bmap and IMG.blkidx for the image open as f.
+func writeSidecars(ctx context.Context, f *os.File, img string) error {
+	m, err := bmap.Scan(ctx, f, bmap.ScanOptions{BlockSize: 4096})
+	if err != nil {
+		return err
+	}
+	if err := writeSidecar(bmap.SidecarPath(img), m.WriteXML); err != nil {
+		return err
+	}
+	ix, err := blockindex.Build(ctx, f, 0)
+	if err != nil {
+		return err
+	}
+	return writeSidecar(blockindex.SidecarPath(img), func(w io.Writer) error { _, err := ix.WriteTo(w); return err })
+}
+
 func writeSidecar(path string, write func(io.Writer) error) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -143,6 +146,7 @@ func writeSidecar(path string, write func(io.Writer) error) error {
 func newImageCustomize() *cobra.Command {
 	var r customize.Robot
 	var cert, key, ca string
+	var refresh bool
 	c := &cobra.Command{
 		Use:   "customize IMG --robot-id ID (--cert FILE --key FILE | --enroll-token T) [--ca FILE] [--hostname NAME]",
 		Short: "Write one robot's identity and cloud-init seed into a built image, in place",
@@ -165,6 +169,38 @@ func newImageCustomize() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "customized %s for robot %s\n", args[0], r.RobotID)
+			// Sidecars made by build describe the image before
+			// customize: a stale .bmap would fail every verified flash.
+			// Refreshing reads all mapped data (seconds for a 4 GiB
+			// image), so it is asked for; otherwise they are removed.
+			_, errB := os.Stat(bmap.SidecarPath(args[0]))
+			_, errI := os.Stat(blockindex.SidecarPath(args[0]))
+			if errB != nil && errI != nil {
+				return nil
+			}
+			if !refresh {
+				for _, p := range []string{bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0])} {
+					if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+						return fmt.Errorf("remove the stale %s: %w", p, err)
+					}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the stale %s and %s (use --refresh-sidecars to rewrite them)\n", bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0]))
+				return nil
+			}
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			start := time.Now()
+			if err := writeSidecars(ctx, f, args[0]); err != nil {
+				return fmt.Errorf("customize succeeded but refreshing %s failed (delete the sidecars or rerun): %w", bmap.SidecarPath(args[0]), err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "refreshed %s and %s in %s\n", bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0]), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
@@ -175,6 +211,7 @@ func newImageCustomize() *cobra.Command {
 	f.StringVar(&key, "key", "", "robot private key (PEM)")
 	f.StringVar(&ca, "ca", "", "fleet CA certificate (PEM)")
 	f.StringVar(&r.EnrollToken, "enroll-token", "", "enrollment token, when the robot enrolls itself on first boot")
+	f.BoolVar(&refresh, "refresh-sidecars", false, "rewrite IMG.bmap and IMG.blkidx for the customized image (reads all its data); without it stale sidecars are removed")
 	return c
 }
 

@@ -113,10 +113,17 @@ func TestImageBuildInspectCustomizeCLI(t *testing.T) {
 	before := userData()
 
 	start := time.Now()
-	if _, stderr, err := execute(nil, "image", "customize", img, "--robot-id", "lekiwi-0042", "--hostname", "lekiwi-0042", "--enroll-token", "lkw_enroll_x"); err != nil {
+	if _, stderr, err := execute(nil, "image", "customize", img, "--robot-id", "lekiwi-0042", "--hostname", "lekiwi-0042", "--enroll-token", "lkw_enroll_x", "--refresh-sidecars"); err != nil {
 		t.Fatalf("customize: %v\n%s", err, stderr)
 	}
 	t.Logf("customize took %s", time.Since(start).Round(time.Millisecond))
+	// The sidecars describe the customized image: bmaptool verifies every
+	// range's hash while copying.
+	if _, err := exec.LookPath("bmaptool"); err == nil {
+		if out, err := exec.Command("bmaptool", "copy", "--bmap", img+".bmap", img, filepath.Join(dir, "copy2.img")).CombinedOutput(); err != nil {
+			t.Fatalf("bmaptool copy of the customized image with its refreshed bmap: %v\n%s", err, out)
+		}
+	}
 	stdout, _, err = execute(nil, "image", "inspect", img, "--output", "json")
 	if err != nil {
 		t.Fatalf("inspect after customize: %v\n%s", err, stdout)
