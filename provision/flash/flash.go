@@ -6,18 +6,26 @@
 //   - One reader. The source is read once, front to back, in large aligned chunks
 //     (Options.ChunkSize). With a block map only the mapped bytes are read; without
 //     one every chunk is read and all-zero 4 KiB blocks are treated as holes.
-//     Holes are never written: the target keeps what it had (zeros for a fresh
-//     file target).
+//     Holes are never written: the target keeps what it had. That is bmaptool's
+//     contract with a block map (unmapped blocks are "don't care"); without a map
+//     it is only right for targets that read zeros where nothing was written
+//     (fresh file targets; block-device targets will have to discard/zero-out
+//     first), because zero blocks a file system relies on would otherwise keep
+//     stale data, and verification checks only the non-zero blocks.
 //   - Bounded fan-out. Each chunk is handed to every target through a per-target
 //     queue of Options.QueueDepth chunks; chunk buffers come from a pool of
 //     QueueDepth+1 buffers that is shared by all targets, so memory stays bounded
 //     and the reader runs at most QueueDepth chunks ahead of the slowest healthy
-//     target. A target that fails stops writing but keeps draining its queue, so it
-//     never holds the others back.
+//     target: memory is (QueueDepth+1)×ChunkSize plus the 2 MiB held back below. A
+//     slow target therefore paces the others once they are QueueDepth chunks ahead
+//     (a deliberate bound; dropping a card that stalls is not implemented yet). A
+//     target that fails stops writing but keeps draining its queue, so it never
+//     holds the others back.
 //   - Partition table last. The first and last MiB of the image (MBR/primary GPT
 //     and backup GPT) are held back in memory. Each target first has those regions
 //     overwritten with zeros and synced, then gets the data, a sync, and only then
-//     the held-back header bytes and a final sync. A target interrupted anywhere
+//     the held-back header bytes, backwards (backup GPT, primary GPT, then the MBR
+//     in sector 0 as the very last write) and a final sync. A target interrupted anywhere
 //     before that has no partition table at all, so it never looks like a good card.
 //   - Verify against the source. Every mapped range is read back from the target and
 //     its sha256 compared with the block map's checksum, or, without a map, with the
@@ -31,6 +39,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -430,7 +439,9 @@ func (w *writer) finish(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for _, c := range w.reader.headers {
+	// Backwards, so that the backup GPT lands before the primary one and the
+	// protective MBR in the first sector is the very last write.
+	for _, c := range slices.Backward(w.reader.headers) {
 		if err := w.write(c); err != nil {
 			return fmt.Errorf("partition table: %w", err)
 		}

@@ -171,6 +171,19 @@ func mappedBytes(t *testing.T, src *ImageFile) int64 {
 	return n
 }
 
+// headBytes is how many non-zero bytes (in 4 KiB blocks) the first MiB of src has.
+func headBytes(t *testing.T, src *ImageFile) int64 {
+	b := make([]byte, HeaderRegion)
+	if _, err := src.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range nonZeroRuns(b, 0) {
+		n += e.end - e.off
+	}
+	return n
+}
+
 func TestFlashFourTargets(t *testing.T) {
 	for _, withMap := range []bool{true, false} {
 		t.Run(fmt.Sprintf("bmap=%v", withMap), func(t *testing.T) {
@@ -254,7 +267,7 @@ func TestFlashFaults(t *testing.T) {
 	tests := []struct {
 		name    string
 		withMap bool
-		fault   func(*faultTarget)
+		fault   func(f *faultTarget, src *ImageFile)
 		wantErr string
 		is      error
 		phase   Phase
@@ -263,13 +276,13 @@ func TestFlashFaults(t *testing.T) {
 	}{
 		{
 			name: "flipped byte fails verification (bmap)", withMap: true,
-			fault:   func(f *faultTarget) { f.flipAt = flipAt },
+			fault:   func(f *faultTarget, _ *ImageFile) { f.flipAt = flipAt },
 			wantErr: fmt.Sprintf("verify: byte range %d–%d differs from the source (first difference at offset %d)", dataRegions[1].off, dataRegions[1].off+dataRegions[1].len-1, flipAt),
 			phase:   PhaseVerify, header: true,
 		},
 		{
 			name: "flipped byte fails verification (zero detection)", withMap: false,
-			fault: func(f *faultTarget) { f.flipAt = flipAt },
+			fault: func(f *faultTarget, _ *ImageFile) { f.flipAt = flipAt },
 			// Without a map, checks are per written extent within a chunk: the
 			// chunk from 3 MiB on holds the flipped byte.
 			wantErr: fmt.Sprintf("differs from the source (first difference at offset %d)", flipAt),
@@ -277,14 +290,16 @@ func TestFlashFaults(t *testing.T) {
 		},
 		{
 			name: "ENOSPC mid-way fails alone", withMap: true,
-			fault:   func(f *faultTarget) { f.failAfter = 2*HeaderRegion + 400<<10 },
+			fault:   func(f *faultTarget, _ *ImageFile) { f.failAfter = 2*HeaderRegion + 400<<10 },
 			wantErr: "no space left on device", is: syscall.ENOSPC,
 			phase: PhaseWrite,
 		},
 		{
-			name: "error while writing the partition table", withMap: false,
-			fault: func(f *faultTarget) {
-				f.failAfter = 2*HeaderRegion + int64(dataRegions[0].len+dataRegions[1].len+dataRegions[2].len) + 4096
+			// Room for zeroing, the data and the backup GPT at the end, not for
+			// the primary GPT: the card must still not look partitioned.
+			name: "error while writing the primary partition table", withMap: false,
+			fault: func(f *faultTarget, src *ImageFile) {
+				f.failAfter = 2*HeaderRegion + mappedBytes(t, src) - headBytes(t, src)
 			},
 			wantErr: "partition table", is: syscall.ENOSPC,
 			phase: PhaseHeader,
@@ -299,7 +314,7 @@ func TestFlashFaults(t *testing.T) {
 				targets = append(targets, openTarget(t, filepath.Join(dir, fmt.Sprintf("card%d.img", i))))
 			}
 			bad := newFault(targets[2].(*FileTarget))
-			tc.fault(bad)
+			tc.fault(bad, src)
 			targets[2] = bad
 			results := Flash(t.Context(), src, targets, Options{ChunkSize: testChunk, QueueDepth: 1})
 			for i, r := range results {
@@ -324,11 +339,24 @@ func TestFlashFaults(t *testing.T) {
 			if r.Phase != tc.phase {
 				t.Errorf("faulty target reached phase %s, want %s", r.Phase, tc.phase)
 			}
+			if tc.phase == PhaseHeader {
+				// The backup GPT (last sector) was written before the failure.
+				want, got := make([]byte, 512), make([]byte, 512)
+				if _, err := src.ReadAt(want, imageSize-512); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := bad.ReadAt(got, imageSize-512); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(want, got) || !bytes.HasPrefix(got, []byte("EFI PART")) {
+					t.Errorf("backup GPT header not written before the primary one")
+				}
+			}
 			if tc.header {
 				if !hasPartitionTable(t, bad.Name()) {
 					t.Errorf("sfdisk finds no GPT on %s", bad.Name())
 				}
-			} else if r.Phase == PhaseWrite {
+			} else {
 				mustZeroHeader(t, bad.Name())
 			}
 		})
