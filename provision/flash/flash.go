@@ -38,7 +38,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -294,7 +296,7 @@ func (r *reader) run(ctx context.Context) {
 				return
 			}
 		}
-		if _, err := r.src.ReadAt(c.buf, readFrom); err != nil {
+		if err := readFull(r.src, c.buf, readFrom); err != nil {
 			r.err = fmt.Errorf("flash: read source %s at offset %d: %w", r.src.Name(), readFrom, err)
 			return
 		}
@@ -474,7 +476,7 @@ func (w *writer) verify(ctx context.Context) error {
 				return err
 			}
 			n := min(int64(len(buf)), c.end-off)
-			if _, err := w.t.ReadAt(buf[:n], off); err != nil {
+			if err := readFull(w.t, buf[:n], off); err != nil {
 				return fmt.Errorf("verify: read back bytes %d–%d: %w", off, off+n-1, err)
 			}
 			h.Write(buf[:n])
@@ -496,10 +498,10 @@ func (w *writer) mismatch(e extent) error {
 	want, got := make([]byte, n), make([]byte, n)
 	for off := e.off; off < e.end; off += n {
 		k := min(n, e.end-off)
-		if _, err := w.reader.src.ReadAt(want[:k], off); err != nil {
+		if err := readFull(w.reader.src, want[:k], off); err != nil {
 			return fmt.Errorf("verify: byte range %d–%d differs from the source (reading the source to locate the difference failed: %v)", e.off, e.end-1, err)
 		}
-		if _, err := w.t.ReadAt(got[:k], off); err != nil {
+		if err := readFull(w.t, got[:k], off); err != nil {
 			return fmt.Errorf("verify: byte range %d–%d differs from the source (reading it back again failed: %v)", e.off, e.end-1, err)
 		}
 		for i := range k {
@@ -509,4 +511,17 @@ func (w *writer) mismatch(e extent) error {
 		}
 	}
 	return fmt.Errorf("verify: byte range %d–%d matches the source but not the block map checksum: the image or its .bmap is corrupt (regenerate the map)", e.off, e.end-1)
+}
+
+// readFull reads len(p) bytes at off. io.ReaderAt allows io.EOF alongside a full
+// read at the end of the data; that is success here.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) && (err == nil || errors.Is(err, io.EOF)) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return fmt.Errorf("short read: %d of %d bytes: %w", n, len(p), io.ErrUnexpectedEOF)
+	}
+	return err
 }

@@ -3,6 +3,7 @@ package flash
 import (
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -109,4 +110,36 @@ func TestFlashWrongMapChecksum(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 	mustEqualFiles(t, src.Name(), targets[0].Name())
+}
+
+// eofReader returns its bytes with io.EOF on the read that reaches the end, as
+// io.ReaderAt allows, or a short read without an error.
+type eofReader struct {
+	b     []byte
+	short bool
+}
+
+func (e eofReader) ReadAt(p []byte, off int64) (int, error) {
+	n := copy(p, e.b[off:])
+	if e.short {
+		return n - 1, nil
+	}
+	if off+int64(n) == int64(len(e.b)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func TestReadFull(t *testing.T) {
+	b := []byte("0123456789")
+	p := make([]byte, 4)
+	if err := readFull(eofReader{b: b}, p, 6); err != nil || string(p) != "6789" {
+		t.Errorf("full read ending in io.EOF: %q, %v", p, err)
+	}
+	if err := readFull(eofReader{b: b}, make([]byte, 5), 6); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("read past the end: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if err := readFull(eofReader{b: b, short: true}, p, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("short read without error: %v, want io.ErrUnexpectedEOF", err)
+	}
 }
