@@ -257,10 +257,10 @@ func (r *reader) run(ctx context.Context) {
 			close(q)
 		}
 	}()
+	// Buffers are made on demand, up to the pool's capacity, so a deep queue
+	// costs memory only if some target actually lags that far.
 	pool := make(chan []byte, r.opts.QueueDepth+1)
-	for range cap(pool) {
-		pool <- make([]byte, r.opts.ChunkSize)
-	}
+	made := 0
 	mapped := r.plan.mapped
 	for _, piece := range r.plan.pieces() {
 		if err := ctx.Err(); err != nil {
@@ -288,13 +288,23 @@ func (r *reader) run(ctx context.Context) {
 		if r.plan.isHeader(piece) {
 			c.buf = make([]byte, readTo-readFrom)
 		} else {
+			var buf []byte
 			select {
-			case buf := <-pool:
-				c.buf, c.pool = buf[:readTo-readFrom], pool
-			case <-ctx.Done():
-				r.err = ctx.Err()
-				return
+			case buf = <-pool:
+			default:
+				if made < cap(pool) {
+					buf = make([]byte, r.opts.ChunkSize)
+					made++
+					break
+				}
+				select {
+				case buf = <-pool:
+				case <-ctx.Done():
+					r.err = ctx.Err()
+					return
+				}
 			}
+			c.buf, c.pool = buf[:readTo-readFrom], pool
 		}
 		if err := readFull(r.src, c.buf, readFrom); err != nil {
 			r.err = fmt.Errorf("flash: read source %s at offset %d: %w", r.src.Name(), readFrom, err)
