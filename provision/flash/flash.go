@@ -17,10 +17,12 @@
 //     QueueDepth+1 buffers that is shared by all targets, so memory stays bounded
 //     and the reader runs at most QueueDepth chunks ahead of the slowest healthy
 //     target: memory is (QueueDepth+1)×ChunkSize plus the 2 MiB held back below. A
-//     slow target therefore paces the others once they are QueueDepth chunks ahead
-//     (a deliberate bound; dropping a card that stalls is not implemented yet). A
-//     target that fails stops writing but keeps draining its queue, so it never
-//     holds the others back.
+//     slow target therefore paces the others once they are QueueDepth chunks
+//     ahead, unless Options.StallTimeout drops it after its queue stayed full that
+//     long. A target that fails stops writing but keeps draining its queue, so it
+//     never holds the others back. Flash returns when every target's goroutine
+//     has returned: a card whose writes never return still delays that, though the others
+//     report PhaseDone through Progress as they finish.
 //   - Partition table last. The first and last MiB of the image (MBR/primary GPT
 //     and backup GPT) are held back in memory. Each target first has those regions
 //     overwritten with zeros and synced, then gets the data, a sync, and only then
@@ -73,6 +75,10 @@ type Options struct {
 	NoVerify   bool // skip reading back (not recommended)
 	ChunkSize  int  // bytes per read and write; a multiple of 4096; default DefaultChunkSize
 	QueueDepth int  // chunks a target may lag behind the reader; default DefaultQueueDepth
+	// StallTimeout, if positive, drops a target whose queue stays full that long
+	// (it fails with a "stalled" error) so that the others go on at their own
+	// pace; zero paces every target by the slowest one.
+	StallTimeout time.Duration
 	// Progress, if set, is called from the targets' goroutines (concurrently) with
 	// the phase and progress in bytes: during write, the position reached in the
 	// image out of its size; during verify, bytes checked out of the mapped bytes.
@@ -103,7 +109,10 @@ type chunk struct {
 
 func (c *chunk) release() {
 	if c.refs.Add(-1) == 0 && c.pool != nil {
-		c.pool <- c.buf[:cap(c.buf)]
+		select {
+		case c.pool <- c.buf[:cap(c.buf)]:
+		default: // the pool is full after a dropped target's buffers were replaced
+		}
 	}
 }
 
@@ -152,11 +161,11 @@ func Flash(ctx context.Context, src Source, targets []Target, opts Options) []Re
 	for i := range queues {
 		queues[i] = make(chan *chunk, opts.QueueDepth)
 	}
-	r := &reader{src: src, plan: p, queues: queues, opts: opts}
+	r := &reader{src: src, plan: p, queues: queues, opts: opts, dropped: make([]atomic.Bool, len(targets))}
 	var wg sync.WaitGroup
 	for i, t := range targets {
 		wg.Go(func() {
-			w := &writer{t: t, plan: p, reader: r, opts: opts, res: &results[i]}
+			w := &writer{t: t, plan: p, reader: r, opts: opts, res: &results[i], dropped: &r.dropped[i]}
 			w.run(ctx, queues[i])
 		})
 	}
@@ -243,6 +252,9 @@ type reader struct {
 	plan   *plan
 	queues []chan *chunk
 	opts   Options
+	// dropped marks targets that stalled longer than Options.StallTimeout; the
+	// reader sends them nothing more.
+	dropped []atomic.Bool
 
 	// Set before the queues are closed and read by writers only after, so the
 	// channel close orders them.
@@ -260,7 +272,7 @@ func (r *reader) run(ctx context.Context) {
 	// Buffers are made on demand, up to the pool's capacity, so a deep queue
 	// costs memory only if some target actually lags that far.
 	pool := make(chan []byte, r.opts.QueueDepth+1)
-	made := 0
+	made, limit := 0, cap(pool)
 	mapped := r.plan.mapped
 	for _, piece := range r.plan.pieces() {
 		if err := ctx.Err(); err != nil {
@@ -292,7 +304,7 @@ func (r *reader) run(ctx context.Context) {
 			select {
 			case buf = <-pool:
 			default:
-				if made < cap(pool) {
+				if made < limit {
 					buf = make([]byte, r.opts.ChunkSize)
 					made++
 					break
@@ -330,15 +342,57 @@ func (r *reader) run(ctx context.Context) {
 			r.headers = append(r.headers, c)
 			continue
 		}
-		c.refs.Store(int32(len(r.queues)))
-		for _, q := range r.queues {
-			select {
-			case q <- c:
-			case <-ctx.Done():
-				r.err = ctx.Err()
-				return
+		live := 0
+		for i := range r.dropped {
+			if !r.dropped[i].Load() {
+				live++
 			}
 		}
+		if live == 0 {
+			return // every target stalled; each reports it
+		}
+		c.refs.Store(int32(live))
+		for i, q := range r.queues {
+			if r.dropped[i].Load() {
+				continue
+			}
+			sent, err := r.send(ctx, q, c)
+			if err != nil {
+				r.err = err
+				return
+			}
+			if !sent {
+				// The stalled target may never give its buffers back: allow
+				// as many new ones.
+				r.dropped[i].Store(true)
+				c.release()
+				limit += r.opts.QueueDepth + 1
+			}
+		}
+	}
+}
+
+// send hands c to a target's queue, waiting at most Options.StallTimeout if that
+// is set; sent is false when it timed out.
+func (r *reader) send(ctx context.Context, q chan<- *chunk, c *chunk) (sent bool, err error) {
+	select {
+	case q <- c:
+		return true, nil
+	default:
+	}
+	var timeout <-chan time.Time
+	if r.opts.StallTimeout > 0 {
+		t := time.NewTimer(r.opts.StallTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case q <- c:
+		return true, nil
+	case <-timeout:
+		return false, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
 	}
 }
 
@@ -367,11 +421,12 @@ func isZero(b []byte) bool { return bytes.Equal(b, zeros[:len(b)]) }
 
 // writer writes one target.
 type writer struct {
-	t      Target
-	plan   *plan
-	reader *reader
-	opts   Options
-	res    *Result
+	t       Target
+	plan    *plan
+	reader  *reader
+	opts    Options
+	res     *Result
+	dropped *atomic.Bool // set by the reader, before it closes the queue
 }
 
 func (w *writer) run(ctx context.Context, queue <-chan *chunk) {
@@ -381,16 +436,23 @@ func (w *writer) run(ctx context.Context, queue <-chan *chunk) {
 	if err == nil {
 		w.res.Phase = PhaseWrite
 	}
+	stalled := fmt.Errorf("stalled: its queue of %d chunks stayed full for %v, so it was dropped to let the other targets go on (a failing card or reader?)", w.opts.QueueDepth, w.opts.StallTimeout)
 	for c := range queue {
 		// A failed target keeps draining so that the reader never waits for it.
 		if err == nil {
 			err = ctx.Err()
+		}
+		if err == nil && w.dropped.Load() {
+			err = stalled
 		}
 		if err == nil {
 			err = w.write(c)
 			w.progress(PhaseWrite, c.exts[len(c.exts)-1].end, w.plan.size)
 		}
 		c.release()
+	}
+	if err == nil && w.dropped.Load() {
+		err = stalled
 	}
 	if err == nil {
 		err = w.reader.err
@@ -443,6 +505,9 @@ func (w *writer) write(c *chunk) error {
 // finish syncs the data, writes the held-back partition-table regions, syncs
 // again and verifies.
 func (w *writer) finish(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	w.res.Phase = PhaseHeader
 	w.progress(PhaseHeader, w.plan.size, w.plan.size)
 	if err := w.t.Sync(); err != nil {

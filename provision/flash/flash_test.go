@@ -382,8 +382,10 @@ func TestFlashCancelledLeavesNoPartitionTable(t *testing.T) {
 		if !errors.Is(r.Err, context.Canceled) {
 			t.Errorf("target %d: err %v, want context.Canceled", i, r.Err)
 		}
-		if r.Phase != PhaseWrite {
-			t.Errorf("target %d stopped in phase %s, want %s", i, r.Phase, PhaseWrite)
+		// A target a chunk or two ahead may have finished writing data when the
+		// cancel came; it must still stop before the partition table.
+		if r.Phase != PhaseWrite && r.Phase != PhaseHeader {
+			t.Errorf("target %d stopped in phase %s, want %s or %s", i, r.Phase, PhaseWrite, PhaseHeader)
 		}
 		mustZeroHeader(t, targets[i].Name())
 	}
@@ -416,10 +418,10 @@ func TestFlashSlowTargetDoesNotHoldBackFastOnes(t *testing.T) {
 			t.Fatalf("target %d: %v", i, r.Err)
 		}
 		mustEqualFiles(t, src.Name(), targets[i].Name())
-		if i > 0 && r.Duration >= results[0].Duration {
-			t.Errorf("fast target %d took %v, not less than the slow one's %v", i, r.Duration, results[0].Duration)
-		}
 	}
+	// No comparison of Result.Duration: a fast target's goroutine may return after
+	// the released slow one. The gate above is the assertion: the slow target's
+	// writes fail after 30 s unless all three fast ones reported PhaseDone first.
 }
 
 // TestFlashFailedTargetDoesNotStall uses the smallest queue: a target that fails at
@@ -476,4 +478,39 @@ func TestFlashRefuses(t *testing.T) {
 			t.Errorf("OpenImage err = %v", err)
 		}
 	})
+}
+
+// TestFlashStalledTargetIsDropped blocks one target's writes until the others have
+// finished, with the smallest queue: only StallTimeout lets them finish, and the
+// stalled target must fail without a partition table.
+func TestFlashStalledTargetIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	src := openSource(t, makeImage(t, dir, true))
+	var targets []Target
+	for i := range 3 {
+		targets = append(targets, openTarget(t, filepath.Join(dir, fmt.Sprintf("card%d.img", i))))
+	}
+	stuck := newFault(targets[1].(*FileTarget))
+	stuck.block = make(chan struct{})
+	targets[1] = stuck
+	var fastDone atomic.Int32
+	results := Flash(t.Context(), src, targets, Options{ChunkSize: testChunk, QueueDepth: 1, StallTimeout: 3 * time.Second, // long enough that a healthy target under load (fsync) is never dropped
+		Progress: func(target string, ph Phase, _, _ int64) {
+			if ph == PhaseDone && target != stuck.Name() && fastDone.Add(1) == 2 {
+				close(stuck.block)
+			}
+		}})
+	for _, i := range []int{0, 2} {
+		if results[i].Err != nil {
+			t.Fatalf("target %d: %v", i, results[i].Err)
+		}
+		mustEqualFiles(t, src.Name(), targets[i].Name())
+	}
+	if err := results[1].Err; err == nil || !strings.Contains(err.Error(), "stalled") {
+		t.Fatalf("stuck target: err %v, want a stall", err)
+	}
+	if results[1].Phase != PhaseWrite {
+		t.Errorf("stuck target reached phase %s", results[1].Phase)
+	}
+	mustZeroHeader(t, stuck.Name())
 }
