@@ -11,7 +11,10 @@ import (
 
 // Source is a disk image to flash. Flash reads it once, front to back, only at
 // increasing offsets, so that later streaming sources (.xz, .zst, http) can be
-// adapted to it with a forward-only reader.
+// adapted to it with a forward-only reader. The one exception is explaining a
+// verification mismatch, which reads the bad range again to find the first
+// differing byte; a forward-only source may fail that read, and the message
+// then names the range only.
 type Source interface {
 	io.ReaderAt
 	// Size is the image size in bytes.
