@@ -43,6 +43,9 @@ type ControlOptions struct {
 	ReadHeaderTimeout time.Duration
 	// MaxBatch caps events per transaction (0: the gateway's default).
 	MaxBatch int
+	// RateLimit overrides the API's requests per second per principal
+	// (benchmarks that poll faster than a dashboard would).
+	RateLimit float64
 }
 
 // LabCA loads the CA in dir, creating it on first use.
@@ -88,6 +91,9 @@ func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
 	cfg := node.Defaults()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Join = o.Dir, o.Listen, o.DBAddress, o.Join
 	cfg.HeartbeatInterval, cfg.OfflineGrace = o.HeartbeatInterval, o.OfflineGrace
+	if o.RateLimit > 0 {
+		cfg.RateLimit = o.RateLimit
+	}
 	cfg.Insecure = o.Insecure
 	if o.RobotCertLifetime > 0 {
 		cfg.RobotCertLifetime = o.RobotCertLifetime
