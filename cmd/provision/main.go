@@ -64,7 +64,7 @@ keep it encrypted, offline, and backed up.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newCACmd(lookupEnv), newVersionCmd(), newImageCmd(lookupEnv))
+	root.AddCommand(newCACmd(lookupEnv), newVersionCmd(), newImageCmd(lookupEnv), newFlash())
 	return root
 }
 
