@@ -1,10 +1,9 @@
 package main
 
 import (
-	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,10 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
-	"github.com/ulikunitz/xz"
 
+	"github.com/lekiwi/heartbeat/image/sparse"
 	"github.com/lekiwi/heartbeat/provision/flash"
 )
 
@@ -141,15 +139,8 @@ identities come next.`,
 // openFlashSource opens a raw image, or decompresses a compressed one
 // into a sparse temporary file first.
 func openFlashSource(path, tmp string) (*flash.ImageFile, func(), error) {
-	var dec func(io.Reader) (io.Reader, error)
-	switch {
-	case strings.HasSuffix(path, ".zst"):
-		dec = func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) }
-	case strings.HasSuffix(path, ".xz"):
-		dec = func(r io.Reader) (io.Reader, error) { return xz.NewReader(r) }
-	case strings.HasSuffix(path, ".gz"):
-		dec = func(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
-	default:
+	ext := filepath.Ext(path)
+	if ext != ".zst" && ext != ".xz" && ext != ".gz" {
 		src, err := flash.OpenImage(path)
 		return src, func() {}, err
 	}
@@ -158,17 +149,18 @@ func openFlashSource(path, tmp string) (*flash.ImageFile, func(), error) {
 		return nil, nil, fmt.Errorf("open the image: %w", err)
 	}
 	defer in.Close()
-	r, err := dec(in)
+	r, closeDec, err := sparse.Decompress(in, ext)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: not a valid compressed image: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
+	defer closeDec()
 	out, err := os.CreateTemp(tmp, "lekiwi-flash-*.img")
 	if err != nil {
 		return nil, nil, fmt.Errorf("temporary file for the decompressed image: %w", err)
 	}
 	name := out.Name()
 	cleanup := func() { os.Remove(name) }
-	if err := copySparse(out, r); err != nil {
+	if _, err := sparse.Copy(context.Background(), out, r); err != nil {
 		out.Close()
 		cleanup()
 		return nil, nil, fmt.Errorf("decompress %s: %w (truncated or corrupt download?)", path, err)
@@ -190,38 +182,6 @@ func openFlashSource(path, tmp string) (*flash.ImageFile, func(), error) {
 		return nil, nil, err
 	}
 	return src, func() { os.Remove(name + ".bmap"); cleanup() }, nil
-}
-
-// copySparse copies r to f, leaving all-zero 64 KiB blocks as holes.
-func copySparse(f *os.File, r io.Reader) error {
-	buf := make([]byte, 64<<10)
-	var off int64
-	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if !allZero(buf[:n]) {
-				if _, werr := f.WriteAt(buf[:n], off); werr != nil {
-					return werr
-				}
-			}
-			off += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return f.Truncate(off)
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

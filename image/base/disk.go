@@ -1,7 +1,6 @@
 package base
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,11 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/lekiwi/heartbeat/image/base/ext4r"
 	"github.com/lekiwi/heartbeat/image/base/fatr"
+	"github.com/lekiwi/heartbeat/image/sparse"
 	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/ulikunitz/xz"
 )
 
 const sectorSize = 512
@@ -186,28 +184,17 @@ func decompressToSparse(ctx context.Context, source, compression string, o Optio
 		return nil, err
 	}
 	defer in.Close()
-	var r io.Reader
-	switch compression {
-	case ".xz":
-		xr, err := xz.NewReader(in)
-		if err != nil {
-			return nil, fmt.Errorf("not a valid xz file (corrupt or incomplete download?): %w", err)
-		}
-		r = xr
-	case ".zst":
-		zr, err := zstd.NewReader(in, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, fmt.Errorf("zstd: %w", err)
-		}
-		defer zr.Close()
-		r = zr
+	r, closeDec, err := sparse.Decompress(in, compression)
+	if err != nil {
+		return nil, err
 	}
+	defer closeDec()
 	out, err := c.tempFile(o, "base-*"+strings.TrimSuffix(filepath.Base(source), compression))
 	if err != nil {
 		return nil, err
 	}
 	o.progressf("decompressing %s to %s", filepath.Base(source), out.Name())
-	n, err := copySparse(ctx, out, r)
+	n, err := sparse.Copy(ctx, out, r)
 	if err != nil {
 		return nil, fmt.Errorf("decompress %s after %d bytes (corrupt or incomplete download?): %w", compression, n, err)
 	}
@@ -216,51 +203,6 @@ func decompressToSparse(ctx context.Context, source, compression string, o Optio
 	}
 	o.progressf("decompressed %s: %s", filepath.Base(source), humanSize(n))
 	return out, nil
-}
-
-// copySparse copies r to the start of f, seeking over zero blocks, and
-// sets f's size to the bytes copied.
-func copySparse(ctx context.Context, f *os.File, r io.Reader) (int64, error) {
-	const block = 64 << 10
-	buf := make([]byte, block)
-	zero := make([]byte, block)
-	var off int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return off, err
-		}
-		n, err := fill(r, buf)
-		if n > 0 {
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, werr := f.WriteAt(buf[:n], off); werr != nil {
-					return off, werr
-				}
-			}
-			off += int64(n)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return off, err
-		}
-	}
-	return off, f.Truncate(off)
-}
-
-// fill reads until buf is full or r fails. Unlike io.ReadFull it passes
-// on a decompressor's own io.ErrUnexpectedEOF (a truncated stream) instead
-// of mistaking it for the end of a short last block.
-func fill(r io.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // fatTree turns a FAT filesystem into a tree: directories 0755, files 0644,

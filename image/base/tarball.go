@@ -13,10 +13,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
+	"github.com/lekiwi/heartbeat/image/sparse"
 	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/ulikunitz/xz"
 )
 
 func openTarballFile(ctx context.Context, source string, o Options, c *cleaner) (*Base, error) {
@@ -38,27 +36,16 @@ func openTarballFile(ctx context.Context, source string, o Options, c *cleaner) 
 		Description: fmt.Sprintf("root filesystem tarball %s (%d entries, %s of files)", filepath.Base(source), n, humanSize(root.ContentSize()))}, nil
 }
 
-// decompressor picks the decompressor from the file name.
+// decompressor picks the decompressor from the file name; an
+// uncompressed tarball is read as it is.
 func decompressor(r io.Reader, name string) (io.Reader, func(), error) {
-	switch {
-	case strings.HasSuffix(name, ".gz"), strings.HasSuffix(name, ".tgz"):
-		zr, err := gzip.NewReader(r)
-		if err != nil {
-			return nil, nil, fmt.Errorf("not a valid gzip file (corrupt or incomplete download?): %w", err)
+	for _, ext := range []string{".gz", ".xz", ".zst"} {
+		if strings.HasSuffix(name, ext) {
+			return sparse.Decompress(r, ext)
 		}
-		return zr, func() { zr.Close() }, nil
-	case strings.HasSuffix(name, ".xz"):
-		zr, err := xz.NewReader(r)
-		if err != nil {
-			return nil, nil, fmt.Errorf("not a valid xz file (corrupt or incomplete download?): %w", err)
-		}
-		return zr, func() {}, nil
-	case strings.HasSuffix(name, ".zst"):
-		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, nil, fmt.Errorf("zstd: %w", err)
-		}
-		return zr, zr.Close, nil
+	}
+	if strings.HasSuffix(name, ".tgz") {
+		return sparse.Decompress(r, ".gz")
 	}
 	return r, func() {}, nil
 }

@@ -1,7 +1,6 @@
 package blockindex
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -11,7 +10,7 @@ import (
 	"runtime"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // readSize is how much a Build worker reads at once: whole blocks, large enough that
@@ -42,7 +41,7 @@ func Build(ctx context.Context, f *os.File, blockSize int) (*Index, error) {
 		return nil, fmt.Errorf("blockindex: image %s is %d bytes, beyond the %d-byte limit", f.Name(), size, int64(maxImageSize))
 	}
 	ix := &Index{BlockSize: blockSize, ImageSize: size, Hashes: make([][32]byte, blockCount(size, bs))}
-	regions, err := dataRegions(ctx, f, size, bs)
+	regions, err := sparse.DataRegions(ctx, f, size, bs)
 	if err != nil {
 		return nil, fmt.Errorf("blockindex: find data in %s: %w", f.Name(), err)
 	}
@@ -72,9 +71,9 @@ func Build(ctx context.Context, f *os.File, blockSize int) (*Index, error) {
 	}
 feed:
 	for _, r := range regions {
-		for first := r.first; first <= r.last; first += perPiece {
+		for first := r.First; first <= r.Last; first += perPiece {
 			select {
-			case pieces <- piece{first, min(perPiece, r.last-first+1)}:
+			case pieces <- piece{first, min(perPiece, r.Last-first+1)}:
 			case <-ctx.Done():
 				break feed
 			}
@@ -106,74 +105,9 @@ func hashPiece(f *os.File, ix *Index, first, blocks int64, buf []byte) error {
 	clear(buf[n : blocks*bs]) // the last block of the image counts as zero-padded
 	for i := range blocks {
 		b := buf[i*bs : (i+1)*bs]
-		if !isZero(b) {
+		if !sparse.IsZero(b) {
 			ix.Hashes[first+i] = sha256.Sum256(b)
 		}
 	}
 	return nil
-}
-
-// isZero reports whether b is all zeros: the first byte is zero and every byte equals
-// the one before it (bytes.Equal is vectorised).
-func isZero(b []byte) bool {
-	return len(b) == 0 || b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1])
-}
-
-// blockRegion is an inclusive run of blocks that holds data.
-type blockRegion struct{ first, last int64 }
-
-// dataRegions lists the blocks holding data according to SEEK_DATA/SEEK_HOLE,
-// rounded outwards to whole blocks and merged where they touch. Without SEEK_DATA
-// support the whole file is one region. (image/bmap has the same walk at its own
-// block size; the two packages stay independent.)
-func dataRegions(ctx context.Context, f *os.File, size, bs int64) ([]blockRegion, error) {
-	if size == 0 {
-		return nil, nil
-	}
-	lastBlock := blockCount(size, bs) - 1
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var regions []blockRegion
-	var seekErr error
-	err = rc.Control(func(fd uintptr) {
-		for off := int64(0); off < size; {
-			if seekErr = ctx.Err(); seekErr != nil {
-				return
-			}
-			data, err := unix.Seek(int(fd), off, unix.SEEK_DATA)
-			if errors.Is(err, unix.ENXIO) {
-				return
-			}
-			if off == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-				regions = []blockRegion{{0, lastBlock}}
-				return
-			}
-			if err != nil {
-				seekErr = fmt.Errorf("SEEK_DATA from offset %d: %w", off, err)
-				return
-			}
-			if data >= size {
-				return
-			}
-			hole, err := unix.Seek(int(fd), data, unix.SEEK_HOLE)
-			if err != nil {
-				seekErr = fmt.Errorf("SEEK_HOLE from offset %d: %w", data, err)
-				return
-			}
-			hole = min(hole, size)
-			r := blockRegion{data / bs, min((hole+bs-1)/bs-1, lastBlock)}
-			if n := len(regions); n > 0 && r.first <= regions[n-1].last+1 {
-				regions[n-1].last = max(regions[n-1].last, r.last)
-			} else {
-				regions = append(regions, r)
-			}
-			off = hole
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	return regions, seekErr
 }

@@ -1,7 +1,6 @@
 package bmap
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +12,7 @@ import (
 	"runtime"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // ScanOptions tunes Scan.
@@ -61,7 +60,7 @@ func Scan(ctx context.Context, f *os.File, opts ScanOptions) (*Map, error) {
 	if size == 0 {
 		return nil, fmt.Errorf("bmap: image %s is empty; bmaptool cannot use a map of an empty image", f.Name())
 	}
-	regions, err := dataRegions(ctx, f, size, int64(bs))
+	regions, err := sparse.DataRegions(ctx, f, size, int64(bs))
 	if err != nil {
 		return nil, fmt.Errorf("bmap: find data in %s: %w", f.Name(), err)
 	}
@@ -122,62 +121,6 @@ feed:
 	return m, nil
 }
 
-// blockRegion is an inclusive run of blocks that holds data.
-type blockRegion struct{ first, last int64 }
-
-// dataRegions lists the blocks that hold data according to SEEK_DATA/SEEK_HOLE,
-// rounding outwards to whole blocks and merging regions that touch after rounding.
-// On file systems without SEEK_DATA support the whole file is one region, which is
-// correct, only slower.
-func dataRegions(ctx context.Context, f *os.File, size, bs int64) ([]blockRegion, error) {
-	lastBlock := (size+bs-1)/bs - 1
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var regions []blockRegion
-	var seekErr error
-	err = rc.Control(func(fd uintptr) {
-		for off := int64(0); off < size; {
-			if seekErr = ctx.Err(); seekErr != nil {
-				return
-			}
-			data, err := unix.Seek(int(fd), off, unix.SEEK_DATA)
-			if errors.Is(err, unix.ENXIO) {
-				return // no data after off
-			}
-			if off == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-				regions = []blockRegion{{0, lastBlock}}
-				return
-			}
-			if err != nil {
-				seekErr = fmt.Errorf("SEEK_DATA from offset %d: %w", off, err)
-				return
-			}
-			if data >= size {
-				return
-			}
-			hole, err := unix.Seek(int(fd), data, unix.SEEK_HOLE)
-			if err != nil {
-				seekErr = fmt.Errorf("SEEK_HOLE from offset %d: %w", data, err)
-				return
-			}
-			hole = min(hole, size)
-			r := blockRegion{data / bs, min((hole+bs-1)/bs-1, lastBlock)}
-			if n := len(regions); n > 0 && r.first <= regions[n-1].last+1 {
-				regions[n-1].last = max(regions[n-1].last, r.last)
-			} else {
-				regions = append(regions, r)
-			}
-			off = hole
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	return regions, seekErr
-}
-
 // regionHasher turns one data region into ranges; each worker owns one, with its
 // read buffers.
 type regionHasher struct {
@@ -187,7 +130,7 @@ type regionHasher struct {
 	bufs     [][]byte
 }
 
-func (h *regionHasher) hash(ctx context.Context, reg blockRegion) ([]Range, error) {
+func (h *regionHasher) hash(ctx context.Context, reg sparse.Region) ([]Range, error) {
 	var (
 		out []Range
 		cur *Range
@@ -201,12 +144,12 @@ func (h *regionHasher) hash(ctx context.Context, reg blockRegion) ([]Range, erro
 		out = append(out, *cur)
 		cur = nil
 	}
-	start, end := reg.first*h.bs, min((reg.last+1)*h.bs, h.size)
+	start, end := reg.First*h.bs, min((reg.Last+1)*h.bs, h.size)
 	err := readPipelined(ctx, h.f, start, end, h.bufs, func(off int64, p []byte) error {
 		if !h.skipZero {
 			if cur == nil {
-				open(reg.first)
-				cur.Last = reg.last
+				open(reg.First)
+				cur.Last = reg.Last
 			}
 			sum.Write(p)
 			return nil
@@ -214,7 +157,7 @@ func (h *regionHasher) hash(ctx context.Context, reg blockRegion) ([]Range, erro
 		for i := 0; i < len(p); i += int(h.bs) {
 			b := p[i:min(i+int(h.bs), len(p))]
 			blk := (off + int64(i)) / h.bs
-			if isZero(b) {
+			if sparse.IsZero(b) {
 				if cur != nil {
 					closeRange()
 				}
@@ -235,13 +178,6 @@ func (h *regionHasher) hash(ctx context.Context, reg blockRegion) ([]Range, erro
 		closeRange()
 	}
 	return out, nil
-}
-
-// isZero reports whether b is all zeros: the first byte is zero and every byte equals
-// the one before it. bytes.Equal is vectorised, so this runs at memory speed without
-// a shared zero buffer.
-func isZero(b []byte) bool {
-	return len(b) == 0 || b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1])
 }
 
 // readPipelined reads [start, end) of f in buffer-sized pieces on one goroutine and

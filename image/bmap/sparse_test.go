@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // extent is a piece of a test image that holds written bytes: random data, or
@@ -61,7 +63,7 @@ func requireHoles(t testing.TB, dir string) {
 	if err := f.Truncate(1 << 20); err != nil {
 		t.Fatal(err)
 	}
-	regions, err := dataRegions(t.Context(), f, 1<<20, 4096)
+	regions, err := sparse.DataRegions(t.Context(), f, 1<<20, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // newEncoder returns the zstd encoder every partition layer is made with.
@@ -271,7 +273,7 @@ func packOutside(ctx context.Context, f *os.File, t *gptTable, size int64, tmp s
 			}
 			for i := 0; i < n; i += int(ss) {
 				sec := buf[i:min(i+int(ss), n)]
-				if isZero(sec) {
+				if sparse.IsZero(sec) {
 					continue
 				}
 				at := off + int64(i)

@@ -1,29 +1,20 @@
 package ociart
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // blockSize is the granularity of holes written on pull: the file system
 // block size of every Linux file system an image is written to.
 const blockSize = 4096
 
+// zeroBlock is read-only: the bytes handed out for holes.
 var zeroBlock [1 << 20]byte
-
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroBlock))
-		if !bytes.Equal(b[:n], zeroBlock[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
 
 // Linux lseek whence values for sparse files.
 const (
@@ -109,10 +100,10 @@ func (w *sparseWriter) Write(p []byte) (int, error) {
 		n := int(blockSize - w.off%blockSize)
 		n = min(n, len(p))
 		// Gather a run of blocks of the same kind.
-		zero := isZero(p[:n])
+		zero := sparse.IsZero(p[:n])
 		for n < len(p) {
 			m := min(blockSize, len(p)-n)
-			if isZero(p[n:n+m]) != zero {
+			if sparse.IsZero(p[n:n+m]) != zero {
 				break
 			}
 			n += m
