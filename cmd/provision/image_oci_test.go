@@ -2,51 +2,22 @@ package main
 
 import (
 	"bytes"
-	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/lekiwi/heartbeat/internal/registrytest"
 )
 
 // TestImagePushPull runs `provision image push` and `pull` against Debian's
 // docker-registry on loopback and compares the bytes.
 func TestImagePushPull(t *testing.T) {
-	if _, err := exec.LookPath("docker-registry"); err != nil {
-		t.Skip("docker-registry is not installed (Debian package in DEB_TEST)")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr, _ := registrytest.Start(t)
 	dir := t.TempDir()
-	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
-	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	reg := exec.Command("docker-registry", "serve", filepath.Join(dir, "config.yml"))
-	if err := reg.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("docker-registry did not start")
-		}
-	}
 
 	img := filepath.Join(dir, "robot.img")
 	d, err := diskfs.Create(img, 4<<20, diskfs.SectorSize512)

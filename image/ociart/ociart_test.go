@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lekiwi/heartbeat/internal/registrytest"
 )
 
 func need(t *testing.T, bin string) {
@@ -35,40 +35,7 @@ func need(t *testing.T, bin string) {
 // startRegistry runs Debian's docker-registry on a free loopback port with
 // storage in a temporary directory; it returns host:port and the storage
 // root.
-func startRegistry(t *testing.T) (addr, root string) {
-	t.Helper()
-	need(t, "docker-registry")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr = l.Addr().String()
-	l.Close()
-	dir := t.TempDir()
-	root = filepath.Join(dir, "data")
-	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", root, addr)
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("docker-registry", "serve", cfg)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return addr, root
-			}
-		}
-	}
-	t.Fatalf("docker-registry did not come up on %s:\n%s", addr, logs.String())
-	return "", ""
-}
+func startRegistry(t *testing.T) (addr, root string) { return registrytest.Start(t) }
 
 const mib = 1 << 20
 

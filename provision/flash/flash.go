@@ -47,6 +47,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
 // Phase is how far a target got.
@@ -402,7 +404,7 @@ func nonZeroRuns(b []byte, base int64) []extent {
 	var out []extent
 	for i := 0; i < len(b); i += zeroBlock {
 		blk := b[i:min(i+zeroBlock, len(b))]
-		if isZero(blk) {
+		if sparse.IsZero(blk) {
 			continue
 		}
 		off, end := base+int64(i), base+int64(i+len(blk))
@@ -414,10 +416,6 @@ func nonZeroRuns(b []byte, base int64) []extent {
 	}
 	return out
 }
-
-var zeros [zeroBlock]byte
-
-func isZero(b []byte) bool { return bytes.Equal(b, zeros[:len(b)]) }
 
 // writer writes one target.
 type writer struct {
