@@ -32,62 +32,101 @@ type Robot struct {
 	EnrollToken     string
 }
 
-// Apply writes r into the image at path.
+// Target is what ApplyTo writes into: an image file or a whole card (a
+// block device), anything readable and writable at offsets.
+type Target interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// Apply writes r into the image (or block device) at path.
 func Apply(path string, r Robot) error {
-	if r.RobotID == "" {
-		return fmt.Errorf("customize %s: --robot-id is required", path)
-	}
-	if (r.CertPEM == nil) != (r.KeyPEM == nil) {
-		return fmt.Errorf("customize %s: give both --cert and --key, or neither (then --enroll-token)", path)
-	}
-	if r.CertPEM == nil && r.EnrollToken == "" {
-		return fmt.Errorf("customize %s: give --cert and --key, or --enroll-token, so the robot can reach control", path)
-	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("customize: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	// Stat reports size 0 for a block device; its end is its size.
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("customize %s: find its size: %w", path, err)
+	}
+	if err := ApplyTo(f, size, path, r); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// ApplyTo writes r into the image of size bytes held by dev; name says
+// which target it is in errors. When dev has a Sync method (an *os.File),
+// it is called before returning, so a card can be pulled once ApplyTo
+// succeeds.
+func ApplyTo(dev Target, size int64, name string, r Robot) error {
+	if err := check(name, r); err != nil {
+		return err
+	}
+	if err := apply(dev, size, name, r); err != nil {
+		return fmt.Errorf("customize %s: %w", name, err)
+	}
+	if s, ok := dev.(interface{ Sync() error }); ok {
+		if err := s.Sync(); err != nil {
+			return fmt.Errorf("customize %s: sync: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// check refuses a robot that could never reach control.
+func check(name string, r Robot) error {
+	if r.RobotID == "" {
+		return fmt.Errorf("customize %s: --robot-id is required", name)
+	}
+	if (r.CertPEM == nil) != (r.KeyPEM == nil) {
+		return fmt.Errorf("customize %s: give both --cert and --key, or neither (then --enroll-token)", name)
+	}
+	if r.CertPEM == nil && r.EnrollToken == "" {
+		return fmt.Errorf("customize %s: give --cert and --key, or --enroll-token, so the robot can reach control", name)
+	}
+	return nil
+}
+
+func apply(f Target, size int64, name string, r Robot) error {
+	plan, err := layout.ReadGPT(f, size)
 	if err != nil {
 		return err
 	}
-	plan, err := layout.ReadGPT(f, st.Size())
-	if err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
-	}
 	if err := layout.CheckAB(plan); err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
+		return err
 	}
 	info, err := ReadInfo(f, plan)
 	if err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
+		return err
 	}
 	seed, err := hex.DecodeString(info.Seed)
 	if err != nil {
-		return fmt.Errorf("customize %s: image metadata has a bad seed: %w", path, err)
+		return fmt.Errorf("image metadata has a bad seed: %w", err)
 	}
 	p, err := profiles.Load(info.Profile)
 	if err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
+		return err
 	}
 	s, err := cloudinit.FromProfile(p, cloudinit.Identity{RobotID: r.RobotID, Hostname: r.Hostname})
 	if err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
+		return err
 	}
 	files, err := build.SeedFiles(s)
 	if err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
+		return err
 	}
 	for _, n := range []int{layout.BootA, layout.BootB} {
 		part := plan.Part(n)
 		fsys, err := fatfs.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
 		if err != nil {
-			return fmt.Errorf("customize %s: %s: %w", path, part.Name, err)
+			return fmt.Errorf("%s: %w", part.Name, err)
 		}
-		for name, b := range files {
-			if err := fsys.Overwrite(io.NewOffsetWriter(f, part.Start), name, b); err != nil {
-				return fmt.Errorf("customize %s: %s: %w", path, part.Name, err)
+		for file, b := range files {
+			if err := fsys.Overwrite(io.NewOffsetWriter(f, part.Start), file, b); err != nil {
+				return fmt.Errorf("%s: %w", part.Name, err)
 			}
 		}
 	}
@@ -108,13 +147,7 @@ func Apply(path string, r Robot) error {
 	}
 	robot[build.RobotEnvFile] = build.RobotFile{Data: []byte(env), Mode: 0o644}
 	part := plan.Part(layout.Persistent)
-	if err := build.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true); err != nil {
-		return fmt.Errorf("customize %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("customize %s: sync: %w", path, err)
-	}
-	return nil
+	return build.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true)
 }
 
 // ReadInfo reads the build metadata from boot_a.

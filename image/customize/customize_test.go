@@ -1,7 +1,9 @@
 package customize
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -23,26 +25,9 @@ func TestApplyWritesIdentityAndSeedInPlace(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
-	agent := filepath.Join(dir, "agent")
-	b := make([]byte, 64)
-	copy(b, "\x7fELF")
-	b[18] = 183
-	os.WriteFile(agent, b, 0o755)
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "robot.img")
-	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
-		t.Fatal(err)
-	}
+	img := buildImage(t, dir)
 	start := time.Now()
-	err = Apply(img, Robot{RobotID: "robot-0042", Hostname: "lekiwi-0042", CertPEM: []byte("CERT"), KeyPEM: []byte("KEY"), CAPEM: []byte("CA"), EnrollToken: "tok"})
+	err := Apply(img, Robot{RobotID: "robot-0042", Hostname: "lekiwi-0042", CertPEM: []byte("CERT"), KeyPEM: []byte("KEY"), CAPEM: []byte("CA"), EnrollToken: "tok"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,5 +71,85 @@ func TestApplyWritesIdentityAndSeedInPlace(t *testing.T) {
 	f.Close()
 	if err := Apply(img, Robot{RobotID: "r"}); err == nil {
 		t.Error("no credentials accepted")
+	}
+}
+
+// buildImage builds a small lekiwi image in dir, as provision image build
+// would.
+func buildImage(t *testing.T, dir string) string {
+	t.Helper()
+	epoch := time.Unix(1715000000, 0)
+	boot, root := tree.New(), tree.New()
+	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
+	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
+	agent := filepath.Join(dir, "agent")
+	b := make([]byte, 64)
+	copy(b, "\x7fELF")
+	b[18] = 183
+	if err := os.WriteFile(agent, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := profiles.Load("lekiwi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "robot.img")
+	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
+		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// memTarget is a target that is not a file: a card seen through some
+// other io.ReaderAt/io.WriterAt (a flash queue, a network disk).
+type memTarget struct{ b []byte }
+
+func (m *memTarget) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m *memTarget) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > int64(len(m.b)) {
+		return 0, fmt.Errorf("write of %d bytes at %d beyond the %d byte target", len(p), off, len(m.b))
+	}
+	return copy(m.b[off:], p), nil
+}
+
+// TestApplyToMatchesApply: customizing through the ReaderAt/WriterAt
+// interface gives byte for byte the image Apply gives on a file, and an
+// image placed on a larger target (a card bigger than the image) works.
+func TestApplyToMatchesApply(t *testing.T) {
+	dir := t.TempDir()
+	img := buildImage(t, dir)
+	orig, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Robot{RobotID: "lekiwi-7", Hostname: "lekiwi-7", EnrollToken: "lke_x", CAPEM: []byte("CA")}
+	if err := Apply(img, r); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(img)
+	if bytes.Equal(want, orig) {
+		t.Fatal("Apply changed nothing")
+	}
+	card := &memTarget{b: make([]byte, len(orig)+8<<20)}
+	copy(card.b, orig)
+	if err := ApplyTo(card, int64(len(card.b)), "mem", r); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(card.b[:len(want)], want) {
+		t.Fatal("ApplyTo on a larger in-memory card differs from Apply on the image file")
+	}
+	if err := ApplyTo(&memTarget{b: make([]byte, 1<<20)}, 1<<20, "blank", r); err == nil || !strings.Contains(err.Error(), "blank") {
+		t.Fatalf("blank target: %v, want an error naming it", err)
 	}
 }
