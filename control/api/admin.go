@@ -149,6 +149,23 @@ func (s *Server) createEnrollment(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
+// CACertificate is the answer of GET /v1/ca.
+type CACertificate struct {
+	Certificate string `json:"certificate"` // PEM
+}
+
+// caCertificate serves the fleet CA certificate, which images carry so
+// that robots trust control when they enroll (provision flash fetches it
+// with the engineer's token, over a connection the engineer already
+// trusts).
+func (s *Server) caCertificate(w http.ResponseWriter, r *http.Request) error {
+	if s.o.CA == nil {
+		return &apiError{http.StatusConflict, "no_ca", "this control node runs without a CA (--insecure): it has no CA certificate to give"}
+	}
+	writeJSON(w, http.StatusOK, CACertificate{Certificate: string(s.o.CA.CertPEM)})
+	return nil
+}
+
 // enroll trades a single-use token and a CSR for the robot's first
 // certificate. The robot's key never leaves the robot: only its CSR comes.
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {

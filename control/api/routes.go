@@ -56,6 +56,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Pattern: "/v1/cluster", Perm: auth.PermRead, Handle: s.cluster},
 		{Method: "POST", Pattern: "/v1/cluster/leave", Perm: auth.PermAdmin, Mutating: true, Handle: s.leaveCluster},
 		{Method: "DELETE", Pattern: "/v1/cluster/members/{id}", Perm: auth.PermAdmin, Mutating: true, Handle: s.removeMember},
+		{Method: "GET", Pattern: "/v1/ca", Perm: auth.PermRead, Handle: s.caCertificate},
 		{Method: "POST", Pattern: "/v1/enrollments", Perm: auth.PermConfigure, Mutating: true, Handle: s.createEnrollment},
 		{Method: "POST", Pattern: "/v1/robots/{id}/commands", Perm: auth.PermConfigure, Mutating: true, Handle: s.queueCommand},
 		{Method: "GET", Pattern: "/v1/commands/{id}", Perm: auth.PermRead, Handle: s.getCommand},
