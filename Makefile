@@ -69,6 +69,12 @@ bench: build
 clean:
 	rm -rf bin $(RUN_DIR)
 
+# Issue 6: provision flash vs bmaptool copy vs dd (4 GiB image, 1 GiB data,
+# file targets with fsync), and 4 vs 1 blkio-throttled loop devices (root).
+.PHONY: bench-flash
+bench-flash: build deps-test
+	$(GO) run ./testbench/cmd/flashbench --provision bin/provision
+
 # HA chaos acceptance (issue 4) at full size: 2 control nodes + witness as
 # real processes, 1,000 simulated agents; kill -9 of the leader, partition
 # (network namespace + iptables, needs root), rolling restart, witness loss.
