@@ -119,7 +119,7 @@ func TestProbeFixtures(t *testing.T) {
 					{Name: "mmcblk0", Kind: protocol.StorageSD, SizeBytes: 62333952 * 512},
 					{Name: "sda", Kind: protocol.StorageUSB, SizeBytes: 30031872 * 512, Removable: true, Model: "Cruzer Blade"},
 				},
-				USB:   []protocol.USBDevice{{Path: "2-1", Vendor: "0781", Product: "5567", Name: "Cruzer Blade", Manufacturer: "SanDisk", Serial: "4C530001"}},
+				USB: []protocol.USBDevice{{Path: "2-1", Vendor: "0781", Product: "5567", Name: "Cruzer Blade", Manufacturer: "SanDisk", Serial: "4C530001"}},
 			},
 		},
 	} {
