@@ -64,6 +64,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Handle: s.listTokens},
 		{Method: "POST", Pattern: "/v1/tokens", Perm: auth.PermAdmin, Mutating: true, Handle: s.createToken},
 		{Method: "DELETE", Pattern: "/v1/tokens/{id}", Perm: auth.PermAdmin, Mutating: true, Handle: s.revokeToken},
+		{Method: "POST", Pattern: "/v1/factory/events", Perm: auth.PermFactory, Mutating: true, Handle: s.factoryEvents},
+		{Method: "POST", Pattern: "/v1/factory/robots", Perm: auth.PermFactory, Mutating: true, Handle: s.factoryRobot},
 		{Method: "GET", Pattern: "/v1/admin/backup", Perm: auth.PermAdmin, Handle: s.backup},
 		{Method: "GET", Pattern: "/v1/admin/storage", Perm: auth.PermAdmin, Handle: s.storage},
 	}

@@ -24,9 +24,10 @@ func TestRolesGrantTheSeedPermissions(t *testing.T) {
 	want := map[Role]map[Permission]bool{
 		RoleOperator: {PermRead: true, PermTeleoperate: true},
 		RoleEngineer: {PermRead: true, PermDeploy: true, PermConfigure: true},
-		RoleAdmin:    {PermRead: true, PermTeleoperate: true, PermDeploy: true, PermConfigure: true, PermAdmin: true},
+		RoleAdmin:    {PermRead: true, PermTeleoperate: true, PermDeploy: true, PermConfigure: true, PermFactory: true, PermAdmin: true},
+		RoleNode:     {PermRead: true, PermFactory: true},
 	}
-	for _, r := range Roles() {
+	for _, r := range append(Roles(), RoleNode) {
 		for _, p := range Permissions() {
 			if got := r.Allows(p); got != want[r][p] {
 				t.Errorf("%s allows %s = %v, want %v", r, p, got, want[r][p])
@@ -36,8 +37,10 @@ func TestRolesGrantTheSeedPermissions(t *testing.T) {
 			t.Errorf("%s denied a public route", r)
 		}
 	}
-	if _, err := ParseRole("root"); err == nil {
-		t.Error("unknown role accepted")
+	for _, bad := range []string{"root", string(RoleNode)} {
+		if _, err := ParseRole(bad); err == nil {
+			t.Errorf("role %q accepted for a token", bad)
+		}
 	}
 }
 

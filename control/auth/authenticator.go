@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -53,15 +54,29 @@ type JWTVerifier interface {
 	Verify(ctx context.Context, raw string) (Principal, error)
 }
 
+// NodeVerifier checks a client certificate chain (leaf first) as a node
+// certificate of the fleet CA and returns the node's name.
+type NodeVerifier func(chain []*x509.Certificate, now time.Time) (name string, err error)
+
 // Authenticator checks credentials on requests.
 type Authenticator struct {
 	Tokens TokenLookup
 	OIDC   JWTVerifier // nil: JWTs are refused
-	Now    func() time.Time
+	// Nodes, when set, admits callers without an Authorization header that
+	// presented a node certificate over mTLS (netboot stations) as RoleNode.
+	Nodes NodeVerifier
+	Now   func() time.Time
 }
 
 // Authenticate returns the request's principal.
 func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request) (Principal, error) {
+	if r.Header.Get("Authorization") == "" && a.Nodes != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		name, err := a.Nodes(r.TLS.PeerCertificates, a.now())
+		if err != nil {
+			return Principal{}, fmt.Errorf("%w: client certificate is not a node certificate of this fleet: %v", ErrInvalid, err)
+		}
+		return Principal{Name: name, Role: RoleNode, Source: "node"}, nil
+	}
 	cred, err := ParseAuthorization(r.Header.Get("Authorization"))
 	if err != nil {
 		return Principal{}, err
@@ -90,10 +105,7 @@ func (a *Authenticator) token(ctx context.Context, cred string) (Principal, erro
 	if !SecretMatches(secret, rec.Hash) {
 		return Principal{}, fmt.Errorf("%w: token %s", ErrInvalid, id)
 	}
-	now := time.Now()
-	if a.Now != nil {
-		now = a.Now()
-	}
+	now := a.now()
 	if !rec.RevokedAt.IsZero() {
 		return Principal{}, fmt.Errorf("%w: token %s (%s) was revoked", ErrRevoked, id, rec.Name)
 	}
@@ -101,4 +113,11 @@ func (a *Authenticator) token(ctx context.Context, cred string) (Principal, erro
 		return Principal{}, fmt.Errorf("%w: token %s (%s) expired at %s", ErrExpired, id, rec.Name, rec.ExpiresAt.Format(time.RFC3339))
 	}
 	return Principal{Name: rec.Name, Role: rec.Role, TokenID: rec.ID, Source: "token"}, nil
+}
+
+func (a *Authenticator) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
 }

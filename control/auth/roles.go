@@ -13,6 +13,10 @@ const (
 	RoleOperator Role = "operator"
 	RoleEngineer Role = "engineer"
 	RoleAdmin    Role = "admin"
+	// RoleNode is held by callers that present a node certificate (netboot
+	// stations, control nodes, the witness) instead of a token. It is not a
+	// user role: no token can be made with it.
+	RoleNode Role = "node"
 )
 
 // Roles lists every role, least to most powerful.
@@ -38,11 +42,14 @@ const (
 	PermDeploy      Permission = "deploy"
 	PermConfigure   Permission = "configure"
 	PermAdmin       Permission = "admin"
+	// PermFactory is what a netboot station needs: report devices and
+	// factory steps, and mint one-time enrollments for robots it provisions.
+	PermFactory Permission = "factory"
 )
 
 // Permissions lists every permission that needs credentials.
 func Permissions() []Permission {
-	return []Permission{PermRead, PermTeleoperate, PermDeploy, PermConfigure, PermAdmin}
+	return []Permission{PermRead, PermTeleoperate, PermDeploy, PermConfigure, PermFactory, PermAdmin}
 }
 
 // Grants lists the permissions a role holds.
@@ -54,6 +61,8 @@ func (r Role) Grants() []Permission {
 		return []Permission{PermRead, PermDeploy, PermConfigure}
 	case RoleAdmin:
 		return Permissions()
+	case RoleNode:
+		return []Permission{PermRead, PermFactory}
 	}
 	return nil
 }

@@ -121,9 +121,14 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
+	authn := &auth.Authenticator{Tokens: st, OIDC: oidcVerifier}
+	if ca != nil {
+		// Netboot stations call the factory routes with their node certificate.
+		authn.Nodes = ca.VerifyNode
+	}
 	apiServer, err := api.New(st, api.Options{
 		Logger: log, Registerer: reg, Gatherer: reg, CA: ca,
-		Auth:              &auth.Authenticator{Tokens: st, OIDC: oidcVerifier},
+		Auth:              authn,
 		RobotCertLifetime: cfg.RobotCertLifetime, EnrollmentTTL: cfg.EnrollmentTTL,
 		RateLimit: rate.Limit(cfg.RateLimit), RateBurst: int(2 * cfg.RateLimit),
 		Revoked: func(id string) { gw.CloseRobot(id, "robot identity revoked") },

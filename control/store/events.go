@@ -20,6 +20,10 @@ const (
 	TypeTelemetryReported = "TelemetryReported"
 	TypeRobotEvent        = "RobotEvent"
 	TypeCommandResponse   = "CommandResponse"
+	// Reported by netboot stations (control/api factory routes): a device
+	// seen on the factory network, and a step of a board's factory run.
+	TypeDeviceSeen  = "DeviceSeen"
+	TypeFactoryStep = "FactoryStep"
 )
 
 // Event is one entry of the append-only log.
@@ -151,7 +155,7 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 // (possibly one that never connected) but must not create a robot.
 func robotEvent(t string) bool {
 	switch t {
-	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered:
+	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered, TypeDeviceSeen, TypeFactoryStep:
 		return false
 	}
 	return true
