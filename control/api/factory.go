@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"time"
 
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/store"
@@ -19,51 +18,26 @@ import (
 // The factory routes serve netboot stations, which authenticate with their
 // node certificate (role node, permission factory).
 
-// FactoryEvent is one event a station reports. Seq numbers the station's
-// stream from 1, so a station that resends a batch after a lost answer (or
-// replays its queue after control was away) is recognised.
-type FactoryEvent struct {
-	Seq     uint64          `json:"seq"`
-	Type    string          `json:"type"` // store.TypeDeviceSeen or store.TypeFactoryStep
-	Time    time.Time       `json:"time"` // when the station saw it
-	RobotID string          `json:"robot_id,omitempty"`
-	Data    json.RawMessage `json:"data"`
-}
-
-// FactoryEvents is the body of POST /v1/factory/events.
-type FactoryEvents struct {
-	// Stream names the station's event stream (e.g. its queue's id); with
-	// the station's name it scopes Seq.
-	Stream string         `json:"stream"`
-	Events []FactoryEvent `json:"events"`
-}
-
-// FactoryEventsAccepted answers POST /v1/factory/events.
-type FactoryEventsAccepted struct {
-	Stored     int `json:"stored"`
-	Duplicates int `json:"duplicates"`
-}
-
 var streamName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 func (s *Server) factoryEvents(w http.ResponseWriter, r *http.Request) error {
-	var req FactoryEvents
+	var req protocol.FactoryEvents
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
 	if !streamName.MatchString(req.Stream) {
 		return badRequest("stream %q must be 1-64 of letters, digits, '.', '_' and '-'", req.Stream)
 	}
-	if len(req.Events) == 0 || len(req.Events) > store.MaxAppendBatch {
-		return badRequest("send 1 to %d events per request, not %d", store.MaxAppendBatch, len(req.Events))
+	if len(req.Events) == 0 || len(req.Events) > protocol.MaxFactoryBatch {
+		return badRequest("send 1 to %d events per request, not %d", protocol.MaxFactoryBatch, len(req.Events))
 	}
 	p := principal(r)
 	stream := "station:" + p.Name + ":" + req.Stream
 	now := s.o.Now().UTC()
 	events := make([]store.Event, 0, len(req.Events))
 	for i, e := range req.Events {
-		if e.Type != store.TypeDeviceSeen && e.Type != store.TypeFactoryStep {
-			return badRequest("event %d: type %q is not %s or %s", i, e.Type, store.TypeDeviceSeen, store.TypeFactoryStep)
+		if e.Type != protocol.EventDeviceSeen && e.Type != protocol.EventFactoryStep {
+			return badRequest("event %d: type %q is not %s or %s", i, e.Type, protocol.EventDeviceSeen, protocol.EventFactoryStep)
 		}
 		if e.Seq == 0 {
 			return badRequest("event %d: seq must start at 1", i)
@@ -88,7 +62,7 @@ func (s *Server) factoryEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var out FactoryEventsAccepted
+	var out protocol.FactoryEventsAccepted
 	for _, r := range res {
 		if r.Duplicate {
 			out.Duplicates++
@@ -100,33 +74,13 @@ func (s *Server) factoryEvents(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// FactoryRobotRequest is the body of POST /v1/factory/robots: a station
-// asks for the identity of a board it matched to a profile.
-type FactoryRobotRequest struct {
-	Serial  string `json:"serial"`  // the Pi's serial, 8 or 16 hex digits
-	Profile string `json:"profile"` // lekiwi, xle
-}
-
-// FactoryRobot answers it: the robot id the board gets and a one-time
-// enrollment token the robot trades for its certificate at first boot.
-type FactoryRobot struct {
-	RobotID   string    `json:"robot_id"`
-	Token     string    `json:"token"`
-	ExpiresAt time.Time `json:"expires_at"`
-	CA        string    `json:"ca"` // PEM: the robot trusts control with it
-}
-
 var serialPattern = regexp.MustCompile(`^[0-9a-f]{8}([0-9a-f]{8})?$`)
-
-// FactoryRobotID is the robot id of a board: its profile and serial, so that
-// a retried factory run gives the same board the same id.
-func FactoryRobotID(profile, serial string) string { return profile + "-" + serial }
 
 func (s *Server) factoryRobot(w http.ResponseWriter, r *http.Request) error {
 	if s.o.CA == nil {
 		return &apiError{http.StatusConflict, "no_ca", "this control node runs without a CA (--insecure): it cannot enroll robots"}
 	}
-	var req FactoryRobotRequest
+	var req protocol.FactoryRobotRequest
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
@@ -134,7 +88,7 @@ func (s *Server) factoryRobot(w http.ResponseWriter, r *http.Request) error {
 	if !serialPattern.MatchString(req.Serial) {
 		return badRequest("serial %q must be 8 or 16 hex digits (the Pi's serial)", req.Serial)
 	}
-	id := FactoryRobotID(req.Profile, req.Serial)
+	id := protocol.FactoryRobotID(req.Profile, req.Serial)
 	if err := protocol.ValidRobotID(id); err != nil {
 		return badRequest("profile %q: %v", req.Profile, err)
 	}
@@ -153,6 +107,6 @@ func (s *Server) factoryRobot(w http.ResponseWriter, r *http.Request) error {
 	if err := s.store.CreateEnrollment(r.Context(), id, auth.HashSecret(token), exp, principal(r).Actor(), now); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, FactoryRobot{RobotID: id, Token: token, ExpiresAt: exp, CA: string(s.o.CA.CertPEM)})
+	writeJSON(w, http.StatusCreated, protocol.FactoryRobot{RobotID: id, Token: token, ExpiresAt: exp, CA: string(s.o.CA.CertPEM)})
 	return nil
 }

@@ -83,7 +83,7 @@ func TestFactoryRoutesNeedANodeCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := FactoryRobotRequest{Serial: "d83add01", Profile: "lekiwi"}
+	req := protocol.FactoryRobotRequest{Serial: "d83add01", Profile: "lekiwi"}
 	for _, c := range []struct {
 		name   string
 		client *http.Client
@@ -110,16 +110,16 @@ func TestFactoryRoutesNeedANodeCertificate(t *testing.T) {
 func TestFactoryRobotEnrollsOnce(t *testing.T) {
 	st, ca, srv := factoryServer(t)
 	station := nodeClient(t, srv, ca, "station-1")
-	for _, bad := range []FactoryRobotRequest{{Serial: "xyz", Profile: "lekiwi"}, {Serial: "d83add01", Profile: "Bad_Profile"}} {
+	for _, bad := range []protocol.FactoryRobotRequest{{Serial: "xyz", Profile: "lekiwi"}, {Serial: "d83add01", Profile: "Bad_Profile"}} {
 		if code, body := post(t, station, srv.URL+"/v1/factory/robots", bad); code != http.StatusBadRequest {
 			t.Errorf("%+v: %d %s", bad, code, body)
 		}
 	}
-	code, body := post(t, station, srv.URL+"/v1/factory/robots", FactoryRobotRequest{Serial: "D83ADD01", Profile: "xle"})
+	code, body := post(t, station, srv.URL+"/v1/factory/robots", protocol.FactoryRobotRequest{Serial: "D83ADD01", Profile: "xle"})
 	if code != http.StatusCreated {
 		t.Fatalf("%d %s", code, body)
 	}
-	var fr FactoryRobot
+	var fr protocol.FactoryRobot
 	json.Unmarshal(body, &fr)
 	if fr.RobotID != "xle-d83add01" || !strings.HasPrefix(fr.Token, EnrollmentTokenPrefix) || !strings.Contains(fr.CA, "BEGIN CERTIFICATE") {
 		t.Fatalf("answer %+v", fr)
@@ -130,7 +130,7 @@ func TestFactoryRobotEnrollsOnce(t *testing.T) {
 		t.Fatalf("enroll with the factory token: %v %v", err, resp.Status)
 	}
 	resp.Body.Close()
-	code, body = post(t, station, srv.URL+"/v1/factory/robots", FactoryRobotRequest{Serial: "d83add01", Profile: "xle"})
+	code, body = post(t, station, srv.URL+"/v1/factory/robots", protocol.FactoryRobotRequest{Serial: "d83add01", Profile: "xle"})
 	if code != http.StatusConflict || !strings.Contains(string(body), "revoke it first") {
 		t.Fatalf("second identity for an enrolled board: %d %s", code, body)
 	}
@@ -153,13 +153,13 @@ func TestFactoryEventsAreIdempotent(t *testing.T) {
 	st, ca, srv := factoryServer(t)
 	station := nodeClient(t, srv, ca, "station-1")
 	now := time.Now().UTC()
-	batch := FactoryEvents{Stream: "q1", Events: []FactoryEvent{
+	batch := protocol.FactoryEvents{Stream: "q1", Events: []protocol.FactoryEvent{
 		{Seq: 1, Type: store.TypeDeviceSeen, Time: now, Data: json.RawMessage(`{"mac":"d8:3a:dd:01:02:03","model":"Raspberry Pi 5"}`)},
 		{Seq: 2, Type: store.TypeFactoryStep, Time: now, RobotID: "lekiwi-d83add01", Data: json.RawMessage(`{"step":"identity","status":"waiting"}`)},
 	}}
-	for i, want := range []FactoryEventsAccepted{{Stored: 2}, {Duplicates: 2}} {
+	for i, want := range []protocol.FactoryEventsAccepted{{Stored: 2}, {Duplicates: 2}} {
 		code, body := post(t, station, srv.URL+"/v1/factory/events", batch)
-		var got FactoryEventsAccepted
+		var got protocol.FactoryEventsAccepted
 		json.Unmarshal(body, &got)
 		if code != 200 || got != want {
 			t.Fatalf("send %d: %d %s, want %+v", i+1, code, body, want)
@@ -168,9 +168,9 @@ func TestFactoryEventsAreIdempotent(t *testing.T) {
 	if _, err := st.Robot(context.Background(), "lekiwi-d83add01"); err == nil {
 		t.Fatal("a factory step created a robot in the projection")
 	}
-	for _, bad := range []FactoryEvents{
-		{Stream: "q1", Events: []FactoryEvent{{Seq: 3, Type: store.TypeRobotConnected, Time: now, Data: json.RawMessage(`{}`)}}},
-		{Stream: "q1", Events: []FactoryEvent{{Seq: 0, Type: store.TypeDeviceSeen, Time: now, Data: json.RawMessage(`{}`)}}},
+	for _, bad := range []protocol.FactoryEvents{
+		{Stream: "q1", Events: []protocol.FactoryEvent{{Seq: 3, Type: store.TypeRobotConnected, Time: now, Data: json.RawMessage(`{}`)}}},
+		{Stream: "q1", Events: []protocol.FactoryEvent{{Seq: 0, Type: store.TypeDeviceSeen, Time: now, Data: json.RawMessage(`{}`)}}},
 		{Stream: "bad stream!", Events: batch.Events},
 		{Stream: "q1"},
 	} {

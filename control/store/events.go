@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // Event types written by control. Robot-originated events keep the agent's
@@ -22,8 +24,8 @@ const (
 	TypeCommandResponse   = "CommandResponse"
 	// Reported by netboot stations (control/api factory routes): a device
 	// seen on the factory network, and a step of a board's factory run.
-	TypeDeviceSeen  = "DeviceSeen"
-	TypeFactoryStep = "FactoryStep"
+	TypeDeviceSeen  = protocol.EventDeviceSeen
+	TypeFactoryStep = protocol.EventFactoryStep
 )
 
 // Event is one entry of the append-only log.
