@@ -101,7 +101,7 @@ func MatchHardware(buses []ObservedBus, profiles []*Profile) Match {
 		}
 		if len(silent) > 0 {
 			msg += fmt.Sprintf("; no motor answered on %s: check the motors' power supply and the cable from the servo adapter to the first motor", strings.Join(silent, ", "))
-		} else {
+		} else if len(broken) == 0 {
 			msg += ": no servo adapter found; plug the robot's servo adapter(s) into the Pi's USB ports"
 		}
 		m.Reason = withNotes(msg, notes)

@@ -1,7 +1,8 @@
 // Command agent is the Lekiwi Heartbeat robot agent: `agent run` is the
 // daemon systemd starts on every robot; `agent systemd-unit` prints its unit
-// file; `agent version` prints the build. All logic lives in agent/...;
-// this is flags around it.
+// file; `agent version` prints the build; `agent factory probe` reports the
+// board and its servo buses in the provisioning environment. All logic
+// lives in agent/...; this is flags around it.
 package main
 
 import (
@@ -60,7 +61,7 @@ and resent after a reconnect or a reboot.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRunCmd(lookupEnv), newUnitCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(lookupEnv), newUnitCmd(), newVersionCmd(), newFactoryCmd())
 	return root
 }
 
