@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Journal events.
@@ -38,8 +40,9 @@ type Journal struct {
 	now  func() time.Time
 }
 
-// OpenJournal opens (or creates) the journal at path for appending and
-// returns what it already holds. A last line cut short by a crash is
+// OpenJournal opens (or creates) the journal at path for appending, locks
+// it against other processes until Close, and returns what it already
+// holds. A last line cut short by a crash is
 // dropped: its append never returned, so no card got that identity.
 func OpenJournal(path string, now func() time.Time) (*Journal, []Record, error) {
 	if now == nil {
@@ -48,6 +51,11 @@ func OpenJournal(path string, now func() time.Time) (*Journal, []Record, error) 
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open identity journal: %w", err)
+	}
+	// Two benches sharing one batch file would hand out the same rows.
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("identity journal %s is in use by another provision run (%w): give each bench its own batch file", path, err)
 	}
 	data, err := io.ReadAll(f)
 	if err != nil {

@@ -36,6 +36,9 @@ func TestJournalSurvivesATornLastLine(t *testing.T) {
 	if err := j.Append(EventOK, "kiwi-1", "/dev/sdb, slot 2", ""); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, err := OpenJournal(path, nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second open of a journal in use: %v", err)
+	}
 	j.Close()
 	recs = readJournal(t, path)
 	if len(recs) != 2 || LastEvents(recs)["kiwi-1"] != EventOK || recs[1].Target != "/dev/sdb, slot 2" {
