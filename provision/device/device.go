@@ -24,6 +24,9 @@ type Info struct {
 	Serial    string
 	Size      int64 // bytes
 	Removable bool
+	// ReadOnly is the kernel's view (sysfs "ro"): an SD card with its lock
+	// switch on, or a write-protected drive.
+	ReadOnly bool
 	// Partitions are the kernel names of its partitions (sdb1, sdb2).
 	Partitions []string
 }
@@ -32,6 +35,9 @@ func (i Info) String() string {
 	rem := "fixed"
 	if i.Removable {
 		rem = "removable"
+	}
+	if i.ReadOnly {
+		rem += ", read-only"
 	}
 	return fmt.Sprintf("%s: %s, %.1f GB, serial %s, %s", i.Path, orUnknown(i.Model), float64(i.Size)/1e9, orUnknown(i.Serial), rem)
 }
@@ -47,6 +53,10 @@ func orUnknown(s string) string {
 type Roots struct {
 	Sys       string // default /sys
 	MountInfo string // default /proc/self/mountinfo
+	// Dev is where device nodes are (default /dev): Inspect resolves
+	// symlinks there, Watch names devices there and opens empty card-reader
+	// slots so the kernel looks for newly inserted media.
+	Dev string
 }
 
 func (r Roots) withDefaults() Roots {
@@ -55,6 +65,9 @@ func (r Roots) withDefaults() Roots {
 	}
 	if r.MountInfo == "" {
 		r.MountInfo = "/proc/self/mountinfo"
+	}
+	if r.Dev == "" {
+		r.Dev = "/dev"
 	}
 	return r
 }
@@ -78,6 +91,7 @@ func Describe(devPath string, roots Roots) (Info, error) {
 	}
 	info.Size = sectors * 512 // sysfs counts 512-byte sectors whatever the device's
 	info.Removable = readString(filepath.Join(dir, "removable")) == "1"
+	info.ReadOnly = readString(filepath.Join(dir, "ro")) == "1"
 	// SD cards behind USB readers report removable media; MMC slots do
 	// not, but an mmcblk device with an SD card type is one.
 	if t := readString(filepath.Join(dir, "device", "type")); t == "SD" {
@@ -127,6 +141,9 @@ func Check(info Info, p Policy, roots Roots) error {
 			}
 		}
 	}
+	if info.ReadOnly {
+		return fmt.Errorf("%s is write-protected: slide the lock switch on the SD card (or its adapter) away from LOCK and reinsert it: %w", info.Path, ErrRefused)
+	}
 	if !p.Force && !info.Removable {
 		return fmt.Errorf("%s is not removable (%s): it looks like an internal disk; pass --force if it really is a card or drive to flash: %w", info.Path, info, ErrRefused)
 	}
@@ -134,6 +151,21 @@ func Check(info Info, p Policy, roots Roots) error {
 		return fmt.Errorf("%s is %.1f GB, larger than --max-size %.1f GB: not an SD card? pass --force or raise --max-size: %w", info.Path, float64(info.Size)/1e9, float64(p.MaxSize)/1e9, ErrRefused)
 	}
 	return nil
+}
+
+// Inspect is what `provision flash` runs on each target before asking for
+// confirmation: it resolves a symlink such as /dev/disk/by-id/usb-… to the
+// kernel's device, describes it, and applies Check. The Info is returned with
+// a refusal too, so that it can be shown.
+func Inspect(devPath string, roots Roots, p Policy) (Info, error) {
+	if real, err := filepath.EvalSymlinks(devPath); err == nil {
+		devPath = real
+	}
+	info, err := Describe(devPath, roots)
+	if err != nil {
+		return Info{}, err
+	}
+	return info, Check(info, p, roots)
 }
 
 type mount struct {
