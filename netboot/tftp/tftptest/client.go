@@ -350,7 +350,7 @@ func ParseOACK(p []byte) (map[string]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("OACK option %q has no NUL-terminated value", name)
 		}
-		key := string(bytes.ToLower(name))
+		key := asciiLower(name) // option names are ASCII; leave other bytes as they are
 		if key == "" {
 			return nil, errors.New("OACK has an empty option name")
 		}
@@ -361,4 +361,14 @@ func ParseOACK(p []byte) (map[string]string, error) {
 		body = rest
 	}
 	return opts, nil
+}
+
+func asciiLower(b []byte) string {
+	out := []byte(string(b))
+	for i, c := range out {
+		if 'A' <= c && c <= 'Z' {
+			out[i] = c + 'a' - 'A'
+		}
+	}
+	return string(out)
 }
