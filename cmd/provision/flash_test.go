@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,5 +69,86 @@ func TestFlashCLI(t *testing.T) {
 	stdout, _, err = execute(nil, "flash", "--image", img, good1)
 	if err != nil || !strings.Contains(stdout, "TARGET") || !strings.Contains(stdout, "ok") {
 		t.Fatalf("table output: %v\n%s", err, stdout)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{{"512GB", 512e9, true}, {"1TB", 1e12, true}, {"64GiB", 64 << 30, true}, {"0", 0, true}, {"1.5T", 1.5e12, true},
+		{"12 gb", 12e9, true}, {"lots", 0, false}, {"-1GB", 0, false}, {"5GBX", 0, false}} {
+		got, err := parseSize(c.in)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("parseSize(%q) = %d, %v", c.in, got, err)
+		}
+	}
+}
+
+// A block device through the CLI: a loop device is not removable, so it
+// is refused without --force; with --force, nobody can confirm on a
+// non-terminal stdin without --yes; a typed "no" declines; --yes flashes it
+// with O_DIRECT and a row of a batch file, recorded in the JSON.
+func TestFlashCLIBlockDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a loop device")
+	}
+	dir := t.TempDir()
+	raw := make([]byte, 8<<20)
+	copy(raw, "header")
+	for i := 3 << 20; i < 4<<20; i++ {
+		raw[i] = byte(i * 13)
+	}
+	img := filepath.Join(dir, "robot.img")
+	os.WriteFile(img, raw, 0o644)
+	back := filepath.Join(dir, "card")
+	os.WriteFile(back, bytes.Repeat([]byte("OLD CARD"), 2<<20), 0o600)
+	out, err := exec.Command("losetup", "--find", "--show", back).Output()
+	if err != nil {
+		t.Skipf("losetup: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+
+	if _, _, err := execute(nil, "flash", "--image", img, dev); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("non-removable loop device: %v", err)
+	}
+	null, _ := os.Open(os.DevNull)
+	defer null.Close()
+	run := func(stdin io.Reader, args ...string) (string, string, error) {
+		var o, e bytes.Buffer
+		root := newRoot(&o, &e, func(string) (string, bool) { return "", false })
+		root.SetIn(stdin)
+		root.SetArgs(args)
+		err := root.Execute()
+		return o.String(), e.String(), err
+	}
+	if _, _, err := run(null, "flash", "--force", "--image", img, dev); err == nil || !strings.Contains(err.Error(), "pass --yes") {
+		t.Fatalf("no terminal, no --yes: %v", err)
+	}
+	_, stderr, err := run(strings.NewReader("no\n"), "flash", "--force", "--image", img, dev)
+	if err == nil || !strings.Contains(err.Error(), "not confirmed") || !strings.Contains(stderr, dev) || !strings.Contains(stderr, "OVERWRITTEN") {
+		t.Fatalf("declined: %v\n%s", err, stderr)
+	}
+	if head, _ := os.ReadFile(back); !bytes.HasPrefix(head, []byte("OLD CARD")) {
+		t.Fatal("the card was written although the technician said no")
+	}
+	stdout, stderr, err := run(null, "flash", "--force", "--yes", "--output", "json", "--image", img, dev)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	var rows []struct {
+		Target string `json:"target"`
+		OK     bool   `json:"ok"`
+		Direct bool   `json:"direct_io"`
+		Size   int64  `json:"device_size"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rows); err != nil || len(rows) != 1 || !rows[0].OK || !rows[0].Direct || rows[0].Size != 16<<20 {
+		t.Fatalf("rows %+v (%v)\n%s", rows, err, stdout)
+	}
+	got, _ := os.ReadFile(back)
+	if !bytes.Equal(got[:len(raw)], raw) {
+		t.Fatal("the card does not hold the image")
 	}
 }

@@ -1,6 +1,7 @@
-// Command provision is the technician's tool: for now `provision ca ...`
-// creates and inspects the fleet's certificate authority and issues node
-// certificates. All logic lives in control/pki; this is flags around it.
+// Command provision is the technician's tool: the fleet CA (`provision
+// ca`), robot images (`provision image`) and the flashing bench
+// (`provision flash`). The logic lives in control/pki, image/... and
+// provision/...; this is flags around them.
 // It is CGO-free so it cross-compiles to a Pi (linux/arm64).
 package main
 
@@ -41,14 +42,18 @@ func buildVersion() string {
 func newRoot(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "provision",
-		Short: "Lekiwi Heartbeat technician tool: certificate authority (images and flashing to come)",
+		Short: "Lekiwi Heartbeat technician tool: certificate authority, robot images, flashing cards",
 		Long: `provision is the technician's bench tool for the Lekiwi Heartbeat fleet.
 
-Today it manages the fleet's certificate authority (CA): the CA signs a
-certificate for every control node, witness and netboot station (node
-certificates, made here) and for every robot (made by control when a robot
-enrolls or renews). Whoever holds ca.key can mint any identity in the fleet:
-keep it encrypted, offline, and backed up.`,
+  provision ca      the fleet's certificate authority (CA): it signs a
+                    certificate for every control node, witness and netboot
+                    station (node certificates, made here) and for every
+                    robot (made by control when a robot enrolls or renews).
+                    Whoever holds ca.key can mint any identity in the fleet:
+                    keep it encrypted, offline, and backed up.
+  provision image   build, customize, inspect, push and pull A/B robot images
+  provision flash   write an image to many SD cards or NVMe drives at once,
+                    verified, each card with its own robot identity`,
 		Example: `  # A new fleet: create the CA, protected by a passphrase kept in a file.
   provision ca init --dir ./fleet-ca --passphrase-file ~/.lekiwi-ca-pass
 
@@ -64,7 +69,7 @@ keep it encrypted, offline, and backed up.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newCACmd(lookupEnv), newVersionCmd(), newImageCmd(lookupEnv), newFlash())
+	root.AddCommand(newCACmd(lookupEnv), newVersionCmd(), newImageCmd(lookupEnv), newFlash(lookupEnv))
 	return root
 }
 
