@@ -11,6 +11,7 @@
 package tftp
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -256,7 +257,10 @@ func (s *Server) serve(ctx context.Context, rf io.ReaderFrom, t *Transfer) error
 	}
 	// body deliberately hides Seek: pin/tftp would seek to find the size,
 	// and a Read before any data goes out is how a probe is told apart.
-	body := &contextReader{ctx: ctx, r: io.NewSectionReader(content, 0, size)}
+	// The buffer turns one pread per block into one per 128 KiB (no more
+	// than the file needs, as many small files are in flight at once).
+	bufSize := int(min(size, 128<<10))
+	body := &contextReader{ctx: ctx, r: bufio.NewReaderSize(io.NewSectionReader(content, 0, size), bufSize)}
 	key := statsKey(t.Client, t.Path)
 	s.stats.Store(key, (*pintftp.TransferStats)(nil))
 	n, err := rf.ReadFrom(body)
