@@ -91,3 +91,57 @@ type FactoryRobot struct {
 // FactoryRobotID is the robot id a board gets: its profile and serial, so a
 // retried factory run gives the same board the same id.
 func FactoryRobotID(profile, serial string) string { return profile + "-" + serial }
+
+// Robot (the provisioning environment, `agent factory run`) ⇄ netboot
+// station, over plain HTTP on the factory LAN. The station puts its URL and
+// a one-time board token into the kernel command line it serves to each
+// serial (KernelArgStation, KernelArgToken); the robot sends the token as
+// "Authorization: Bearer <token>" on every call, so only the board that
+// booted the station's files can report for its serial.
+const (
+	StationReportPath   = "/factory/v1/report"   // POST HardwareReport → StationPlan
+	StationPlanPath     = "/factory/v1/plan"     // GET → StationPlan (poll while Action is wait)
+	StationProgressPath = "/factory/v1/progress" // POST StationProgress → 204
+	StationImagePath    = "/factory/v1/image"    // GET, Range supported; StationImagePath+".bmap" the block map
+
+	KernelArgStation = "lekiwi.station" // lekiwi.station=http://10.0.0.1:8080
+	KernelArgToken   = "lekiwi.token"   // lekiwi.token=<board token>
+)
+
+// Plan actions.
+const (
+	PlanWait    = "wait"    // come back after RetryAfterSeconds (identity pending: control unreachable)
+	PlanHold    = "hold"    // a technician must act: Reason says what
+	PlanInstall = "install" // write the image and identity, then report and reboot
+	PlanDone    = "done"    // nothing to do (already installed)
+)
+
+// StationPlan is what the station wants the board to do next.
+type StationPlan struct {
+	Action            string `json:"action"`
+	Reason            string `json:"reason,omitempty"`
+	RetryAfterSeconds int    `json:"retry_after_seconds,omitempty"`
+	Profile           string `json:"profile,omitempty"`
+	// Identity, for PlanInstall: written onto the installed disk with
+	// image/customize after the image verified.
+	RobotID     string `json:"robot_id,omitempty"`
+	Hostname    string `json:"hostname,omitempty"`
+	EnrollToken string `json:"enroll_token,omitempty"`
+	CAPEM       string `json:"ca_pem,omitempty"`
+	// ImageSize is the raw image size; the image is at StationImagePath.
+	ImageSize    int64  `json:"image_size,omitempty"`
+	ImageVersion string `json:"image_version,omitempty"`
+	// Storage is the device name (from the report) to install onto; the
+	// station prefers NVMe over eMMC over SD.
+	Storage string `json:"storage,omitempty"`
+}
+
+// StationProgress is a step of the board's run, reported to the station
+// (which forwards it to control as a FactoryStep).
+type StationProgress struct {
+	Step   string `json:"step"`   // probe, install, verify, identity, reboot
+	Status string `json:"status"` // started, done, failed
+	Detail string `json:"detail,omitempty"`
+	Done   int64  `json:"done,omitempty"` // bytes, for install/verify
+	Total  int64  `json:"total,omitempty"`
+}
