@@ -25,8 +25,8 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/collect"
-	"github.com/lekiwi/heartbeat/agent/factory/revision"
 	"github.com/lekiwi/heartbeat/agent/servo"
+	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -117,10 +117,14 @@ func readBoard(procRoot string) (protocol.BoardInfo, error) {
 	if hw.Revision == "" {
 		return b, fmt.Errorf("board identity: no revision code in %s/cpuinfo or the device tree: not a Raspberry Pi?", procRoot)
 	}
-	dec, err := revision.Parse(hw.Revision)
-	b.Type, b.BoardRevision, b.MemoryMB, b.Manufacturer, b.Processor = dec.Type, dec.Revision, dec.MemoryMB, dec.Manufacturer, dec.Processor
-	if b.Model == "" {
-		b.Model = dec.Model
+	rev, err := pi.ParseRevision(hw.Revision)
+	if err != nil {
+		return b, fmt.Errorf("board identity: %w", err)
+	}
+	dec, err := rev.Decode()
+	b.Type, b.BoardRevision, b.MemoryMB, b.Manufacturer, b.Processor = dec.Model, dec.PCBRevision, dec.MemoryMB, dec.Manufacturer, dec.Processor
+	if b.Model == "" && dec.Model != "" {
+		b.Model = "Raspberry Pi " + dec.Model
 	}
 	if err != nil {
 		return b, fmt.Errorf("board identity: %w", err)
