@@ -157,9 +157,11 @@ func runFlash(cmd *cobra.Command, f flashFlags, targets []string, lookupEnv func
 
 	stderr := cmd.ErrOrStderr()
 	var rep progress.Reporter
-	if file, ok := stderr.(*os.File); ok && f.output == "table" && term.IsTerminal(int(file.Fd())) {
+	if file, ok := stderr.(*os.File); ok && f.output == "table" && term.IsTerminal(int(file.Fd())) && termWidth(file) >= 60 {
 		rep = progress.NewBars(stderr, 0)
 	} else {
+		// Not a terminal, or one that reports no size (mpb would draw
+		// nothing): plain lines.
 		rep = progress.NewLines(stderr, 2*time.Second, nil)
 	}
 	job := bench.Job{
@@ -437,4 +439,12 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size such as 256GB or 1TB", s)
 	}
 	return int64(v * float64(mult)), nil
+}
+
+func termWidth(f *os.File) int {
+	w, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return w
 }
