@@ -312,4 +312,3 @@ func fetchBmap(ctx context.Context, client *http.Client, url string) (*bmap.Map,
 	}
 	return m, nil
 }
-
