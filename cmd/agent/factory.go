@@ -19,7 +19,53 @@ func newFactoryCmd() *cobra.Command {
 		Use:   "factory",
 		Short: "Factory floor steps, run in the netboot provisioning environment",
 	}
-	cmd.AddCommand(newFactoryProbeCmd())
+	cmd.AddCommand(newFactoryProbeCmd(), newFactoryRunCmd())
+	return cmd
+}
+
+func newFactoryRunCmd() *cobra.Command {
+	var (
+		o                          factory.RunOptions
+		procRoot, sysRoot, devRoot string
+		noReboot                   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Probe, report to the netboot station, install the image and identity, reboot",
+		Long: `Run is the factory run of the provisioning initramfs. It probes the board,
+reports it to the netboot station and does what the station's plan says:
+wait (for the robot's identity from control), hold (a technician must fix
+the robot: the reason is printed, and the board checks again by itself),
+or install: stream the image onto the storage device the station chose,
+verify it, write the robot's identity, and reboot into the new system.
+
+The station URL and the board token come from the kernel command line
+(lekiwi.station=, lekiwi.token=) unless given. Each step is reported to the
+station; a failed step is retried, and an image already on the disk is not
+written again. When a step still fails the command exits non-zero with the
+reason.`,
+		Example: `  agent factory run
+  agent factory run --station http://10.0.0.1:8080 --token T --no-reboot`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Probe = factory.Options{ProcRoot: procRoot, SysRoot: sysRoot, DevRoot: devRoot}
+			o.Log = cmd.ErrOrStderr()
+			if noReboot {
+				o.Reboot = func() error {
+					fmt.Fprintln(cmd.OutOrStdout(), "factory run finished: not rebooting (--no-reboot)")
+					return nil
+				}
+			}
+			return factory.Run(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.StationURL, "station", "", "station URL (default: lekiwi.station= on the kernel command line)")
+	f.StringVar(&o.Token, "token", "", "board token (default: lekiwi.token= on the kernel command line)")
+	f.StringVar(&procRoot, "proc", "/proc", "procfs root")
+	f.StringVar(&sysRoot, "sys", "/sys", "sysfs root")
+	f.StringVar(&devRoot, "dev", "/dev", "device directory (serial ports, and the disk to install onto)")
+	f.BoolVar(&noReboot, "no-reboot", false, "do not reboot at the end")
 	return cmd
 }
 

@@ -1,0 +1,94 @@
+package factory
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// maxCmdline bounds what is read of /proc/cmdline (the kernel's own limit is
+// a few KiB; anything far longer is not a kernel command line).
+const maxCmdline = 64 << 10
+
+// KernelArgs parses a kernel command line into its key=value arguments,
+// the way the kernel splits it: on white space, with double quotes keeping
+// spaces inside a value (`key="a b"`, also `"key=a b"`). Bare flags map to
+// "". When a key repeats, the last one wins, as for the kernel's own
+// parameters.
+func KernelArgs(cmdline string) map[string]string {
+	args := map[string]string{}
+	var word strings.Builder
+	inQuote, inWord := false, false
+	flush := func() {
+		if inWord {
+			k, v, _ := strings.Cut(word.String(), "=")
+			args[k] = v
+		}
+		word.Reset()
+		inWord = false
+	}
+	for _, c := range cmdline {
+		switch {
+		case c == '"':
+			inQuote = !inQuote
+			inWord = true
+		case !inQuote && (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 0):
+			flush()
+		default:
+			word.WriteRune(c)
+			inWord = true
+		}
+	}
+	flush()
+	return args
+}
+
+// StationFromCmdline reads the station URL and the board token the station
+// put on the kernel command line it served (protocol.KernelArgStation,
+// protocol.KernelArgToken) from procRoot/cmdline.
+func StationFromCmdline(procRoot string) (stationURL, token string, err error) {
+	path := filepath.Join(procRoot, "cmdline")
+	f, err := os.Open(path)
+	if err != nil {
+		return "", "", fmt.Errorf("read the kernel command line for the station URL: %w (pass --station and --token)", err)
+	}
+	defer f.Close()
+	buf := make([]byte, maxCmdline)
+	n, _ := f.Read(buf)
+	args := KernelArgs(string(buf[:n]))
+	stationURL, token = args[protocol.KernelArgStation], args[protocol.KernelArgToken]
+	if stationURL == "" || token == "" {
+		return "", "", fmt.Errorf("%s has no %s=… and %s=…: this board was not booted by a netboot station (pass --station and --token to run by hand)", path, protocol.KernelArgStation, protocol.KernelArgToken)
+	}
+	return stationURL, token, nil
+}
+
+// checkStationURL accepts http(s)://host[:port] with an optional path
+// prefix, and returns it without a trailing slash.
+func checkStationURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("station URL %q: %w", s, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("station URL %q: want http://host:port (the station's address on the factory LAN)", s)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}
+
+// checkToken refuses a token that cannot go into an HTTP header.
+func checkToken(t string) error {
+	if t == "" {
+		return fmt.Errorf("board token is empty")
+	}
+	for _, c := range t {
+		if c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("board token has a character %q that cannot be sent in a header", c)
+		}
+	}
+	return nil
+}
