@@ -30,6 +30,9 @@ var xzHeaderMagic = []byte{0xFD, '7', 'z', 'X', 'Z', 0x00}
 // index that lists every block's compressed and uncompressed size. Concatenated
 // streams (and stream padding) are followed back to the start of the file.
 func xzSize(r io.ReaderAt, length int64) (int64, error) {
+	if length < 24 {
+		return 0, fmt.Errorf("xz: %d bytes cannot hold a stream (truncated or not an xz file)", length)
+	}
 	var total int64
 	end := length
 	for streams := 0; end > 0; streams++ {
