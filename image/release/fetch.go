@@ -383,4 +383,3 @@ func (s *SlotChunks) ReadChunk(h Hash, p []byte) (bool, error) {
 	}
 	return true, nil
 }
-

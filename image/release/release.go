@@ -120,7 +120,7 @@ type Config struct {
 	Chunking        Chunking    `json:"chunking"`
 	Partitions      []Partition `json:"partitions"`
 	Packs           []Pack      `json:"packs"`
-	Chunks          []ChunkRef     `json:"chunks"`
+	Chunks          []ChunkRef  `json:"chunks"`
 }
 
 // Chunking records the chunker; a robot refuses any other.
