@@ -298,3 +298,47 @@ func TestHTTPContextCancel(t *testing.T) {
 		t.Fatal("read did not stop after cancel")
 	}
 }
+
+// Close ends a read that waits for a slow server, and releases the
+// connection.
+func TestHTTPCloseDuringRead(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".bmap") {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(2*mib))
+		w.WriteHeader(http.StatusOK)
+		w.Write(make([]byte, 4096))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	src, err := Open(context.Background(), srv.URL+"/slow.img", fastRetry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := src.ReadAt(make([]byte, 2*mib), 0); done <- err }()
+	time.Sleep(100 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- src.Close() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read of a closed source succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("read did not stop after Close")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}

@@ -57,7 +57,7 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry, doubled for each next
 	// one up to 10 s; default 500 ms.
 	RetryBackoff time.Duration
-	// Progress, if set, is called from the goroutine reading the source with
+	// Progress, if set, is called from a goroutine of the source with
 	// the bytes of the file or download read so far (compressed bytes for a
 	// compressed source) and its total, -1 if unknown. Not called for raw
 	// files, which flash's own progress covers, nor for registry pulls (see
@@ -202,28 +202,32 @@ func openCompressedFile(path string, opts Options) (Source, error) {
 	if opts.Progress != nil {
 		in = &counting{r: f, total: fi.Size(), progress: opts.Progress}
 	}
-	return newStream(path, size, from, m, in, ext, f.Close)
+	// A local read never blocks for long: nothing to unblock.
+	return newStream(path, size, from, m, in, ext, func() {}, f.Close)
 }
 
-// newStream decompresses in (ext "" for none) behind a read-ahead; closeIn
-// closes what in reads from.
-func newStream(name string, size int64, from string, m *bmap.Map, in io.Reader, ext string, closeIn func() error) (*stream, error) {
+// newStream decompresses in (ext "" for none) behind a read-ahead. On Close,
+// unblock stops a read of in that may be waiting (it may run while the
+// read-ahead goroutine reads), and release, called once that goroutine has
+// ended, frees what in reads from.
+func newStream(name string, size int64, from string, m *bmap.Map, in io.Reader, ext string, unblock func(), release func() error) (*stream, error) {
 	var r = in
 	closeDec := func() {}
 	if ext != "" {
 		dr, cl, err := sparse.Decompress(in, ext)
 		if err != nil {
-			closeIn()
+			unblock()
+			release()
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		r, closeDec = dr, cl
 	}
 	ra := newReadahead(r, 1<<20, 4)
 	closeAll := func() error {
-		err := closeIn() // unblocks the read-ahead if it waits on the file or network
+		unblock()
 		ra.Close()
 		closeDec()
-		return err
+		return release()
 	}
 	return &stream{name: name, size: size, sizeFrom: from, m: m, r: ra, closers: []func() error{closeAll}}, nil
 }
@@ -231,6 +235,11 @@ func newStream(name string, size int64, from string, m *bmap.Map, in io.Reader, 
 // chooseSize settles the decompressed size: the explicit one, the block map's,
 // or what detect finds in the file; any two that are known must agree.
 func chooseSize(name string, m *bmap.Map, explicit int64, detect func() (int64, string, error)) (int64, string, error) {
+	if m != nil {
+		if err := m.Validate(); err != nil {
+			return 0, "", fmt.Errorf("%s: its block map: %w (fix or delete it to flash without a map)", name, err)
+		}
+	}
 	if m != nil && explicit > 0 && m.ImageSize != explicit {
 		return 0, "", fmt.Errorf("%s: the given size %d differs from the %d bytes its block map describes", name, explicit, m.ImageSize)
 	}
@@ -338,7 +347,7 @@ func openURL(ctx context.Context, url string, opts Options) (Source, error) {
 		cancel()
 		return nil, err
 	}
-	closeIn := func() error { cancel(); return d.Close() }
+	closeIn := func() error { cancel(); return d.Close() } // before the read-ahead starts
 	var in io.Reader = d
 	var size int64
 	var from string
@@ -378,7 +387,9 @@ func openURL(ctx context.Context, url string, opts Options) (Source, error) {
 			return nil, err
 		}
 	}
-	return newStream(url, size, from, m, in, ext, closeIn)
+	// Cancelling the request's context ends a read of its body; the body
+	// itself is closed once the read-ahead goroutine is done with it.
+	return newStream(url, size, from, m, in, ext, cancel, d.Close)
 }
 
 // pulled is an image pulled from a registry into a temporary directory.
