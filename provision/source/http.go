@@ -38,7 +38,6 @@ type download struct {
 	body    io.ReadCloser
 	off     int64 // bytes delivered
 	total   int64 // -1 when the server did not say
-	resumes int   // successful reconnects, for tests and messages
 	lastErr error
 }
 
@@ -176,7 +175,6 @@ func (d *download) resume() error {
 				return fmt.Errorf("download %s: asked to resume at byte %d, the server answered Content-Range %q: cannot resume", d.url, d.off, resp.Header.Get("Content-Range"))
 			}
 			d.body = resp.Body
-			d.resumes++
 			return nil
 		case resp.StatusCode == http.StatusOK:
 			resp.Body.Close()
