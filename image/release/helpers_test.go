@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+
 	"github.com/lekiwi/heartbeat/image/layout"
 )
 
@@ -205,3 +207,8 @@ func writeAll(t testing.TB, f *Fetcher, names ...string) map[string][]byte {
 	}
 	return out
 }
+
+// anonymous authenticates as nobody (no keychain lookups in tests).
+type anonymous struct{}
+
+func (anonymous) Authorization() (*authn.AuthConfig, error) { return &authn.AuthConfig{}, nil }
