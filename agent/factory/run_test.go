@@ -584,6 +584,49 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("onto a loop device", func(t *testing.T) {
+		// The real target: flash.OpenBlockTarget (O_DIRECT, O_EXCL) for the
+		// image, a buffered descriptor for the identity.
+		if os.Geteuid() != 0 {
+			t.Skip("needs root for a loop device")
+		}
+		if _, err := exec.LookPath("losetup"); err != nil {
+			t.Skip("losetup not installed (mount)")
+		}
+		h := newHarness(t, img, lekiwiBus)
+		out, err := exec.Command("losetup", "--find", "--show", h.dev).Output()
+		if err != nil {
+			t.Skipf("losetup: %v (no loop devices here?)", err)
+		}
+		loop := strings.TrimSpace(string(out))
+		detached := false
+		detach := func() {
+			if !detached {
+				detached = true
+				if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
+					t.Errorf("losetup -d %s: %v %s", loop, err, out)
+				}
+			}
+		}
+		defer detach()
+		// the disk the plan names is the loop device
+		node := filepath.Join(h.opts.Probe.DevRoot, "mmcblk0")
+		if err := os.Rename(node, node+".backing"); err != nil {
+			t.Fatal(err)
+		}
+		h.dev = node + ".backing"
+		if err := os.Symlink(loop, node); err != nil {
+			t.Fatal(err)
+		}
+		h.opts.OpenTarget = nil
+		if err := h.run(); err != nil {
+			t.Fatalf("%v\n%s", err, h.log.String())
+		}
+		detach()
+		h.checkInstalled()
+		equalTrail(t, h.st.trail(), fullRun...)
+	})
+
 	t.Run("a dropped stream resumes", func(t *testing.T) {
 		h := newHarness(t, img, lekiwiBus)
 		h.st.dropAt = img.size / 2
