@@ -68,9 +68,6 @@ type Options struct {
 	Registry ociart.Options
 }
 
-// Compression suffixes handled as streams.
-var compressions = []string{".xz", ".zst", ".gz"}
-
 // Kind is how Open reads a reference.
 type Kind string
 
@@ -131,8 +128,9 @@ func isRegistryRef(ref string) bool {
 	return err == nil
 }
 
+// compression is the compression suffix of path handled as a stream, or "".
 func compression(path string) string {
-	for _, c := range compressions {
+	for _, c := range [...]string{".xz", ".zst", ".gz"} {
 		if strings.HasSuffix(path, c) {
 			return c
 		}
