@@ -70,6 +70,7 @@ func newRoot(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *c
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newCACmd(lookupEnv), newVersionCmd(), newImageCmd(lookupEnv), newFlash(lookupEnv))
+	root.AddCommand(newReleaseCmd(lookupEnv))
 	return root
 }
 
