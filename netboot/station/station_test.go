@@ -128,7 +128,7 @@ type bench struct {
 	imageData          []byte
 }
 
-func newBench(t *testing.T) *bench {
+func newBench(t testing.TB) *bench {
 	t.Helper()
 	dir := t.TempDir()
 	b := &bench{boot: filepath.Join(dir, "boot"), state: filepath.Join(dir, "state"), image: filepath.Join(dir, "robot.img")}
@@ -166,7 +166,7 @@ type running struct {
 	stop func()
 }
 
-func (b *bench) start(t *testing.T, ctl Control, mod ...func(*Config)) *running {
+func (b *bench) start(t testing.TB, ctl Control, mod ...func(*Config)) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := Config{StateDir: b.state, BootDir: b.boot, Image: b.image, ImageVersion: "2025.1",
@@ -255,7 +255,7 @@ var tokenArg = regexp.MustCompile(`(?m)\blekiwi\.token=([0-9a-f]+)\n?$`)
 
 // netboot does what a Pi bootloader does with the station's files and
 // returns the board token from its cmdline.txt.
-func (r *running) netboot(t *testing.T, serial string) (token, config, cmdline string) {
+func (r *running) netboot(t testing.TB, serial string) (token, config, cmdline string) {
 	t.Helper()
 	c := tftptest.Client{Server: netip.MustParseAddrPort(r.TFTPAddr().String()), Timeout: 2 * time.Second}
 	ctx := context.Background()
