@@ -64,7 +64,7 @@ func buildTestImage(t *testing.T) testImage {
 	}
 	img := filepath.Join(dir, "robot.img")
 	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
+		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20, Persistent: 16 << 20}}); err != nil {
 		t.Fatal(err)
 	}
 	ti := testImage{path: img}
@@ -625,6 +625,23 @@ func TestRun(t *testing.T) {
 		detach()
 		h.checkInstalled()
 		equalTrail(t, h.st.trail(), fullRun...)
+	})
+
+	t.Run("an image of another profile", func(t *testing.T) {
+		h := newHarness(t, img, lekiwiBus)
+		h.st.decide = func(int, *protocol.HardwareReport) protocol.StationPlan {
+			p := h.st.installPlan()
+			p.Profile = "xle"
+			return p
+		}
+		err := h.run()
+		if err == nil || !strings.Contains(err.Error(), "served a lekiwi image for a xle robot") {
+			t.Fatalf("error %v", err)
+		}
+		equalTrail(t, h.st.trail(), append(fullRun[:len(fullRun)-3:len(fullRun)-3], "identity/started", "identity/failed")...)
+		if h.reboots.Load() != 0 || len(h.st.imageGets) != 1 || len(h.sleeps) != 0 {
+			t.Errorf("reboots %d, image downloads %d, waits %v: want a permanent failure, no retry", h.reboots.Load(), len(h.st.imageGets), h.sleeps)
+		}
 	})
 
 	t.Run("a dropped stream resumes", func(t *testing.T) {
