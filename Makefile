@@ -44,6 +44,8 @@ build: deps
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent ./cmd/agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -ldflags '$(LDFLAGS)' -o bin/agent-linux-arm64 ./cmd/agent
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/provision ./cmd/provision
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/netboot ./cmd/netboot
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -ldflags '$(LDFLAGS)' -o bin/netboot-linux-arm64 ./cmd/netboot
 	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/fleet ./testbench/cmd/fleet
 
 # One control node on an embedded default data dir plus 50 simulated robots.
@@ -56,6 +58,7 @@ test: deps-test
 	$(GO) vet -tags $(TAGS) ./...
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provision
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/netboot
 	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/... ./control/pki/... ./control/auth/... ./cmd/provision/...
 	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 ./...
 

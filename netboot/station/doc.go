@@ -25,8 +25,11 @@
 // board, replaced atomically, so a station restart loses nothing.
 //
 // The board's side of the contract (`agent factory run`): POST the report,
-// GET the plan until it is not "wait", and report progress. It reports
-// step "install" status "done" only once the image is written and verified
-// and the identity is on the disk, right before it reboots: from then on
-// the station forgets the enrollment token and answers PlanDone.
+// GET the plan until it is not "wait", and report progress: probe, install
+// (image written), verify, identity, reboot. Step "identity" status "done"
+// means the identity is on the disk after the image verified — the last
+// step before the reboot: from then on the station forgets the enrollment
+// token and answers PlanDone. An earlier "install done" only says the image
+// bytes are written; a board that restarts after it still gets its plan
+// (and identity) again.
 package station

@@ -78,8 +78,10 @@ func TestBoardFromSeenToInstalledThroughControlOutage(t *testing.T) {
 
 	for _, p := range []protocol.StationProgress{
 		{Step: StepInstall, Status: StatusStarted, Total: 100},
-		{Step: StepVerify, Status: StatusDone, Done: 100, Total: 100},
 		{Step: StepInstall, Status: StatusDone, Done: 100, Total: 100},
+		{Step: StepVerify, Status: StatusDone, Done: 100, Total: 100},
+		{Step: StepIdentity, Status: StatusStarted},
+		{Step: StepIdentity, Status: StatusDone},
 		{Step: StepReboot, Status: StatusStarted},
 	} {
 		if code := st.call(t, "POST", protocol.StationProgressPath, token, p, nil); code != http.StatusNoContent {

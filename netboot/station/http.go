@@ -255,12 +255,14 @@ func (s *Station) handleProgress(w http.ResponseWriter, r *http.Request) {
 	b.Done, b.Total = p.Done, p.Total
 	switch {
 	case b.Installed && p.Status != StatusFailed:
-		// After install done the board is at "online"; later reports
+		// After identity done the board is at "online"; later reports
 		// (reboot) are forwarded but do not move it back.
 		s.addEvent(protocol.EventFactoryStep, b.RobotID, protocol.FactoryStep{Serial: serial, Step: p.Step, Status: p.Status, Profile: b.Profile, Detail: p.Detail})
 		s.saveLocked(b)
-	case p.Step == StepInstall && p.Status == StatusDone:
-		s.setStepLocked(b, StepInstall, StatusDone, p.Detail)
+	case p.Step == StepIdentity && p.Status == StatusDone:
+		// The board wrote its identity after the image verified: the run
+		// is over (see the package notes).
+		s.setStepLocked(b, StepIdentity, StatusDone, "written on "+b.Storage+": "+p.Detail)
 		b.Installed = true
 		b.Identity = nil // the enrollment token is on the robot's disk now; forget it
 		s.setStepLocked(b, StepOnline, StatusWaiting, "installed on "+b.Storage+": waiting for robot "+b.RobotID+" to come online")

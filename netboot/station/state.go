@@ -66,7 +66,8 @@ type Board struct {
 	Hostname string    `json:"hostname,omitempty"`
 	Storage  string    `json:"storage,omitempty"` // device the image goes onto
 	Identity *Identity `json:"identity,omitempty"`
-	// Installed is set when the board reported install done.
+	// Installed is set when the board reported its identity written (the
+	// last step before its reboot).
 	Installed bool `json:"installed,omitempty"`
 
 	// Done and Total are the last byte counts the board reported.
@@ -78,7 +79,7 @@ type Board struct {
 }
 
 // Identity is what control gave the board: kept until the board reported
-// install done (a board that fails halfway retries with the same one).
+// the identity is written (a board that fails halfway retries with the same one).
 type Identity struct {
 	Profile     string    `json:"profile"`
 	RobotID     string    `json:"robot_id"`
