@@ -1,0 +1,63 @@
+package protocol
+
+import "time"
+
+// Over-the-air updates (issue 8): control sends an "update" command; the
+// agent reports every state change of the update as an event of type
+// EventUpdate whose data is UpdateState.
+
+// CommandUpdate is the Command.Name of an update; its Args are UpdateArgs.
+const CommandUpdate = "update"
+
+// EventUpdate is the Event.Type of an update state change.
+const EventUpdate = "update"
+
+// UpdateArgs tell an agent what to install.
+type UpdateArgs struct {
+	DeploymentID string `json:"deployment_id"`
+	// Release is the signed release artifact, by digest
+	// (registry/repo@sha256:…): what was approved is what is installed.
+	Release string `json:"release"`
+	Version string `json:"version"`
+	// HealthTimeoutSeconds bounds the trial boot's health check (default
+	// the agent's own, 300 s).
+	HealthTimeoutSeconds int `json:"health_timeout_seconds,omitempty"`
+	// Rollback asks the agent to go back to its previous slot (a deployment
+	// rolled back) instead of installing Release.
+	Rollback bool `json:"rollback,omitempty"`
+}
+
+// Update states, in order; failed and rolled_back end an update.
+const (
+	UpdateDownloading = "downloading"
+	UpdateWriting     = "writing"
+	UpdateVerifying   = "verifying"
+	UpdateArmed       = "armed"     // trial boot armed, rebooting
+	UpdateTrial       = "trial"     // running the new slot on trial, health check in progress
+	UpdateCommitted   = "committed" // the new slot is the default
+	UpdateRolledBack  = "rolled_back"
+	UpdateFailed      = "failed" // nothing changed on the robot (e.g. refused artifact, download failed)
+	UpdateDeferred    = "deferred"
+)
+
+// UpdateState is the data of an EventUpdate event.
+type UpdateState struct {
+	DeploymentID string    `json:"deployment_id"`
+	Version      string    `json:"version"`
+	State        string    `json:"state"`
+	Reason       string    `json:"reason,omitempty"` // why it failed, rolled back or was deferred
+	Slot         string    `json:"slot,omitempty"`   // the slot being written or tried
+	Done         int64     `json:"done,omitempty"`   // bytes, while downloading or writing
+	Total        int64     `json:"total,omitempty"`
+	Downloaded   int64     `json:"downloaded,omitempty"` // bytes fetched over the network (delta)
+	Since        time.Time `json:"since,omitzero"`
+}
+
+// Terminal reports whether the state ends an update.
+func (s UpdateState) Terminal() bool {
+	switch s.State {
+	case UpdateCommitted, UpdateRolledBack, UpdateFailed:
+		return true
+	}
+	return false
+}
