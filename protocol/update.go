@@ -3,13 +3,13 @@ package protocol
 import "time"
 
 // Over-the-air updates (issue 8): control sends an "update" command; the
-// agent reports every state change of the update as an event of type
+// agent reports every state change of the update as an Event of Kind
 // EventUpdate whose data is UpdateState.
 
 // CommandUpdate is the Command.Name of an update; its Args are UpdateArgs.
 const CommandUpdate = "update"
 
-// EventUpdate is the Event.Type of an update state change.
+// EventUpdate is the Event.Kind of an update state change.
 const EventUpdate = "update"
 
 // UpdateArgs tell an agent what to install.
