@@ -37,8 +37,8 @@ func (s *Station) Handler() http.Handler {
 	mux.HandleFunc("POST "+protocol.StationReportPath, s.handleReport)
 	mux.HandleFunc("GET "+protocol.StationPlanPath, s.handlePlan)
 	mux.HandleFunc("POST "+protocol.StationProgressPath, s.handleProgress)
-	mux.HandleFunc("GET "+protocol.StationImagePath, func(w http.ResponseWriter, r *http.Request) { s.serveFile(w, r, s.cfg.Image) })
-	mux.HandleFunc("GET "+protocol.StationImagePath+".bmap", func(w http.ResponseWriter, r *http.Request) { s.serveFile(w, r, s.cfg.Image+".bmap") })
+	mux.HandleFunc("GET "+protocol.StationImagePath, func(w http.ResponseWriter, r *http.Request) { s.serveFile(w, r, s.requestedImage(r).path) })
+	mux.HandleFunc("GET "+protocol.StationImagePath+".bmap", func(w http.ResponseWriter, r *http.Request) { s.serveFile(w, r, s.requestedImage(r).path+".bmap") })
 	mux.HandleFunc("GET "+StatusPath, s.handleStatus)
 	if s.cfg.Gatherer != nil {
 		mux.Handle("GET "+MetricsPath, promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
@@ -217,7 +217,7 @@ func (s *Station) planLocked(b *Board) protocol.StationPlan {
 	case b.Identity != nil:
 		return protocol.StationPlan{Action: protocol.PlanInstall, Profile: b.Profile,
 			RobotID: b.Identity.RobotID, Hostname: b.Hostname, EnrollToken: b.Identity.EnrollToken, CAPEM: b.Identity.CAPEM,
-			ImageSize: s.imageSize, ImageVersion: s.cfg.ImageVersion, Storage: b.Storage}
+			ImageSize: s.imageFor(b.Profile).size, ImageVersion: s.imageFor(b.Profile).version, Storage: b.Storage}
 	case b.Report == nil:
 		return protocol.StationPlan{Action: protocol.PlanWait, RetryAfterSeconds: retry, Reason: "no hardware report yet: POST " + protocol.StationReportPath + " first"}
 	default:
@@ -259,6 +259,14 @@ func (s *Station) handleProgress(w http.ResponseWriter, r *http.Request) {
 		// (reboot) are forwarded but do not move it back.
 		s.addEvent(protocol.EventFactoryStep, b.RobotID, protocol.FactoryStep{Serial: serial, Step: p.Step, Status: p.Status, Profile: b.Profile, Detail: p.Detail})
 		s.saveLocked(b)
+	case p.Step == StepProbe && p.Status != StatusFailed && b.Report != nil && b.Step != StepBoot && b.Step != StepProbe:
+		// The board reports its probe done after the report's answer, when
+		// the station has already acted on the report (held the board, or
+		// asked control): forwarded, but the board stays where the station
+		// put it — else a held board would lose its hold, and one waiting
+		// for control would drop out of the identity loop.
+		s.addEvent(protocol.EventFactoryStep, b.RobotID, protocol.FactoryStep{Serial: serial, Step: p.Step, Status: p.Status, Profile: b.Profile, Detail: p.Detail})
+		s.saveLocked(b)
 	case p.Step == StepIdentity && p.Status == StatusDone:
 		// The board wrote its identity after the image verified: the run
 		// is over (see the package notes).
@@ -270,6 +278,20 @@ func (s *Station) handleProgress(w http.ResponseWriter, r *http.Request) {
 		s.setStepLocked(b, p.Step, p.Status, p.Detail)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// requestedImage is the image of the profile of the board whose token the
+// request carries (the factory run sends it on every call), else Image.
+func (s *Station) requestedImage(r *http.Request) robotImage {
+	profile := ""
+	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		s.mu.Lock()
+		if serial, known := s.tokens[strings.TrimSpace(token)]; known {
+			profile = s.boards[serial].Profile
+		}
+		s.mu.Unlock()
+	}
+	return s.imageFor(profile)
 }
 
 // serveFile serves the image or its block map with Range support. The

@@ -59,6 +59,12 @@ type Config struct {
 	// ImageVersion is told to boards in the plan; default the image's file
 	// name.
 	ImageVersion string
+	// ProfileImages are the images for boards matched to a profile
+	// (profile name → raw image, its .bmap next to it; the plan's version
+	// is the file name). A board whose profile is not listed gets Image.
+	// A floor making LeKiwi and XLE robots needs both: an image is built
+	// for one profile, and a board refuses an image of another.
+	ProfileImages map[string]string
 
 	// HTTPAddr and TFTPAddr are the listen addresses; defaults ":8080"
 	// and ":69". Port 0 picks a free port (tests).
@@ -108,17 +114,18 @@ const DefaultKernelArgs = "console=serial0,115200 console=tty1 rdinit=/init"
 
 // Station is a running netboot station. Make it with New, serve with Run.
 type Station struct {
-	cfg       Config
-	log       *slog.Logger
-	now       func() time.Time
-	control   Control
-	store     *boardStore
-	outbox    *outbox.Outbox
-	boot      *bootFiles
-	tftp      *tftp.Server
-	dhcp      *dhcp.Server
-	metrics   *metrics
-	imageSize int64
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	control Control
+	store   *boardStore
+	outbox  *outbox.Outbox
+	boot    *bootFiles
+	tftp    *tftp.Server
+	dhcp    *dhcp.Server
+	metrics *metrics
+	image   robotImage            // Image
+	images  map[string]robotImage // ProfileImages
 
 	httpLn   net.Listener
 	tftpConn *net.UDPConn
@@ -188,16 +195,14 @@ func New(cfg Config) (_ *Station, err error) {
 		}
 	}()
 
-	st, err := os.Stat(cfg.Image)
-	if err != nil {
-		return nil, fmt.Errorf("station: the robot image: %w", err)
+	if s.image, err = openRobotImage(cfg.Image, cfg.ImageVersion); err != nil {
+		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("station: the robot image %s is not a regular file (give the raw image, with its .bmap next to it)", cfg.Image)
-	}
-	s.imageSize = st.Size()
-	if s.cfg.ImageVersion == "" {
-		s.cfg.ImageVersion = filepath.Base(cfg.Image)
+	s.images = map[string]robotImage{}
+	for profile, path := range cfg.ProfileImages {
+		if s.images[profile], err = openRobotImage(path, ""); err != nil {
+			return nil, fmt.Errorf("%w (the image for profile %s)", err, profile)
+		}
 	}
 
 	if s.store, err = openBoardStore(cfg.StateDir); err != nil {
@@ -267,6 +272,34 @@ func New(cfg Config) (_ *Station, err error) {
 	}
 	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
+}
+
+// robotImage is an image the station serves.
+type robotImage struct {
+	path, version string
+	size          int64
+}
+
+func openRobotImage(path, version string) (robotImage, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return robotImage{}, fmt.Errorf("station: the robot image: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return robotImage{}, fmt.Errorf("station: the robot image %s is not a regular file (give the raw image, with its .bmap next to it)", path)
+	}
+	if version == "" {
+		version = filepath.Base(path)
+	}
+	return robotImage{path: path, version: version, size: st.Size()}, nil
+}
+
+// imageFor is the image for a board of profile.
+func (s *Station) imageFor(profile string) robotImage {
+	if img, ok := s.images[profile]; ok {
+		return img
+	}
+	return s.image
 }
 
 // HTTPAddr is the bound HTTP address; TFTPAddr the bound TFTP address;
