@@ -76,9 +76,9 @@ type Options struct {
 	StateDir, CacheDir string
 	// Store, if set, keeps the state instead of StateDir's file (tests
 	// model what a power cut does to it).
-	Store Store
-	Profile            string // the robot's profile: a release of another is refused
-	AgentVersion       string // this agent's version, against the release's minimum
+	Store        Store
+	Profile      string // the robot's profile: a release of another is refused
+	AgentVersion string // this agent's version, against the release's minimum
 	// CurrentVersion is the running image's version (image.json); it names
 	// what the old slot holds for a later rollback.
 	CurrentVersion string
