@@ -544,4 +544,3 @@ func TestUDPPeerOfTeleopProcess(t *testing.T) {
 		}
 	}
 }
-
