@@ -22,6 +22,10 @@ type UpdateArgs struct {
 	// HealthTimeoutSeconds bounds the trial boot's health check (default
 	// the agent's own, 300 s).
 	HealthTimeoutSeconds int `json:"health_timeout_seconds,omitempty"`
+	// HealthRetries is how many times the agent re-runs a failed trial-boot
+	// health check before rolling back (default 0: the first failure rolls
+	// back).
+	HealthRetries int `json:"health_retries,omitempty"`
 	// Rollback asks the agent to go back to its previous slot (a deployment
 	// rolled back) instead of installing Release.
 	Rollback bool `json:"rollback,omitempty"`
