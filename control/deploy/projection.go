@@ -77,7 +77,7 @@ type Deployment struct {
 	// FailedAck is the failure count an engineer accepted by resuming a
 	// deployment a threshold had paused; thresholds count failures beyond
 	// it (the batch threshold counts those of batches started after).
-	FailedAck      int `json:"failed_ack,omitempty"`
+	FailedAck     int `json:"failed_ack,omitempty"`
 	AckAfterBatch int `json:"ack_after_batch"`
 	// Version is the sequence of the newest event applied.
 	Version int64           `json:"version"`

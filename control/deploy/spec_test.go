@@ -98,7 +98,7 @@ func TestValidate(t *testing.T) {
 // FuzzSpec decodes a deployment request as the API does: no input may
 // panic, and an accepted spec must plan exactly its robots.
 func FuzzSpec(f *testing.F) {
-	f.Add([]byte(`{"release":"r/x@sha256:` + strings.Repeat("a", 64) + `","version":"1","strategy":"canary","canary":"10%","batch_size":3}`), 17)
+	f.Add([]byte(`{"release":"r/x@sha256:`+strings.Repeat("a", 64)+`","version":"1","strategy":"canary","canary":"10%","batch_size":3}`), 17)
 	f.Add([]byte(`{"batch_size":"0.0001%","strategy":"blue-green"}`), 2000)
 	f.Fuzz(func(t *testing.T, body []byte, n int) {
 		var s Spec
