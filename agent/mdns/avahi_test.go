@@ -93,4 +93,3 @@ func TestAvahiSeesAdvertiser(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 }
-

@@ -35,6 +35,7 @@ type Env struct {
 	busAddr               string
 	dir                   string
 	avahiLog              *syncBuffer
+	publishers            map[string]*exec.Cmd
 }
 
 // Start sets up the namespaces, a private D-Bus system bus (avahi-browse and
@@ -55,7 +56,7 @@ func Start(t testing.TB) *Env {
 		AvahiNS: "lkmd" + suffix + "a", PeerNS: "lkmd" + suffix + "p",
 		AvahiIface: "lkmd" + suffix + "a", PeerIface: "lkmd" + suffix + "p",
 		AvahiIP: net.IPv4(10, 213, 0, 1).To4(), PeerIP: net.IPv4(10, 213, 0, 2).To4(),
-		dir: t.TempDir(),
+		dir: t.TempDir(), publishers: make(map[string]*exec.Cmd),
 	}
 	e.busAddr = "unix:path=" + filepath.Join(e.dir, "bus")
 
@@ -167,9 +168,23 @@ func (e *Env) Publish(t testing.TB, name, serviceType string, port int, txt ...s
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	startDaemon(t, cmd, "avahi-publish-service")
+	e.publishers[name] = cmd
 	waitFor(t, 10*time.Second, "avahi-publish-service "+name, func() bool {
 		return strings.Contains(out.String(), "Established")
 	})
+}
+
+// StopPublishing ends the avahi-publish-service started for name; Avahi
+// withdraws the service with goodbye packets.
+func (e *Env) StopPublishing(t testing.TB, name string) {
+	t.Helper()
+	cmd := e.publishers[name]
+	if cmd == nil {
+		t.Fatalf("no publisher for %q", name)
+	}
+	delete(e.publishers, name)
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait()
 }
 
 const dbusConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
@@ -215,8 +230,10 @@ func startDaemon(t testing.TB, cmd *exec.Cmd, what string) {
 		t.Fatalf("start %s: %v", what, err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		if cmd.ProcessState == nil { // not already stopped and waited for
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
 	})
 }
 
