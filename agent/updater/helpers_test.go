@@ -270,8 +270,11 @@ func (r *robot) newAgent(src updater.Source, health func(context.Context) error,
 	}
 	return updater.New(updater.Options{
 		Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: pubs, Source: src,
-		StateDir: r.stateDir, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
+		Store: cutStore{updater.FileStore{Path: filepath.Join(r.stateDir, updater.StateFile)}, r.dev}, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
 		Report: func(s protocol.UpdateState) {
+			if r.dev.IsCut() {
+				return // the machine is off: nothing leaves it
+			}
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.reports = append(r.reports, s)
@@ -337,4 +340,18 @@ func slotMatchesRelease(f *fixture, d *powercut.Disk, slot bootctl.Slot) error {
 		}
 	}
 	return nil
+}
+
+// cutStore is the state file on the persistent partition of a device that
+// may lose power: once the power is cut nothing more is saved.
+type cutStore struct {
+	updater.FileStore
+	dev *powercut.Device
+}
+
+func (c cutStore) Save(b []byte) error {
+	if c.dev.IsCut() {
+		return fmt.Errorf("save update state: %w", powercut.ErrPowerCut)
+	}
+	return c.FileStore.Save(b)
 }
