@@ -68,6 +68,13 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Pattern: "/v1/factory/robots", Perm: auth.PermFactory, Mutating: true, Handle: s.factoryRobot},
 		{Method: "GET", Pattern: "/v1/admin/backup", Perm: auth.PermAdmin, Handle: s.backup},
 		{Method: "GET", Pattern: "/v1/admin/storage", Perm: auth.PermAdmin, Handle: s.storage},
+		{Method: "POST", Pattern: "/v1/deployments", Perm: auth.PermDeploy, Mutating: true, Handle: s.createDeployment},
+		{Method: "GET", Pattern: "/v1/deployments", Perm: auth.PermRead, Handle: s.listDeployments},
+		{Method: "GET", Pattern: "/v1/deployments/{id}", Perm: auth.PermRead, Handle: s.getDeployment},
+		{Method: "POST", Pattern: "/v1/deployments/{id}/pause", Perm: auth.PermDeploy, Mutating: true, Handle: s.deploymentAction("pause")},
+		{Method: "POST", Pattern: "/v1/deployments/{id}/resume", Perm: auth.PermDeploy, Mutating: true, Handle: s.deploymentAction("resume")},
+		{Method: "POST", Pattern: "/v1/deployments/{id}/abort", Perm: auth.PermDeploy, Mutating: true, Handle: s.deploymentAction("abort")},
+		{Method: "POST", Pattern: "/v1/deployments/{id}/rollback", Perm: auth.PermDeploy, Mutating: true, Handle: s.deploymentAction("rollback")},
 	}
 }
 

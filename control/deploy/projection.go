@@ -54,8 +54,25 @@ var schema = []string{
 // Migrate creates the deployment tables if they are missing. Safe to run
 // on every node at every start.
 func Migrate(ctx context.Context, db *sql.DB) error {
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('deployments', 'deployment_robots')`).Scan(&n); err == nil && n == 2 {
+		return nil
+	}
 	for _, stmt := range schema {
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		// Writers elsewhere get "database is locked" answers from the
+		// leader rather than a queue: retry briefly, as store transactions do.
+		var err error
+		for attempt := range 50 {
+			if _, err = db.ExecContext(ctx, stmt); err == nil || !strings.Contains(err.Error(), "locked") {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt+1) * 5 * time.Millisecond):
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("create deployment tables (%.50s…): %w", strings.TrimSpace(stmt), err)
 		}
 	}
