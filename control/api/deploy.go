@@ -87,13 +87,21 @@ func (s *Server) deploymentAction(verb string) func(http.ResponseWriter, *http.R
 		var act func(context.Context) (*deploy.Deployment, error)
 		switch verb {
 		case "pause":
-			act = func(ctx context.Context) (*deploy.Deployment, error) { return deploy.Pause(ctx, s.store, id, req.Reason, actor, now) }
+			act = func(ctx context.Context) (*deploy.Deployment, error) {
+				return deploy.Pause(ctx, s.store, id, req.Reason, actor, now)
+			}
 		case "resume":
-			act = func(ctx context.Context) (*deploy.Deployment, error) { return deploy.Resume(ctx, s.store, id, actor, now) }
+			act = func(ctx context.Context) (*deploy.Deployment, error) {
+				return deploy.Resume(ctx, s.store, id, actor, now)
+			}
 		case "abort":
-			act = func(ctx context.Context) (*deploy.Deployment, error) { return deploy.Abort(ctx, s.store, id, req.Reason, actor, now) }
+			act = func(ctx context.Context) (*deploy.Deployment, error) {
+				return deploy.Abort(ctx, s.store, id, req.Reason, actor, now)
+			}
 		case "rollback":
-			act = func(ctx context.Context) (*deploy.Deployment, error) { return deploy.Rollback(ctx, s.store, id, req.Reason, actor, now) }
+			act = func(ctx context.Context) (*deploy.Deployment, error) {
+				return deploy.Rollback(ctx, s.store, id, req.Reason, actor, now)
+			}
 		default:
 			return fmt.Errorf("unknown deployment action %q", verb)
 		}
