@@ -202,6 +202,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
+	n.startDeployEngine(runCtx) // issue 8: deployment engine, leader only (deploy.go)
 	if cfg.RetentionInterval > 0 {
 		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)
 		n.wg.Add(1)
