@@ -34,7 +34,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: false,
 	}
 	af := &adminFlags{}
-	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af), newLeave(af), newCluster(af)} {
+	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af), newLeave(af), newCluster(af), newDeploy(af)} {
 		af.add(c)
 		root.AddCommand(c)
 	}
