@@ -61,6 +61,10 @@ type Config struct {
 	// are sent to other nodes (default 6 s: longer than a leader election,
 	// so a failover alone does not move robots).
 	ShedAfter time.Duration
+	// OnHeartbeat, when set, sees every accepted heartbeat (control/stream
+	// publishes them live; heartbeats are not in the event log). It is
+	// called on the session's reader and must not block.
+	OnHeartbeat func(robotID string, receivedAt time.Time, hb protocol.Heartbeat)
 }
 
 func (c *Config) setDefaults() {

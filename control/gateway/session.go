@@ -245,6 +245,9 @@ func (s *session) handle(ctx context.Context, data []byte) *protocol.Error {
 		s.heardAt.Store(now.UnixNano())
 		s.uptime.Store(math.Float64bits(hb.UptimeSeconds))
 		s.g.metrics.heartbeatLag.Observe(now.Sub(env.Timestamp).Seconds())
+		if s.g.cfg.OnHeartbeat != nil {
+			s.g.cfg.OnHeartbeat(s.robotID, now, hb)
+		}
 		s.g.metrics.messages.WithLabelValues(string(env.Type)).Inc()
 		if frame, err := s.frame(protocol.TypeAck, protocol.Ack{Sequences: []uint64{env.Sequence}}); err == nil {
 			s.send(ctx, frame)

@@ -25,6 +25,8 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/registry"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/stream"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // Node is a running control node.
@@ -114,9 +116,14 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		ln.Close()
 		return nil, err
 	}
+	// Issue 9: live fleet messages for dashboards (/v1/stream).
+	hub := stream.NewHub(stream.Options{Logger: log, Registerer: reg})
 	gw, err := gateway.New(st, gateway.Config{
 		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
 		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg, CA: ca, RobotCertLifetime: cfg.RobotCertLifetime, MaxBatch: o.MaxBatch,
+		OnHeartbeat: func(robotID string, at time.Time, hb protocol.Heartbeat) {
+			hub.Publish(stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb))
+		},
 	})
 	if err != nil {
 		return fail(err)
@@ -149,6 +156,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/agent", gw)
+	mux.Handle("GET /v1/stream", streamHandler(apiServer, hub))
 	apiServer.Register(mux)
 	if regDir := cfg.RegistryDir; regDir != "off" {
 		if regDir == "" {
@@ -202,6 +210,12 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); _ = hub.Run(runCtx) }()
+	go func() {
+		defer n.wg.Done()
+		_ = stream.Tail(runCtx, st, hub, stream.TailOptions{Logger: log})
+	}()
 	n.startDeployEngine(runCtx) // issue 8: deployment engine, leader only (deploy.go)
 	if cfg.RetentionInterval > 0 {
 		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)
@@ -228,6 +242,23 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}()
 	log.Info("control node started", "url", n.URL(), "db", cfg.DBAddress, "data_dir", cfg.DataDir, "join", cfg.Join, "admin_socket", adminPath)
 	return n, nil
+}
+
+// streamHandler serves /v1/stream to bearer tokens with read permission.
+// Robots may pull images with their client certificate, but must not watch
+// the fleet: the certificate is hidden from the check, so only a token opens
+// the stream.
+func streamHandler(apiServer *api.Server, hub *stream.Hub) http.Handler {
+	protected := apiServer.Protect(hub, auth.PermRead, auth.PermAdmin)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			state := *r.TLS
+			state.PeerCertificates, state.VerifiedChains = nil, nil
+			r = r.Clone(r.Context())
+			r.TLS = &state
+		}
+		protected.ServeHTTP(w, r)
+	})
 }
 
 // URL is the node's base URL (https unless --insecure).

@@ -39,7 +39,8 @@ type Reply struct {
 	Message string `json:"message,omitempty"`
 }
 
-// ParseRequest decodes and validates one client frame.
+// ParseRequest decodes and validates one client frame. A refused
+// subscription is returned with the error, so its id can be answered.
 func ParseRequest(data []byte) (Request, error) {
 	var r Request
 	if len(data) > MaxClientFrame {
@@ -55,7 +56,7 @@ func ParseRequest(data []byte) (Request, error) {
 	switch r.Type {
 	case "subscribe":
 		if _, err := compile(r.Subscription); err != nil {
-			return Request{}, err
+			return r, err // the id tells the client which subscription was refused
 		}
 	case "unsubscribe":
 		if r.ID == "" {
