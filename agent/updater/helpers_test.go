@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -224,6 +225,7 @@ type robot struct {
 	cacheDir string
 	reports  []protocol.UpdateState
 	mu       sync.Mutex
+	tweak    func(*updater.Options) // applied to every agent's options
 }
 
 func newRobot(dev *powercut.Device, plan *layout.Plan, dir string) (*robot, error) {
@@ -268,7 +270,7 @@ func (r *robot) newAgent(src updater.Source, health func(context.Context) error,
 	for _, k := range keys {
 		pubs = append(pubs, k.Public().(ed25519.PublicKey))
 	}
-	return updater.New(updater.Options{
+	o := updater.Options{
 		Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: pubs, Source: src,
 		Store: cutStore{updater.FileStore{Path: filepath.Join(r.stateDir, updater.StateFile)}, r.dev}, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
 		Report: func(s protocol.UpdateState) {
@@ -279,8 +281,12 @@ func (r *robot) newAgent(src updater.Source, health func(context.Context) error,
 			defer r.mu.Unlock()
 			r.reports = append(r.reports, s)
 		},
-		Health: health, HealthTimeout: 200 * time.Millisecond, HealthRetry: 20 * time.Millisecond,
-	})
+		Health: health, HealthTimeout: 200 * time.Millisecond, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond,
+	}
+	if r.tweak != nil {
+		r.tweak(&o)
+	}
+	return updater.New(o)
 }
 
 // states lists the reported states in order.
@@ -354,4 +360,25 @@ func (c cutStore) Save(b []byte) error {
 		return fmt.Errorf("save update state: %w", powercut.ErrPowerCut)
 	}
 	return c.FileStore.Save(b)
+}
+
+func digestHex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// writeLayout stores blobs and the manifest in the OCI layout dir and
+// points index.json at the manifest.
+func writeLayout(t testing.TB, dir string, manifest []byte, blobs map[string][]byte) {
+	t.Helper()
+	blobs[digestHex(manifest)] = manifest
+	for d, b := range blobs {
+		must(t, "blob", os.WriteFile(filepath.Join(dir, "blobs", "sha256", d), b, 0o644))
+	}
+	idx := map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+		"manifests": []any{map[string]any{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+			"digest": "sha256:" + digestHex(manifest), "size": len(manifest), "artifactType": release.ArtifactType}}}
+	b, err := json.Marshal(idx)
+	must(t, "index", err)
+	must(t, "index", os.WriteFile(filepath.Join(dir, "index.json"), b, 0o644))
 }

@@ -155,7 +155,7 @@ func TestPowerCutSweep(t *testing.T) {
 	start := time.Now()
 	rep, err := powercut.Sweep(ctx, powercut.Config{
 		Initial: f.disk1(t), Scenario: scenario, Check: check, Seed: 8,
-		Tears:  []powercut.Tear{powercut.TearLose, powercut.TearSubset, powercut.TearWhole},
+		Tears: []powercut.Tear{powercut.TearLose, powercut.TearSubset, powercut.TearWhole},
 		// A random subset of the unsynced sectors survives: it covers
 		// "all lost" and "all kept" per sector; package bootctl's own
 		// sweep runs every cache policy over the commit sector.
@@ -177,4 +177,3 @@ func TestPowerCutSweep(t *testing.T) {
 	fmt.Printf("power-cut sweep over a whole update (write slot b, flush, verify, arm, trial, commit): %d writes (%d syncs), %d cut points (every write and after the last), %d cut runs (tears lost/torn-subset/whole × random cache survival), every one boots a complete slot; next start: %s; %d interrupted installs resumed to a committed update (%s)\n",
 		rep.Writes, rep.Syncs, rep.CutPoints, rep.Runs, strings.Join(parts, ", "), resumed, time.Since(start).Round(time.Millisecond))
 }
-

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,11 @@ type Options struct {
 	Health        func(ctx context.Context) error
 	HealthTimeout time.Duration // default DefaultHealthTimeout
 	HealthRetry   time.Duration // default DefaultHealthRetry
+	// DownloadAttempts bounds the tries of a download whose link drops;
+	// each try fetches only what earlier ones did not (default 5), after
+	// RetryDelay, doubled each time (default 2 s).
+	DownloadAttempts int
+	RetryDelay       time.Duration
 	// ProgressInterval spaces downloading/writing progress reports.
 	ProgressInterval time.Duration
 	Now              func() time.Time // default time.Now
@@ -124,6 +130,12 @@ func New(o Options) (*Updater, error) {
 	}
 	if o.HealthRetry <= 0 {
 		o.HealthRetry = DefaultHealthRetry
+	}
+	if o.DownloadAttempts <= 0 {
+		o.DownloadAttempts = 5
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 2 * time.Second
 	}
 	if o.ProgressInterval <= 0 {
 		o.ProgressInterval = DefaultProgressInterval
@@ -324,7 +336,7 @@ func (u *Updater) download(ctx context.Context, rel *release.Release, args proto
 		p.Done, p.Downloaded = downloaded.Load(), downloaded.Load()
 		return p
 	})
-	_, err = f.Fetch(ctx, names...)
+	err = u.fetch(ctx, f, names)
 	stop()
 	if err != nil {
 		return nil, fmt.Errorf("download release %s: %w", rel.Config.Version, err)
@@ -384,6 +396,31 @@ func (u *Updater) download(ctx context.Context, rel *release.Release, args proto
 		return nil, err
 	}
 	return hashes, nil
+}
+
+// fetch downloads what is missing, retrying a dropped link: every try
+// plans again, so it fetches only the chunks not yet cached. A chunk that
+// fails its hash is not retried (the source serves wrong bytes).
+func (u *Updater) fetch(ctx context.Context, f *release.Fetcher, names []string) error {
+	delay := u.o.RetryDelay
+	var err error
+	for try := 1; try <= u.o.DownloadAttempts; try++ {
+		if _, err = f.Fetch(ctx, names...); err == nil || ctx.Err() != nil || strings.Contains(err.Error(), "do not match its hash") {
+			return err
+		}
+		if try == u.o.DownloadAttempts {
+			break
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, time.Minute)
+	}
+	return fmt.Errorf("%d attempts: %w", u.o.DownloadAttempts, err)
 }
 
 // progress reports cur() every ProgressInterval until stop is called.
