@@ -464,6 +464,16 @@ func TestFactoryFloor(t *testing.T) {
 		}
 	}
 
+	// The station learns from control that each robot came online, which
+	// ends the board's run (online/done).
+	waitFor(t, 20*time.Second, "every installed board online/done at the station", func() bool {
+		for _, b := range good {
+			if st, err := l.statusOf(b.ShortSerial()); err != nil || st.Step != station.StepOnline || st.Status != station.StatusDone {
+				return false
+			}
+		}
+		return true
+	})
 	// Control has every board's steps (the station's outbox delivered).
 	waitFor(t, 10*time.Second, "the station's events delivered", func() bool { return l.station.Outbox().Pending == 0 })
 	steps := factorySteps(ctx, t, admin)
@@ -475,7 +485,7 @@ func TestFactoryFloor(t *testing.T) {
 		// kernel), and the station then skips it, so only the start is
 		// required.
 		for _, want := range [][2]string{{"boot", "started"}, {"probe", "done"}, {"match", "done"}, {"identity", "done"},
-			{"install", "done"}, {"verify", "done"}, {"online", "waiting"}} {
+			{"install", "done"}, {"verify", "done"}, {"online", "waiting"}, {"online", "done"}} {
 			if !hasFactoryStep(s, want[0], want[1]) {
 				t.Errorf("control has no %s/%s for board %s: %v", want[0], want[1], b.ShortSerial(), s)
 			}

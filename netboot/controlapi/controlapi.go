@@ -110,16 +110,45 @@ func (c *Client) RequestRobot(ctx context.Context, serial, profile string) (prot
 	return out, err
 }
 
+// RobotOnline reports whether control sees the robot online (connected,
+// or recently seen). A robot control does not know yet is not online.
+func (c *Client) RobotOnline(ctx context.Context, robotID string) (bool, error) {
+	var out struct {
+		Status struct {
+			State string `json:"state"`
+		} `json:"status"`
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/robots/"+url.PathEscape(robotID), nil, &out)
+	var ref *Refused
+	if errors.As(err, &ref) && ref.Status == http.StatusNotFound {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return out.Status.State == "online", nil
+}
+
 func (c *Client) post(ctx context.Context, path string, body, out any) error {
-	b, err := json.Marshal(body)
+	return c.do(ctx, http.MethodPost, path, body, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base.JoinPath(path).String(), rd)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.JoinPath(path).String(), bytes.NewReader(b))
-	if err != nil {
-		return err
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -130,11 +159,11 @@ func (c *Client) post(ctx context.Context, path string, body, out any) error {
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return &Unreachable{Err: fmt.Errorf("read answer to POST %s: %w", path, err)}
+		return &Unreachable{Err: fmt.Errorf("read answer to %s %s: %w", method, path, err)}
 	}
 	if resp.StatusCode/100 == 2 {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return fmt.Errorf("control's answer to POST %s is not the expected JSON: %w", path, err)
+			return fmt.Errorf("control's answer to %s %s is not the expected JSON: %w", method, path, err)
 		}
 		return nil
 	}
@@ -150,7 +179,7 @@ func (c *Client) post(ctx context.Context, path string, body, out any) error {
 		msg = strings.TrimSpace(string(raw))
 	}
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
-		return &Unreachable{Err: fmt.Errorf("POST %s: %s: %s", path, resp.Status, msg)}
+		return &Unreachable{Err: fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, msg)}
 	}
 	return &Refused{Status: resp.StatusCode, Code: e.Error.Code, Message: msg}
 }

@@ -101,6 +101,13 @@ func TestBoardFromSeenToInstalledThroughControlOutage(t *testing.T) {
 	}
 
 	eventually(t, "events at control", func() bool { return hasStep(ctl.steps(serial), StepOnline, StatusWaiting) })
+	// The robot enrolls and connects: control sees it online, and so the
+	// station ends the board's run.
+	ctl.setOnline("lekiwi-" + serial)
+	eventually(t, "online/done", func() bool {
+		got := st.board(serial)
+		return got.Step == StepOnline && got.Status == StatusDone && hasStep(ctl.steps(serial), StepOnline, StatusDone)
+	})
 	steps := ctl.steps(serial)
 	for _, w := range [][2]string{{StepSeen, StatusDone}, {StepBoot, StatusStarted}, {StepBoot, StatusDone}, {StepProbe, StatusDone},
 		{StepMatch, StatusDone}, {StepIdentity, StatusWaiting}, {StepIdentity, StatusDone}, {StepInstall, StatusDone}, {StepReboot, StatusStarted}} {

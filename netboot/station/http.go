@@ -227,8 +227,8 @@ func (s *Station) planLocked(b *Board) protocol.StationPlan {
 
 // Steps and statuses a board may report.
 var (
-	progressSteps    = []string{StepProbe, StepInstall, StepVerify, StepIdentity, StepReboot}
-	progressStatuses = []string{StatusStarted, StatusDone, StatusFailed}
+	progressSteps    = []string{StepProbe, StepMatch, StepInstall, StepVerify, StepIdentity, StepReboot}
+	progressStatuses = []string{StatusStarted, StatusDone, StatusFailed, StatusWaiting, StatusHeld}
 )
 
 func (s *Station) handleProgress(w http.ResponseWriter, r *http.Request) {
@@ -257,6 +257,12 @@ func (s *Station) handleProgress(w http.ResponseWriter, r *http.Request) {
 	case b.Installed && p.Status != StatusFailed:
 		// After identity done the board is at "online"; later reports
 		// (reboot) are forwarded but do not move it back.
+		s.addEvent(protocol.EventFactoryStep, b.RobotID, protocol.FactoryStep{Serial: serial, Step: p.Step, Status: p.Status, Profile: b.Profile, Detail: p.Detail})
+		s.saveLocked(b)
+	case p.Step == StepMatch || p.Status == StatusWaiting || p.Status == StatusHeld:
+		// The board echoes decisions the station made (held at match,
+		// waiting for the identity): forwarded, the station's own state
+		// stays as it is.
 		s.addEvent(protocol.EventFactoryStep, b.RobotID, protocol.FactoryStep{Serial: serial, Step: p.Step, Status: p.Status, Profile: b.Profile, Detail: p.Detail})
 		s.saveLocked(b)
 	case p.Step == StepProbe && p.Status != StatusFailed && b.Report != nil && b.Step != StepBoot && b.Step != StepProbe:

@@ -139,3 +139,41 @@ func (s *Station) waitingForIdentity() []string {
 	}
 	return out
 }
+
+// onlineLoop asks control, for every installed board, whether its robot
+// came online; when it did, the board's factory run is over (online/done).
+func (s *Station) onlineLoop(ctx context.Context) {
+	every := s.cfg.IdentityRetry
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		for _, b := range s.waitingOnline() {
+			online, err := s.control.RobotOnline(ctx, b.robotID)
+			if err != nil || !online {
+				continue // unreachable: the next round asks again
+			}
+			s.mu.Lock()
+			if cur := s.boards[b.serial]; cur != nil && cur.Step == StepOnline && cur.Status == StatusWaiting {
+				s.setStepLocked(cur, StepOnline, StatusDone, "robot "+cur.RobotID+" is online in control")
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+type onlineWait struct{ serial, robotID string }
+
+func (s *Station) waitingOnline() []onlineWait {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []onlineWait
+	for serial, b := range s.boards {
+		if b.Step == StepOnline && b.Status == StatusWaiting && b.RobotID != "" {
+			out = append(out, onlineWait{serial, b.RobotID})
+		}
+	}
+	return out
+}

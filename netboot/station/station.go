@@ -32,6 +32,9 @@ import (
 type Control interface {
 	SendEvents(ctx context.Context, batch protocol.FactoryEvents) error
 	RequestRobot(ctx context.Context, serial, profile string) (protocol.FactoryRobot, error)
+	// RobotOnline tells whether control sees the robot online: the end of
+	// a board's factory run.
+	RobotOnline(ctx context.Context, robotID string) (bool, error)
 }
 
 var _ Control = (*controlapi.Client)(nil)
@@ -325,7 +328,7 @@ func (s *Station) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.snoop(ctx) }()
 	}
-	wg.Add(4)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		if err := s.tftp.Serve(ctx, s.tftpConn); err != nil {
@@ -343,6 +346,7 @@ func (s *Station) Run(ctx context.Context) error {
 		s.outbox.Run(ctx, s.control.SendEvents, s.cfg.EventRetry, s.cfg.EventMaxBackoff)
 	}()
 	go func() { defer wg.Done(); s.identityLoop(ctx) }()
+	go func() { defer wg.Done(); s.onlineLoop(ctx) }()
 	s.log.Info("netboot station serving", "http", s.HTTPAddr(), "tftp", s.TFTPAddr(), "url", s.cfg.StationURL, "dhcp", s.dhcp != nil)
 
 	var err error

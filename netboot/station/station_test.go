@@ -36,10 +36,11 @@ type fakeControl struct {
 	events  map[string]protocol.FactoryEvent
 	robots  int
 	request int
+	online  map[string]bool
 }
 
 func newFakeControl() *fakeControl {
-	return &fakeControl{refuse: map[string]string{}, events: map[string]protocol.FactoryEvent{}}
+	return &fakeControl{refuse: map[string]string{}, events: map[string]protocol.FactoryEvent{}, online: map[string]bool{}}
 }
 
 func (c *fakeControl) setDown(down bool) { c.mu.Lock(); c.down = down; c.mu.Unlock() }
@@ -70,6 +71,17 @@ func (c *fakeControl) RequestRobot(_ context.Context, serial, profile string) (p
 	return protocol.FactoryRobot{RobotID: protocol.FactoryRobotID(profile, serial), Token: fmt.Sprintf("lke_token%d", c.robots),
 		ExpiresAt: time.Now().Add(time.Hour), CA: "-----BEGIN CERTIFICATE-----\nfleet\n-----END CERTIFICATE-----\n"}, nil
 }
+
+func (c *fakeControl) RobotOnline(_ context.Context, robotID string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.down {
+		return false, &controlapi.Unreachable{Err: errors.New("dial tcp 10.0.0.2:8443: connection refused")}
+	}
+	return c.online[robotID], nil
+}
+
+func (c *fakeControl) setOnline(robotID string) { c.mu.Lock(); c.online[robotID] = true; c.mu.Unlock() }
 
 // steps returns the FactoryStep events control has for serial, in order.
 func (c *fakeControl) steps(serial string) []protocol.FactoryStep {
