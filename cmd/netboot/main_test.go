@@ -55,6 +55,11 @@ func TestServeFlags(t *testing.T) {
 		{"full without pool", func(f *serveFlags) { f.dhcpMode = "full" }, "--pool-start", nil},
 		{"bad mode", func(f *serveFlags) { f.dhcpMode = "relay" }, "want proxy or full", nil},
 		{"port 0", func(f *serveFlags) { f.httpAddr = ":0" }, "fixed port", nil},
+		{"profile images", func(f *serveFlags) { f.profileImages = []string{"lekiwi=/l.img", "xle=/x.img"} }, "", func(c station.Config) bool {
+			return c.ProfileImages["lekiwi"] == "/l.img" && c.ProfileImages["xle"] == "/x.img" && len(c.ProfileImages) == 2
+		}},
+		{"profile image without path", func(f *serveFlags) { f.profileImages = []string{"xle"} }, "PROFILE=PATH", nil},
+		{"profile image twice", func(f *serveFlags) { f.profileImages = []string{"xle=/a", "xle=/b"} }, "given twice", nil},
 	} {
 		f := base
 		c.mod(&f)

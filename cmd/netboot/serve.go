@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +30,7 @@ type serveFlags struct {
 	tftpAddr, httpAddr, stationURL   string
 	bootDir, kernel, initramfs, args string
 	image, imageVersion, stateDir    string
+	profileImages                    []string
 	control, cert, key, ca           string
 	noDHCP, pxePort                  bool
 }
@@ -53,8 +55,8 @@ URL and a one-time token); every other file comes from --boot-dir (Debian
 raspi-firmware layout; files in --boot-dir/pi4 or /pi5 win for that model).
 
 HTTP (--http-addr): the boards' API (report, plan, progress), the image
-(--image, with its .bmap next to it, Range supported), and for people
-/status and /metrics.
+(--image, or the --profile-image of the board's profile, each with its .bmap
+next to it, Range supported), and for people /status and /metrics.
 
 Control (--control, mTLS with --cert/--key, trusting --ca): boards wait at
 the identity step while control is unreachable and continue by themselves
@@ -98,6 +100,7 @@ DHCP on an interface).`,
 	fl.StringVar(&f.args, "kernel-args", station.DefaultKernelArgs, "kernel arguments before the station's own in cmdline.txt")
 	fl.StringVar(&f.image, "image", "", "raw robot image to install, with its block map at <image>.bmap (required)")
 	fl.StringVar(&f.imageVersion, "image-version", "", "image version told to boards (default the image's file name)")
+	fl.StringArrayVar(&f.profileImages, "profile-image", nil, "PROFILE=PATH: the image for boards matched to that profile (repeat: --profile-image lekiwi=lekiwi.img --profile-image xle=xle.img); --image serves the others")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/lekiwi-netboot", "board states and the event queue for control")
 	fl.StringVar(&f.control, "control", "", "control's URL, https://host:port (required)")
 	fl.StringVar(&f.cert, "cert", "", "the station's node certificate (provision ca issue-node) (required)")
@@ -146,6 +149,19 @@ func (f serveFlags) config() (station.Config, error) {
 	}
 	cfg := station.Config{StateDir: f.stateDir, BootDir: f.bootDir, Kernel: f.kernel, Initramfs: f.initramfs, KernelArgs: f.args,
 		Image: f.image, ImageVersion: f.imageVersion, HTTPAddr: f.httpAddr, TFTPAddr: f.tftpAddr, StationURL: f.stationURL}
+	for _, pi := range f.profileImages {
+		prof, path, ok := strings.Cut(pi, "=")
+		if !ok || prof == "" || path == "" {
+			return station.Config{}, fmt.Errorf("--profile-image %q: want PROFILE=PATH, e.g. xle=/srv/netboot/xle-2025.1.img", pi)
+		}
+		if cfg.ProfileImages == nil {
+			cfg.ProfileImages = map[string]string{}
+		}
+		if _, dup := cfg.ProfileImages[prof]; dup {
+			return station.Config{}, fmt.Errorf("--profile-image: profile %s given twice", prof)
+		}
+		cfg.ProfileImages[prof] = path
+	}
 	if cfg.StationURL == "" {
 		_, port, err := net.SplitHostPort(f.httpAddr)
 		if err != nil {
