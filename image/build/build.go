@@ -118,7 +118,13 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 		return fmt.Errorf("agent binary %s is %s, profile %s needs %s: build it with `CGO_ENABLED=0 GOARCH=%s go build ./cmd/agent` (%v)", o.AgentPath, arch, p.Name, p.Arch, p.Arch, err)
 	}
 	epoch := o.Epoch.UTC()
-	seedSum := sha256.Sum256([]byte(strings.Join([]string{p.Name, o.Version, in.Description, in.Arch, fmt.Sprint(epoch.Unix()), agentSum, strings.Join(o.ControlURLs, ",")}, "\x00")))
+	// The disk's identity — partition GUIDs (root=PARTUUID in cmdline.txt,
+	// fstab) and filesystem ids — derives from the profile only, never from
+	// the version or contents: an over-the-air update writes a later build's
+	// boot and system partitions onto a disk made by an earlier one, and
+	// the new slot must name partitions that disk has. Contents stay
+	// reproducible from the inputs without it.
+	seedSum := sha256.Sum256([]byte(strings.Join([]string{"lekiwi-disk-identity-v1", p.Name, p.Arch}, "\x00")))
 	seed := seedSum[:]
 	info := Info{Version: o.Version, Profile: p.Name, Base: in.Description, BaseArch: in.Arch, Created: epoch.Unix(), AgentSHA256: agentSum, Seed: hex.EncodeToString(seed)}
 

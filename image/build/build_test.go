@@ -206,3 +206,38 @@ func TestBuildRefusesBadInputAndLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// An over-the-air update writes a later build's boot and system partitions
+// onto a disk made by an earlier one: every build of a profile must name
+// the same partitions (PARTUUIDs, filesystem ids), whatever its version.
+func TestDiskIdentityStableAcrossVersions(t *testing.T) {
+	dir := t.TempDir()
+	var plans []*layout.Plan
+	for _, v := range []string{"1.0.0", "2.0.0"} {
+		out := filepath.Join(dir, v+".img")
+		o := options(t, out)
+		o.Version = v
+		if err := Build(context.Background(), inputs(t), o); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		plan, err := layout.ReadGPT(f, st.Size())
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		plans = append(plans, plan)
+	}
+	if plans[0].DiskGUID != plans[1].DiskGUID {
+		t.Errorf("disk GUID changed with the version: %v vs %v", plans[0].DiskGUID, plans[1].DiskGUID)
+	}
+	for _, p := range plans[0].Partitions {
+		if q := plans[1].Part(p.Number); q.GUID != p.GUID {
+			t.Errorf("partition %s: GUID %v in 1.0.0, %v in 2.0.0", p.Name, p.GUID, q.GUID)
+		}
+	}
+}
