@@ -26,6 +26,11 @@ const (
 	// seen on the factory network, and a step of a board's factory run.
 	TypeDeviceSeen  = protocol.EventDeviceSeen
 	TypeFactoryStep = protocol.EventFactoryStep
+	// Written by the leader's alert rules (control/telemetry). They name
+	// the robot the alert is about but are not news from it: they stay out
+	// of the robots projection (last_seen must not move).
+	TypeAlertFired    = "AlertFired"
+	TypeAlertResolved = "AlertResolved"
 )
 
 // Event is one entry of the append-only log.
@@ -157,7 +162,8 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 // (possibly one that never connected) but must not create a robot.
 func robotEvent(t string) bool {
 	switch t {
-	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered, TypeDeviceSeen, TypeFactoryStep:
+	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered, TypeDeviceSeen, TypeFactoryStep,
+		TypeAlertFired, TypeAlertResolved:
 		return false
 	}
 	return true

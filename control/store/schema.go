@@ -96,6 +96,59 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX commands_pending ON commands (robot_id, status)`,
 	}},
+	// Issue 9: control/telemetry owns these tables. Samples are derived
+	// from TelemetryReported events (the cursor says how far), so they
+	// can be rebuilt from the log; alerts holds the firing alerts.
+	{5, "telemetry samples, aggregates, alerts", []string{
+		`CREATE TABLE telemetry_raw (
+			robot_id TEXT    NOT NULL,
+			metric   TEXT    NOT NULL,
+			t        INTEGER NOT NULL,
+			value    REAL    NOT NULL
+		)`,
+		`CREATE INDEX telemetry_raw_by_series ON telemetry_raw (robot_id, metric, t)`,
+		`CREATE INDEX telemetry_raw_by_time ON telemetry_raw (t)`,
+		`CREATE TABLE telemetry_1m (
+			robot_id TEXT    NOT NULL,
+			metric   TEXT    NOT NULL,
+			bucket   INTEGER NOT NULL,
+			count    INTEGER NOT NULL,
+			sum      REAL    NOT NULL,
+			min      REAL    NOT NULL,
+			max      REAL    NOT NULL,
+			PRIMARY KEY (robot_id, metric, bucket)
+		)`,
+		`CREATE INDEX telemetry_1m_by_bucket ON telemetry_1m (bucket)`,
+		`CREATE TABLE telemetry_1h (
+			robot_id TEXT    NOT NULL,
+			metric   TEXT    NOT NULL,
+			bucket   INTEGER NOT NULL,
+			count    INTEGER NOT NULL,
+			sum      REAL    NOT NULL,
+			min      REAL    NOT NULL,
+			max      REAL    NOT NULL,
+			PRIMARY KEY (robot_id, metric, bucket)
+		)`,
+		`CREATE INDEX telemetry_1h_by_bucket ON telemetry_1h (bucket)`,
+		`CREATE TABLE telemetry_latest (
+			robot_id TEXT    NOT NULL,
+			metric   TEXT    NOT NULL,
+			t        INTEGER NOT NULL,
+			value    REAL    NOT NULL,
+			PRIMARY KEY (robot_id, metric)
+		)`,
+		`CREATE TABLE telemetry_cursor (
+			name TEXT PRIMARY KEY,
+			seq  INTEGER NOT NULL
+		)`,
+		`CREATE TABLE alerts (
+			robot_id TEXT    NOT NULL,
+			rule     TEXT    NOT NULL,
+			fired_at INTEGER NOT NULL,
+			value    REAL    NOT NULL,
+			PRIMARY KEY (robot_id, rule)
+		)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own
