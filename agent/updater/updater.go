@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,7 +218,14 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 		return abandon(err)
 	}
 
+	// The release's boot partition carries a generic cloud-init seed; the
+	// robot's own (instance id, host name) comes from the running slot.
+	if err := carrySeed(ctx, u.o.Disk, plan, st.Booted, target); err != nil {
+		return abandon(err)
+	}
+
 	rec := state.slot(target)
+	// hashes are the release's, as verified before the seed was carried.
 	rec.Complete, rec.SHA256 = true, hashes
 	state.Pending.Phase = phaseArmed
 	if err := saveState(u.o.Store, state); err != nil {
@@ -405,7 +411,7 @@ func (u *Updater) fetch(ctx context.Context, f *release.Fetcher, names []string)
 	delay := u.o.RetryDelay
 	var err error
 	for try := 1; try <= u.o.DownloadAttempts; try++ {
-		if _, err = f.Fetch(ctx, names...); err == nil || ctx.Err() != nil || strings.Contains(err.Error(), "do not match its hash") {
+		if _, err = f.Fetch(ctx, names...); err == nil || ctx.Err() != nil || errors.Is(err, release.ErrCorruptChunk) {
 			return err
 		}
 		if try == u.o.DownloadAttempts {

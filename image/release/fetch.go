@@ -35,6 +35,12 @@ type LocalChunks interface {
 // (or no longer matches its hash) nor in the cache: run Fetch again.
 var ErrChunkUnavailable = errors.New("chunk is neither local nor downloaded")
 
+// ErrCorruptChunk means downloaded bytes are not the chunk the signed
+// release names (they do not decompress, or do not match its hash): the
+// source serves corrupted or tampered data, so fetching again from it is
+// pointless.
+var ErrCorruptChunk = errors.New("corrupt chunk")
+
 // Defaults for Fetcher.
 const (
 	DefaultMaxGap     = 0
@@ -237,10 +243,10 @@ func (f *Fetcher) Fetch(ctx context.Context, partitions ...string) (FetchStats, 
 func decodeChunk(dec *zstd.Decoder, frame []byte, c ChunkRef, dst []byte) ([]byte, error) {
 	out, err := dec.DecodeAll(frame, dst)
 	if err != nil {
-		return nil, fmt.Errorf("chunk %s: decompress: %w", c.SHA256, err)
+		return nil, fmt.Errorf("chunk %s: %w: decompress: %w", c.SHA256, ErrCorruptChunk, err)
 	}
 	if len(out) != c.Length || Hash(sha256.Sum256(out)) != c.SHA256 {
-		return nil, fmt.Errorf("chunk %s: the downloaded bytes do not match its hash: corrupted or tampered", c.SHA256)
+		return nil, fmt.Errorf("chunk %s: %w: the downloaded bytes do not match its hash: corrupted or tampered", c.SHA256, ErrCorruptChunk)
 	}
 	return out, nil
 }
