@@ -105,6 +105,22 @@ func (a *Agent) Emit(ctx context.Context, ev protocol.Event) error {
 	return nil
 }
 
+// Respond queues a command response durably, like Emit: a CommandHandler's
+// later answers (the final ok or error after a progress) go through it.
+// Safe from any goroutine.
+func (a *Agent) Respond(ctx context.Context, resp protocol.Response) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("respond to command %s: %w", resp.CommandID, err)
+	}
+	if err := resp.Validate(); err != nil {
+		return fmt.Errorf("respond to command %s: %w", resp.CommandID, err)
+	}
+	if _, _, err := a.append(queue.Event, protocol.TypeResponse, resp); err != nil {
+		return fmt.Errorf("respond to command %s: %w", resp.CommandID, err)
+	}
+	return nil
+}
+
 // append queues a message and wakes the Run loop.
 func (a *Agent) append(c queue.Class, t protocol.Type, payload any) (queue.Item, bool, error) {
 	it, stored, err := a.q.Append(c, t, func(seq uint64) ([]byte, error) { return a.encode(t, seq, payload) })

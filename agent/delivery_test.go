@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -399,4 +400,72 @@ func TestRejectedMessageRemoved(t *testing.T) {
 	if s := h.a.Stats(); s.Rejected != 1 || s.Reconnects != 0 {
 		t.Fatalf("stats %+v: want 1 rejected, connection kept", s)
 	}
+}
+
+// TestCommandHandlers: a handler answers progress at once and its final
+// answer, sent later with Respond, reaches control after it; a name
+// without a handler is still refused, naming the ones this agent knows.
+func TestCommandHandlers(t *testing.T) {
+	fc := newFakeControl(t, "")
+	got := make(chan protocol.Command, 1)
+	h := newHarness(t, "", []string{fc.url()}, func(o *Options) {
+		o.Commands = map[string]CommandHandler{"work": func(cmd protocol.Command) protocol.Response {
+			got <- cmd
+			return protocol.Response{Status: "progress", Message: "accepted"}
+		}}
+	})
+	h.start()
+	h.rec.waitState(t, Connected, 5*time.Second)
+	fc.command("lekiwi-7", protocol.Command{ID: "w1", Name: "work"})
+	fc.command("lekiwi-7", protocol.Command{ID: "x1", Name: "self-destruct"})
+	select {
+	case cmd := <-got:
+		if cmd.ID != "w1" {
+			t.Fatalf("handler got %+v", cmd)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler not called")
+	}
+	if err := h.a.Respond(context.Background(), protocol.Response{CommandID: "w1", Status: "ok", Message: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.a.Respond(context.Background(), protocol.Response{CommandID: "w1", Status: "maybe"}); err == nil {
+		t.Fatal("Respond accepted an invalid status")
+	}
+	var answers []protocol.Response
+	waitFor(t, 5*time.Second, "three responses, acknowledged", func() bool {
+		_, _, stored, _, _ := fc.snapshot()
+		answers = answers[:0]
+		seqs := make([]uint64, 0, len(stored))
+		for seq, env := range stored {
+			if env.Type == protocol.TypeResponse {
+				seqs = append(seqs, seq)
+			}
+		}
+		slices.Sort(seqs)
+		for _, seq := range seqs {
+			r, err := protocol.DecodePayload[protocol.Response](stored[seq])
+			if err != nil {
+				t.Fatal(err)
+			}
+			answers = append(answers, r)
+		}
+		return len(answers) == 3 && h.q.Stats().Pending == 0
+	})
+	h.stop(t)
+	var w1 []string
+	for _, r := range answers {
+		switch r.CommandID {
+		case "w1":
+			w1 = append(w1, r.Status)
+		case "x1":
+			if r.Status != "error" || !strings.Contains(r.Message, `"work"`) {
+				t.Errorf("unknown command answered %+v, want an error naming the known commands", r)
+			}
+		}
+	}
+	if !slices.Equal(w1, []string{"progress", "ok"}) {
+		t.Fatalf("w1 answered %v in order, want progress then ok", w1)
+	}
+	fc.checkNoViolations(t)
 }

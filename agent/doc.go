@@ -27,6 +27,11 @@
 // sequences come from one allocator in the queue, which never goes
 // backwards.
 //
+// Commands: "ping" is answered by the runtime; others by the
+// Options.Commands handler of their name (the OTA updater's "update", see
+// agent/updates), which answers at once and, for long work, later through
+// Respond. Responses are queued like events.
+//
 // Identity: the runtime itself holds no key. mTLS comes from
 // Options.HTTPClient (the identity's TLS configuration, which reads the
 // current certificate at every handshake); renewal goes through

@@ -51,6 +51,15 @@ type Renewer interface {
 	Install(protocol.Certificate) error
 }
 
+// CommandHandler answers one command. It is called on the Run goroutine
+// and must not block: it returns the first response at once — ok or error
+// when the command is done, progress when its work goes on in the
+// background, which later answers through Agent.Respond. The runtime sets
+// the response's CommandID. Control may deliver a command again (after a
+// reconnect, or a control node's failover): handlers answer by command ID,
+// and never act twice on one.
+type CommandHandler func(cmd protocol.Command) protocol.Response
+
 // Options configure an Agent. Zero values take the defaults named.
 type Options struct {
 	RobotID   string             // required, a DNS label
@@ -108,6 +117,10 @@ type Options struct {
 	// that failed or went unanswered before sending another; a new
 	// connection tries at once. Default 1h.
 	RenewRetry time.Duration
+
+	// Commands answer commands by name, besides the built-in "ping" (see
+	// CommandHandler); any other name is answered with an error.
+	Commands map[string]CommandHandler
 
 	// OnTransition is called on the Run goroutine after every state change.
 	// It must not block.

@@ -296,12 +296,19 @@ func (s *session) serverError(perr *protocol.Error) {
 func (s *session) command(cmd protocol.Command) {
 	a := s.a
 	resp := protocol.Response{CommandID: cmd.ID}
-	switch cmd.Name {
-	case "ping":
+	if h, ok := a.o.Commands[cmd.Name]; ok {
+		resp = h(cmd)
+		resp.CommandID = cmd.ID
+	} else if cmd.Name == "ping" {
 		resp.Status = "ok"
-	default:
+	} else {
+		names := []string{"ping"}
+		for n := range a.o.Commands {
+			names = append(names, n)
+		}
+		slices.Sort(names)
 		resp.Status = "error"
-		resp.Message = fmt.Sprintf("unknown command %q: this agent (version %s) answers only \"ping\"", cmd.Name, a.o.AgentVersion)
+		resp.Message = fmt.Sprintf("unknown command %q: this agent (version %s) answers only %q", cmd.Name, a.o.AgentVersion, names)
 	}
 	a.log.Info("command", "id", cmd.ID, "name", cmd.Name, "status", resp.Status)
 	if _, _, err := a.append(queue.Event, protocol.TypeResponse, resp); err != nil {
