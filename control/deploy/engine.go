@@ -70,7 +70,7 @@ func New(st *store.Store, o Options) *Engine {
 func (e *Engine) Run(ctx context.Context) error {
 	t := time.NewTicker(e.o.Interval)
 	defer t.Stop()
-	migrated := false
+	synced := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,15 +82,22 @@ func (e *Engine) Run(ctx context.Context) error {
 		switch {
 		case err != nil:
 			e.o.Logger.Warn("deployment engine idle: cluster leader unknown", "err", err)
-			e.cursorValid = false
+			e.cursorValid, synced = false, false
 		case !leader:
-			e.cursorValid = false
-		case !migrated:
-			if err := Migrate(sctx, e.st.DB()); err != nil {
-				e.o.Logger.Warn("deployment tables not ready; retrying", "err", err)
+			e.cursorValid, synced = false, false
+		case !synced:
+			// On taking the lead: the tables must agree with the log
+			// before anything is decided from them (after a restore they
+			// are rebuilt here, in steps that survive the timeout).
+			rep, err := Sync(sctx, e.st)
+			if err != nil {
+				e.o.Logger.Warn("deployment tables do not agree with the event log yet; retrying", "err", err, "replayed", rep.Replayed)
 				break
 			}
-			migrated = true
+			if !rep.Before.Current() {
+				e.o.Logger.Info("deployment tables rebuilt from the event log", "before", rep.Before.String(), "reset", rep.Reset, "replayed", rep.Replayed)
+			}
+			synced = true
 			fallthrough
 		default:
 			if err := e.Step(sctx); err != nil && ctx.Err() == nil {

@@ -49,13 +49,28 @@ var schema = []string{
 		updated_at    INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (deployment_id, robot_id)
 	)`,
+	// How far the tables follow the log (see rebuild.go). Its one row is
+	// made ready only when the log holds no deployment event yet (a new
+	// cluster); a database restored from a backup, or one whose tables
+	// predate this row, starts not ready and is rebuilt by Sync.
+	`CREATE TABLE IF NOT EXISTS deployment_projection (
+		id          INTEGER PRIMARY KEY CHECK (id = 1),
+		applied_seq INTEGER NOT NULL,
+		ready       INTEGER NOT NULL
+	)`,
+	`INSERT OR IGNORE INTO deployment_projection (id, applied_seq, ready)
+		SELECT 1, 0, NOT EXISTS (SELECT 1 FROM events WHERE type IN (` + sqlTypes() + `))`,
 }
+
+// sqlTypes is EventTypes as an SQL list of literals (constants of ours,
+// no quoting needed).
+func sqlTypes() string { return "'" + strings.Join(EventTypes(), "', '") + "'" }
 
 // Migrate creates the deployment tables if they are missing. Safe to run
 // on every node at every start.
 func Migrate(ctx context.Context, db *sql.DB) error {
 	var n int
-	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('deployments', 'deployment_robots')`).Scan(&n); err == nil && n == 2 {
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('deployments', 'deployment_robots', 'deployment_projection')`).Scan(&n); err == nil && n == 3 {
 		return nil
 	}
 	for _, stmt := range schema {
@@ -486,6 +501,9 @@ func unixTime(ns int64) time.Time {
 
 // Get reads one deployment with per-batch and per-robot progress.
 func Get(ctx context.Context, st *store.Store, id string) (*Deployment, error) {
+	if err := checkReadable(ctx, st.DB()); err != nil {
+		return nil, err
+	}
 	return load(ctx, st.DB(), id)
 }
 
@@ -494,6 +512,9 @@ func Get(ctx context.Context, st *store.Store, id string) (*Deployment, error) {
 func List(ctx context.Context, st *store.Store, state string, limit int) ([]*Deployment, error) {
 	if limit <= 0 {
 		return nil, fmt.Errorf("list deployments: limit must be positive, got %d", limit)
+	}
+	if err := checkReadable(ctx, st.DB()); err != nil {
+		return nil, err
 	}
 	q, args := `SELECT id FROM deployments`, []any{}
 	if state != "" {

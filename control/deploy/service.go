@@ -20,13 +20,28 @@ import (
 var ErrInvalid = errors.New("invalid deployment")
 
 // write appends events and applies them to the deployment tables in one
-// transaction.
+// transaction, recording the newest applied deployment event (see
+// rebuild.go). While the tables are being rebuilt it refuses with
+// ErrRebuilding and nothing is appended.
 func write(ctx context.Context, st *store.Store, events ...store.Event) error {
 	_, err := st.AppendWith(ctx, events, func(ctx context.Context, tx *sql.Tx, appended []store.Event) error {
+		if err := checkWritable(ctx, tx); err != nil {
+			return err
+		}
+		var last int64
 		for _, e := range appended {
 			if err := apply(ctx, tx, e); err != nil {
 				return err
 			}
+			if slices.Contains(EventTypes(), e.Type) {
+				last = e.Seq
+			}
+		}
+		if last == 0 {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE deployment_projection SET applied_seq = ? WHERE id = 1`, last); err != nil {
+			return fmt.Errorf("record deployment event %d as applied: %w", last, err)
 		}
 		return nil
 	})
@@ -199,6 +214,9 @@ func Rollback(ctx context.Context, st *store.Store, id, reason, actor string, no
 }
 
 func act(ctx context.Context, st *store.Store, typ, id, reason, actor string, now time.Time) (*Deployment, error) {
+	if err := checkReadable(ctx, st.DB()); err != nil {
+		return nil, err
+	}
 	if _, err := loadDoc(ctx, st.DB(), id); err != nil {
 		return nil, err
 	}
