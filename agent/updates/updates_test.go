@@ -434,4 +434,3 @@ func TestUpdateCommandRefused(t *testing.T) {
 		t.Fatalf("a refused release wrote to the disk: %+v", w[before:])
 	}
 }
-
