@@ -43,6 +43,8 @@ const (
 	DefaultQueueMaxBytes           = 8 << 20
 	DefaultDiskPath                = "/"
 	DefaultLogLevel                = "info"
+	DefaultUpdateKeysDir           = "/etc/lekiwi/update-keys"
+	DefaultUpdateImageInfo         = "/etc/lekiwi/image.json"
 )
 
 // Config is everything the agent daemon needs. YAML keys are the snake_case
@@ -89,6 +91,31 @@ type Config struct {
 	Hardware Hardware `yaml:"hardware"`
 
 	LogLevel string `yaml:"log_level"` // debug, info, warn, error
+
+	// Updates (issue 8): over-the-air A/B updates from control's registry.
+	Update `yaml:",inline"`
+}
+
+// Update configures the OTA updater (agent/updater, agent/updates).
+type Update struct {
+	// UpdateEnabled answers "update" commands; off, they are refused as
+	// unknown. Needs the A/B disk layout and baked update keys.
+	UpdateEnabled bool `yaml:"update_enabled"`
+	// UpdateKeysDir holds the trusted release-signing public keys.
+	UpdateKeysDir string `yaml:"update_keys_dir"`
+	// UpdateStateDir and UpdateCacheDir (persistent partition) hold the
+	// updater's state and partial downloads; "" means <state_dir>/update
+	// and <state_dir>/update/cache.
+	UpdateStateDir string `yaml:"update_state_dir"`
+	UpdateCacheDir string `yaml:"update_cache_dir"`
+	// UpdateDisk is the whole boot disk (like /dev/mmcblk0); "" means the
+	// disk holding the running root filesystem.
+	UpdateDisk string `yaml:"update_disk"`
+	// UpdateImageInfo is the running image's metadata (version, profile).
+	UpdateImageInfo string `yaml:"update_image_info"`
+	// UpdateHealthCommand is run with /bin/sh -c in a trial boot's health
+	// check; "" uses the profile's health.command, if any.
+	UpdateHealthCommand string `yaml:"update_health_command"`
 }
 
 // Roots are the directories read instead of /proc, /sys and /etc.
@@ -122,6 +149,7 @@ func Default() Config {
 		Roots:                   Roots{Proc: "/proc", Sys: "/sys", Etc: "/etc"},
 		DiskPath:                DefaultDiskPath,
 		LogLevel:                DefaultLogLevel,
+		Update:                  Update{UpdateKeysDir: DefaultUpdateKeysDir, UpdateImageInfo: DefaultUpdateImageInfo},
 	}
 }
 
@@ -319,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DiskPath == "" {
 		bad("disk_path is empty: name the filesystem to report, like /")
+	}
+	if c.UpdateEnabled && (c.UpdateKeysDir == "" || c.UpdateImageInfo == "") {
+		bad("update_enabled needs update_keys_dir (default %s) and update_image_info (default %s)", DefaultUpdateKeysDir, DefaultUpdateImageInfo)
 	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log_level: %w", err)

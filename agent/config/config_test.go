@@ -301,3 +301,25 @@ roots: {proc: testdata/proc}
 		})
 	}
 }
+
+// TestUpdateKeys: the update keys come from the file (flat, next to the
+// others), update_enabled from the environment too, with defaults for
+// the keys directory and image metadata.
+func TestUpdateKeys(t *testing.T) {
+	file := writeFile(t, baseYAML+"update_state_dir: /p/update\nupdate_disk: /dev/mmcblk0\nupdate_health_command: /usr/bin/true\n")
+	c, err := Load(Sources{File: file, LookupEnv: envMap(map[string]string{EnvUpdateEnabled: "true"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Update{UpdateEnabled: true, UpdateKeysDir: DefaultUpdateKeysDir, UpdateStateDir: "/p/update", UpdateDisk: "/dev/mmcblk0",
+		UpdateImageInfo: DefaultUpdateImageInfo, UpdateHealthCommand: "/usr/bin/true"}
+	if c.Update != want {
+		t.Fatalf("update settings %+v, want %+v", c.Update, want)
+	}
+	if _, err := Load(Sources{File: writeFile(t, baseYAML+"update_enabled: true\nupdate_keys_dir: \"\"\n")}); err == nil || !strings.Contains(err.Error(), "update_keys_dir") {
+		t.Fatalf("update_enabled without keys: %v", err)
+	}
+	if _, err := Load(Sources{File: file, LookupEnv: envMap(map[string]string{EnvUpdateEnabled: "sometimes"})}); err == nil || !strings.Contains(err.Error(), EnvUpdateEnabled) {
+		t.Fatalf("bad %s: %v", EnvUpdateEnabled, err)
+	}
+}

@@ -38,6 +38,7 @@ const (
 	EnvEnrollmentToken         = "LEKIWI_AGENT_ENROLLMENT_TOKEN"
 	EnvEnrollmentTokenFile     = "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE"
 	EnvInsecure                = "LEKIWI_AGENT_INSECURE"
+	EnvUpdateEnabled           = "LEKIWI_AGENT_UPDATE_ENABLED"
 )
 
 // EnvVar documents one environment variable.
@@ -118,6 +119,14 @@ func EnvVars() []EnvVar {
 		{Name: EnvHardwareSerial, Key: "hardware.serial", Help: "board serial (default: from the device tree)", set: str(func(c *Config) *string { return &c.Hardware.Serial })},
 		{Name: EnvHardwareModel, Key: "hardware.model", Help: "board model (default: from the device tree)", set: str(func(c *Config) *string { return &c.Hardware.Model })},
 		{Name: EnvHardwareRevision, Key: "hardware.revision", Help: "board revision code (default: from /proc/cpuinfo)", set: str(func(c *Config) *string { return &c.Hardware.Revision })},
+		{Name: EnvUpdateEnabled, Key: "update_enabled", Help: "true: install over-the-air updates control sends (default false)", set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not true or false: %w", v, err)
+			}
+			c.UpdateEnabled = b
+			return nil
+		}},
 		{Name: EnvLogLevel, Key: "log_level", Help: "debug, info, warn or error (default info)", set: str(func(c *Config) *string { return &c.LogLevel })},
 	}
 }
