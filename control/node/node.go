@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/registry"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/control/stream"
+	"github.com/lekiwi/heartbeat/control/web"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -158,6 +160,13 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	mux.Handle("GET /v1/agent", gw)
 	mux.Handle("GET /v1/stream", streamHandler(apiServer, hub))
 	apiServer.Register(mux)
+	// Issue 9: the web dashboard (control/web) answers every path the API,
+	// agent, stream and registry routes leave.
+	dashboard, err := web.New()
+	if err != nil {
+		return fail(err)
+	}
+	mux.Handle("/", dashboard)
 	if regDir := cfg.RegistryDir; regDir != "off" {
 		if regDir == "" {
 			regDir = filepath.Join(cfg.DataDir, "registry")
@@ -251,6 +260,18 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 func streamHandler(apiServer *api.Server, hub *stream.Hub) http.Handler {
 	protected := apiServer.Protect(hub, auth.PermRead, auth.PermAdmin)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Issue 9 (web dashboard): a browser's WebSocket carries its token
+		// as a subprotocol; move it into the Authorization header.
+		if r.Header.Get("Authorization") == "" {
+			if token, rest, ok := stream.TokenFromSubprotocols(r.Header); ok {
+				r = r.Clone(r.Context())
+				r.Header.Set("Authorization", "Bearer "+token)
+				r.Header.Del("Sec-WebSocket-Protocol")
+				if len(rest) > 0 {
+					r.Header.Set("Sec-WebSocket-Protocol", strings.Join(rest, ", "))
+				}
+			}
+		}
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			state := *r.TLS
 			state.PeerCertificates, state.VerifiedChains = nil, nil

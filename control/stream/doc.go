@@ -31,7 +31,11 @@
 // # Protocol
 //
 // Authenticate the upgrade request (Authorization: Bearer <token>, role
-// operator or above). Every frame is one JSON text message. The client sends:
+// operator or above). Browsers, which cannot set that header on a
+// WebSocket, offer the subprotocols "lekiwi.stream.v1" and
+// "lekiwi.bearer.<token in unpadded base64url>" instead (see
+// TokenFromSubprotocols); control selects lekiwi.stream.v1. Every frame is
+// one JSON text message. The client sends:
 //
 //	{"type":"subscribe","id":"hb","topics":["robot.*.heartbeat"],
 //	 "robots":["lekiwi-1"],"kinds":["teleop.started"],
