@@ -17,10 +17,13 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/backoff"
+	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/config"
 	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -97,6 +100,25 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		httpClient, renewer = id.HTTPClient(), id
 	}
 
+	// updates: the OTA updater answers "update" commands (issue 8).
+	var commands map[string]agent.CommandHandler
+	var updateHandler *updates.Handler
+	var upd *updater.Updater
+	if cfg.UpdateEnabled {
+		var transport http.RoundTripper
+		if httpClient != nil {
+			transport = httpClient.Transport
+		}
+		var closeUpdater func() error
+		updateHandler, upd, closeUpdater, err = setupUpdates(cfg, version, transport, &running, log)
+		if err != nil {
+			log.Error("over-the-air updates disabled", "err", err)
+		} else {
+			defer closeUpdater()
+			commands = map[string]agent.CommandHandler{protocol.CommandUpdate: updateHandler.Handle}
+		}
+	}
+
 	col := collect.New(collect.Options{
 		Roots:    collect.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys, Etc: cfg.Roots.Etc},
 		DiskPath: cfg.DiskPath,
@@ -118,6 +140,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Logger:                  log,
 		HTTPClient:              httpClient,
 		Identity:                renewer,
+		Commands:                commands, // updates
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
@@ -126,7 +149,16 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version,
 		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending, "mtls", !cfg.Insecure)
 
+	// updates: settle the last update and serve update commands alongside
+	// the runtime; it finishes before the queue closes.
+	updatesDone := make(chan struct{})
+	if upd != nil {
+		go func() { defer close(updatesDone); updateHandler.Run(ctx, upd, a) }()
+	} else {
+		close(updatesDone)
+	}
 	err = a.Run(ctx)
+	<-updatesDone
 	if nerr := systemd.Stopping(); nerr != nil {
 		log.Warn("systemd stopping notification failed", "err", nerr)
 	}
@@ -146,4 +178,29 @@ func firstReconnectJitter(d time.Duration) time.Duration {
 
 func hardware(h config.Hardware) protocol.Hardware {
 	return protocol.Hardware{Serial: h.Serial, Model: h.Model, Revision: h.Revision}
+}
+
+// setupUpdates builds the update handler and the updater on the real
+// Raspberry Pi parts (updates).
+func setupUpdates(cfg config.Config, version string, transport http.RoundTripper, running *atomic.Pointer[agent.Agent], log *slog.Logger) (*updates.Handler, *updater.Updater, func() error, error) {
+	stateDir := cfg.UpdateStateDir
+	if stateDir == "" {
+		stateDir = filepath.Join(cfg.StateDir, "update")
+	}
+	cacheDir := cfg.UpdateCacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(stateDir, "cache")
+	}
+	h, err := updates.New(updates.Options{StateDir: stateDir, Logger: log})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	u, closeFn, err := updates.Setup(updates.SetupOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
+		Disk: cfg.UpdateDisk, ImageInfo: cfg.UpdateImageInfo, HealthCommand: cfg.UpdateHealthCommand, AgentVersion: version,
+		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Handler: h,
+		Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected }})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return h, u, closeFn, nil
 }
