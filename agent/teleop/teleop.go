@@ -212,7 +212,7 @@ func New(cfg Config) (*Detector, error) {
 		ports:     make(map[uint16]string, len(cfg.Ports)),
 		now:       cfg.Now,
 		counters:  cfg.Counters,
-		buf:       make([]byte, 64<<10),
+		buf:       make([]byte, 256<<10), // one read() for ~1500 sockets: each read re-walks the hash table
 		firstSeen: map[peerKey]time.Time{},
 		bytes:     map[uint64]Bytes{},
 	}
