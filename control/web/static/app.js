@@ -6,7 +6,7 @@
 const TOKEN_KEY = 'lekiwi.token';
 const STREAM_PROTOCOL = 'lekiwi.stream.v1';
 const TOKEN_PROTOCOL_PREFIX = 'lekiwi.bearer.';
-const MAX_SAMPLES = 240;   // telemetry points kept per robot for plots
+const MAX_SAMPLES = 600;   // telemetry points kept per robot for plots
 const MAX_FEED = 200;      // live events kept for the events page
 const MAX_ROBOT_PAGES = 20; // GET /v1/robots pages (1,000 each) at most
 const DEPLOYMENT_TYPES = ['DeploymentCreated', 'DeploymentBatchStarted', 'DeploymentBatchCompleted',
@@ -21,6 +21,7 @@ const state = {
   samples: new Map(),    // id -> [{t, cpu, mem, disk, temp}]
   feed: [],              // newest first
   deployments: [],
+  alerts: null,          // firing alerts (GET /v1/alerts), null without that API
   ws: null,
   wsRetry: 0,
   wsTimer: 0,
@@ -150,6 +151,7 @@ async function login(token) {
   for (const id of ['nav', 'whoami', 'logout', 'live']) document.getElementById(id).hidden = false;
   connectStream();
   await loadRobots();
+  loadAlerts();
 }
 
 function logout(reason) {
@@ -266,6 +268,7 @@ function onFrame(f) {
     case 'changes':
       addFeed(f);
       if (id) scheduleRobot(id);
+      if (f.topic && f.topic.startsWith('alert.')) scheduleAlerts();
       break;
     case 'deployments':
       addFeed(f);
@@ -309,6 +312,57 @@ function addSample(id, t, res) {
   if (s.length > MAX_SAMPLES) s.splice(0, s.length - MAX_SAMPLES);
 }
 
+// mergeSamples adds history points (from the telemetry API or the event
+// log) to a robot's samples, in time order, one per instant.
+function mergeSamples(id, points) {
+  const all = (state.samples.get(id) || []).concat(points).sort((a, b) => a.t - b.t);
+  const out = [];
+  for (const p of all) {
+    const last = out[out.length - 1];
+    if (last && last.t === p.t) Object.assign(last, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null && v !== undefined)));
+    else out.push(Object.assign({}, p));
+  }
+  state.samples.set(id, out.slice(-MAX_SAMPLES));
+}
+
+// loadTelemetryHistory reads the downsampled history of GET
+// /v1/robots/{id}/telemetry (the last 3 hours). It returns false when this
+// control has no telemetry API, so the event log's reports are all there is.
+async function loadTelemetryHistory(id) {
+  let res;
+  try {
+    res = await api(`/v1/robots/${encodeURIComponent(id)}/telemetry?from=-3h`);
+  } catch (e) {
+    if (e.status === 404 || e.status === 400) return false;
+    throw e;
+  }
+  const field = { cpu: 'cpu', memory: 'mem', disk: 'disk', temperature: 'temp' };
+  const byTime = new Map();
+  for (const series of (res && res.series) || []) {
+    const k = field[series.metric];
+    if (!k) continue;
+    for (const p of series.points || []) {
+      if (!p.count) continue;
+      const t = new Date(p.t).getTime();
+      const o = byTime.get(t) || { t, cpu: null, mem: null, disk: null, temp: null };
+      o[k] = p.avg;
+      byTime.set(t, o);
+    }
+  }
+  mergeSamples(id, [...byTime.values()]);
+  return true;
+}
+
+async function loadAlerts() {
+  try {
+    const res = await api('/v1/alerts');
+    state.alerts = (res && res.alerts) || [];
+  } catch (e) {
+    state.alerts = null; // this control has no alerts API
+  }
+  if (state.page && state.page.alertsLoaded) state.page.alertsLoaded();
+}
+
 function addFeed(f) {
   state.feed.unshift(f);
   if (state.feed.length > MAX_FEED) state.feed.length = MAX_FEED;
@@ -330,6 +384,11 @@ function scheduleRobot(id) {
       if (e.status !== 404) console.warn('refresh robot', id, e);
     }
   }, 250));
+}
+
+function scheduleAlerts() {
+  if (state.alertTimer) return;
+  state.alertTimer = setTimeout(() => { state.alertTimer = 0; loadAlerts(); }, 400);
 }
 
 function scheduleDeployments() {
@@ -418,6 +477,7 @@ function renderFleet() {
   const table = el('table', { id: 'fleet' },
     el('thead', {}, el('tr', {}, FLEET_COLUMNS.map(([, label]) => el('th', { text: label })))), tbody);
   const empty = el('p', { class: 'muted', id: 'fleet-empty', text: 'No robots yet.' });
+  const alerts = el('ul', { class: 'alerts', id: 'fleet-alerts' });
 
   const matches = (r) => {
     const q = filter.value.trim().toLowerCase();
@@ -435,7 +495,12 @@ function renderFleet() {
     }
     const card = (id, n, l) => el('div', { class: 'card', id }, el('div', { class: 'n', text: n }), el('div', { class: 'l', text: l }));
     summary.replaceChildren(card('count-online', `${online} / ${state.robots.size}`, 'online'),
-      card('count-driven', driven, 'teleoperated'), card('count-hot', hot, 'hot or disk ≥ 90%'));
+      card('count-driven', driven, 'teleoperated'), card('count-hot', hot, 'hot or disk ≥ 90%'),
+      state.alerts ? card('count-alerts', state.alerts.length, 'alerts firing') : null);
+    alerts.replaceChildren(...(state.alerts || []).map((a) => el('li', {},
+      el('span', { class: 'badge failed', text: a.rule }), ' ',
+      el('a', { href: `/robots/${encodeURIComponent(a.robot_id)}`, 'data-link': true, text: a.robot_id }),
+      el('span', { class: 'muted', text: ` value ${Number(a.value).toFixed(1)} since ${new Date(a.fired_at).toLocaleString()}` }))));
   };
   const renderAll = () => {
     const rows = [...state.robots.values()].filter(matches).sort((a, b) => a.id.localeCompare(b.id)).map(fleetRow);
@@ -451,9 +516,10 @@ function renderFleet() {
     }
   }, 5000);
   show('fleet', el('section', {},
-    el('h1', { text: 'Fleet' }), summary,
+    el('h1', { text: 'Fleet' }), summary, alerts,
     el('div', { class: 'toolbar' }, filter), table, empty), {
     robotsLoaded: renderAll,
+    alertsLoaded: renderSummary,
     robotChanged(id) {
       const r = state.robots.get(id);
       if (!r) return;
@@ -540,10 +606,15 @@ async function loadRobotHistory(id) {
     if (page.events.length < 1000) break;
     after = page.next;
   }
+  const points = [];
   for (const e of events) {
-    if (e.type === 'TelemetryReported' && e.data) addSample(id, e.time, e.data.resources);
+    const res = e.type === 'TelemetryReported' && e.data && e.data.resources;
+    if (res) {
+      points.push({ t: new Date(e.time).getTime(), cpu: res.cpu_percent, mem: pct(res.memory_used_bytes, res.memory_total_bytes),
+        disk: pct(res.disk_used_bytes, res.disk_total_bytes), temp: res.temperature_c ?? null });
+    }
   }
-  state.samples.get(id)?.sort((a, b) => a.t - b.t);
+  mergeSamples(id, points);
   return events.filter((e) => e.type !== 'TelemetryReported').slice(-50).reverse();
 }
 
@@ -594,7 +665,10 @@ function renderRobot(id) {
     if (state.page.name !== 'robot' || state.page.id !== id) return;
     tbody.append(...events.map(feedRow));
     fill();
-  }).catch((e) => toast(`Could not load ${id}'s history: ${e.message}`));
+  }).catch((e) => toast(`Could not load ${id}'s events: ${e.message}`));
+  loadTelemetryHistory(id).then((ok) => {
+    if (ok && state.page.name === 'robot' && state.page.id === id) fill();
+  }).catch((e) => toast(`Could not load ${id}'s telemetry: ${e.message}`));
 }
 
 function renderEvents() {
