@@ -70,6 +70,10 @@ type Config struct {
 	RetentionInterval time.Duration `yaml:"retention_interval"`
 	// OIDC, when its issuer is set, accepts bearer JWTs from that issuer.
 	OIDC auth.OIDCConfig `yaml:"oidc"`
+	// AlertRules is a YAML file of alert rules and the alert webhook
+	// (control/telemetry.ParseRules); empty uses telemetry.DefaultRules,
+	// "off" evaluates no rules (telemetry history is still kept). Issue 9.
+	AlertRules string `yaml:"alert_rules"`
 }
 
 // Defaults are the values of an unconfigured node.
@@ -135,6 +139,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("CA_PASSPHRASE_FILE", &c.CAPassphraseFile)
 	str("ADMIN_SOCKET", &c.AdminSocket)
 	str("REGISTRY_DIR", &c.RegistryDir)
+	str("ALERT_RULES", &c.AlertRules) // issue 9: telemetry alerts
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_AUDIENCE", &c.OIDC.Audience)
 	str("OIDC_ROLE_CLAIM", &c.OIDC.RoleClaim)

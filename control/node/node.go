@@ -226,6 +226,12 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		_ = stream.Tail(runCtx, st, hub, stream.TailOptions{Logger: log})
 	}()
 	n.startDeployEngine(runCtx) // issue 8: deployment engine, leader only (deploy.go)
+	// Issue 9: telemetry history and alert rules, leader only (telemetry.go).
+	if err := n.startTelemetry(runCtx, gw.Submit, reg); err != nil {
+		cancel()
+		adminLn.Close()
+		return fail(err)
+	}
 	if cfg.RetentionInterval > 0 {
 		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)
 		n.wg.Add(1)
