@@ -124,4 +124,3 @@ func errorsJoin(a, b error) error {
 	}
 	return b
 }
-
