@@ -92,6 +92,10 @@ type Services struct {
 	// Required are units that must be active for a trial boot to be
 	// healthy; none of them may be disabled.
 	Required []string `yaml:"required"`
+	// Watch are further units the agent reports on (state changes,
+	// restarts) without the image enabling them: the robot's own software,
+	// such as the LeRobot host, installed and enabled by its owner.
+	Watch []string `yaml:"watch"`
 }
 
 // Agent is the agent configuration a profile starts robots with.

@@ -164,6 +164,7 @@ func (v *validator) services() {
 	enable := v.units(v.p.Services.Enable, "enable")
 	disable := v.units(v.p.Services.Disable, "disable")
 	required := v.units(v.p.Services.Required, "required")
+	v.units(v.p.Services.Watch, "watch")
 	for u, at := range disable {
 		if other, both := enable[u]; both {
 			v.errf(at, "unit %q is both disabled here and enabled at %s", u, other)

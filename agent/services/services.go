@@ -127,7 +127,7 @@ type Config struct {
 // then enabled ones, without duplicates. Disabled units are not watched.
 func UnitsFromProfile(s profiles.Services) []string {
 	var units []string
-	for _, u := range slices.Concat(s.Required, s.Enable) {
+	for _, u := range slices.Concat(s.Required, s.Enable, s.Watch) {
 		if !slices.Contains(units, u) {
 			units = append(units, u)
 		}

@@ -98,7 +98,7 @@ func TestUnitsFromProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := UnitsFromProfile(p.Services)
-	want := []string{"lekiwi-agent.service", "ssh.service", "avahi-daemon.service", "chrony.service"}
+	want := []string{"lekiwi-agent.service", "ssh.service", "avahi-daemon.service", "chrony.service", "lekiwi-host.service"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("units %v, want %v", got, want)
 	}
