@@ -41,7 +41,7 @@ func TestParseRejects(t *testing.T) {
 		errors int // expected number of joined errors; 0 = don't check
 	}{
 		{"unknown top-level key", "+colour: red\n", []string{"bad.yaml:8:1: unknown key \"colour\""}, 1},
-		{"unknown nested key", "+services:\n  enabled: [a.service]\n", []string{"bad.yaml:9:3: services: unknown key \"enabled\" (known keys: enable, disable, required)"}, 1},
+		{"unknown nested key", "+services:\n  enabled: [a.service]\n", []string{"bad.yaml:9:3: services: unknown key \"enabled\" (known keys: enable, disable, required, watch)"}, 1},
 		{"wrong type string", "+description: 42\n", []string{"bad.yaml:8:14: description: expected a string, found an integer 42 (quote it if you meant the text \"42\")"}, 1},
 		{"list where string", "+description: [a]\n", []string{"bad.yaml:8:14: description: expected a string, found a list"}, 1},
 		{"wrong type bool", "+users:\n  - name: a\n    sudo: maybe\n", []string{"bad.yaml:10:11: users[0].sudo: expected true or false, found the string \"maybe\""}, 1},
