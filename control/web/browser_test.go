@@ -483,3 +483,38 @@ func TestStreamTokenSubprotocol(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeServesDashboard: on a real node the dashboard answers / and its
+// pages, while the API, its JSON 404 and the probes keep their routes.
+func TestNodeServesDashboard(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := startNode(ctx, t)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		contentType  string
+		body         string
+	}{
+		{"GET", "/", 200, "text/html; charset=utf-8", `<main id="main">`},
+		{"GET", "/robots/lekiwi-1", 200, "text/html; charset=utf-8", `<main id="main">`},
+		{"GET", "/deployments", 200, "text/html; charset=utf-8", `<main id="main">`},
+		{"GET", "/assets/app.js", 200, "text/javascript; charset=utf-8", "connectStream"},
+		{"POST", "/", 405, "text/plain; charset=utf-8", "GET and HEAD"},
+		{"GET", "/nope", 404, "text/plain; charset=utf-8", "dashboard is at /"},
+		{"GET", "/v1/nope", 404, "application/json", `"not_found"`},
+		{"GET", "/v1/robots", 401, "application/json", `"unauthenticated"`},
+		{"GET", "/healthz", 200, "application/json", `"ok"`},
+	} {
+		req, _ := http.NewRequestWithContext(ctx, tc.method, n.URL()+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Type") != tc.contentType || !strings.Contains(string(b), tc.body) {
+			t.Errorf("%s %s: %d %q %.120q; want %d %q containing %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Content-Type"), b, tc.status, tc.contentType, tc.body)
+		}
+	}
+}

@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-func newHandler(t *testing.T) *Handler {
+func newHandler(t testing.TB) *Handler {
 	t.Helper()
 	h, err := New()
 	if err != nil {
@@ -222,4 +222,46 @@ func TestAcceptsGzip(t *testing.T) {
 			t.Errorf("acceptsGzip(%q) = %v, want %v", header, got, want)
 		}
 	}
+}
+
+// FuzzServeHTTP: any path and Accept-Encoding get a page, an asset, 404 or
+// 405, always with the CSP, and never a panic.
+func FuzzServeHTTP(f *testing.F) {
+	h := newHandler(f)
+	f.Add("GET", "/robots/lekiwi-1", "gzip")
+	f.Add("GET", "/assets/app.js?v=1", "gzip;q=0, br")
+	f.Add("HEAD", "/robots/%2F..%2F", "")
+	f.Add("POST", "/events", "*")
+	f.Fuzz(func(t *testing.T, method, target, acceptEncoding string) {
+		if method != "GET" && method != "HEAD" {
+			method = "POST"
+		}
+		req, err := http.NewRequest(method, "http://control.local/", nil)
+		if err != nil {
+			t.Skip()
+		}
+		u, err := req.URL.Parse(target)
+		if err != nil || u.Path == "" {
+			t.Skip()
+		}
+		req.URL = u
+		req.Header.Set("Accept-Encoding", acceptEncoding)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 200:
+			if method == "POST" {
+				t.Fatalf("POST %s answered 200", target)
+			}
+		case 404, 405:
+		default:
+			t.Fatalf("%s %s: status %d", method, target, rec.Code)
+		}
+		if rec.Header().Get("Content-Security-Policy") != ContentSecurityPolicy {
+			t.Fatalf("%s %s: no CSP", method, target)
+		}
+		if rec.Code == 200 && rec.Header().Get("Content-Encoding") == "gzip" && !acceptsGzip(acceptEncoding) {
+			t.Fatalf("gzip sent to Accept-Encoding %q", acceptEncoding)
+		}
+	})
 }
