@@ -317,10 +317,11 @@ func applyCreated(ctx context.Context, tx *sql.Tx, e store.Event, c CreatedData)
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("%w: deployment %s exists", ErrConflict, d.ID)
 	}
-	// Multi-row inserts: one round trip per 150 robots.
+	// Multi-row inserts of insertChunk robots: dqlite's wire protocol
+	// carries at most 255 parameters per statement (5 per robot).
 	robot, batch := 0, 0
-	for start := 0; start < len(c.Robots); start += 150 {
-		chunk := c.Robots[start:min(len(c.Robots), start+150)]
+	for start := 0; start < len(c.Robots); start += insertChunk {
+		chunk := c.Robots[start:min(len(c.Robots), start+insertChunk)]
 		args := make([]any, 0, 5*len(chunk))
 		for _, id := range chunk {
 			for robot >= sumTo(c.Batches, batch+1) {
@@ -337,6 +338,10 @@ func applyCreated(ctx context.Context, tx *sql.Tx, e store.Event, c CreatedData)
 	}
 	return nil
 }
+
+// insertChunk is robots per INSERT when a deployment is created: 5
+// parameters each, within dqlite's limit of 255 per statement.
+const insertChunk = 50
 
 func sumTo(sizes []int, n int) int {
 	s := 0

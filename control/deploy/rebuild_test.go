@@ -274,3 +274,25 @@ func freeLoopback(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// A deployment larger than one multi-row INSERT (dqlite carries at most
+// 255 parameters per statement) is created whole, and rebuilt whole.
+func TestCreateAndRebuildBeyondOneInsert(t *testing.T) {
+	ctx := context.Background()
+	l := newLab(t, 3*insertChunk+7)
+	d := l.create(Spec{BatchSize: Size{Count: 2 * insertChunk}})
+	if d.Counts.Total != len(l.ids) || d.Counts.Pending != len(l.ids) || len(d.Batches) != 2 || d.Batches[1].Counts.Total != insertChunk+7 {
+		t.Fatalf("created %+v batches %+v", d.Counts, d.Batches)
+	}
+	for i, r := range d.Robots {
+		if r.RobotID != l.ids[i] || r.Batch != i/(2*insertChunk) {
+			t.Fatalf("robot %d: %+v", i, r)
+		}
+	}
+	l.step(l.engine())
+	want := snapshot(t, l.st, []string{d.ID})
+	if _, err := Rebuild(ctx, l.st); err != nil {
+		t.Fatal(err)
+	}
+	sameSnapshot(t, "rebuilt", want, snapshot(t, l.st, []string{d.ID}))
+}
