@@ -62,7 +62,7 @@ func TestTemperatureAlertHysteresis(t *testing.T) {
 		}
 	}
 	want(step(0, 70), "")
-	want(step(time.Minute, 85), "")   // above since 1m
+	want(step(time.Minute, 85), "")    // above since 1m
 	want(step(30*time.Second, 82), "") // still above, 30 s
 	l.clock.Add(time.Minute)           // 1m30: not yet
 	want(l.pass(l.tel, rules), "")
@@ -72,9 +72,9 @@ func TestTemperatureAlertHysteresis(t *testing.T) {
 	if !fired[0].Since.Equal(t0.Add(time.Minute)) || fired[0].Value != 82 || fired[0].Seq == 0 {
 		t.Fatalf("fired %+v: want since t0+1m, value 82, a sequence", fired[0])
 	}
-	want(l.pass(l.tel, rules), "")     // fires once
-	want(step(time.Minute, 78), "")    // in the band: still firing
-	want(step(time.Minute, 90), "")    // above again: no second fire
+	want(l.pass(l.tel, rules), "")  // fires once
+	want(step(time.Minute, 78), "") // in the band: still firing
+	want(step(time.Minute, 90), "") // above again: no second fire
 	want(step(time.Minute, 75), store.TypeAlertResolved)
 	want(l.pass(l.tel, rules), "") // resolves once
 	want(step(time.Minute, 79), "")
