@@ -356,6 +356,7 @@ type agentYAML struct {
 	Servers           []string          `yaml:"servers,omitempty"`
 	HeartbeatInterval string            `yaml:"heartbeat_interval,omitempty"`
 	TelemetryMin      string            `yaml:"telemetry_min_interval,omitempty"`
+	UpdateEnabled     bool              `yaml:"update_enabled,omitempty"`
 	Extra             map[string]string `yaml:",inline"`
 }
 
@@ -367,7 +368,9 @@ func addToRoot(root *tree.Tree, o Options, info Info, plan *layout.Plan, epoch t
 	if err := root.AddHostFile(AgentBinary, o.AgentPath, 0o755, epoch); err != nil {
 		return fmt.Errorf("agent binary: %w", err)
 	}
-	cfg := agentYAML{RobotType: string(p.RobotType), Servers: o.ControlURLs, Extra: p.Agent.Extra}
+	// An image that trusts update keys accepts over-the-air updates; one
+	// without keys could verify none, so it does not take update commands.
+	cfg := agentYAML{RobotType: string(p.RobotType), Servers: o.ControlURLs, UpdateEnabled: len(o.UpdateKeys) > 0, Extra: p.Agent.Extra}
 	if p.Agent.HeartbeatInterval > 0 {
 		cfg.HeartbeatInterval = p.Agent.HeartbeatInterval.String()
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -238,6 +239,40 @@ func TestDiskIdentityStableAcrossVersions(t *testing.T) {
 	for _, p := range plans[0].Partitions {
 		if q := plans[1].Part(p.Number); q.GUID != p.GUID {
 			t.Errorf("partition %s: GUID %v in 1.0.0, %v in 2.0.0", p.Name, p.GUID, q.GUID)
+		}
+	}
+}
+
+// An image with trusted update keys has the agent take update commands;
+// one without keys does not.
+func TestUpdateKeysEnableUpdates(t *testing.T) {
+	need(t, "debugfs")
+	dir := t.TempDir()
+	key := filepath.Join(dir, "fleet.pub")
+	if err := os.WriteFile(key, []byte("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, keys := range [][]string{nil, {key}} {
+		out := filepath.Join(dir, "k"+strconv.Itoa(len(keys))+".img")
+		o := options(t, out)
+		o.UpdateKeys = keys
+		if err := Build(context.Background(), inputs(t), o); err != nil {
+			t.Fatal(err)
+		}
+		f, _ := os.Open(out)
+		st, _ := f.Stat()
+		plan, err := layout.ReadGPT(f, st.Size())
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := extract(t, out, plan.Part(layout.SystemA))
+		cfg, err := exec.Command("debugfs", "-R", "cat /etc/lekiwi/agent.yml", p).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(cfg), "update_enabled: true"); got != (len(keys) > 0) {
+			t.Errorf("%d keys: agent.yml says update_enabled=%v:\n%s", len(keys), got, cfg)
 		}
 	}
 }
