@@ -16,7 +16,8 @@ RUN_DIR ?= .run
 DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
 DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables \
              e2fsprogs dosfstools mtools fdisk bmap-tools docker-registry genimage xz-utils zstd cloud-init \
-             mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus
+             mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus \
+             chromium
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
