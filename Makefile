@@ -87,3 +87,20 @@ bench-flash: build deps-test
 .PHONY: chaos
 chaos: deps-test
 	ulimit -n 20000; $(GO) test -tags $(TAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./testbench -args -chaos.agents=1000
+
+# Issue 10 scale scenarios (unattended; every process, data dir and temp
+# file is removed at the end, the whole run ends within SCALE_BUDGET).
+# One mTLS control node at 1k/5k/10k/19k robots with the heartbeat interval
+# ramped down to saturation, reconnect storms, 100 /v1/stream subscribers;
+# then a 3-member cluster with SCALE_CLUSTER_ROBOTS (0 skips it). The
+# simulators run as child processes of bin/scalebench (8,000 robots each,
+# under the 20,000 open-file limit). Results: $(SCALE_OUT)/scale.{md,json,png}.
+SCALE_OUT            ?= .run/bench-scale
+SCALE_SIZES          ?= 1000,5000,10000,19000
+SCALE_CLUSTER_ROBOTS ?= 50000
+SCALE_BUDGET         ?= 150m
+.PHONY: bench-scale
+bench-scale: build
+	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/scalebench ./testbench/cmd/scalebench
+	./bin/scalebench run --control-binary bin/control --out $(SCALE_OUT) --sizes $(SCALE_SIZES) \
+	  --cluster-robots $(SCALE_CLUSTER_ROBOTS) --budget $(SCALE_BUDGET)

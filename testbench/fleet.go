@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -55,6 +56,10 @@ type FleetOptions struct {
 	Now func() time.Time
 	// NoResumption disables TLS session resumption (benchmark baseline).
 	NoResumption bool
+	// LocalAddr, when valid, is the source address of every connection
+	// (e.g. 127.0.0.3): each source address has its own ephemeral port
+	// range, so scale runs spread tens of thousands of robots over several.
+	LocalAddr netip.Addr
 }
 
 // Fleet is a set of simulated robots.
@@ -214,6 +219,9 @@ func (r *SimRobot) Start(ctx context.Context) error {
 		}
 		opts.Identity = r.identity
 	}
+	if r.opts.LocalAddr.IsValid() {
+		opts.HTTPClient = bindSource(opts.HTTPClient, r.opts.LocalAddr)
+	}
 	if r.opts.Now != nil {
 		opts.Now = r.opts.Now
 	}
@@ -278,6 +286,19 @@ func (r *SimRobot) Stats() agent.Stats {
 		return agent.Stats{}
 	}
 	return r.agent.Stats()
+}
+
+// bindSource returns c (or a default client) dialing from addr.
+func bindSource(c *http.Client, addr netip.Addr) *http.Client {
+	t := &http.Transport{}
+	if c != nil {
+		if ct, ok := c.Transport.(*http.Transport); ok {
+			t = ct.Clone()
+		}
+	}
+	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)), Timeout: 10 * time.Second}
+	t.DialContext = d.DialContext
+	return &http.Client{Transport: t}
 }
 
 type staticInterfaces []collect.Interface

@@ -1,0 +1,184 @@
+package testbench
+
+import (
+	"bytes"
+	"image/png"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLatencyHistQuantileWithinBucketOfExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var h LatencyHist
+	var exact []time.Duration
+	for range 20000 {
+		// Log-uniform from 20 µs to 2 s.
+		d := time.Duration(20e3 * float64(int64(1)<<rng.IntN(17)) * (1 + rng.Float64()))
+		h.Add(d)
+		exact = append(exact, d)
+	}
+	if h.Count() != 20000 {
+		t.Fatalf("Count = %d, want 20000", h.Count())
+	}
+	for _, p := range []float64{1, 50, 90, 99, 100} {
+		got, want := h.Quantile(p), Percentile(exact, p)
+		// The bucket's upper bound: never below the exact value, at most
+		// one bucket (8 %) above it.
+		if got < want || float64(got) > float64(want)*histGrowth*1.0001 {
+			t.Errorf("p%.0f = %s, exact %s: not within one bucket above", p, got, want)
+		}
+	}
+	if h.Quantile(100) != h.Max {
+		t.Errorf("p100 = %s, want Max %s", h.Quantile(100), h.Max)
+	}
+}
+
+func TestLatencyHistEdges(t *testing.T) {
+	var empty LatencyHist
+	if empty.Quantile(99) != 0 || empty.Count() != 0 {
+		t.Fatal("empty histogram must report zero")
+	}
+	var h LatencyHist
+	h.Add(-time.Second)   // clock step: counted in the first bucket
+	h.Add(24 * time.Hour) // beyond the last bucket: counted in it
+	if h.Count() != 2 || h.Counts[0] != 1 || h.Counts[histBuckets-1] != 1 {
+		t.Fatalf("edge values not counted in the edge buckets: %v", h.Counts[:2])
+	}
+	if h.Quantile(100) != 24*time.Hour {
+		t.Errorf("p100 = %s, want the maximum", h.Quantile(100))
+	}
+}
+
+func TestLatencyHistSinceAndMerge(t *testing.T) {
+	var a LatencyHist
+	for range 100 {
+		a.Add(time.Millisecond)
+	}
+	before := LatencyHist{Counts: append([]uint64(nil), a.Counts...), Max: a.Max}
+	for range 10 {
+		a.Add(100 * time.Millisecond)
+	}
+	w := a.Since(before)
+	if w.Count() != 10 {
+		t.Fatalf("window counts %d, want 10", w.Count())
+	}
+	if p := w.Quantile(50); p < 100*time.Millisecond || p > 109*time.Millisecond {
+		t.Errorf("window p50 = %s, want ~100 ms (the earlier 1 ms samples are not in the window)", p)
+	}
+	var sum LatencyHist
+	sum.Merge(a)
+	sum.Merge(w)
+	sum.Merge(LatencyHist{}) // a child that has not acknowledged anything yet
+	if sum.Count() != 120 || sum.Max != 100*time.Millisecond {
+		t.Errorf("merged count %d max %s, want 120 and 100ms", sum.Count(), sum.Max)
+	}
+}
+
+func TestSumSeries(t *testing.T) {
+	text := `# HELP lekiwi_control_messages_total Messages received from robots, by type.
+# TYPE lekiwi_control_messages_total counter
+lekiwi_control_messages_total{type="heartbeat"} 1500
+lekiwi_control_messages_total{type="telemetry"} 20
+lekiwi_control_messages_total_extra 7
+lekiwi_control_robot_denied_total{reason="cert revoked, see log"} 3
+go_goroutines 2041
+go_memstats_heap_inuse_bytes 2.8672e+07
+`
+	for _, tc := range []struct {
+		series string
+		want   float64
+		err    bool
+	}{
+		{"lekiwi_control_messages_total", 1520, false},
+		{`lekiwi_control_messages_total{type="heartbeat"}`, 1500, false},
+		{`lekiwi_control_robot_denied_total{reason="cert revoked, see log"}`, 3, false},
+		{"go_goroutines", 2041, false},
+		{"go_memstats_heap_inuse_bytes", 28672000, false},
+		{"go_gc", 0, true},
+		{`lekiwi_control_messages_total{type="event"}`, 0, true},
+	} {
+		got, err := sumSeries(text, tc.series)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("sumSeries(%s) = %v, %v; want %v, error %v", tc.series, got, err, tc.want, tc.err)
+		}
+	}
+	if _, err := sumSeries("go_goroutines many\n", "go_goroutines"); err == nil {
+		t.Error("a non-numeric value must be an error")
+	}
+}
+
+func FuzzSumSeries(f *testing.F) {
+	f.Add("a{b=\"c d\"} 1\na 2\n# x\n", "a")
+	f.Add("go_goroutines 2.5e+03\n", "go_goroutines")
+	f.Add(" \n\n{ } NaN", "{")
+	f.Fuzz(func(t *testing.T, text, series string) {
+		_, _ = sumSeries(text, series) // must not panic
+	})
+}
+
+func scaleSteps() []ScaleStep {
+	return []ScaleStep{
+		{Scenario: "single", Robots: 1000, Interval: 30 * time.Second, RSSPerConn: 90 << 10, AckP50: time.Millisecond, AckP99: 5 * time.Millisecond, Connected: 1000, Goroutines: 2000},
+		{Scenario: "single", Robots: 1000, Interval: time.Second, StormFromReady: 3 * time.Second, StormPeakCPU: 1.2, AckP99: 40 * time.Millisecond, Saturated: "ack p99"},
+		{Scenario: "single+subscribers", Robots: 1000, Interval: 30 * time.Second, Subscribers: 100, SubFramesSec: 3300},
+		{Scenario: "single", Robots: 5000, Interval: 30 * time.Second, RSSPerConn: 80 << 10, AckP50: 2 * time.Millisecond, AckP99: 20 * time.Millisecond},
+		{Scenario: "cluster", Robots: 50000, Members: 3, Connected: 50000, Visible: "c1: listed 50000/50000", MemberRSS: []uint64{1 << 30}},
+		{Scenario: "cluster restart", Robots: 50000, Members: 3, StormFromReady: 40 * time.Second, MemberConnect: []int{25000, 0, 25000}},
+	}
+}
+
+func TestScaleTableHasEveryScenario(t *testing.T) {
+	md := ScaleTable(scaleSteps())
+	for _, want := range []string{
+		"| single | 1000 | 30s |", "| 90.0 |", "| 2.00 |", // KiB per connection, goroutines per connection
+		"| single | 1000 | 0s | 3s | 1.20 |", // storm row
+		"| 1000 | 30s | 100 | 3300 |",        // subscribers
+		"| cluster restart | 50000 |", "25000, 0, 25000", "c1: listed 50000/50000",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("table lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestScalePlotDrawsThePoints(t *testing.T) {
+	b, err := ScalePlot(scaleSteps())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("not a PNG: %v", err)
+	}
+	blue, red := 0, 0
+	bounds := img.Bounds()
+	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
+		for x := bounds.Min.X; x < bounds.Max.X; x++ {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			switch {
+			case r>>8 == 31 && g>>8 == 90 && bl>>8 == 180:
+				blue++
+			case r>>8 == 200 && g>>8 == 40 && bl>>8 == 40:
+				red++
+			}
+		}
+	}
+	// Two memory points with a line and two p99 points with a line, plus
+	// their legends.
+	if blue < 100 || red < 100 {
+		t.Errorf("memory (blue %d px) or p99 (red %d px) series missing", blue, red)
+	}
+	if _, err := ScalePlot(nil); err == nil {
+		t.Error("a plot without points must say so")
+	}
+}
+
+func TestNiceCeil(t *testing.T) {
+	for in, want := range map[float64]float64{0: 1, 0.7: 1, 1: 1, 1.1: 2, 19000: 20000, 51: 100, 4.2: 5} {
+		if got := niceCeil(in); got != want {
+			t.Errorf("niceCeil(%v) = %v, want %v", in, got, want)
+		}
+	}
+}
