@@ -171,6 +171,10 @@ const (
 	EventTeleopStarted = "teleop.started"
 	EventTeleopStopped = "teleop.stopped"
 	EventQueueDropped  = "queue.dropped"
+	// EventServiceChanged reports a watched systemd unit's state change
+	// (agent/services: ActiveState/SubState and restart counts). Stored and
+	// shown; no projection reads it.
+	EventServiceChanged = "service.changed"
 )
 
 // Event is something that happened on the robot, stored durably by control.
@@ -198,6 +202,12 @@ func (e *Event) Validate() error {
 type TeleopData struct {
 	Operator string    `json:"operator,omitempty"`
 	Since    time.Time `json:"since,omitzero"`
+	// RxBytesPerSec is the command traffic received from the operator's
+	// TCP connections over the agent's last poll, TxBytesPerSec what the
+	// robot sent them; absent when the agent could not measure them (no
+	// sock_diag) or they were zero.
+	RxBytesPerSec float64 `json:"rx_bytes_per_sec,omitempty"`
+	TxBytesPerSec float64 `json:"tx_bytes_per_sec,omitempty"`
 }
 
 // QueueDroppedData is the data of a queue.dropped event: totals since the
