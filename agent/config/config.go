@@ -45,6 +45,14 @@ const (
 	DefaultLogLevel                = "info"
 	DefaultUpdateKeysDir           = "/etc/lekiwi/update-keys"
 	DefaultUpdateImageInfo         = "/etc/lekiwi/image.json"
+	// DefaultTeleopInterval is how often the socket tables are read: one
+	// read costs ~5 ms of kernel time on a busy host (docs/BENCHMARKS.md),
+	// and a session is only counted after 3 s of presence anyway.
+	DefaultTeleopInterval = 2 * time.Second
+	// DefaultMDNSPort is the SRV port advertised over mDNS. The agent
+	// listens on nothing, so the robot is advertised with its SSH port
+	// (ssh.service is required by every profile).
+	DefaultMDNSPort = 22
 )
 
 // Config is everything the agent daemon needs. YAML keys are the snake_case
@@ -94,6 +102,32 @@ type Config struct {
 
 	// Updates (issue 8): over-the-air A/B updates from control's registry.
 	Update `yaml:",inline"`
+	// Live fleet view (issue 9): teleoperation detection, service watch,
+	// mDNS advertisement.
+	Live `yaml:",inline"`
+}
+
+// Live configures what the agent watches and announces besides telemetry
+// (agent/teleop, agent/services, agent/mdns). Each part is optional and on
+// by default; a part that cannot start (no systemd bus, port 5353 refused)
+// is logged and retried or skipped without stopping the agent.
+type Live struct {
+	// Profile names the robot profile whose teleop ports and systemd
+	// units are watched; "" means the profile in update_image_info
+	// (image.json), else the embedded profile named like robot_type.
+	Profile string `yaml:"profile"`
+	// TeleopEnabled turns on teleoperation detection (teleop.started and
+	// teleop.stopped events).
+	TeleopEnabled bool `yaml:"teleop_enabled"`
+	// TeleopInterval is how often the socket tables are read.
+	TeleopInterval time.Duration `yaml:"teleop_interval"`
+	// ServicesEnabled turns on the watch of the profile's systemd units
+	// (service.changed events) over systemd's D-Bus API.
+	ServicesEnabled bool `yaml:"services_enabled"`
+	// MDNSEnabled advertises the robot as _lekiwi._tcp or _xle._tcp.
+	MDNSEnabled bool `yaml:"mdns_enabled"`
+	// MDNSPort is the SRV port advertised.
+	MDNSPort int `yaml:"mdns_port"`
 }
 
 // Update configures the OTA updater (agent/updater, agent/updates).
@@ -150,6 +184,8 @@ func Default() Config {
 		DiskPath:                DefaultDiskPath,
 		LogLevel:                DefaultLogLevel,
 		Update:                  Update{UpdateKeysDir: DefaultUpdateKeysDir, UpdateImageInfo: DefaultUpdateImageInfo},
+		Live: Live{TeleopEnabled: true, TeleopInterval: DefaultTeleopInterval, ServicesEnabled: true,
+			MDNSEnabled: true, MDNSPort: DefaultMDNSPort},
 	}
 }
 
@@ -350,6 +386,12 @@ func (c *Config) Validate() error {
 	}
 	if c.UpdateEnabled && (c.UpdateKeysDir == "" || c.UpdateImageInfo == "") {
 		bad("update_enabled needs update_keys_dir (default %s) and update_image_info (default %s)", DefaultUpdateKeysDir, DefaultUpdateImageInfo)
+	}
+	if c.TeleopEnabled && c.TeleopInterval < 100*time.Millisecond {
+		bad("teleop_interval is %v: must be at least 100ms, like 2s", c.TeleopInterval)
+	}
+	if c.MDNSEnabled && (c.MDNSPort < 1 || c.MDNSPort > 65535) {
+		bad("mdns_port is %d: must be a port number 1-65535 (default %d)", c.MDNSPort, DefaultMDNSPort)
 	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		bad("log_level: %w", err)

@@ -323,3 +323,47 @@ func TestUpdateKeys(t *testing.T) {
 		t.Fatalf("bad %s: %v", EnvUpdateEnabled, err)
 	}
 }
+
+// TestLiveKeys: teleop, services and mDNS are on by default, each can be
+// turned off in the file or the environment (the environment winning),
+// and bad values name the key.
+func TestLiveKeys(t *testing.T) {
+	c, err := Load(Sources{File: writeFile(t, baseYAML)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Live{TeleopEnabled: true, TeleopInterval: DefaultTeleopInterval, ServicesEnabled: true, MDNSEnabled: true, MDNSPort: DefaultMDNSPort}
+	if c.Live != want {
+		t.Fatalf("defaults %+v, want %+v", c.Live, want)
+	}
+	file := writeFile(t, baseYAML+"teleop_enabled: false\nservices_enabled: false\nmdns_port: 2222\nprofile: xle\nteleop_interval: 500ms\n")
+	c, err = Load(Sources{File: file, LookupEnv: envMap(map[string]string{EnvTeleopEnabled: "true", EnvMDNSEnabled: "false"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Live{Profile: "xle", TeleopEnabled: true, TeleopInterval: 500 * time.Millisecond, ServicesEnabled: false, MDNSEnabled: false, MDNSPort: 2222}
+	if c.Live != want {
+		t.Fatalf("file+env %+v, want %+v", c.Live, want)
+	}
+	for _, tc := range []struct {
+		yaml, env, value, want string
+	}{
+		{yaml: "mdns_port: 70000\n", want: "mdns_port"},
+		{yaml: "teleop_interval: 1ms\n", want: "teleop_interval"},
+		{env: EnvServicesEnabled, value: "maybe", want: EnvServicesEnabled},
+		{env: EnvMDNSPort, value: "ssh", want: EnvMDNSPort},
+	} {
+		env := map[string]string{}
+		if tc.env != "" {
+			env[tc.env] = tc.value
+		}
+		_, err := Load(Sources{File: writeFile(t, baseYAML+tc.yaml), LookupEnv: envMap(env)})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %s=%q: error %v, want one naming %s", tc.yaml, tc.env, tc.value, err, tc.want)
+		}
+	}
+	// mdns_port is not checked when mDNS is off.
+	if _, err := Load(Sources{File: writeFile(t, baseYAML+"mdns_enabled: false\nmdns_port: 0\n")}); err != nil {
+		t.Fatalf("mdns off with port 0: %v", err)
+	}
+}

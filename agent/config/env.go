@@ -39,6 +39,12 @@ const (
 	EnvEnrollmentTokenFile     = "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE"
 	EnvInsecure                = "LEKIWI_AGENT_INSECURE"
 	EnvUpdateEnabled           = "LEKIWI_AGENT_UPDATE_ENABLED"
+	EnvProfile                 = "LEKIWI_AGENT_PROFILE"
+	EnvTeleopEnabled           = "LEKIWI_AGENT_TELEOP_ENABLED"
+	EnvTeleopInterval          = "LEKIWI_AGENT_TELEOP_INTERVAL"
+	EnvServicesEnabled         = "LEKIWI_AGENT_SERVICES_ENABLED"
+	EnvMDNSEnabled             = "LEKIWI_AGENT_MDNS_ENABLED"
+	EnvMDNSPort                = "LEKIWI_AGENT_MDNS_PORT"
 )
 
 // EnvVar documents one environment variable.
@@ -53,6 +59,16 @@ type EnvVar struct {
 func EnvVars() []EnvVar {
 	str := func(f func(*Config) *string) func(*Config, string) error {
 		return func(c *Config, v string) error { *f(c) = v; return nil }
+	}
+	boolean := func(f func(*Config) *bool) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not true or false: %w", v, err)
+			}
+			*f(c) = b
+			return nil
+		}
 	}
 	dur := func(f func(*Config) *time.Duration) func(*Config, string) error {
 		return func(c *Config, v string) error {
@@ -125,6 +141,19 @@ func EnvVars() []EnvVar {
 				return fmt.Errorf("%q is not true or false: %w", v, err)
 			}
 			c.UpdateEnabled = b
+			return nil
+		}},
+		{Name: EnvProfile, Key: "profile", Help: "robot profile whose teleop ports and units are watched (default: from image.json, else robot_type)", set: str(func(c *Config) *string { return &c.Profile })},
+		{Name: EnvTeleopEnabled, Key: "teleop_enabled", Help: "false: no teleoperation detection (default true)", set: boolean(func(c *Config) *bool { return &c.TeleopEnabled })},
+		{Name: EnvTeleopInterval, Key: "teleop_interval", Help: "how often the socket tables are read for teleoperation (default 2s)", set: dur(func(c *Config) *time.Duration { return &c.TeleopInterval })},
+		{Name: EnvServicesEnabled, Key: "services_enabled", Help: "false: no systemd unit watch (default true)", set: boolean(func(c *Config) *bool { return &c.ServicesEnabled })},
+		{Name: EnvMDNSEnabled, Key: "mdns_enabled", Help: "false: do not advertise the robot over mDNS (default true)", set: boolean(func(c *Config) *bool { return &c.MDNSEnabled })},
+		{Name: EnvMDNSPort, Key: "mdns_port", Help: "SRV port advertised over mDNS (default 22)", set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a port number: %w", v, err)
+			}
+			c.MDNSPort = n
 			return nil
 		}},
 		{Name: EnvLogLevel, Key: "log_level", Help: "debug, info, warn or error (default info)", set: str(func(c *Config) *string { return &c.LogLevel })},
