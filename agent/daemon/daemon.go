@@ -3,7 +3,9 @@
 // watchdog notifications, the robot identity (loaded from
 // <state_dir>/identity, or enrolled with the token and fleet CA first; none
 // in insecure mode), collector on the configured roots, and the runtime
-// over mTLS until the context ends. cmd/agent is only flags around Run.
+// over mTLS until the context ends; beside it the OTA updater and the live
+// view's watchers (teleoperation, systemd units, mDNS). cmd/agent is only
+// flags around Run.
 package daemon
 
 import (
@@ -157,7 +159,14 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	} else {
 		close(updatesDone)
 	}
+	// teleop, services, mdns: the live fleet view's watchers (live.go),
+	// each optional (teleop_enabled, services_enabled, mdns_enabled); they
+	// emit through the runtime's durable queue and stop before it closes.
+	liveCtx, stopLive := context.WithCancel(ctx)
+	watchers := startLive(liveCtx, cfg, version, a, log)
 	err = a.Run(ctx)
+	stopLive()
+	watchers.Wait()
 	<-updatesDone
 	if nerr := systemd.Stopping(); nerr != nil {
 		log.Warn("systemd stopping notification failed", "err", nerr)

@@ -106,6 +106,11 @@ func testConfig(t *testing.T, server string) config.Config {
 	c.DiskPath = root
 	c.TelemetrySampleInterval = 10 * time.Millisecond
 	c.Insecure = strings.HasPrefix(server, "ws://") || strings.HasPrefix(server, "http://")
+	// The live watchers are turned on by the tests that check them: mDNS
+	// would multicast on the host's interfaces, the service watch would
+	// talk to the host's systemd.
+	c.TeleopEnabled, c.ServicesEnabled, c.MDNSEnabled = false, false, false
+	c.UpdateImageInfo = filepath.Join(root, "image.json")
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
