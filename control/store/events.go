@@ -31,7 +31,25 @@ const (
 	// of the robots projection (last_seen must not move).
 	TypeAlertFired    = "AlertFired"
 	TypeAlertResolved = "AlertResolved"
+	// Written by the leader's mDNS browser (control/discovery): a robot
+	// advertising itself on the network while not connected. What it
+	// advertises is unauthenticated, so it stays out of the robots
+	// projection too (DeviceDiscoveredData).
+	TypeDeviceDiscovered = "DeviceDiscovered"
 )
+
+// DeviceDiscoveredData is the data of DeviceDiscovered: what the robot
+// advertises over mDNS, unverified.
+type DeviceDiscoveredData struct {
+	Instance     string             `json:"instance"` // DNS-SD instance, like "lekiwi-7._lekiwi._tcp.local."
+	Type         protocol.RobotType `json:"type"`
+	Host         string             `json:"host,omitempty"`
+	Address      string             `json:"address,omitempty"`
+	Port         int                `json:"port,omitempty"`
+	AgentVersion string             `json:"agent_version,omitempty"`
+	OSVersion    string             `json:"os_version,omitempty"`
+	Node         string             `json:"node"` // the control node that saw it
+}
 
 // Event is one entry of the append-only log.
 type Event struct {
@@ -163,7 +181,7 @@ func appendOne(ctx context.Context, tx *sql.Tx, robots *robotCache, e Event) (Ap
 func robotEvent(t string) bool {
 	switch t {
 	case TypeAccessDenied, TypeEnrollmentCreated, TypeCommandQueued, TypeCommandDelivered, TypeDeviceSeen, TypeFactoryStep,
-		TypeAlertFired, TypeAlertResolved:
+		TypeAlertFired, TypeAlertResolved, TypeDeviceDiscovered:
 		return false
 	}
 	return true
