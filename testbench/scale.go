@@ -310,7 +310,13 @@ func (s *simulators) stop() {
 
 // snapshot sums the children's latest status.
 func (s *simulators) snapshot() (connected int, hist LatencyHist, errs []string) {
-	for _, p := range s.procs {
+	connected, hist, errs, _ = s.snapshotAt()
+	return
+}
+
+// snapshotAt is snapshot and the time of the oldest status in it.
+func (s *simulators) snapshotAt() (connected int, hist LatencyHist, errs []string, oldest time.Time) {
+	for i, p := range s.procs {
 		var st WorkerStatus
 		if !p.alive() {
 			errs = append(errs, p.name+" exited")
@@ -318,6 +324,9 @@ func (s *simulators) snapshot() (connected int, hist LatencyHist, errs []string)
 		if p.status(&st) {
 			connected += st.Connected
 			hist.Merge(st.Heartbeat)
+			if i == 0 || st.At.Before(oldest) {
+				oldest = st.At
+			}
 			if st.Err != "" {
 				errs = append(errs, p.name+": "+st.Err)
 			}
@@ -392,8 +401,10 @@ func (s *simulators) waitConnected(ctx context.Context, want int, timeout time.D
 		peakCtl = max(peakCtl, (ctl-prevCtl).Seconds()/dt)
 		peakSim = max(peakSim, (sim-prevSim).Seconds()/dt)
 		prevT, prevCtl, prevSim = now, ctl, sim
-		c, _, errs := s.snapshot()
-		if c >= want {
+		c, _, errs, at := s.snapshotAt()
+		// Status lines are a second apart: one taken before start (say,
+		// before a node was stopped) would count robots no longer connected.
+		if c >= want && at.After(start) {
 			return time.Since(start), peakCtl, peakSim, nil
 		}
 		if len(errs) > 0 {
@@ -709,6 +720,8 @@ func (r *scaleRun) subscribersStep(ctx context.Context, base ScaleStep, sims *si
 		return err
 	}
 	cpu1, _ := ReadProcCPU(p.pid())
+	// A fresh value: decoding into st would reuse the slice st0 shares.
+	st = SubscribersStatus{}
 	p.status(&st)
 	lat := st.Latency.Since(st0.Latency)
 	step.Subscribers = st.Connected

@@ -52,6 +52,7 @@ type WorkerStatus struct {
 	Started   int         `json:"started"`
 	Connected int         `json:"connected"`
 	Heartbeat LatencyHist `json:"heartbeat_ack"` // cumulative
+	At        time.Time   `json:"at"`            // when the counts were taken
 	Err       string      `json:"error,omitempty"`
 }
 
@@ -132,7 +133,7 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 			}
 			return errors.Join(startErr, stopErr)
 		}
-		st := WorkerStatus{Robots: o.Robots, Started: int(started.Load()), Connected: fleet.Connected()}
+		st := WorkerStatus{Robots: o.Robots, Started: int(started.Load()), Connected: fleet.Connected(), At: time.Now()}
 		mu.Lock()
 		st.Heartbeat = LatencyHist{Counts: append([]uint64(nil), hist.Counts...), Max: hist.Max}
 		mu.Unlock()
