@@ -74,6 +74,15 @@ type Config struct {
 	// (control/telemetry.ParseRules); empty uses telemetry.DefaultRules,
 	// "off" evaluates no rules (telemetry history is still kept). Issue 9.
 	AlertRules string `yaml:"alert_rules"`
+	// Discovery browses the local network over mDNS for robots
+	// (_lekiwi._tcp, _xle._tcp) and records DeviceDiscovered for those not
+	// connected. Default on; a node that cannot use port 5353 logs it and
+	// runs without. Issue 9.
+	Discovery bool `yaml:"discovery"`
+	// DiscoveryInterfaces limits the browse to these interfaces (the
+	// robots' LAN); empty means every up, multicast, non-loopback
+	// interface with an IPv4 address.
+	DiscoveryInterfaces []string `yaml:"discovery_interfaces"`
 }
 
 // Defaults are the values of an unconfigured node.
@@ -90,6 +99,7 @@ func Defaults() Config {
 		EnrollmentTTL:     24 * time.Hour,
 		RateLimit:         20,
 		RetentionInterval: time.Hour,
+		Discovery:         true,
 	}
 }
 
@@ -145,6 +155,12 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("OIDC_ROLE_CLAIM", &c.OIDC.RoleClaim)
 	if v := getenv(EnvPrefix + "INSECURE"); v != "" {
 		c.Insecure = v == "1" || strings.EqualFold(v, "true")
+	}
+	if v := getenv(EnvPrefix + "DISCOVERY"); v != "" { // issue 9: mDNS discovery
+		c.Discovery = v == "1" || strings.EqualFold(v, "true")
+	}
+	if v := getenv(EnvPrefix + "DISCOVERY_INTERFACES"); v != "" {
+		c.DiscoveryInterfaces = splitList(v)
 	}
 	if v := getenv(EnvPrefix + "TLS_NAMES"); v != "" {
 		c.TLSNames = splitList(v)

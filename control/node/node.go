@@ -61,6 +61,8 @@ type Options struct {
 	// MaxBatch caps events per transaction (benchmarks compare 1 with the
 	// default group commit).
 	MaxBatch int
+	// DiscoveryGrace overrides DefaultDiscoveryGrace (tests).
+	DiscoveryGrace time.Duration
 }
 
 // Start opens the store (joining the cluster if configured), starts the
@@ -231,6 +233,10 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		cancel()
 		adminLn.Close()
 		return fail(err)
+	}
+	// Issue 9: robots on the network but not connected (discovery.go).
+	if cfg.Discovery {
+		n.startDiscovery(runCtx, gw.Submit, o.DiscoveryGrace)
 	}
 	if cfg.RetentionInterval > 0 {
 		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)

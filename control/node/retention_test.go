@@ -21,6 +21,7 @@ func TestNodeRunsRetentionOnSchedule(t *testing.T) {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DBAddress = freeAddr(t)
 	cfg.RetentionInterval = time.Second
+	cfg.Discovery = false // no mDNS multicast on the host's interfaces
 	ctx := context.Background()
 	n, err := Start(ctx, cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
