@@ -27,6 +27,7 @@ func startNode(t *testing.T, dataDir, dbAddress string) *node.Node {
 	cfg := node.Defaults()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Insecure = dataDir, freeAddr(t), dbAddress, true
 	cfg.RetentionInterval = 0
+	cfg.Discovery = false // no mDNS multicast on the host's interfaces
 	n, err := node.Start(ctx, cfg, node.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("start control: %v", err)

@@ -34,7 +34,8 @@ func newRoot() *cobra.Command {
 		SilenceErrors: false,
 	}
 	af := &adminFlags{}
-	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af), newLeave(af), newCluster(af), newDeploy(af)} {
+	for _, c := range []*cobra.Command{newToken(af), newEnroll(af), newRobot(af), newLeave(af), newCluster(af), newDeploy(af),
+		newRobots(af), newEvents(af)} {
 		af.add(c)
 		root.AddCommand(c)
 	}
@@ -73,7 +74,8 @@ cluster needs three voters: two control nodes plus a witness.
 Configuration comes from a YAML file (--config), then LEKIWI_CONTROL_*
 environment variables (DATA_DIR, LISTEN, DB_ADDRESS, JOIN, NODE_ID,
 HEARTBEAT_INTERVAL, OFFLINE_GRACE, LOG_LEVEL, CA_DIR, CA_PASSPHRASE_FILE,
-INSECURE, TLS_NAMES, ADMIN_SOCKET, OIDC_ISSUER, OIDC_AUDIENCE, OIDC_ROLE_CLAIM),
+INSECURE, TLS_NAMES, ADMIN_SOCKET, OIDC_ISSUER, OIDC_AUDIENCE, OIDC_ROLE_CLAIM,
+DISCOVERY, DISCOVERY_INTERFACES),
 then flags.
 
 Robots connect with mTLS (TLS 1.3) using certificates from the fleet CA; the
@@ -178,6 +180,8 @@ It is small enough to run on the netboot station.`
 	f.StringVar(&flagCfg.AdminSocket, "admin-socket", "", "local admin socket (default <data-dir>/control.sock)")
 	f.StringVar(&flagCfg.RegistryDir, "registry-dir", "", `storage of the embedded OCI registry at /v2/ (default <data-dir>/registry; "off" disables it)`)
 	f.DurationVar(&flagCfg.RobotCertLifetime, "robot-cert-lifetime", flagCfg.RobotCertLifetime, "validity of robot certificates")
+	f.BoolVar(&flagCfg.Discovery, "discovery", flagCfg.Discovery, "browse the LAN over mDNS and record robots on it that are not connected (DeviceDiscovered)")
+	f.StringSliceVar(&flagCfg.DiscoveryInterfaces, "discovery-interface", nil, "browse only on this interface (repeatable; default every multicast interface)")
 	return cmd
 }
 
@@ -235,6 +239,12 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("robot-cert-lifetime") {
 		cfg.RobotCertLifetime = f.RobotCertLifetime
+	}
+	if set("discovery") {
+		cfg.Discovery = f.Discovery
+	}
+	if set("discovery-interface") {
+		cfg.DiscoveryInterfaces = f.DiscoveryInterfaces
 	}
 }
 
