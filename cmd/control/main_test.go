@@ -29,7 +29,8 @@ func TestMain(m *testing.M) {
 
 func control(args ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "LEKIWI_TEST_BE_CONTROL=1")
+	// Nodes started by tests do not browse the host's LAN over mDNS.
+	cmd.Env = append(os.Environ(), "LEKIWI_TEST_BE_CONTROL=1", "LEKIWI_CONTROL_DISCOVERY=false")
 	return cmd
 }
 
