@@ -88,9 +88,7 @@ func (s *session) deliver(c protocol.Command) {
 		s.g.log.Error("encode command", "id", c.ID, "err", err)
 		return
 	}
-	select {
-	case s.out <- outFrame{data: frame}:
-	default:
+	if !s.enqueue(outFrame{data: frame}) {
 		s.g.log.Warn("robot not reading; command stays queued for its next connection", "robot", s.robotID, "command", c.ID)
 		return
 	}

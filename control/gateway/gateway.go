@@ -215,7 +215,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "control node shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer g.wg.Done()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			g.wg.Done()
+		}
+	}()
 	if g.refuseFenced(w) {
 		return
 	}
@@ -223,17 +228,29 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	hj := &leanHijacker{ResponseWriter: w}
+	conn, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		g.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
 	conn.SetReadLimit(protocol.MaxFrameBytes)
 	s := newSession(g, conn, r.RemoteAddr)
+	s.raw = hj.conn
+	s.idle = newIdleWaiter(hj.conn, hj.br)
 	s.certRobotID, s.certSerial = certRobot, certSerial
-	g.metrics.connections.Inc()
-	defer g.metrics.connections.Dec()
-	s.serve(r.Context())
+	// The session runs on a goroutine of its own so that this handler
+	// returns: net/http then drops its per-connection state (request,
+	// headers, buffers) and the goroutine whose stack grew during the TLS
+	// handshake. Sessions end on close, not on the request's context, which
+	// net/http cancels when this handler returns.
+	handedOff = true
+	go func() {
+		defer g.wg.Done()
+		g.metrics.connections.Inc()
+		defer g.metrics.connections.Dec()
+		s.serve(context.Background())
+	}()
 }
 
 // attach makes s the robot's session, closing an older one on this node.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,10 +34,17 @@ type outFrame struct {
 
 // session is one robot connection.
 type session struct {
-	g      *Gateway
-	conn   *websocket.Conn
-	id     string
-	remote string
+	g    *Gateway
+	conn *websocket.Conn
+	raw  net.Conn // under conn, to cut off a peer that ignores our close
+	// idle, when set, lets the session wait for frames on a shallow stack.
+	idle *idleWaiter
+	// probeMu orders buffered() probes of the reader against the close
+	// handshake, which reads from it too; closing stops the probes.
+	probeMu sync.Mutex
+	closing bool
+	id      string
+	remote  string
 	// certRobotID and certSerial come from the verified client certificate
 	// (empty in --insecure mode).
 	certRobotID string
@@ -57,39 +65,66 @@ type session struct {
 	uptime    atomic.Uint64 // float64 bits, from the last heartbeat
 	flushedAt atomic.Int64  // heardAt value last written to the store
 
-	out       chan outFrame
-	done      chan struct{} // closed when the session ends
+	// Outbound frames. An idle session holds no queue and no writer
+	// goroutine: the first frame queued starts a writer, which exits once
+	// the queue is empty (thousands of idle robots would otherwise each
+	// keep a goroutine stack and a 64-slot channel).
+	outMu   sync.Mutex
+	outq    []outFrame    // waiting for the writer; nil when idle
+	writing bool          // a writer goroutine is draining outq
+	shut    bool          // closeNow ran: frames are dropped from now on
+	room    chan struct{} // a token whenever the writer takes a frame or stops
+	writers sync.WaitGroup
+
+	ctx       context.Context // the session's, for writes; set by serve
+	done      chan struct{}   // closed when the session ends
 	closeOnce sync.Once
 	cancel    context.CancelFunc
 }
 
 func newSession(g *Gateway, conn *websocket.Conn, remote string) *session {
-	return &session{g: g, conn: conn, id: newID(), remote: remote, out: make(chan outFrame, outQueue), done: make(chan struct{})}
+	return &session{g: g, conn: conn, id: newID(), remote: remote, room: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // serve runs the session until the connection ends.
 func (s *session) serve(parent context.Context) {
 	ctx, cancel := context.WithCancel(parent)
-	s.cancel = cancel
+	s.ctx, s.cancel = ctx, cancel
 	defer cancel()
-	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); s.writeLoop(ctx) }()
 	defer func() {
 		// Frames queued so far (an error, a close code) go out first; this
-		// close only takes effect if none was requested.
+		// close only takes effect if none was requested. Once it is queued
+		// (or closeNow has run) no new writer can start, so Wait is final.
 		s.close(websocket.StatusInternalError, "session ended")
-		<-writerDone
+		s.writers.Wait()
 		close(s.done)
 	}()
 
-	if err := s.hello(ctx); err != nil {
-		s.g.log.Info("robot hello rejected", "remote", s.remote, "robot", s.robotID, "err", err)
+	// This goroutine lives as long as the robot is connected, mostly idle:
+	// everything with deep call chains (hello, logging, the disconnect
+	// record) runs on fresh stacks so that its own stays small.
+	var helloed bool
+	s.onFreshStack(func() { helloed = s.start(ctx) })
+	if !helloed {
 		return
 	}
-	log := s.g.log.With("robot", s.robotID, "session", s.id)
-	log.Info("robot connected", "remote", s.remote)
 	reason := s.readLoop(ctx)
-	log.Info("robot disconnected", "reason", reason)
+	s.onFreshStack(func() { s.finish(parent, reason) })
+}
+
+// start runs the hello exchange and reports whether the session is on.
+func (s *session) start(ctx context.Context) bool {
+	if err := s.hello(ctx); err != nil {
+		s.g.log.Info("robot hello rejected", "remote", s.remote, "robot", s.robotID, "err", err)
+		return false
+	}
+	s.g.log.Info("robot connected", "robot", s.robotID, "session", s.id, "remote", s.remote)
+	return true
+}
+
+// finish records the end of a session that got past hello.
+func (s *session) finish(parent context.Context, reason string) {
+	s.g.log.Info("robot disconnected", "robot", s.robotID, "session", s.id, "reason", reason)
 	s.g.detach(s)
 	data, _ := jsonMarshal(store.DisconnectedData{Session: s.id, Node: s.g.cfg.NodeID, Reason: reason})
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeRobotDisconnected, Time: s.g.cfg.Now().UTC(), Data: data, Actor: "control", CorrelationID: s.id}
@@ -185,18 +220,53 @@ func (s *session) reject(perr *protocol.Error) error {
 	return perr
 }
 
-// readLoop handles frames until the connection ends, returning why.
+// readLoop handles frames until the connection ends, returning why. Between
+// bursts of frames it waits on a shallow stack (see idle.go).
 func (s *session) readLoop(ctx context.Context) string {
 	for {
-		typ, data, err := s.conn.Read(ctx)
+		if s.idle != nil {
+			// An error means the socket is closed; the read reports why.
+			_ = s.idle.waitReadable()
+		}
+		var reason string
+		var ended bool
+		s.onFreshStack(func() { reason, ended = s.readBurst(ctx) })
+		if ended {
+			return reason
+		}
+	}
+}
+
+// onFreshStack runs fn on a new goroutine and waits for it, so that the
+// stack fn grows is freed when it returns instead of staying with the
+// session's long-lived goroutine.
+func (s *session) onFreshStack(fn func()) {
+	if s.idle == nil {
+		fn()
+		return
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); fn() }()
+	<-done
+}
+
+// readBurst handles frames until nothing more is buffered (ended false) or
+// the connection ends (ended true, with why).
+func (s *session) readBurst(ctx context.Context) (reason string, ended bool) {
+	for {
+		// No deadline or cancellation on the read itself: a cancellable
+		// context would register a callback on every read of every idle
+		// session. closeNow cancels ctx and then closes the connection,
+		// which ends this read.
+		typ, data, err := s.conn.Read(context.Background())
 		if err != nil {
 			if st := websocket.CloseStatus(err); st != -1 {
-				return fmt.Sprintf("closed with %d", st)
+				return fmt.Sprintf("closed with %d", st), true
 			}
 			if ctx.Err() != nil {
-				return "closed by control"
+				return "closed by control", true
 			}
-			return "connection lost: " + err.Error()
+			return "connection lost: " + err.Error(), true
 		}
 		var perr *protocol.Error
 		if typ != websocket.MessageText {
@@ -204,20 +274,35 @@ func (s *session) readLoop(ctx context.Context) string {
 		} else {
 			perr = s.handle(ctx, data)
 		}
-		if perr == nil {
-			continue
+		if perr != nil {
+			s.g.metrics.protocolErrors.WithLabelValues(string(perr.Code)).Inc()
+			s.send(ctx, s.errorFrame(perr))
+			if perr.Code.Fatal() {
+				s.close(websocket.StatusCode(perr.Code.CloseCode()), string(perr.Code))
+				return "protocol error: " + perr.Error(), true
+			}
+			if s.badFrames++; s.badFrames >= maxBadFrames {
+				s.close(websocket.StatusPolicyViolation, "too many bad messages")
+				return fmt.Sprintf("%d bad messages", s.badFrames), true
+			}
 		}
-		s.g.metrics.protocolErrors.WithLabelValues(string(perr.Code)).Inc()
-		s.send(ctx, s.errorFrame(perr))
-		if perr.Code.Fatal() {
-			s.close(websocket.StatusCode(perr.Code.CloseCode()), string(perr.Code))
-			return "protocol error: " + perr.Error()
-		}
-		if s.badFrames++; s.badFrames >= maxBadFrames {
-			s.close(websocket.StatusPolicyViolation, "too many bad messages")
-			return fmt.Sprintf("%d bad messages", s.badFrames)
+		if !s.moreBuffered() {
+			return "", false
 		}
 	}
+}
+
+// moreBuffered reports whether the next frame can be read without waiting
+// for the socket. Once the session is closing, the answer is always yes:
+// the close handshake reads from the connection too, so the reader must
+// not probe it, and simply reads on until the connection ends.
+func (s *session) moreBuffered() bool {
+	if s.idle == nil {
+		return true
+	}
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	return s.closing || s.idle.buffered()
 }
 
 // handle processes one frame; a non-nil result is sent back as an error.
@@ -304,26 +389,62 @@ func (s *session) toEvent(env protocol.Envelope) (store.Event, *protocol.Error) 
 	}, nil
 }
 
-// writeLoop writes queued frames in order; a close request ends it.
-func (s *session) writeLoop(ctx context.Context) {
+// enqueue queues f for the writer, starting one if none runs. It reports
+// false when the queue is full; frames for a session already closing are
+// dropped (reported as queued: the robot will resend after reconnecting).
+func (s *session) enqueue(f outFrame) bool {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if s.shut {
+		return true
+	}
+	if len(s.outq) >= outQueue {
+		return false
+	}
+	s.outq = append(s.outq, f)
+	if !s.writing {
+		s.writing = true
+		s.writers.Add(1)
+		go s.writeQueued()
+	}
+	return true
+}
+
+// writeQueued writes queued frames in order until the queue is empty, a
+// close request is reached or a write fails.
+func (s *session) writeQueued() {
+	defer s.writers.Done()
+	defer s.signalRoom() // a sender waiting for room must see shut
 	for {
-		select {
-		case f := <-s.out:
-			if f.code != 0 {
-				s.closeNow(f.code, f.reason)
-				return
-			}
-			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-			err := s.conn.Write(wctx, websocket.MessageText, f.data)
-			cancel()
-			if err != nil {
-				s.closeNow(websocket.StatusPolicyViolation, "write failed")
-				return
-			}
-		case <-ctx.Done():
-			s.closeNow(websocket.StatusGoingAway, "session canceled")
+		s.outMu.Lock()
+		if len(s.outq) == 0 || s.shut {
+			s.outq, s.writing = nil, false
+			s.outMu.Unlock()
 			return
 		}
+		f := s.outq[0]
+		s.outq[0] = outFrame{}
+		s.outq = s.outq[1:]
+		s.outMu.Unlock()
+		s.signalRoom()
+		if f.code != 0 {
+			s.closeNow(f.code, f.reason)
+			return
+		}
+		wctx, cancel := context.WithTimeout(s.ctx, writeTimeout)
+		err := s.conn.Write(wctx, websocket.MessageText, f.data)
+		cancel()
+		if err != nil {
+			s.closeNow(websocket.StatusPolicyViolation, "write failed")
+			return
+		}
+	}
+}
+
+func (s *session) signalRoom() {
+	select {
+	case s.room <- struct{}{}:
+	default:
 	}
 }
 
@@ -332,10 +453,14 @@ func (s *session) send(ctx context.Context, frame []byte) {
 	if frame == nil {
 		return
 	}
-	select {
-	case s.out <- outFrame{data: frame}:
-	case <-s.done:
-	case <-ctx.Done():
+	for !s.enqueue(outFrame{data: frame}) {
+		select {
+		case <-s.room:
+		case <-s.done:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -347,18 +472,15 @@ func (s *session) ackAsync(seqs []uint64) {
 		s.g.log.Error("encode ack", "robot", s.robotID, "err", err)
 		return
 	}
-	select {
-	case s.out <- outFrame{data: frame}:
-	default:
+	if !s.enqueue(outFrame{data: frame}) {
 		s.close(websocket.StatusTryAgainLater, "robot not reading acknowledgements")
 	}
 }
 
 // fail tells the robot why and closes so it reconnects later.
 func (s *session) fail(perr *protocol.Error) {
-	select {
-	case s.out <- outFrame{data: s.errorFrame(perr)}:
-	default:
+	if frame := s.errorFrame(perr); frame != nil {
+		s.enqueue(outFrame{data: frame})
 	}
 	s.close(websocket.StatusTryAgainLater, string(perr.Code))
 }
@@ -366,23 +488,37 @@ func (s *session) fail(perr *protocol.Error) {
 // close asks the writer to close after the frames queued so far; if the
 // writer is stuck, it closes at once.
 func (s *session) close(code websocket.StatusCode, reason string) {
-	select {
-	case s.out <- outFrame{code: code, reason: reason}:
-	default:
+	if !s.enqueue(outFrame{code: code, reason: reason}) {
 		s.closeNow(code, reason)
 	}
 }
 
 func (s *session) closeNow(code websocket.StatusCode, reason string) {
 	s.closeOnce.Do(func() {
+		s.outMu.Lock()
+		s.shut, s.outq = true, nil
+		s.outMu.Unlock()
+		s.probeMu.Lock()
+		s.closing = true
+		s.probeMu.Unlock()
+		closed := make(chan struct{})
 		go func() {
 			// Close waits for the peer's close frame; never hold a caller on it.
+			defer close(closed)
 			_ = s.conn.Close(code, reason)
 		}()
 		go func() {
 			select {
-			case <-s.done:
+			case <-closed:
+				// Handshake done (coder/websocket bounds it at 5 s). A
+				// CloseNow racing it could cut the close frame off.
 			case <-time.After(closeWaitTime):
+				// The peer ignores our close and the reader may still be
+				// blocked on it. CloseNow would only wait for the
+				// handshake: closing the socket ends both at once.
+				if s.raw != nil {
+					_ = s.raw.Close()
+				}
 			}
 			if s.cancel != nil {
 				s.cancel()
