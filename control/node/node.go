@@ -354,7 +354,11 @@ func (n *Node) Close(ctx context.Context) error {
 		if errors.Is(serr, context.DeadlineExceeded) {
 			serr = n.server.Close()
 		}
-		_ = n.admin.Close()
+		// Graceful: the request that asked this node to leave (over the
+		// admin socket) is still writing its answer when Close starts.
+		if aerr := n.admin.Shutdown(ctx); aerr != nil {
+			_ = n.admin.Close()
+		}
 		n.cancel()
 		n.wg.Wait()
 		err = errors.Join(serr, n.store.Close())
