@@ -95,7 +95,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if err != nil {
 		return res, err
 	}
-	ctl := exec.CommandContext(ctx, o.ControlBinary, "run", "--ca-dir", caDir, "--data-dir", filepath.Join(o.Dir, "control"),
+	ctl := exec.CommandContext(ctx, o.ControlBinary, "run", "--discovery=false", "--ca-dir", caDir, "--data-dir", filepath.Join(o.Dir, "control"),
 		"--listen", listen, "--db-address", dbAddr, "--heartbeat-interval", o.HeartbeatInterval.String(),
 		"--offline-grace", o.HeartbeatInterval.String(), "--log-level", "warn")
 	ctl.Stderr = os.Stderr
@@ -234,7 +234,7 @@ func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *p
 	if _, err := simIdentity(ca, "bench-agent", 0, filepath.Join(dir, "state", "identity")); err != nil {
 		return nil, nil, err
 	}
-	cfg := fmt.Sprintf("robot_id: bench-agent\nrobot_type: lekiwi\nservers: [%q]\nstate_dir: %q\nlog_level: warn\nroots:\n  proc: %q\n  sys: %q\n  etc: %q\n",
+	cfg := fmt.Sprintf("robot_id: bench-agent\nrobot_type: lekiwi\nservers: [%q]\nstate_dir: %q\nlog_level: warn\nmdns_enabled: false\nservices_enabled: false\nroots:\n  proc: %q\n  sys: %q\n  etc: %q\n",
 		server, filepath.Join(dir, "state"), roots.Proc, roots.Sys, roots.Etc)
 	path := filepath.Join(dir, "agent.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {

@@ -97,7 +97,7 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 	}
 	base := "https://" + listen
 	dataDir := filepath.Join(o.Dir, "control")
-	args := []string{"run", "--ca-dir", caDir, "--data-dir", dataDir, "--listen", listen, "--db-address", dbAddr, "--log-level", "warn"}
+	args := []string{"run", "--discovery=false", "--ca-dir", caDir, "--data-dir", dataDir, "--listen", listen, "--db-address", dbAddr, "--log-level", "warn"}
 	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13}}}
 
 	ctl, err := startControlProc(ctx, o.ControlBinary, args...)

@@ -499,6 +499,9 @@ func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
 	env[config.EnvFirstReconnectJitter] = "100ms"
 	env[config.EnvBackoffBase], env[config.EnvBackoffCap] = "100ms", "1s"
 	env[config.EnvTelemetrySampleInterval] = "1s"
+	// A booted test robot neither advertises on the host's LAN nor dials
+	// the host's system bus.
+	env[config.EnvMDNSEnabled], env[config.EnvServicesEnabled] = "false", "false"
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	sys.Config, err = config.Load(config.Sources{File: filepath.Join(sys.Root, build.AgentConfig), LookupEnv: lookup})
 	if err != nil {

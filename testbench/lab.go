@@ -90,6 +90,7 @@ func StartControl(ctx context.Context, o ControlOptions) (*node.Node, error) {
 	}
 	cfg := node.Defaults()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Join = o.Dir, o.Listen, o.DBAddress, o.Join
+	cfg.Discovery = false // lab nodes do not browse the host's LAN over mDNS
 	cfg.HeartbeatInterval, cfg.OfflineGrace = o.HeartbeatInterval, o.OfflineGrace
 	if o.RateLimit > 0 {
 		cfg.RateLimit = o.RateLimit

@@ -41,6 +41,7 @@ func TestStreamEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := node.Defaults()
+	cfg.Discovery = false // no mDNS multicast on the host's interfaces
 	dir := t.TempDir()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Insecure = filepath.Join(dir, "data"), freeAddr(t), freeAddr(t), true
 	cfg.HeartbeatInterval, cfg.OfflineGrace = time.Second, time.Second

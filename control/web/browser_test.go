@@ -45,6 +45,7 @@ func freeAddr(t *testing.T) string {
 func startNode(ctx context.Context, t *testing.T) *node.Node {
 	t.Helper()
 	cfg := node.Defaults()
+	cfg.Discovery = false // no mDNS multicast on the host's interfaces
 	dir := t.TempDir()
 	cfg.DataDir, cfg.Listen, cfg.DBAddress, cfg.Insecure = filepath.Join(dir, "data"), freeAddr(t), freeAddr(t), true
 	cfg.HeartbeatInterval, cfg.OfflineGrace = time.Second, time.Second
