@@ -83,10 +83,16 @@ func Command(argv ...string) Check {
 			if len(tail) > 200 {
 				tail = "…" + tail[len(tail)-200:]
 			}
-			if tail != "" {
-				return fmt.Errorf("%s: %w: %s", argv[0], err, tail)
+			// Name the command the operator configured, not the shell
+			// that ran it: "sh -c X" is reported as X.
+			name := strings.Join(argv, " ")
+			if len(argv) == 3 && argv[1] == "-c" {
+				name = argv[2]
 			}
-			return fmt.Errorf("%s: %w", argv[0], err)
+			if tail != "" {
+				return fmt.Errorf("%q: %w: %s", name, err, tail)
+			}
+			return fmt.Errorf("%q: %w", name, err)
 		}
 		return nil
 	}}
