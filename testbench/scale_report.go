@@ -147,7 +147,11 @@ func ScalePlot(steps []ScaleStep) ([]byte, error) {
 	right := image.Rect(w/2+60, 40, w-20, h-50)
 	drawPanel(img, left, "CONTROL RSS PER CONNECTION (KIB)", xs, []series{{mem, blue, "KIB/CONN"}})
 	drawPanel(img, right, "HEARTBEAT ACK LATENCY (MS)", xs, []series{{p50, orange, "P50"}, {p99, red, "P99"}})
-	drawText(img, w/2-110, h-20, "FLEET SIZE (ROBOTS), ONE NODE, MTLS", color.RGBA{0, 0, 0, 255})
+	xlabel := "FLEET SIZE (ROBOTS), ONE NODE, MTLS"
+	if len(pts) > 0 {
+		xlabel += ", HEARTBEAT EVERY " + pts[0].Interval.String()
+	}
+	drawText(img, w/2-4*len(xlabel), h-20, xlabel, color.RGBA{0, 0, 0, 255})
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, err

@@ -8,11 +8,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -26,7 +28,7 @@ import (
 
 func main() {
 	root := &cobra.Command{Use: "scalebench", Short: "Lekiwi Heartbeat scale scenarios (issue 10)", SilenceUsage: true}
-	root.AddCommand(newRun(), newSim(), newSubs())
+	root.AddCommand(newRun(), newReport(), newSim(), newSubs())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
 	}
@@ -113,6 +115,45 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 	f.BoolVar(&o.SkipSingle, "skip-single", false, "skip the single-node scenario")
 	f.DurationVar(&budget, "budget", 90*time.Minute, "the whole run ends (and cleans up) after this")
 	_ = cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func newReport() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:     "report FILE.json...",
+		Short:   "Merge the scale.json of several runs into one scale.md and scale.png",
+		Example: `  scalebench report --out merged run-1k/scale.json run-19k/scale.json`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var steps []testbench.ScaleStep
+			for _, path := range args {
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				var s []testbench.ScaleStep
+				if err := json.Unmarshal(b, &s); err != nil {
+					return fmt.Errorf("%s: not a scale.json: %w", path, err)
+				}
+				steps = append(steps, s...)
+			}
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return err
+			}
+			md := testbench.ScaleTable(steps)
+			if err := os.WriteFile(filepath.Join(out, "scale.md"), []byte(md), 0o644); err != nil {
+				return err
+			}
+			png, err := testbench.ScalePlot(steps)
+			if err != nil {
+				return err
+			}
+			fmt.Print(md)
+			return os.WriteFile(filepath.Join(out, "scale.png"), png, 0o644)
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", ".", "directory for scale.md and scale.png")
 	return cmd
 }
 
