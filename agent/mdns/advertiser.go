@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 
+	"github.com/lekiwi/heartbeat/internal/mdnssock"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -92,7 +93,7 @@ func New(cfg Config) (*Advertiser, error) {
 	if err != nil {
 		return nil, err
 	}
-	ifaces, err := multicastInterfaces(cfg.Interfaces)
+	ifaces, err := mdnssock.Interfaces(cfg.Interfaces)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +107,7 @@ func New(cfg Config) (*Advertiser, error) {
 	ips := cfg.IPs
 	if len(ips) == 0 {
 		for _, ifi := range ifaces {
-			ips = append(ips, interfaceIPv4(ifi)...)
+			ips = append(ips, mdnssock.IPv4Addrs(ifi)...)
 		}
 	}
 	if len(ips) == 0 {
@@ -117,7 +118,7 @@ func New(cfg Config) (*Advertiser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build mDNS records for %s: %w", cfg.RobotID, err)
 	}
-	conn, err := listenMDNS(ifaces)
+	conn, err := mdnssock.Listen(ifaces)
 	if err != nil {
 		return nil, err
 	}
@@ -263,16 +264,16 @@ func (a *Advertiser) respond(query *dns.Msg, src *net.UDPAddr, ifIndex int) []re
 	if query.Response || query.Opcode != dns.OpcodeQuery || query.Rcode != dns.RcodeSuccess {
 		return nil
 	}
-	legacy := src.Port != mdnsPort
+	legacy := src.Port != mdnssock.Port
 	var multicast, unicast []dns.RR
 	for _, q := range query.Question {
-		class := q.Qclass &^ qClassUnicast
+		class := q.Qclass &^ mdnssock.ClassUnicast
 		if class != dns.ClassINET && class != dns.ClassANY {
 			continue
 		}
 		recs := a.zone.Records(dns.Question{Name: strings.ToLower(q.Name), Qtype: q.Qtype, Qclass: dns.ClassINET})
 		recs = withoutKnownAnswers(recs, query.Answer)
-		if legacy || q.Qclass&qClassUnicast != 0 {
+		if legacy || q.Qclass&mdnssock.ClassUnicast != 0 {
 			unicast = append(unicast, recs...)
 		} else {
 			multicast = append(multicast, recs...)
@@ -280,7 +281,7 @@ func (a *Advertiser) respond(query *dns.Msg, src *net.UDPAddr, ifIndex int) []re
 	}
 	var out []reply
 	if len(multicast) > 0 {
-		out = append(out, reply{msg: responseMsg(markCacheFlush(dedupe(multicast))), to: mdnsGroup(), ifIndex: ifIndex})
+		out = append(out, reply{msg: responseMsg(markCacheFlush(dedupe(multicast))), to: mdnssock.Group(), ifIndex: ifIndex})
 	}
 	if len(unicast) > 0 {
 		if legacy {
@@ -382,7 +383,7 @@ func dedupe(recs []dns.RR) []dns.RR {
 func markCacheFlush(recs []dns.RR) []dns.RR {
 	for _, rr := range recs {
 		if rr.Header().Rrtype != dns.TypePTR {
-			rr.Header().Class = dns.ClassINET | qClassUnicast
+			rr.Header().Class = dns.ClassINET | mdnssock.ClassUnicast
 		}
 	}
 	return recs
@@ -402,7 +403,7 @@ func capTTL(recs []dns.RR, ttl uint32) []dns.RR {
 func (a *Advertiser) sendToGroup(m *dns.Msg) bool {
 	ok := false
 	for _, ifi := range a.ifaces {
-		if a.send(reply{msg: m, to: mdnsGroup(), ifIndex: ifi.Index}) {
+		if a.send(reply{msg: m, to: mdnssock.Group(), ifIndex: ifi.Index}) {
 			ok = true
 		}
 	}

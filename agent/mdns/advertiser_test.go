@@ -7,6 +7,8 @@ import (
 
 	hmdns "github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
+
+	"github.com/lekiwi/heartbeat/internal/mdnssock"
 )
 
 func testAdvertiser(t testing.TB) *Advertiser {
@@ -28,7 +30,7 @@ func types(rrs []dns.RR) string {
 	for _, rr := range rrs {
 		h := rr.Header()
 		flush := ""
-		if h.Class&qClassUnicast != 0 {
+		if h.Class&mdnssock.ClassUnicast != 0 {
 			flush = "!"
 		}
 		s = append(s, dns.TypeToString[h.Rrtype]+flush)
@@ -91,7 +93,7 @@ func TestRespond(t *testing.T) {
 	q := func(name string, qtype uint16, qu bool) dns.Question {
 		c := uint16(dns.ClassINET)
 		if qu {
-			c |= qClassUnicast
+			c |= mdnssock.ClassUnicast
 		}
 		return dns.Question{Name: name, Qtype: qtype, Qclass: c}
 	}

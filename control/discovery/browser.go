@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 
+	"github.com/lekiwi/heartbeat/internal/mdnssock"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -74,13 +75,13 @@ type Browser struct {
 // New binds the browser's sockets on the chosen interfaces (all socket work
 // happens here, in the caller's network namespace). Call Run to browse.
 func New(cfg Config) (*Browser, error) {
-	ifaces, err := multicastInterfaces(cfg.Interfaces)
+	ifaces, err := mdnssock.Interfaces(cfg.Interfaces)
 	if err != nil {
 		return nil, err
 	}
 	b := newBrowser(cfg)
 	b.ifaces = ifaces
-	if b.mcast, err = listenMDNS(ifaces); err != nil {
+	if b.mcast, err = mdnssock.Listen(ifaces); err != nil {
 		return nil, err
 	}
 	if b.legacy, err = listenLegacy(); err != nil {
@@ -215,7 +216,7 @@ func (b *Browser) read(ctx context.Context, conn *ipv4.PacketConn, legacy bool, 
 func (b *Browser) handle(p packet, now time.Time) {
 	// RFC 6762 §6: responses come from port 5353 (legacy answers too, to
 	// the querier's port); queries and bad opcodes carry nothing for us.
-	if !p.msg.Response || p.msg.Opcode != dns.OpcodeQuery || p.msg.Rcode != dns.RcodeSuccess || p.from.Port != mdnsPort {
+	if !p.msg.Response || p.msg.Opcode != dns.OpcodeQuery || p.msg.Rcode != dns.RcodeSuccess || p.from.Port != mdnssock.Port {
 		return
 	}
 	b.mu.Lock()
@@ -275,7 +276,7 @@ func (b *Browser) sendBrowseQuery(now time.Time, unicastAnswers bool) {
 func (b *Browser) sendQuery(m *dns.Msg, unicastAnswers bool) {
 	if unicastAnswers {
 		for i := range m.Question {
-			m.Question[i].Qclass |= qClassUnicast
+			m.Question[i].Qclass |= mdnssock.ClassUnicast
 		}
 	}
 	b.sendOn(b.mcast, m)
@@ -291,7 +292,7 @@ func (b *Browser) sendOn(conn *ipv4.PacketConn, m *dns.Msg) {
 		return
 	}
 	for _, ifi := range b.ifaces {
-		if _, err := conn.WriteTo(buf, &ipv4.ControlMessage{IfIndex: ifi.Index}, mdnsGroup()); err != nil {
+		if _, err := conn.WriteTo(buf, &ipv4.ControlMessage{IfIndex: ifi.Index}, mdnssock.Group()); err != nil {
 			b.log.Debug("mDNS query send failed", "interface", ifi.Name, "err", err)
 		}
 	}

@@ -8,11 +8,12 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/lekiwi/heartbeat/internal/mdnssock"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
 func hdr(name string, rrtype uint16, ttl uint32) dns.RR_Header {
-	return dns.RR_Header{Name: name, Rrtype: rrtype, Class: dns.ClassINET | qClassUnicast, Ttl: ttl}
+	return dns.RR_Header{Name: name, Rrtype: rrtype, Class: dns.ClassINET | mdnssock.ClassUnicast, Ttl: ttl}
 }
 
 // robotRecords are what agent/mdns announces for xle-7.

@@ -1,4 +1,12 @@
-package discovery
+// Package mdnssock opens the IPv4 multicast DNS socket (RFC 6762) that both
+// the robot's advertiser (agent/mdns) and control's browser
+// (control/discovery) use: bound to 0.0.0.0:5353 with SO_REUSEADDR so that
+// it coexists with an Avahi daemon on the same host, joined to 224.0.0.251
+// on each chosen interface, with IP TTL 255 and multicast loopback, and
+// reporting the interface each packet arrived on so that multicast answers
+// go out the same way. It knows nothing of DNS messages; the callers parse
+// and build those.
+package mdnssock
 
 import (
 	"context"
@@ -11,24 +19,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mdnsPort is the mDNS port (RFC 6762 §3). Responses must come from it and
+// Port is the mDNS port (RFC 6762 §3). Responses must come from it and
 // queries sent from it are "fully compliant", answered by multicast.
-const mdnsPort = 5353
+const Port = 5353
 
-// qClassUnicast is the top bit of a question's class: the querier prefers a
+// ClassUnicast is the top bit of a question's class: the querier prefers a
 // unicast answer (a "QU" question, RFC 6762 §5.4). In a record's class the
 // same bit is the cache-flush bit (RFC 6762 §10.2).
-const qClassUnicast = 1 << 15
+const ClassUnicast = 1 << 15
 
-// mdnsGroup returns the IPv4 mDNS group address 224.0.0.251:5353.
-func mdnsGroup() *net.UDPAddr {
-	return &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: mdnsPort}
+// Group returns the IPv4 mDNS group address 224.0.0.251:5353. It is a new
+// value on each call, so callers may keep or modify it.
+func Group() *net.UDPAddr {
+	return &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: Port}
 }
 
-// multicastInterfaces resolves names to interfaces; with no names, every
-// interface that is up, multicast-capable, not loopback and has an IPv4
-// address.
-func multicastInterfaces(names []string) ([]net.Interface, error) {
+// Interfaces resolves names to interfaces; with no names, every interface
+// that is up, multicast-capable, not loopback and has an IPv4 address.
+func Interfaces(names []string) ([]net.Interface, error) {
 	if len(names) > 0 {
 		ifaces := make([]net.Interface, 0, len(names))
 		for _, name := range names {
@@ -46,10 +54,7 @@ func multicastInterfaces(names []string) ([]net.Interface, error) {
 	}
 	var ifaces []net.Interface
 	for _, ifi := range all {
-		if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagMulticast == 0 || ifi.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		if len(interfaceIPv4(ifi)) > 0 {
+		if usable(ifi) {
 			ifaces = append(ifaces, ifi)
 		}
 	}
@@ -59,8 +64,17 @@ func multicastInterfaces(names []string) ([]net.Interface, error) {
 	return ifaces, nil
 }
 
-// interfaceIPv4 returns the IPv4 addresses of ifi.
-func interfaceIPv4(ifi net.Interface) []net.IP {
+// usable reports whether Interfaces picks ifi when no names are given.
+func usable(ifi net.Interface) bool {
+	if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagMulticast == 0 || ifi.Flags&net.FlagLoopback != 0 {
+		return false
+	}
+	return len(IPv4Addrs(ifi)) > 0
+}
+
+// IPv4Addrs returns the IPv4 addresses of ifi, in their 4-byte form; none if
+// they cannot be listed.
+func IPv4Addrs(ifi net.Interface) []net.IP {
 	addrs, err := ifi.Addrs()
 	if err != nil {
 		return nil
@@ -74,11 +88,12 @@ func interfaceIPv4(ifi net.Interface) []net.IP {
 	return ips
 }
 
-// listenMDNS binds 0.0.0.0:5353 with SO_REUSEADDR (so that it coexists with
-// an Avahi daemon on the same host, which does the same) and joins the mDNS
-// group on each interface. Packets carry the interface they arrived on so
-// that multicast answers go out the same way.
-func listenMDNS(ifaces []net.Interface) (*ipv4.PacketConn, error) {
+// Listen binds 0.0.0.0:5353 with SO_REUSEADDR (so that it coexists with an
+// Avahi daemon on the same host, which does the same) and joins the mDNS
+// group on each interface; it fails only if no interface could join.
+// Packets carry the interface they arrived on (ipv4.FlagInterface) so that
+// multicast answers go out the same way.
+func Listen(ifaces []net.Interface) (*ipv4.PacketConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var sockErr error
 		if err := c.Control(func(fd uintptr) {
@@ -88,15 +103,15 @@ func listenMDNS(ifaces []net.Interface) (*ipv4.PacketConn, error) {
 		}
 		return sockErr
 	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", mdnsPort))
+	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", Port))
 	if err != nil {
-		return nil, fmt.Errorf("bind UDP port %d for mDNS (is another responder bound without SO_REUSEADDR?): %w", mdnsPort, err)
+		return nil, fmt.Errorf("bind UDP port %d for mDNS (is another responder bound without SO_REUSEADDR?): %w", Port, err)
 	}
 	p := ipv4.NewPacketConn(pc)
 	joined := 0
 	var joinErr error
 	for i := range ifaces {
-		if err := p.JoinGroup(&ifaces[i], mdnsGroup()); err != nil {
+		if err := p.JoinGroup(&ifaces[i], Group()); err != nil {
 			joinErr = errors.Join(joinErr, fmt.Errorf("join mDNS group on %s: %w", ifaces[i].Name, err))
 			continue
 		}
