@@ -273,12 +273,18 @@ type simulators struct {
 
 // startSimulators starts robots [first, first+n) in processes of at most
 // per robots, each given its servers by serversFor(process index).
-func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, serversFor func(i int) []string) (*simulators, error) {
-	per := r.o.PerProcess
-	nproc := (n + per - 1) / per
+// The number of processes is rounded up to a multiple of multipleOf, so
+// that processes split evenly over that many servers.
+func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multipleOf int, serversFor func(i int) []string) (*simulators, error) {
+	nproc := (n + r.o.PerProcess - 1) / r.o.PerProcess
+	nproc = (nproc + multipleOf - 1) / multipleOf * multipleOf
+	per := (n + nproc - 1) / nproc
 	s := &simulators{total: n}
 	for i := range nproc {
 		count := min(per, n-i*per)
+		if count <= 0 {
+			break
+		}
 		w := ScaleWorkerOptions{FirstIndex: first + i*per, Robots: count, Servers: serversFor(i), CADir: r.caDir,
 			Dir: filepath.Join(r.o.Dir, tag, fmt.Sprintf("sim%d", i)), ConnectRate: rate / float64(nproc),
 			ReconnectJitter: r.o.ReconnectJitter}
@@ -476,7 +482,7 @@ func (r *scaleRun) window(ctx context.Context, s *ScaleStep, sims *simulators, n
 		var sum float64
 		for _, n := range nodes {
 			v, err := scrapeSum(r.httpc, n.m.URL(), n.token, series)
-			if err != nil {
+			if err != nil && !errors.Is(err, errNoSeries) {
 				return 0, err
 			}
 			sum += v
@@ -629,7 +635,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	sims, err := r.startSimulators(tag, 0, n, r.o.ConnectRate, func(int) []string { return []string{m.URL()} })
+	sims, err := r.startSimulators(tag, 0, n, r.o.ConnectRate, 1, func(int) []string { return []string{m.URL()} })
 	if err != nil {
 		return err
 	}
@@ -778,7 +784,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	}
 	// Simulator i connects first to member i mod M, then the others in
 	// order (the agent's round-robin after a lost connection).
-	sims, err := r.startSimulators("cluster", 0, o.ClusterRobots, o.ClusterConnectRate, func(i int) []string {
+	sims, err := r.startSimulators("cluster", 0, o.ClusterRobots, o.ClusterConnectRate, len(members), func(i int) []string {
 		var s []string
 		for k := range members {
 			s = append(s, members[(i+k)%len(members)].URL())
@@ -946,6 +952,10 @@ func scrapeSum(c *http.Client, base, token, series string) (float64, error) {
 	return sumSeries(string(b), series)
 }
 
+// errNoSeries: a labelled counter has no series until its first
+// increment (a member no robot has connected to yet).
+var errNoSeries = errors.New("not found")
+
 // sumSeries sums the samples of series in Prometheus text exposition.
 func sumSeries(text, series string) (float64, error) {
 	var sum float64
@@ -972,7 +982,7 @@ func sumSeries(text, series string) (float64, error) {
 		found = true
 	}
 	if !found {
-		return 0, fmt.Errorf("series %s not found", series)
+		return 0, fmt.Errorf("series %s: %w", series, errNoSeries)
 	}
 	return sum, nil
 }

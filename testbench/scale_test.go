@@ -2,6 +2,7 @@ package testbench
 
 import (
 	"bytes"
+	"errors"
 	"image/png"
 	"math/rand/v2"
 	"strings"
@@ -97,12 +98,15 @@ go_memstats_heap_inuse_bytes 2.8672e+07
 		{"go_goroutines", 2041, false},
 		{"go_memstats_heap_inuse_bytes", 28672000, false},
 		{"go_gc", 0, true},
-		{`lekiwi_control_messages_total{type="event"}`, 0, true},
+		{`lekiwi_control_messages_total{type="event"}`, 0, true}, // errNoSeries
 	} {
 		got, err := sumSeries(text, tc.series)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("sumSeries(%s) = %v, %v; want %v, error %v", tc.series, got, err, tc.want, tc.err)
 		}
+	}
+	if _, err := sumSeries("", "lekiwi_control_messages_total"); !errors.Is(err, errNoSeries) {
+		t.Errorf("a missing series must be errNoSeries (a member with no robot yet), got %v", err)
 	}
 	if _, err := sumSeries("go_goroutines many\n", "go_goroutines"); err == nil {
 		t.Error("a non-numeric value must be an error")
