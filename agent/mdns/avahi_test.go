@@ -3,7 +3,6 @@ package mdns
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,16 +30,7 @@ func TestAvahiSeesAdvertiser(t *testing.T) {
 	if adv == nil {
 		t.FailNow()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := adv.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	defer func() { cancel(); wg.Wait() }()
+	ctx, stop := avahitest.Background(t, adv.Run)
 
 	// Announcements: avahi caches them although nobody asked.
 	deadline := time.Now().Add(5 * time.Second)
@@ -79,8 +69,7 @@ func TestAvahiSeesAdvertiser(t *testing.T) {
 
 	// Goodbye: after Run ends, avahi drops the service at once rather than
 	// after the 120 s TTL.
-	cancel()
-	wg.Wait()
+	stop()
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		out, err := env.Browse(context.Background(), ServiceType(protocol.RobotXLE))

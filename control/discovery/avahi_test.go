@@ -1,10 +1,8 @@
 package discovery
 
 import (
-	"context"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,16 +51,8 @@ func TestBrowserFindsAvahiAndHashicorp(t *testing.T) {
 	if browser == nil {
 		t.FailNow()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := browser.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	defer func() { cancel(); wg.Wait() }()
+	_, stop := avahitest.Background(t, browser.Run)
+	defer stop() // before the hashicorp server shuts down, as the browser may still be asking it
 
 	found := map[string]Discovered{}
 	timeout := time.After(15 * time.Second)

@@ -104,6 +104,26 @@ func Start(t testing.TB) *Env {
 	return e
 }
 
+// Background runs the code under test (an advertiser's or browser's Run)
+// on its own goroutine until stop is called or the test ends, and reports
+// an error it returns as a test error. stop cancels ctx and waits for run
+// to return; it may be called more than once, so a test can stop early to
+// check what happens afterwards (a goodbye).
+func Background(t testing.TB, run func(ctx context.Context) error) (ctx context.Context, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return ctx, stop
+}
+
 // AvahiLog returns what avahi-daemon logged so far (with --debug).
 func (e *Env) AvahiLog() string { return e.avahiLog.String() }
 
