@@ -5,9 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
-	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
 )
@@ -195,7 +193,7 @@ func checkReadable(ctx context.Context, q queryer) error {
 // reset empties the tables and marks them not ready. DELETE without WHERE
 // truncates (no per-row work), so this is a small transaction at any size.
 func reset(ctx context.Context, db *sql.DB) error {
-	err := inTx(ctx, db, func(tx *sql.Tx) error {
+	err := store.WithTx(ctx, db, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO deployment_projection (id, applied_seq, ready) VALUES (1, 0, 0)
 			ON CONFLICT (id) DO UPDATE SET applied_seq = 0, ready = 0`); err != nil {
 			return err
@@ -242,7 +240,7 @@ func replay(ctx context.Context, st *store.Store) (int, error) {
 			return applied, fmt.Errorf("replay deployment events after seq %d: %w", from, err)
 		}
 		if len(page) == 0 {
-			err := inTx(ctx, db, func(tx *sql.Tx) error {
+			err := store.WithTx(ctx, db, func(tx *sql.Tx) error {
 				if err := guard(ctx, tx, from); err != nil {
 					return err
 				}
@@ -273,7 +271,7 @@ func replay(ctx context.Context, st *store.Store) (int, error) {
 				}
 			}
 			chunk := page[:n]
-			err := inTx(ctx, db, func(tx *sql.Tx) error {
+			err := store.WithTx(ctx, db, func(tx *sql.Tx) error {
 				if err := guard(ctx, tx, from); err != nil {
 					return err
 				}
@@ -308,52 +306,4 @@ func guard(ctx context.Context, tx *sql.Tx, seq int64) error {
 		return errMoved
 	}
 	return nil
-}
-
-// inTx runs fn in a transaction, retrying what a new attempt can fix
-// (dqlite answers a second writer "database is locked" at once, and a
-// leader change fails the transaction) for up to store.MaxTxRetryTime.
-func inTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
-	deadline := time.Now().Add(store.MaxTxRetryTime)
-	for attempt := 0; ; attempt++ {
-		err := runTx(ctx, db, fn)
-		if err == nil || !transient(err) {
-			return err
-		}
-		wait := min(2*time.Millisecond<<min(attempt, 6), 100*time.Millisecond)
-		wait = wait/2 + rand.N(wait)
-		if time.Now().Add(wait).After(deadline) {
-			return fmt.Errorf("%w (gave up after %d attempts)", err, attempt+1)
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(wait):
-		}
-	}
-}
-
-func runTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
-
-func transient(err error) bool {
-	msg := err.Error()
-	for _, s := range []string{"database is locked", "not leader", "leadership lost", "no available leader", "checkpoint in progress", "bad connection", "SQLITE_BUSY"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }

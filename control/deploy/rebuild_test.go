@@ -219,7 +219,7 @@ func TestSyncAndRebuildOnALiveStore(t *testing.T) {
 	if err != nil || len(evs) != 5 {
 		t.Fatalf("events: %d %v", len(evs), err)
 	}
-	err = inTx(ctx, db, func(tx *sql.Tx) error {
+	err = store.WithTx(ctx, db, func(tx *sql.Tx) error {
 		for _, e := range evs {
 			if err := apply(ctx, tx, e); err != nil {
 				return err

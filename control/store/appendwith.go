@@ -11,7 +11,7 @@ import (
 // events that were written (duplicates left out), with their sequences. An
 // error rolls the whole transaction back — events included — which is how
 // a projection refuses an event whose precondition no longer holds (two
-// nodes deciding the same step: only one commits). withTx may retry the
+// nodes deciding the same step: only one commits). WithTx may retry the
 // transaction, so fn must keep no effects outside tx.
 type ProjectFunc func(ctx context.Context, tx *sql.Tx, appended []Event) error
 
@@ -33,7 +33,7 @@ func (s *Store) AppendWith(ctx context.Context, events []Event, project ProjectF
 		}
 	}
 	var results []AppendResult
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		var err error
 		if results, err = appendBatch(ctx, tx, events); err != nil {
 			return err

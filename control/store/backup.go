@@ -644,7 +644,7 @@ func (s *Store) ImportEvents(ctx context.Context, events []Event) error {
 			return fmt.Errorf("import events: seq %d after seq %d; seqs must increase strictly", events[i].Seq, events[i-1].Seq)
 		}
 	}
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		var last sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&last); err != nil {
 			return fmt.Errorf("read newest seq: %w", err)

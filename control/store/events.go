@@ -103,7 +103,7 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 		}
 	}
 	var results []AppendResult
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		var err error
 		results, err = appendBatch(ctx, tx, events)
 		return err

@@ -34,7 +34,7 @@ func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
 		// MaxAppendBatch).
 		txRows := batch[:min(len(batch), 16*presenceChunk)]
 		batch = batch[len(txRows):]
-		err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 			for rest := txRows; len(rest) > 0; {
 				n := min(len(rest), presenceChunk)
 				if err := upsertPresence(ctx, tx, rest[:n]); err != nil {
@@ -121,7 +121,7 @@ func (s *Store) SweepOffline(ctx context.Context, cutoff, now time.Time, timeout
 
 func (s *Store) sweepOnce(ctx context.Context, cutoff, now time.Time, timeout time.Duration) ([]string, error) {
 	var gone []string
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		gone = gone[:0]
 		rows, err := tx.QueryContext(ctx, `SELECT r.id, max(r.last_event, coalesce(p.last_seen, 0)) FROM robots r
 			LEFT JOIN presence p ON p.robot_id = r.id

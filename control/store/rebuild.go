@@ -132,7 +132,7 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 	if err := s.rebuildTables(ctx, guard); err != nil {
 		return 0, fmt.Errorf("rebuild security and command tables: %w", err)
 	}
-	err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err = WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		if err := guard(tx); err != nil {
 			return err
 		}
@@ -170,7 +170,7 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 	for len(robots) > 0 {
 		chunk := robots[:min(len(robots), MaxAppendBatch)]
 		robots = robots[len(chunk):]
-		err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+		err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 			if err := guard(tx); err != nil {
 				return err
 			}
@@ -192,7 +192,7 @@ func (s *Store) rebuildInPlaceOnce(ctx context.Context) (int, error) {
 // token, enrollment, certificate and command tables, in transactions of at
 // most MaxAppendBatch events, each checked by guard.
 func (s *Store) rebuildTables(ctx context.Context, guard func(*sql.Tx) error) error {
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		if err := guard(tx); err != nil {
 			return err
 		}
@@ -214,7 +214,7 @@ func (s *Store) rebuildTables(ctx context.Context, guard func(*sql.Tx) error) er
 		if err != nil || len(page) == 0 {
 			return err
 		}
-		err = withTx(ctx, s.db, func(tx *sql.Tx) error {
+		err = WithTx(ctx, s.db, func(tx *sql.Tx) error {
 			if err := guard(tx); err != nil {
 				return err
 			}

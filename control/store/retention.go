@@ -400,7 +400,7 @@ func (s *Store) deleteTelemetry(ctx context.Context, seqs []int64, submit func(c
 		seqs = seqs[len(chunk):]
 		var n int64
 		write := func(ctx context.Context) error {
-			return withTx(ctx, s.db, func(tx *sql.Tx) error {
+			return WithTx(ctx, s.db, func(tx *sql.Tx) error {
 				args := make([]any, 0, len(chunk)+1)
 				args = append(args, TypeTelemetryReported)
 				for _, seq := range chunk {

@@ -214,7 +214,7 @@ type SignFunc func(robotID string) (CertInfo, error)
 func (s *Store) ConsumeEnrollment(ctx context.Context, hash string, now time.Time, sign SignFunc) (string, CertInfo, error) {
 	var robotID string
 	var info CertInfo
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		var exp, used int64
 		err := tx.QueryRowContext(ctx, `SELECT robot_id, expires_at, used_at FROM enrollment_tokens WHERE hash = ?`, hash).Scan(&robotID, &exp, &used)
 		switch {
@@ -257,7 +257,7 @@ func (s *Store) RecordCertificate(ctx context.Context, robotID string, info Cert
 // It returns the serials control knew of.
 func (s *Store) RevokeRobot(ctx context.Context, robotID, reason, actor string, now time.Time) ([]string, error) {
 	var serials []string
-	err := withTx(ctx, s.db, func(tx *sql.Tx) error {
+	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
 		serials = serials[:0]
 		rows, err := tx.QueryContext(ctx, `SELECT serial FROM certificates WHERE robot_id = ? AND revoked_at = 0`, robotID)
 		if err != nil {

@@ -191,9 +191,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// withTx runs fn in a transaction, retrying when the failure is one a new
-// attempt can fix (leadership moved, database busy).
-func withTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+// WithTx runs fn in a transaction on db, retrying the whole transaction
+// when the failure is one a new attempt can fix (leadership moved, database
+// busy) until ctx's deadline or MaxTxRetryTime, whichever comes first.
+// Packages that own tables in the store's database (DB) write through it
+// too, so every writer waits its turn the same way. fn may run more than
+// once, so it must keep no effects outside tx; an error it returns that is
+// not transient ends the retries and is returned as is.
+func WithTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	// Writers on different nodes meet on the leader, where SQLite answers a
 	// second writer "database is locked" at once rather than queueing it.
 	// A fixed number of retries starved the API's writes while two busy

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
@@ -312,4 +313,10 @@ func (s *Store) Prune(ctx context.Context, maxRows int) (PruneReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// placeholders is "(?,?,…),(?,?,…)…": rows groups of width parameters.
+func placeholders(rows, width int) string {
+	one := "(?" + strings.Repeat(",?", width-1) + ")"
+	return one + strings.Repeat(","+one, rows-1)
 }

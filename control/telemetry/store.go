@@ -110,7 +110,7 @@ func New(st *store.Store, o Options) (*Store, error) {
 
 // write runs one write transaction, through Submit when set.
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
-	w := func(ctx context.Context) error { return withTx(ctx, s.db, fn) }
+	w := func(ctx context.Context) error { return store.WithTx(ctx, s.db, fn) }
 	if s.o.Submit != nil {
 		return s.o.Submit(ctx, w)
 	}
