@@ -75,18 +75,11 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 	}
 	for _, stmt := range schema {
 		// Writers elsewhere get "database is locked" answers from the
-		// leader rather than a queue: retry briefly, as store transactions do.
-		var err error
-		for attempt := range 50 {
-			if _, err = db.ExecContext(ctx, stmt); err == nil || !strings.Contains(err.Error(), "locked") {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Duration(attempt+1) * 5 * time.Millisecond):
-			}
-		}
+		// leader rather than a queue: retry as store transactions do.
+		err := store.WithTx(ctx, db, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, stmt)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("create deployment tables (%.50s…): %w", strings.TrimSpace(stmt), err)
 		}
