@@ -13,11 +13,11 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
-	"github.com/lekiwi/heartbeat/agent/bootctl/internal/testimage"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/image/fatfs"
 	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 func TestSlots(t *testing.T) {
@@ -91,7 +91,8 @@ func (m *machine) status(ctx context.Context, want bootctl.Status) error {
 
 func builtDisk(t *testing.T) (*powercut.Disk, *layout.Plan, *os.File) {
 	t.Helper()
-	path, plan := testimage.Build(t, t.TempDir())
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{Description: "bootctl test"})
+	path, plan := img.Path, img.Plan
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)

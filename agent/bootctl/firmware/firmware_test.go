@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/internal/testimage"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/image/fatfs"
 	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 func autoboot(t testing.TB, def string) []byte {
@@ -82,7 +82,8 @@ func FuzzParseAutoboot(f *testing.F) {
 // image builds the test image once per test and returns it as a disk.
 func image(t *testing.T) (*powercut.Disk, *layout.Plan) {
 	t.Helper()
-	path, plan := testimage.Build(t, t.TempDir())
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{Description: "bootctl test"})
+	path, plan := img.Path, img.Plan
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)

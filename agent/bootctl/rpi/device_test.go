@@ -11,17 +11,18 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/internal/testimage"
 	"github.com/lekiwi/heartbeat/image/fatfs"
 	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 // bootconfigFile copies the built image's bootconfig partition to a file.
 func bootconfigFile(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	path, plan := testimage.Build(t, dir)
-	img, err := os.Open(path)
+	built := imagetest.Build(t, dir, imagetest.Options{Description: "bootctl test"})
+	plan := built.Plan
+	img, err := os.Open(built.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/internal/testimage"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 func render(t testing.TB, s bootctl.Slot) []byte {
@@ -201,7 +201,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	path, plan := testimage.Build(t, t.TempDir())
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{Description: "bootctl test"})
+	path, plan := img.Path, img.Plan
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
