@@ -20,9 +20,8 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/servo"
 	"github.com/lekiwi/heartbeat/image/bmap"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
-	"github.com/lekiwi/heartbeat/image/tree"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/provision/flash"
@@ -45,30 +44,12 @@ type testImage struct {
 
 func buildTestImage(t *testing.T) testImage {
 	t.Helper()
-	dir := t.TempDir()
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
-	root.AddBytes("usr/share/lekiwi/data.bin", bytes.Repeat([]byte("lekiwi robot data "), 60000), 0o644, epoch)
-	agent := filepath.Join(dir, "agent")
-	b := make([]byte, 64)
-	copy(b, "\x7fELF")
-	b[18] = 183 // EM_AARCH64
-	if err := os.WriteFile(agent, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "robot.img")
-	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20, Persistent: 16 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	ti := testImage{path: img}
-	f, err := os.Open(img)
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{
+		Root:  map[string][]byte{"etc/hostname": []byte("x\n"), "usr/share/lekiwi/data.bin": imagetest.Filler(60000)},
+		Sizes: layout.Sizes{Boot: 64 << 20, Persistent: 16 << 20},
+	})
+	ti := testImage{path: img.Path}
+	f, err := os.Open(img.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,11 +21,9 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/updater"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
-	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/lekiwi/heartbeat/profiles"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -142,48 +140,9 @@ func buildFixture() (*fixture, error) {
 // buildImage builds a small lekiwi image with files in its root; every
 // build input that feeds the seed is the same for all calls.
 func buildImage(dir, name string, files map[string][]byte) (string, *layout.Plan, error) {
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		return "", nil, err
-	}
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	if err := boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch); err != nil {
-		return "", nil, err
-	}
-	if err := boot.AddBytes("config.txt", []byte("[all]\ndtparam=watchdog=on\n"), 0o644, epoch); err != nil {
-		return "", nil, err
-	}
-	for n, b := range files {
-		if err := root.AddBytes(n, b, 0o644, epoch); err != nil {
-			return "", nil, err
-		}
-	}
-	agent := filepath.Join(dir, "agent")
-	elf := make([]byte, 64)
-	copy(elf, "\x7fELF")
-	elf[18] = 183 // EM_AARCH64
-	if err := os.WriteFile(agent, elf, 0o755); err != nil {
-		return "", nil, err
-	}
-	img := filepath.Join(dir, name+".img")
-	err = build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "updater test"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch,
-			Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
-	if err != nil {
-		return "", nil, err
-	}
-	fh, err := os.Open(img)
-	if err != nil {
-		return "", nil, err
-	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	plan, err := layout.ReadGPT(fh, st.Size())
-	return img, plan, err
+	img, err := imagetest.Make(dir, imagetest.Options{Name: name, Root: files, Description: "updater test",
+		Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
+	return img.Path, img.Plan, err
 }
 
 func copyDir(src, dst string) error {

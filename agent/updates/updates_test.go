@@ -25,11 +25,9 @@ import (
 	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/agent/updater"
 	"github.com/lekiwi/heartbeat/agent/updates"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
-	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/lekiwi/heartbeat/profiles"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -50,32 +48,9 @@ type fixture struct {
 
 func buildImage(t testing.TB, dir, name string, files map[string][]byte) (string, *layout.Plan) {
 	t.Helper()
-	p, err := profiles.Load("lekiwi")
-	must(t, "profile", err)
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	must(t, "cmdline", boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch))
-	must(t, "config", boot.AddBytes("config.txt", []byte("[all]\ndtparam=watchdog=on\n"), 0o644, epoch))
-	for n, b := range files {
-		must(t, n, root.AddBytes(n, b, 0o644, epoch))
-	}
-	agentBin := filepath.Join(dir, "agent")
-	elf := make([]byte, 64)
-	copy(elf, "\x7fELF")
-	elf[18] = 183 // EM_AARCH64
-	must(t, "agent binary", os.WriteFile(agentBin, elf, 0o755))
-	img := filepath.Join(dir, name+".img")
-	must(t, "build "+name, build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "updates test"},
-		build.Options{Out: img, Profile: p, AgentPath: agentBin, Version: "1", Epoch: epoch,
-			Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}}))
-	fh, err := os.Open(img)
-	must(t, "open image", err)
-	defer fh.Close()
-	st, err := fh.Stat()
-	must(t, "stat image", err)
-	plan, err := layout.ReadGPT(fh, st.Size())
-	must(t, "gpt", err)
-	return img, plan
+	img := imagetest.Build(t, dir, imagetest.Options{Name: name, Root: files, Description: "updates test",
+		Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
+	return img.Path, img.Plan
 }
 
 func newFixture(t *testing.T) *fixture {

@@ -2,7 +2,6 @@ package customize
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -12,10 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
-	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/lekiwi/heartbeat/profiles"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 func TestApplyWritesIdentityAndSeedInPlace(t *testing.T) {
@@ -78,27 +75,7 @@ func TestApplyWritesIdentityAndSeedInPlace(t *testing.T) {
 // would.
 func buildImage(t *testing.T, dir string) string {
 	t.Helper()
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
-	agent := filepath.Join(dir, "agent")
-	b := make([]byte, 64)
-	copy(b, "\x7fELF")
-	b[18] = 183
-	if err := os.WriteFile(agent, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "robot.img")
-	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return imagetest.Build(t, dir, imagetest.Options{}).Path
 }
 
 // memTarget is a target that is not a file: a card seen through some

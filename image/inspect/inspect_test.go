@@ -2,7 +2,6 @@ package inspect
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,38 +15,30 @@ import (
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/fatfs"
 	"github.com/lekiwi/heartbeat/image/layout"
-	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/lekiwi/heartbeat/profiles"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 var epoch = time.Unix(1767225600, 0).UTC()
 
 func buildImage(t *testing.T) (img string, agentSum string) {
 	t.Helper()
-	dir := t.TempDir()
 	agent := make([]byte, 8192)
 	copy(agent, "\x7fELF\x02\x01\x01")
 	agent[18] = 183 // EM_AARCH64
-	agentPath := filepath.Join(dir, "lekiwi-agent")
-	if err := os.WriteFile(agentPath, agent, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	sum := sha256.Sum256(agent)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("config.txt", []byte("arm_64bit=1\n"), 0o644, epoch)
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 root=PARTUUID=1234-02 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/fstab", []byte("proc /proc proc defaults 0 0\n"), 0o644, epoch)
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = filepath.Join(dir, "robot.img")
-	err = build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "test"},
-		build.Options{Out: img, Profile: p, AgentPath: agentPath, ControlURLs: []string{"wss://control.lan:8443"}, Version: "2.3.4", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img, hex.EncodeToString(sum[:])
+	built := imagetest.Build(t, t.TempDir(), imagetest.Options{
+		Boot: map[string][]byte{
+			"config.txt":  []byte("arm_64bit=1\n"),
+			"cmdline.txt": []byte("console=tty1 root=PARTUUID=1234-02 rootwait\n"),
+		},
+		Root:        map[string][]byte{"etc/fstab": []byte("proc /proc proc defaults 0 0\n")},
+		Agent:       agent,
+		ControlURLs: []string{"wss://control.lan:8443"},
+		Version:     "2.3.4",
+		Epoch:       epoch,
+		Description: "test",
+	})
+	return built.Path, hex.EncodeToString(sum[:])
 }
 
 func TestInspectBuiltImage(t *testing.T) {

@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
-	"github.com/lekiwi/heartbeat/image/tree"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/provision/device"
 	"github.com/lekiwi/heartbeat/provision/flash"
@@ -36,28 +35,10 @@ func need(t *testing.T, tools ...string) {
 // buildImage builds a small lekiwi A/B image as `provision image build` does.
 func buildImage(t *testing.T, dir string) (string, *profiles.Profile) {
 	t.Helper()
-	p, err := profiles.Load("lekiwi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
-	root.AddBytes("usr/share/lekiwi/data.bin", bytes.Repeat([]byte("lekiwi robot data "), 60000), 0o644, epoch)
-	agent := filepath.Join(dir, "agent")
-	b := make([]byte, 64)
-	copy(b, "\x7fELF")
-	b[18] = 183 // EM_AARCH64
-	if err := os.WriteFile(agent, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "robot.img")
-	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	return img, p
+	img := imagetest.Build(t, dir, imagetest.Options{
+		Root: map[string][]byte{"etc/hostname": []byte("x\n"), "usr/share/lekiwi/data.bin": imagetest.Filler(60000)},
+	})
+	return img.Path, img.Profile
 }
 
 func csvBatch(t *testing.T, dir string, n int) string {

@@ -8,33 +8,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/layout"
-	"github.com/lekiwi/heartbeat/image/tree"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 	"github.com/lekiwi/heartbeat/profiles"
 )
 
 // buildImage builds a small lekiwi image, as provision image build does.
 func buildImage(t *testing.T, dir string, p *profiles.Profile) string {
 	t.Helper()
-	epoch := time.Unix(1715000000, 0)
-	boot, root := tree.New(), tree.New()
-	boot.AddBytes("cmdline.txt", []byte("console=tty1 rootwait\n"), 0o644, epoch)
-	root.AddBytes("etc/hostname", []byte("x\n"), 0o644, epoch)
-	agent := filepath.Join(dir, "agent")
-	b := make([]byte, 64)
-	copy(b, "\x7fELF")
-	b[18] = 183 // EM_AARCH64
-	write(t, agent, b)
-	img := filepath.Join(dir, "robot.img")
-	if err := build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "t"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, Version: "1", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return imagetest.Build(t, dir, imagetest.Options{Profile: p.Name}).Path
 }
 
 // TestBatchOntoLoopDevices: three cards seen as block devices (loop
