@@ -16,14 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/lekiwi/heartbeat/internal/netns"
 )
 
 // Env is one avahi-daemon in namespace AvahiNS and an empty peer namespace
@@ -129,27 +128,10 @@ func (e *Env) AvahiLog() string { return e.avahiLog.String() }
 
 // InPeer runs fn on an OS thread switched into the peer namespace. Sockets
 // fn creates belong to that namespace for their whole life, whichever
-// goroutine uses them later; goroutines fn starts run in the host's. The
-// thread is discarded afterwards rather than returned to the scheduler.
+// goroutine uses them later; goroutines fn starts run in the host's.
 func (e *Env) InPeer(t testing.TB, fn func()) {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		f, err := os.Open(filepath.Join("/run/netns", e.PeerNS))
-		if err != nil {
-			done <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("setns %s: %w", e.PeerNS, err)
-			return
-		}
-		fn()
-		done <- nil
-	}()
-	if err := <-done; err != nil {
+	if err := netns.Run(netns.Path(e.PeerNS), func() error { fn(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 }

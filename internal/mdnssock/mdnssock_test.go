@@ -8,14 +8,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
+
+	"github.com/lekiwi/heartbeat/internal/netns"
 )
 
 func TestGroup(t *testing.T) {
@@ -106,7 +105,7 @@ func TestListenInNamespace(t *testing.T) {
 	run(t, "ip", "-n", ns, "link", "set", "md1", "multicast", "on", "up")
 	run(t, "ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "md0")
 
-	inNamespace(t, ns, func() error {
+	err := netns.Run(netns.Path(ns), func() error {
 		if _, err := Interfaces([]string{"eth-none"}); err == nil {
 			return fmt.Errorf("unknown interface resolved in the namespace")
 		}
@@ -159,28 +158,7 @@ func TestListenInNamespace(t *testing.T) {
 		}
 		return fmt.Errorf("our packet never arrived")
 	})
-}
-
-// inNamespace runs fn on an OS thread switched into ns; the thread is never
-// returned to the scheduler.
-func inNamespace(t *testing.T, ns string, fn func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		f, err := os.Open(filepath.Join("/run/netns", ns))
-		if err != nil {
-			done <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		done <- fn()
-	}()
-	if err := <-done; err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 }

@@ -15,14 +15,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
-	"golang.org/x/sys/unix"
 
+	"github.com/lekiwi/heartbeat/internal/netns"
 	"github.com/lekiwi/heartbeat/netboot/pi"
 )
 
@@ -75,46 +74,13 @@ func newNetnsPair(t *testing.T) *netnsPair {
 	return p
 }
 
-// inNetns runs fn on an OS thread switched into the named namespace.
-// Sockets created there stay in that namespace when used from any thread.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening current netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(filepath.Join("/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening netns %s: %w", ns, err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("entering netns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		// Leave the thread locked (and so discarded when this goroutine
-		// ends) if it cannot be switched back.
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 func (p *netnsPair) startServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
 	cfg.Interface = p.srvLink
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg.ServerIP = netip.MustParseAddr("10.77.0.1")
 	cfg.ListenPacket = func(iface string, addr *net.UDPAddr) (conn net.PacketConn, err error) {
-		err = inNetns(p.srvNS, func() error {
+		err = netns.Run(netns.Path(p.srvNS), func() error {
 			conn, err = server4.NewIPv4UDPConn(iface, addr)
 			return err
 		})

@@ -13,6 +13,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+
+	"github.com/lekiwi/heartbeat/internal/netns"
 )
 
 // Config says where simulated Pis boot. Zero values take the defaults.
@@ -97,7 +99,7 @@ func NewFleet(cfg Config) (*Fleet, error) {
 		return nil, errors.New("pisim: Config.Interface is required: the interface the simulated Pis are plugged into")
 	}
 	f := &Fleet{cfg: cfg, waiters: map[uint32]*waiter{}, done: make(chan struct{})}
-	err := RunInNetns(cfg.Netns, func() error {
+	err := netns.Run(cfg.Netns, func() error {
 		var err error
 		if f.send, err = openRawSender(cfg.Interface); err != nil {
 			return err

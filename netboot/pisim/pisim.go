@@ -11,6 +11,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
+	"github.com/lekiwi/heartbeat/internal/netns"
 	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/netboot/tftp/tftptest"
 )
@@ -143,7 +144,7 @@ func (f *Fleet) Boot(ctx context.Context, p Pi) (Result, error) {
 	}
 	// TFTP sockets are created by tftptest per transfer, on this thread:
 	// run the sequence inside the Pis' namespace.
-	err = RunInNetns(f.cfg.Netns, func() error {
+	err = netns.Run(f.cfg.Netns, func() error {
 		s := &sequence{p: p, res: &res, c: tftptest.Client{
 			Server:    netip.AddrPortFrom(d.TFTPServer, uint16(f.cfg.TFTPPort)),
 			BlockSize: f.cfg.BlockSize, Timeout: f.cfg.TFTPTimeout, Retries: f.cfg.TFTPRetries,

@@ -29,7 +29,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lekiwi/heartbeat/netboot/pisim"
+	"github.com/lekiwi/heartbeat/internal/netns"
 )
 
 // Lab is one built LAN. Close deletes it.
@@ -146,7 +146,7 @@ func (l *Lab) Path(ns string) string {
 
 // Run runs fn on a thread inside namespace ns of this lab: sockets it
 // opens live there (servers under test are started this way).
-func (l *Lab) Run(ns string, fn func() error) error { return pisim.RunInNetns(l.Path(ns), fn) }
+func (l *Lab) Run(ns string, fn func() error) error { return netns.Run(l.Path(ns), fn) }
 
 // Close deletes the namespaces, and with them the bridge and veths.
 func (l *Lab) Close() error {
