@@ -56,6 +56,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	fmt.Fprintf(o.Out, "control node up: %s (mTLS for robots, fleet CA %s)\n", url, caFile)
 	fmt.Fprintf(o.Out, "admin token for this run: %s\n", api.Token)
 	fmt.Fprintf(o.Out, "try: curl --cacert %s -H 'Authorization: Bearer %s' %s/v1/robots?state=online\n", caFile, api.Token, url)
+	fmt.Fprintf(o.Out, "dashboard: %s/ (trust %s, or accept the warning; log in with the admin token)\n", url, caFile)
 	fmt.Fprintf(o.Out, "data: %s · heartbeat every %s · admin socket %s\n", o.DataDir, o.HeartbeatInterval, ctl.AdminSocket())
 
 	fleet, err := NewFleet(FleetOptions{
