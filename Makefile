@@ -92,7 +92,7 @@ chaos: deps-test
 # file is removed at the end, the whole run ends within SCALE_BUDGET).
 # One mTLS control node at 1k/5k/10k/19k robots with the heartbeat interval
 # ramped down to saturation, reconnect storms, 100 /v1/stream subscribers;
-# then a 3-member cluster with SCALE_CLUSTER_ROBOTS (0 skips it). The
+# then a 4-member cluster (3 voters + standby) with SCALE_CLUSTER_ROBOTS (0 skips it). The
 # simulators run as child processes of bin/scalebench (8,000 robots each,
 # under the 20,000 open-file limit). Results: $(SCALE_OUT)/scale.{md,json,png}.
 SCALE_OUT            ?= .run/bench-scale

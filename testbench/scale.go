@@ -96,7 +96,7 @@ func (o *ScaleOptions) defaults() {
 		o.SaturationCPU = 0.9
 	}
 	if o.ClusterMembers == 0 {
-		o.ClusterMembers = 3
+		o.ClusterMembers = 4
 	}
 	if o.ClusterInterval == 0 {
 		o.ClusterInterval = 30 * time.Second
@@ -275,8 +275,9 @@ type simulators struct {
 // per robots, each given its servers by serversFor(process index).
 // The number of processes is rounded up to a multiple of multipleOf, so
 // that processes split evenly over that many servers.
-func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multipleOf int, serversFor func(i int) []string) (*simulators, error) {
-	nproc := (n + r.o.PerProcess - 1) / r.o.PerProcess
+// minProcs is the least number of processes.
+func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multipleOf, minProcs int, serversFor func(i int) []string) (*simulators, error) {
+	nproc := max((n+r.o.PerProcess-1)/r.o.PerProcess, minProcs)
 	nproc = (nproc + multipleOf - 1) / multipleOf * multipleOf
 	per := (n + nproc - 1) / nproc
 	s := &simulators{total: n}
@@ -635,7 +636,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	sims, err := r.startSimulators(tag, 0, n, r.o.ConnectRate, 1, func(int) []string { return []string{m.URL()} })
+	sims, err := r.startSimulators(tag, 0, n, r.o.ConnectRate, 1, 1, func(int) []string { return []string{m.URL()} })
 	if err != nil {
 		return err
 	}
@@ -782,14 +783,15 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 			base += mem.RSS
 		}
 	}
-	// Simulator i connects first to member i mod M, then the others in
-	// order (the agent's round-robin after a lost connection).
-	sims, err := r.startSimulators("cluster", 0, o.ClusterRobots, o.ClusterConnectRate, len(members), func(i int) []string {
-		var s []string
-		for k := range members {
-			s = append(s, members[(i+k)%len(members)].URL())
-		}
-		return s
+	// Simulator i connects first to member i mod M; after a lost
+	// connection the agent goes round-robin through the rest of its list.
+	// The rest is rotated by i / M, so that the robots of a restarted member
+	// spread over all the others instead of piling onto the next one (which
+	// could not hold them under the open-file limit): hence at least
+	// M x (M-1) processes.
+	M := len(members)
+	sims, err := r.startSimulators("cluster", 0, o.ClusterRobots, o.ClusterConnectRate, M, M*(M-1), func(i int) []string {
+		return clusterServers(members, i)
 	})
 	if err != nil {
 		return err
@@ -854,6 +856,22 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	storm.MemberConnect = r.memberConnections(nodes)
 	r.record(storm)
 	return nil
+}
+
+// clusterServers is simulator i's server list: member i mod M first, the
+// others rotated by i / M.
+func clusterServers(members []*Member, i int) []string {
+	M := len(members)
+	p := i % M
+	var others []string
+	for k := 1; k < M; k++ {
+		others = append(others, members[(p+k)%M].URL())
+	}
+	if len(others) > 0 {
+		rot := (i / M) % len(others)
+		others = append(others[rot:], others[:rot]...)
+	}
+	return append([]string{members[p].URL()}, others...)
 }
 
 // memberConnections reads each member's connected-robots gauge.

@@ -186,3 +186,42 @@ func TestNiceCeil(t *testing.T) {
 		}
 	}
 }
+
+// The robots of any one member must fail over to every other member in
+// equal shares.
+func TestClusterServersSpreadFailover(t *testing.T) {
+	const M = 4
+	var members []*Member
+	for i := range M {
+		members = append(members, &Member{Listen: string(rune('a' + i))})
+	}
+	nproc := M * (M - 1)
+	second := map[string]map[string]int{}
+	for i := range nproc {
+		s := clusterServers(members, i)
+		if len(s) != M {
+			t.Fatalf("process %d: %d servers, want %d", i, len(s), M)
+		}
+		seen := map[string]bool{}
+		for _, u := range s {
+			seen[u] = true
+		}
+		if len(seen) != M {
+			t.Fatalf("process %d: servers %v repeat", i, s)
+		}
+		if second[s[0]] == nil {
+			second[s[0]] = map[string]int{}
+		}
+		second[s[0]][s[1]]++
+	}
+	for primary, to := range second {
+		if len(to) != M-1 {
+			t.Errorf("robots of %s fail over to %v, want each of the %d others once", primary, to, M-1)
+		}
+		for other, n := range to {
+			if n != 1 {
+				t.Errorf("robots of %s: %d processes fail over to %s, want 1", primary, n, other)
+			}
+		}
+	}
+}

@@ -109,7 +109,7 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 	f.IntVar(&o.Subscribers, "subscribers", 100, "dashboard subscribers on /v1/stream in the extra window (0 skips)")
 	f.StringVar(&o.SubscriberThrottle, "subscriber-throttle", `{"rate":0.2,"strategy":"latest"}`, "throttle of the subscribers' subscription (JSON)")
 	f.IntVar(&o.ClusterRobots, "cluster-robots", 0, "robots across the cluster (0 skips the cluster scenario; issue target 50000)")
-	f.IntVar(&o.ClusterMembers, "cluster-members", 3, "cluster members, all running the gateway (beyond three: standbys)")
+	f.IntVar(&o.ClusterMembers, "cluster-members", 4, "cluster members, all running the gateway (three voters, the rest standbys as dqlite assigns; 4 so that 50,000 robots fit on the survivors of a restart under the open-file limit)")
 	f.DurationVar(&o.ClusterInterval, "cluster-interval", 30*time.Second, "heartbeat interval in the cluster scenario")
 	f.Float64Var(&o.ClusterConnectRate, "cluster-connect-rate", 250, "robot connections per second to the cluster")
 	f.BoolVar(&o.SkipSingle, "skip-single", false, "skip the single-node scenario")
