@@ -143,6 +143,9 @@ type ScaleStep struct {
 	RSSPerConn     float64 `json:"control_rss_per_connection"` // bytes, from the cold step
 	HeapInuse      float64 `json:"control_heap_inuse"`
 	StackInuse     float64 `json:"control_stack_inuse"`
+	// HeapUnreleased is Go heap idle but not yet returned to the OS: RSS
+	// minus heap in use, stacks and this is C memory (dqlite, SQLite).
+	HeapUnreleased float64 `json:"control_heap_idle_unreleased"`
 	Goroutines     float64 `json:"control_goroutines"`
 
 	SimProcs int     `json:"simulator_processes"`
@@ -593,6 +596,9 @@ func (r *scaleRun) window(ctx context.Context, s *ScaleStep, sims *simulators, n
 	}
 	s.HeapInuse, _ = scrapeAll("go_memstats_heap_inuse_bytes")
 	s.StackInuse, _ = scrapeAll("go_memstats_stack_inuse_bytes")
+	idle, _ := scrapeAll("go_memstats_heap_idle_bytes")
+	released, _ := scrapeAll("go_memstats_heap_released_bytes")
+	s.HeapUnreleased = idle - released
 	s.Goroutines, _ = scrapeAll("go_goroutines")
 	s.LoadAvg = loadAvg()
 	cores := float64(runtime.NumCPU())

@@ -17,6 +17,7 @@ import (
 func (s ScaleStep) summary() string {
 	b := fmt.Sprintf("%s %d robots @%s: %.0f hb/s (offered %.0f), ack p50/p99 %s/%s, control %.2f cores %s, sim %.2f cores %s, load %s",
 		s.Scenario, s.Robots, s.Interval, s.HeartbeatPerSec, s.OfferedPerSec, ms(s.AckP50), ms(s.AckP99), s.ControlCPU, mib(s.ControlRSS), s.SimCPU, mib(s.SimRSS), s.LoadAvg)
+	b += fmt.Sprintf(" (Go heap %s, stacks %s, idle heap not returned %s)", mib(uint64(s.HeapInuse)), mib(uint64(s.StackInuse)), mib(uint64(s.HeapUnreleased)))
 	if s.RSSPerConn > 0 {
 		b += fmt.Sprintf(", %.1f KiB/conn", s.RSSPerConn/1024)
 	}
