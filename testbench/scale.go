@@ -66,7 +66,11 @@ type ScaleOptions struct {
 	ClusterInterval    time.Duration
 	ClusterConnectRate float64
 	ClusterSample      int // robots looked up on every member (besides a full list count)
-	SkipSingle         bool
+	// DBNetworkLatency is passed to every node (--db-network-latency; raft
+	// elections start after 15x it): larger keeps a CPU-starved cluster
+	// from losing its leader (0: the node's default).
+	DBNetworkLatency time.Duration
+	SkipSingle       bool
 }
 
 func (o *ScaleOptions) defaults() {
@@ -260,10 +264,9 @@ func (r *scaleRun) write() error {
 	var errs []error
 	errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.json"), b, 0o644))
 	errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.md"), []byte(ScaleTable(steps)), 0o644))
+	// No plot before the first single-node step (or with --skip-single).
 	if png, err := ScalePlot(steps); err == nil {
 		errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.png"), png, 0o644))
-	} else {
-		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -454,10 +457,15 @@ func (r *scaleRun) newMember(name, dir string) (*Member, error) {
 	return m, nil
 }
 
-func nodeArgs(m *Member, caDir string, interval time.Duration) []string {
-	return []string{"--ca-dir", caDir, "--data-dir", m.DataDir, "--db-address", m.DBAddress, "--node-id", m.Name,
+// nodeArgs is the command line of a control node after its subcommand.
+func (r *scaleRun) nodeArgs(m *Member, interval time.Duration) []string {
+	args := []string{"--ca-dir", r.caDir, "--data-dir", m.DataDir, "--db-address", m.DBAddress, "--node-id", m.Name,
 		"--listen", m.Listen, "--heartbeat-interval", interval.String(), "--offline-grace", "10s", "--log-level", "warn",
 		"--registry-dir", "off", "--retention-interval", "0"}
+	if r.o.DBNetworkLatency > 0 {
+		args = append(args, "--db-network-latency", r.o.DBNetworkLatency.String())
+	}
+	return args
 }
 
 // waitReady waits for /readyz on m.
@@ -623,7 +631,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 		return err
 	}
 	interval := r.o.Intervals[0]
-	m.Args = append([]string{"run"}, nodeArgs(m, r.caDir, interval)...)
+	m.Args = append([]string{"run"}, r.nodeArgs(m, interval)...)
 	r.say("single node, %d robots: starting control (heartbeat interval %s)", n, interval)
 	if err := m.Start(); err != nil {
 		return err
@@ -664,7 +672,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 			// A new interval reaches robots in the hello reply: restart the
 			// node, which is also the reconnect storm under measurement.
 			m.Stop(time.Minute)
-			m.Args = append([]string{"run"}, nodeArgs(m, r.caDir, iv)...)
+			m.Args = append([]string{"run"}, r.nodeArgs(m, iv)...)
 			restart := time.Now()
 			if err := m.Start(); err != nil {
 				return err
@@ -765,9 +773,9 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 			return err
 		}
 		if i == 0 {
-			m.Args = append([]string{"init"}, nodeArgs(m, r.caDir, o.ClusterInterval)...)
+			m.Args = append([]string{"init"}, r.nodeArgs(m, o.ClusterInterval)...)
 		} else {
-			m.Args = append([]string{"join", members[0].DBAddress}, nodeArgs(m, r.caDir, o.ClusterInterval)...)
+			m.Args = append([]string{"join", members[0].DBAddress}, r.nodeArgs(m, o.ClusterInterval)...)
 		}
 		if err := m.Start(); err != nil {
 			return err
