@@ -99,8 +99,9 @@ SCALE_OUT            ?= .run/bench-scale
 SCALE_SIZES          ?= 1000,5000,10000,19000
 SCALE_CLUSTER_ROBOTS ?= 50000
 SCALE_BUDGET         ?= 150m
+SCALE_ARGS           ?= --cluster-connect-rate 100 --db-network-latency 200ms
 .PHONY: bench-scale
 bench-scale: build
 	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/scalebench ./testbench/cmd/scalebench
 	./bin/scalebench run --control-binary bin/control --out $(SCALE_OUT) --sizes $(SCALE_SIZES) \
-	  --cluster-robots $(SCALE_CLUSTER_ROBOTS) --budget $(SCALE_BUDGET)
+	  --cluster-robots $(SCALE_CLUSTER_ROBOTS) --budget $(SCALE_BUDGET) $(SCALE_ARGS)
