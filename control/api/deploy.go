@@ -121,6 +121,10 @@ func deployError(err error) error {
 		return badRequest("%v", err)
 	case errors.Is(err, deploy.ErrState), errors.Is(err, deploy.ErrConflict):
 		return &apiError{http.StatusConflict, "conflict", err.Error() + "; see GET /v1/deployments/{id}"}
+	case errors.Is(err, deploy.ErrRebuilding):
+		// After a restore the deployment tables are refolded from the log
+		// before anything is decided from them: a short wait, not an outage.
+		return &apiError{http.StatusServiceUnavailable, "rebuilding", err.Error() + "; retry in a few seconds"}
 	}
 	return err
 }
