@@ -126,7 +126,9 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
 		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg, CA: ca, RobotCertLifetime: cfg.RobotCertLifetime, MaxBatch: o.MaxBatch,
 		OnHeartbeat: func(robotID string, at time.Time, hb protocol.Heartbeat) {
-			hub.Publish(stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb))
+			if hub.Clients() > 0 { // no JSON for each heartbeat when nobody watches
+				hub.Publish(stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb))
+			}
 		},
 	})
 	if err != nil {

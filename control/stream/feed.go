@@ -146,6 +146,18 @@ func Tail(ctx context.Context, src EventSource, h *Hub, o TailOptions) error {
 	}
 	failures := 0
 	for {
+		if h.Clients() == 0 {
+			// Nobody listens: follow the log's position only, instead of
+			// reading (and decoding) every event on every node for nothing.
+			// A dashboard that attaches gets what is committed from then on.
+			if seq, err := src.LastSeq(ctx); err == nil {
+				after = seq
+			}
+			if !wait(o.Interval) {
+				return ctx.Err()
+			}
+			continue
+		}
 		events, err := src.Events(ctx, after, o.Batch, "")
 		if err != nil {
 			if ctx.Err() != nil {
