@@ -181,12 +181,7 @@ func (u *Updater) end(state *State, p *Pending, result, reason string) (Outcome,
 // healthy.
 func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error {
 	base := protocol.UpdateState{DeploymentID: args.DeploymentID, Version: args.Version}
-	fail := func(err error) error {
-		s := base
-		s.State, s.Reason = protocol.UpdateFailed, err.Error()
-		u.report(s)
-		return err
-	}
+	fail := func(err error) error { return u.failed(base, err) }
 	st, plan, state, err := u.preflight(ctx)
 	if err != nil {
 		return fail(err)

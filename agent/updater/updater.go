@@ -170,12 +170,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 		return u.rollback(ctx, args)
 	}
 	base := protocol.UpdateState{DeploymentID: args.DeploymentID, Version: args.Version}
-	fail := func(err error) error {
-		s := base
-		s.State, s.Reason = protocol.UpdateFailed, err.Error()
-		u.report(s)
-		return err
-	}
+	fail := func(err error) error { return u.failed(base, err) }
 	st, plan, state, err := u.preflight(ctx)
 	if err != nil {
 		return fail(err)
@@ -482,3 +477,10 @@ type readerAt struct {
 }
 
 func (r readerAt) ReadAt(p []byte, off int64) (int, error) { return r.d.ReadAt(p, r.off+off) }
+
+// failed reports base as failed with err's reason and returns err.
+func (u *Updater) failed(base protocol.UpdateState, err error) error {
+	base.State, base.Reason = protocol.UpdateFailed, err.Error()
+	u.report(base)
+	return err
+}
