@@ -216,7 +216,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		cancel()
 		return fail(err)
 	}
-	admin := &http.Server{Handler: apiServer.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}
+	admin := &http.Server{Handler: adminHandler(apiServer.LocalHandler()), ReadHeaderTimeout: 10 * time.Second}
 	n := &Node{
 		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel, server: server,
 		admin: admin, adminPath: adminPath, ca: ca, left: leftCh,
