@@ -182,6 +182,7 @@ It is small enough to run on the netboot station.`
 	f.DurationVar(&flagCfg.RobotCertLifetime, "robot-cert-lifetime", flagCfg.RobotCertLifetime, "validity of robot certificates")
 	f.BoolVar(&flagCfg.Discovery, "discovery", flagCfg.Discovery, "browse the LAN over mDNS and record robots on it that are not connected (DeviceDiscovered)")
 	f.StringSliceVar(&flagCfg.DiscoveryInterfaces, "discovery-interface", nil, "browse only on this interface (repeatable; default every multicast interface)")
+	f.IntVar(&flagCfg.MaxPendingConnections, "max-pending-connections", flagCfg.MaxPendingConnections, "connections in TLS handshake or robot hello at once; a reconnect storm beyond it waits in the kernel's accept queue")
 	return cmd
 }
 
@@ -203,6 +204,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("join") {
 		cfg.Join = f.Join
+	}
+	if set("max-pending-connections") {
+		cfg.MaxPendingConnections = f.MaxPendingConnections
 	}
 	if set("db-network-latency") {
 		cfg.DBNetworkLatency = f.DBNetworkLatency

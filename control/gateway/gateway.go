@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/lekiwi/heartbeat/control/admission"
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
@@ -215,9 +216,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "control node shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	// The connection holds an admission slot until its hello is recorded
+	// (or refused): that bounds handshakes and hellos in flight in a
+	// reconnect storm (control/admission).
+	adm := admission.FromContext(r.Context())
 	handedOff := false
 	defer func() {
 		if !handedOff {
+			adm.Admit()
 			g.wg.Done()
 		}
 	}()
@@ -239,6 +245,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.raw = hj.conn
 	s.idle = newIdleWaiter(hj.conn, hj.br)
 	s.certRobotID, s.certSerial = certRobot, certSerial
+	s.admission = adm
 	// The session runs on a goroutine of its own so that this handler
 	// returns: net/http then drops its per-connection state (request,
 	// headers, buffers) and the goroutine whose stack grew during the TLS

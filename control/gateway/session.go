@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/lekiwi/heartbeat/control/admission"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -37,6 +38,9 @@ type session struct {
 	g    *Gateway
 	conn *websocket.Conn
 	raw  net.Conn // under conn, to cut off a peer that ignores our close
+	// admission is the connection's admission slot, returned once hello
+	// is answered (nil when the listener does not bound admissions).
+	admission *admission.Conn
 	// idle, when set, lets the session wait for frames on a shallow stack.
 	idle *idleWaiter
 	// probeMu orders buffered() probes of the reader against the close
@@ -105,6 +109,7 @@ func (s *session) serve(parent context.Context) {
 	// record) runs on fresh stacks so that its own stays small.
 	var helloed bool
 	s.onFreshStack(func() { helloed = s.start(ctx) })
+	s.admission.Admit()
 	if !helloed {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,6 +84,11 @@ type Config struct {
 	// robots' LAN); empty means every up, multicast, non-loopback
 	// interface with an IPv4 address.
 	DiscoveryInterfaces []string `yaml:"discovery_interfaces"`
+	// MaxPendingConnections bounds connections accepted but not yet
+	// admitted (TLS handshake, request, robot hello); a reconnect storm
+	// beyond it waits in the kernel's accept queue (control/admission).
+	// Issue 10.
+	MaxPendingConnections int `yaml:"max_pending_connections"`
 }
 
 // Defaults are the values of an unconfigured node.
@@ -100,6 +106,8 @@ func Defaults() Config {
 		RateLimit:         20,
 		RetentionInterval: time.Hour,
 		Discovery:         true,
+
+		MaxPendingConnections: 128, // admission.DefaultMaxPending
 	}
 }
 
@@ -162,13 +170,21 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "DISCOVERY_INTERFACES"); v != "" {
 		c.DiscoveryInterfaces = splitList(v)
 	}
+	var pendingErr error
+	if v := getenv(EnvPrefix + "MAX_PENDING_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			pendingErr = fmt.Errorf("%sMAX_PENDING_CONNECTIONS=%q is not a whole number like 128: %w", EnvPrefix, v, err)
+		}
+		c.MaxPendingConnections = n
+	}
 	if v := getenv(EnvPrefix + "TLS_NAMES"); v != "" {
 		c.TLSNames = splitList(v)
 	}
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
-	return errors.Join(dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
+	return errors.Join(pendingErr, dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
 }
 
 // Validate reports every problem with c at once.
@@ -192,6 +208,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DBNetworkLatency < time.Millisecond || c.DBNetworkLatency > time.Minute {
 		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 60ms)", c.DBNetworkLatency))
+	}
+	if c.MaxPendingConnections < 1 || c.MaxPendingConnections > 100000 {
+		errs = append(errs, fmt.Errorf("max_pending_connections %d must be between 1 and 100000 (connections in TLS handshake or hello at once; default 128)", c.MaxPendingConnections))
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/time/rate"
 
+	"github.com/lekiwi/heartbeat/control/admission"
 	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/gateway"
@@ -114,6 +115,9 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Issue 10: a reconnect storm waits in the kernel's accept queue beyond
+	// MaxPendingConnections handshakes and hellos in flight.
+	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, Registerer: reg})
 	var leave func(context.Context) error
 	fail := func(err error) (*Node, error) {
 		st.Close()
@@ -187,7 +191,10 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		o.ReadHeaderTimeout = 10 * time.Second
 	}
 	server := &http.Server{
-		Handler:           mux,
+		// Robots are admitted by the gateway after hello; any other
+		// request is admitted on arrival.
+		Handler:           admitAPIRequests(mux),
+		ConnContext:       admission.ConnContext,
 		ReadHeaderTimeout: o.ReadHeaderTimeout, // slowloris
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
@@ -334,6 +341,19 @@ func listenAdmin(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// admitAPIRequests admits the connection of every request but a robot's
+// (control/admission): the gateway admits those once hello is recorded.
+func admitAPIRequests(next http.Handler) http.Handler {
+	api := admission.AdmitRequests(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/agent" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
 }
 
 // Store is the node's store handle.

@@ -1,0 +1,196 @@
+// Package admission bounds the connections a control node has accepted but
+// not yet admitted: the TLS handshake, the HTTP request and, for a robot,
+// the hello and the commit of its connection record.
+//
+// A control node restarted under 19,000 robots sees all of them come back
+// within the agents' reconnect jitter. Accepting them all at once runs
+// thousands of handshakes and hellos side by side; each one progresses
+// slowly, robots give up at their handshake timeout and retry (wasting the
+// work done so far), and the node's own database traffic starves behind
+// them. A bound on admissions in flight keeps the rest of the storm in the
+// kernel's accept queue, where waiting costs the node nothing, and lets
+// every admitted connection finish at full speed: a bounded queue in front
+// of a fixed number of workers, not thousands of workers thrashing.
+//
+// Listener.Accept takes a slot before it accepts; the slot returns when the
+// connection is admitted (Conn.Admit, called by the gateway after hello and
+// by the HTTP layer for API requests), when it closes, or after
+// Options.PendingTimeout, so a client that stalls mid-handshake cannot
+// hold a slot for long.
+package admission
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultMaxPending admissions in flight. A connection costs about a
+	// millisecond of CPU to admit and waits one commit (a few ms to tens of
+	// ms) for its record: 128 keeps two commit batches of hellos in
+	// flight, far more than a 2-core node can run in parallel anyway.
+	DefaultMaxPending = 128
+	// DefaultPendingTimeout is longer than a robot's handshake timeout
+	// (10 s): a connection that has not been admitted by then has given up.
+	DefaultPendingTimeout = 15 * time.Second
+)
+
+// Options tune a Listener.
+type Options struct {
+	MaxPending     int
+	PendingTimeout time.Duration
+	// Registerer receives the metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Listener wraps a TCP listener with the admission bound.
+type Listener struct {
+	net.Listener
+	o       Options
+	slots   chan struct{}
+	closed  chan struct{}
+	closeMu sync.Once
+	held    atomic.Int64
+
+	pending prometheus.Gauge
+	waits   prometheus.Counter
+	expired prometheus.Counter
+}
+
+// NewListener bounds the admissions of ln.
+func NewListener(ln net.Listener, o Options) *Listener {
+	if o.MaxPending <= 0 {
+		o.MaxPending = DefaultMaxPending
+	}
+	if o.PendingTimeout <= 0 {
+		o.PendingTimeout = DefaultPendingTimeout
+	}
+	l := &Listener{
+		Listener: ln, o: o, slots: make(chan struct{}, o.MaxPending), closed: make(chan struct{}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "lekiwi_control_admission_pending",
+			Help: "Connections accepted and not yet admitted (TLS handshake, request, robot hello)."}),
+		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_full_total",
+			Help: "Times the listener stopped accepting because every admission slot was taken (a reconnect storm queued in the kernel)."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_expired_total",
+			Help: "Connections whose admission slot was returned after the pending timeout (stalled clients)."}),
+	}
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(l.pending, l.waits, l.expired)
+	}
+	return l
+}
+
+// Accept waits for a free slot, then for a connection.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		l.waits.Inc()
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.closed:
+			return nil, net.ErrClosed
+		}
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	l.held.Add(1)
+	l.pending.Inc()
+	ac := &Conn{Conn: c, l: l}
+	ac.mu.Lock()
+	ac.timer = time.AfterFunc(l.o.PendingTimeout, func() {
+		if ac.admit() {
+			l.expired.Inc()
+		}
+	})
+	ac.mu.Unlock()
+	return ac, nil
+}
+
+// Close stops Accept, including one waiting for a slot.
+func (l *Listener) Close() error {
+	l.closeMu.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// Pending is the number of accepted connections holding a slot (an Accept
+// waiting for a connection reserves one more).
+func (l *Listener) Pending() int { return int(l.held.Load()) }
+
+// Conn is an accepted connection; it holds a slot until admitted or closed.
+type Conn struct {
+	net.Conn
+	l     *Listener
+	once  sync.Once
+	mu    sync.Mutex // timer: set after AfterFunc returns, read by its callback
+	timer *time.Timer
+}
+
+// Admit returns the connection's slot; later calls do nothing. A nil Conn
+// is allowed (a connection that did not come through a Listener).
+func (c *Conn) Admit() {
+	if c != nil {
+		c.admit()
+	}
+}
+
+// admit reports whether this call returned the slot.
+func (c *Conn) admit() (did bool) {
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.timer.Stop()
+		c.mu.Unlock()
+		c.l.held.Add(-1)
+		c.l.pending.Dec()
+		<-c.l.slots
+		did = true
+	})
+	return did
+}
+
+// Close returns the slot if still held and closes the connection.
+func (c *Conn) Close() error {
+	c.admit()
+	return c.Conn.Close()
+}
+
+type connKey struct{}
+
+// ConnContext is an http.Server ConnContext: it records the connection so
+// that handlers can admit it (FromContext).
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if ac, ok := c.(*Conn); ok {
+		return context.WithValue(ctx, connKey{}, ac)
+	}
+	return ctx
+}
+
+// FromContext is the request's admission connection, or nil.
+func FromContext(ctx context.Context) *Conn {
+	c, _ := ctx.Value(connKey{}).(*Conn)
+	return c
+}
+
+// AdmitRequests admits the connection of every request that reaches next:
+// for everything but the robots' endpoint, getting a request through is
+// the admission.
+func AdmitRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		FromContext(r.Context()).Admit()
+		next.ServeHTTP(w, r)
+	})
+}

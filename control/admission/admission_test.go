@@ -1,0 +1,212 @@
+package admission
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func listen(t *testing.T, o Options) *Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewListener(ln, o)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func dial(t *testing.T, l *Listener) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", l.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// acceptAsync runs Accept on a goroutine and delivers its result.
+func acceptAsync(l *Listener) <-chan net.Conn {
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(ch)
+			return
+		}
+		ch <- c
+	}()
+	return ch
+}
+
+func mustAccept(t *testing.T, ch <-chan net.Conn, what string) *Conn {
+	t.Helper()
+	select {
+	case c, ok := <-ch:
+		if !ok {
+			t.Fatalf("%s: accept failed", what)
+		}
+		return c.(*Conn)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not accepted within 5 s", what)
+	}
+	return nil
+}
+
+func mustWait(t *testing.T, ch <-chan net.Conn, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+		t.Fatalf("%s: accepted although every slot is taken", what)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// How a slot comes back: each way frees exactly the one slot, and the
+// connection waiting in the kernel's queue is accepted then, not before.
+func TestSlotReturns(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		free    func(c *Conn)
+		expired float64
+	}{
+		{"admitted", func(c *Conn) { c.Admit(); c.Admit() }, 0},
+		{"closed", func(c *Conn) { c.Close() }, 0},
+		{"admitted then closed", func(c *Conn) { c.Admit(); c.Close() }, 0},
+		{"pending timeout", func(c *Conn) {}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := Options{MaxPending: 2, PendingTimeout: time.Hour}
+			if tc.expired > 0 {
+				o.PendingTimeout = 300 * time.Millisecond
+			}
+			l := listen(t, o)
+			dial(t, l)
+			dial(t, l)
+			dial(t, l)
+			first := mustAccept(t, acceptAsync(l), "first")
+			mustAccept(t, acceptAsync(l), "second")
+			if l.Pending() != 2 {
+				t.Fatalf("pending = %d, want 2", l.Pending())
+			}
+			third := acceptAsync(l)
+			if tc.expired == 0 {
+				mustWait(t, third, "third")
+			}
+			tc.free(first)
+			mustAccept(t, third, "third")
+			if got := testutil.ToFloat64(l.waits); got != 1 {
+				t.Errorf("full count = %v, want 1", got)
+			}
+			if tc.expired > 0 {
+				// Both earlier connections expire; the third holds its slot
+				// until its own timeout.
+				deadline := time.Now().Add(5 * time.Second)
+				for testutil.ToFloat64(l.expired) < 2 && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			if got := testutil.ToFloat64(l.expired); got < tc.expired || (tc.expired == 0 && got != 0) {
+				t.Errorf("expired = %v, want %v or more (0 exactly when not timing out)", got, tc.expired)
+			}
+			if got, want := testutil.ToFloat64(l.pending), float64(l.Pending()); got != want {
+				t.Errorf("pending gauge %v, slots taken %v", got, want)
+			}
+		})
+	}
+}
+
+func TestCloseStopsAWaitingAccept(t *testing.T) {
+	l := listen(t, Options{MaxPending: 1})
+	dial(t, l)
+	mustAccept(t, acceptAsync(l), "first")
+	done := make(chan error, 1)
+	go func() { _, err := l.Accept(); done <- err }()
+	time.Sleep(50 * time.Millisecond)
+	l.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept still waiting for a slot after Close")
+	}
+}
+
+// Through net/http with TLS: the handler finds its connection, API
+// requests are admitted on arrival, and a handler that does not admit
+// (the robots' endpoint before hello) keeps the slot until it does.
+func TestHTTPAdmission(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	mux := http.NewServeMux()
+	hold := make(chan struct{})
+	mux.Handle("/api", AdmitRequests(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})))
+	mux.HandleFunc("/agent", func(w http.ResponseWriter, r *http.Request) {
+		c := FromContext(r.Context())
+		if c == nil {
+			http.Error(w, "no admission conn in context", http.StatusInternalServerError)
+			return
+		}
+		<-hold
+		c.Admit()
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	ln := NewListener(srv.Listener, Options{MaxPending: 4, Registerer: reg})
+	srv.Listener = ln
+	srv.Config.ConnContext = ConnContext
+	srv.StartTLS()
+	defer srv.Close()
+	client := srv.Client()
+
+	resp, err := client.Get(srv.URL + "/api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ln.Pending() != 0 {
+		t.Fatalf("API request: %d slots still taken (keep-alive connection not admitted)", ln.Pending())
+	}
+
+	errc := make(chan error, 1)
+	go func() {
+		tr := &http.Transport{TLSClientConfig: client.Transport.(*http.Transport).TLSClientConfig, DisableKeepAlives: true}
+		resp, err := (&http.Client{Transport: tr}).Get(srv.URL + "/agent")
+		if err == nil {
+			if resp.StatusCode != http.StatusOK {
+				err = errors.New(resp.Status)
+			}
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for ln.Pending() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ln.Pending() != 1 {
+		t.Fatalf("agent request in its handler: %d slots taken, want 1", ln.Pending())
+	}
+	close(hold)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for ln.Pending() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ln.Pending() != 0 {
+		t.Fatalf("after admit: %d slots taken", ln.Pending())
+	}
+	if n, err := testutil.GatherAndCount(reg, "lekiwi_control_admission_pending", "lekiwi_control_admission_full_total", "lekiwi_control_admission_expired_total"); err != nil || n != 3 {
+		t.Fatalf("metrics registered: %d, %v", n, err)
+	}
+}
