@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -71,6 +73,10 @@ type ScaleOptions struct {
 	// from losing its leader (0: the node's default).
 	DBNetworkLatency time.Duration
 	SkipSingle       bool
+	// StormHogs busy-loop processes run during every reconnect storm: a
+	// storm on a machine whose CPU is already taken (a shared host, a
+	// neighbour's backup) must not collapse the node (0: none).
+	StormHogs int
 }
 
 func (o *ScaleOptions) defaults() {
@@ -680,11 +686,19 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 			if err := r.waitReady(ctx, m, time.Minute); err != nil {
 				return err
 			}
+			stopProfile := r.profileStorm(ctx, m, fmt.Sprintf("%s-storm-%s", tag, iv))
+			stopHogs := startHogs(r.o.StormHogs)
 			storm, peak, simPeak, err := sims.waitConnected(ctx, n, connectTimeout, pids)
+			step.Connect = time.Since(restart)
+			stopHogs()
+			stopProfile()
+			if r.o.StormHogs > 0 {
+				step.Note = fmt.Sprintf("storm with %d busy-loop processes", r.o.StormHogs)
+			}
 			if err != nil {
 				return fmt.Errorf("reconnect after restart with interval %s: %w", iv, err)
 			}
-			step.Connect, step.StormFromReady, step.StormPeakCPU, step.StormSimPeak = time.Since(restart), storm, peak, simPeak
+			step.StormFromReady, step.StormPeakCPU, step.StormSimPeak = storm, peak, simPeak
 		}
 		select {
 		case <-ctx.Done():
@@ -848,6 +862,11 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	r.say("restarting %s under %d robots", victim.Name, o.ClusterRobots)
 	storm := ScaleStep{Scenario: "cluster restart", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval}
 	t0 := time.Now()
+	stopHogs := startHogs(o.StormHogs)
+	defer stopHogs()
+	if o.StormHogs > 0 {
+		storm.Note = fmt.Sprintf("storm with %d busy-loop processes; ", o.StormHogs)
+	}
 	victim.Stop(time.Minute)
 	if err := victim.Start(); err != nil {
 		return err
@@ -855,8 +874,9 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	// Robots that lost their connection come back on other members while
 	// the victim starts; wait for both.
 	back, peak, simPeak, err := sims.waitConnected(ctx, o.ClusterRobots, timeout, pids)
+	stopHogs()
 	if err != nil {
-		storm.Note = "incomplete: " + err.Error()
+		storm.Note += "incomplete: " + err.Error()
 	}
 	if err := r.waitReady(ctx, victim, 2*time.Minute); err != nil {
 		storm.Note += " restarted member not ready: " + err.Error()
@@ -1029,4 +1049,59 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// profileStorm records a 30 s CPU profile of m, from now, into
+// OutDir/name.pprof through the admin socket's profiler: what the node
+// spends a reconnect storm on. stop waits for the profile (the profiler
+// writes nothing when its request is cancelled).
+func (r *scaleRun) profileStorm(ctx context.Context, m *Member, name string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.DataDir, "control.sock"))
+		}}}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://admin/debug/pprof/profile?seconds=30", nil)
+		if err != nil {
+			return
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			r.say("storm profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(r.o.OutDir, name+".pprof"))
+		if err != nil {
+			r.say("storm profile %s: %v", name, err)
+			return
+		}
+		defer f.Close()
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			r.say("storm profile %s: %v", name, err)
+		}
+	}()
+	return func() { <-done }
+}
+
+// startHogs starts n busy-loop processes (sh spinning) and returns what
+// stops them; stop may be called more than once.
+func startHogs(n int) (stop func()) {
+	var cmds []*exec.Cmd
+	for range n {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		if c.Start() == nil {
+			cmds = append(cmds, c)
+		}
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for _, c := range cmds {
+				_ = c.Process.Kill()
+				_ = c.Wait()
+			}
+		})
+	}
 }

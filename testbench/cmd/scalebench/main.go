@@ -114,6 +114,7 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 	f.Float64Var(&o.ClusterConnectRate, "cluster-connect-rate", 250, "robot connections per second to the cluster")
 	f.BoolVar(&o.SkipSingle, "skip-single", false, "skip the single-node scenario")
 	f.DurationVar(&o.DBNetworkLatency, "db-network-latency", 0, "passed to every node: raft elections start after 15x this (raise it when the shared CPU starves the cluster)")
+	f.IntVar(&o.StormHogs, "storm-hogs", 0, "busy-loop processes running during every reconnect storm (a storm on a machine whose CPU is already taken)")
 	f.DurationVar(&budget, "budget", 90*time.Minute, "the whole run ends (and cleans up) after this")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
