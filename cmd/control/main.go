@@ -183,6 +183,7 @@ It is small enough to run on the netboot station.`
 	f.BoolVar(&flagCfg.Discovery, "discovery", flagCfg.Discovery, "browse the LAN over mDNS and record robots on it that are not connected (DeviceDiscovered)")
 	f.StringSliceVar(&flagCfg.DiscoveryInterfaces, "discovery-interface", nil, "browse only on this interface (repeatable; default every multicast interface)")
 	f.IntVar(&flagCfg.MaxPendingConnections, "max-pending-connections", flagCfg.MaxPendingConnections, "connections in TLS handshake or robot hello at once; a reconnect storm beyond it waits in the kernel's accept queue")
+	f.IntVar(&flagCfg.MaxConnections, "max-connections", flagCfg.MaxConnections, "connections open at once on --listen (0: the open-file limit minus 512, kept for the database)")
 	return cmd
 }
 
@@ -204,6 +205,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("join") {
 		cfg.Join = f.Join
+	}
+	if set("max-connections") {
+		cfg.MaxConnections = f.MaxConnections
 	}
 	if set("max-pending-connections") {
 		cfg.MaxPendingConnections = f.MaxPendingConnections

@@ -12,6 +12,12 @@
 // every admitted connection finish at full speed: a bounded queue in front
 // of a fixed number of workers, not thousands of workers thrashing.
 //
+// The listener also bounds connections open at once (Options.MaxOpen): a
+// process has a fixed number of file descriptors, and a node that spends
+// them all on robots cannot open its own database connections — the
+// failure that turned a 19,000-robot storm into a collapse (EMFILE on the
+// dqlite dial, failed appends, sessions closed, more reconnects).
+//
 // Listener.Accept takes a slot before it accepts; the slot returns when the
 // connection is admitted (Conn.Admit, called by the gateway after hello and
 // by the HTTP layer for API requests), when it closes, or after
@@ -47,6 +53,9 @@ const (
 type Options struct {
 	MaxPending     int
 	PendingTimeout time.Duration
+	// MaxOpen bounds connections open at once, admitted or not (0: no
+	// bound). ReserveFor derives it from the process's file limit.
+	MaxOpen int
 	// Registerer receives the metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 }
@@ -59,6 +68,10 @@ type Listener struct {
 	closed  chan struct{}
 	closeMu sync.Once
 	held    atomic.Int64
+	open    chan struct{} // nil without MaxOpen
+
+	openGauge prometheus.Gauge
+	openFull  prometheus.Counter
 
 	pending prometheus.Gauge
 	waits   prometheus.Counter
@@ -82,29 +95,56 @@ func NewListener(ln net.Listener, o Options) *Listener {
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_expired_total",
 			Help: "Connections whose admission slot was returned after the pending timeout (stalled clients)."}),
 	}
+	l.openGauge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lekiwi_control_admission_open",
+		Help: "Connections open on the listener (robots, API, dashboards)."})
+	l.openFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_open_full_total",
+		Help: "Times the listener stopped accepting because max open connections were reached (the rest of the file descriptors are the database's)."})
+	if o.MaxOpen > 0 {
+		l.open = make(chan struct{}, o.MaxOpen)
+	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(l.pending, l.waits, l.expired)
+		o.Registerer.MustRegister(l.pending, l.waits, l.expired, l.openGauge, l.openFull)
 	}
 	return l
 }
 
-// Accept waits for a free slot, then for a connection.
+// ReserveFor is the MaxOpen that leaves reserve file descriptors of a
+// process limited to limit (RLIMIT_NOFILE) for everything but the
+// listener's connections: database connections, raft peers, log and
+// registry files. At least 1.
+func ReserveFor(limit uint64, reserve int) int {
+	if limit > 1<<30 {
+		limit = 1 << 30
+	}
+	return max(1, int(limit)-reserve)
+}
+
+// Accept waits until fewer than MaxOpen connections are open and an
+// admission slot is free, then for a connection.
 func (l *Listener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	default:
-		l.waits.Inc()
+	if l.open != nil {
 		select {
-		case l.slots <- struct{}{}:
-		case <-l.closed:
-			return nil, net.ErrClosed
+		case l.open <- struct{}{}:
+		default:
+			l.openFull.Inc()
+			select {
+			case l.open <- struct{}{}:
+			case <-l.closed:
+				return nil, net.ErrClosed
+			}
 		}
+	}
+	if err := l.takeSlot(); err != nil {
+		l.closeOne()
+		return nil, err
 	}
 	c, err := l.Listener.Accept()
 	if err != nil {
 		<-l.slots
+		l.closeOne()
 		return nil, err
 	}
+	l.openGauge.Inc()
 	l.held.Add(1)
 	l.pending.Inc()
 	ac := &Conn{Conn: c, l: l}
@@ -116,6 +156,27 @@ func (l *Listener) Accept() (net.Conn, error) {
 	})
 	ac.mu.Unlock()
 	return ac, nil
+}
+
+// closeOne returns an open-connection slot.
+func (l *Listener) closeOne() {
+	if l.open != nil {
+		<-l.open
+	}
+}
+
+func (l *Listener) takeSlot() error {
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		l.waits.Inc()
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.closed:
+			return net.ErrClosed
+		}
+	}
+	return nil
 }
 
 // Close stops Accept, including one waiting for a slot.
@@ -133,6 +194,7 @@ type Conn struct {
 	net.Conn
 	l     *Listener
 	once  sync.Once
+	shut  sync.Once
 	mu    sync.Mutex // timer: set after AfterFunc returns, read by its callback
 	timer *time.Timer
 }
@@ -159,10 +221,15 @@ func (c *Conn) admit() (did bool) {
 	return did
 }
 
-// Close returns the slot if still held and closes the connection.
+// Close returns the slots the connection holds and closes it.
 func (c *Conn) Close() error {
 	c.admit()
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	c.shut.Do(func() {
+		c.l.openGauge.Dec()
+		c.l.closeOne()
+	})
+	return err
 }
 
 type connKey struct{}

@@ -210,3 +210,47 @@ func TestHTTPAdmission(t *testing.T) {
 		t.Fatalf("metrics registered: %d, %v", n, err)
 	}
 }
+
+// Admitted connections still count against MaxOpen until they close: the
+// file descriptors left are the database's.
+func TestMaxOpenCountsAdmittedConnections(t *testing.T) {
+	l := listen(t, Options{MaxPending: 8, MaxOpen: 2})
+	for range 3 {
+		dial(t, l)
+	}
+	first := mustAccept(t, acceptAsync(l), "first")
+	second := mustAccept(t, acceptAsync(l), "second")
+	first.Admit()
+	second.Admit()
+	third := acceptAsync(l)
+	mustWait(t, third, "third (two open, admitted)")
+	first.Close()
+	first.Close() // a second Close must not free a second slot
+	mustAccept(t, third, "third after a close")
+	fourth := acceptAsync(l)
+	dial(t, l)
+	mustWait(t, fourth, "fourth (two open again)")
+	if got := testutil.ToFloat64(l.openFull); got < 1 {
+		t.Errorf("open_full = %v, want at least 1", got)
+	}
+	if got := testutil.ToFloat64(l.openGauge); got != 2 {
+		t.Errorf("open gauge = %v, want 2", got)
+	}
+}
+
+func TestReserveFor(t *testing.T) {
+	for _, tc := range []struct {
+		limit   uint64
+		reserve int
+		want    int
+	}{
+		{20000, 512, 19488},
+		{1024, 512, 512},
+		{100, 512, 1},
+		{1 << 62, 512, 1<<30 - 512},
+	} {
+		if got := ReserveFor(tc.limit, tc.reserve); got != tc.want {
+			t.Errorf("ReserveFor(%d, %d) = %d, want %d", tc.limit, tc.reserve, got, tc.want)
+		}
+	}
+}

@@ -89,6 +89,11 @@ type Config struct {
 	// beyond it waits in the kernel's accept queue (control/admission).
 	// Issue 10.
 	MaxPendingConnections int `yaml:"max_pending_connections"`
+	// MaxConnections bounds connections open at once on the listen port;
+	// 0 takes the process's open-file limit minus 512, which are left for
+	// the database and files: a node out of descriptors cannot reach its
+	// own database. Issue 10.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Defaults are the values of an unconfigured node.
@@ -178,6 +183,13 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 		}
 		c.MaxPendingConnections = n
 	}
+	if v := getenv(EnvPrefix + "MAX_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			pendingErr = errors.Join(pendingErr, fmt.Errorf("%sMAX_CONNECTIONS=%q is not a whole number: %w", EnvPrefix, v, err))
+		}
+		c.MaxConnections = n
+	}
 	if v := getenv(EnvPrefix + "TLS_NAMES"); v != "" {
 		c.TLSNames = splitList(v)
 	}
@@ -208,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DBNetworkLatency < time.Millisecond || c.DBNetworkLatency > time.Minute {
 		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 60ms)", c.DBNetworkLatency))
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("max_connections %d must be 0 (the open-file limit minus 512) or positive", c.MaxConnections))
 	}
 	if c.MaxPendingConnections < 1 || c.MaxPendingConnections > 100000 {
 		errs = append(errs, fmt.Errorf("max_pending_connections %d must be between 1 and 100000 (connections in TLS handshake or hello at once; default 128)", c.MaxPendingConnections))

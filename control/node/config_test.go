@@ -46,18 +46,22 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		t.Fatalf("empty file: %v", err)
 	}
 	if err := c.LoadEnv(func(k string) string {
-		if k == "LEKIWI_CONTROL_HEARTBEAT_INTERVAL" {
+		switch k {
+		case "LEKIWI_CONTROL_HEARTBEAT_INTERVAL":
 			return "often"
+		case "LEKIWI_CONTROL_MAX_PENDING_CONNECTIONS", "LEKIWI_CONTROL_MAX_CONNECTIONS":
+			return "lots"
 		}
 		return ""
-	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") {
-		t.Fatalf("bad env duration error = %v", err)
+	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") || !strings.Contains(err.Error(), "MAX_PENDING_CONNECTIONS") || !strings.Contains(err.Error(), "MAX_CONNECTIONS=") {
+		t.Fatalf("bad env values error = %v", err)
 	}
 	bad := Defaults()
 	bad.Listen, bad.DataDir, bad.HeartbeatInterval, bad.LogLevel = "nowhere", "", time.Millisecond, "loud"
 	bad.Join = []string{bad.DBAddress}
+	bad.MaxPendingConnections, bad.MaxConnections = 0, -1
 	err := bad.Validate()
-	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required"} {
+	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required", "max_pending_connections", "max_connections"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %v does not mention %q", err, want)
 		}

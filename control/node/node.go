@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/lekiwi/heartbeat/control/admission"
@@ -117,7 +118,15 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Issue 10: a reconnect storm waits in the kernel's accept queue beyond
 	// MaxPendingConnections handshakes and hellos in flight.
-	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, Registerer: reg})
+	// Connections never take the descriptors the database needs.
+	maxOpen := cfg.MaxConnections
+	if maxOpen == 0 {
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil {
+			maxOpen = admission.ReserveFor(lim.Cur, fdReserve)
+		}
+	}
+	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, MaxOpen: maxOpen, Registerer: reg})
 	var leave func(context.Context) error
 	fail := func(err error) (*Node, error) {
 		st.Close()
@@ -130,8 +139,10 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
 		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg, CA: ca, RobotCertLifetime: cfg.RobotCertLifetime, MaxBatch: o.MaxBatch,
 		OnHeartbeat: func(robotID string, at time.Time, hb protocol.Heartbeat) {
-			if hub.Clients() > 0 { // no JSON for each heartbeat when nobody watches
-				hub.Publish(stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb))
+			// No work for each heartbeat when nobody watches; and none on
+			// this robot's reader (its ack waits) when someone does.
+			if hub.Clients() > 0 {
+				hub.PublishLater(func() stream.Message { return stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb) })
 			}
 		},
 	})
@@ -342,6 +353,10 @@ func listenAdmin(path string) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// fdReserve file descriptors are left to the database (client and raft
+// connections), logs and the registry when robots fill the process's limit.
+const fdReserve = 512
 
 // admitAPIRequests admits the connection of every request but a robot's
 // (control/admission): the gateway admits those once hello is recorded.

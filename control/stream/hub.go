@@ -29,6 +29,9 @@ type Options struct {
 	// Tick is how often throttled subscriptions deliver what their
 	// interval held back (default 50 ms).
 	Tick time.Duration
+	// LaterQueue bounds messages handed to PublishLater and not yet
+	// fanned out (default 8192); beyond it they are shed and counted.
+	LaterQueue int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger; nil means slog.Default().
@@ -53,6 +56,9 @@ func (o *Options) setDefaults() {
 	if o.Tick <= 0 {
 		o.Tick = 50 * time.Millisecond
 	}
+	if o.LaterQueue <= 0 {
+		o.LaterQueue = 8192
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -72,12 +78,16 @@ type Hub struct {
 	mu      sync.RWMutex
 	clients map[*Client]struct{}
 	closed  bool
+
+	// later holds PublishLater's messages for Run's goroutine.
+	later chan func() Message
 }
 
 // NewHub makes a hub; call Run to drive throttled deliveries.
 func NewHub(o Options) *Hub {
 	o.setDefaults()
-	return &Hub{o: o, log: o.Logger.With("component", "stream"), m: newMetrics(o.Registerer), clients: map[*Client]struct{}{}}
+	return &Hub{o: o, log: o.Logger.With("component", "stream"), m: newMetrics(o.Registerer), clients: map[*Client]struct{}{},
+		later: make(chan func() Message, o.LaterQueue)}
 }
 
 // ErrTooManyClients is returned by Attach when the hub is full.
@@ -136,8 +146,28 @@ func (h *Hub) Publish(m Message) {
 	}
 }
 
-// Run delivers throttled messages whose interval ended, every Tick, until
-// ctx ends; then it closes every client.
+// PublishLater queues a bulk message for Run's goroutine to build and
+// publish, and reports whether it was queued: when LaterQueue messages
+// already wait it is shed (counted in lekiwi_control_stream_shed_total).
+//
+// It is for hot paths whose latency robots feel: the gateway acknowledges
+// a heartbeat on the goroutine that read it, and fanning that heartbeat
+// out to a hundred dashboards there (matching, throttling and framing it
+// for each) put the dashboards' cost on every robot's ack. build runs on
+// the hub's goroutine, so it may encode; it must not block.
+func (h *Hub) PublishLater(build func() Message) bool {
+	select {
+	case h.later <- build:
+		return true
+	default:
+		h.m.shed.Inc()
+		return false
+	}
+}
+
+// Run delivers throttled messages whose interval ended, every Tick, and
+// publishes what PublishLater queued, until ctx ends; then it closes every
+// client.
 func (h *Hub) Run(ctx context.Context) error {
 	t := time.NewTicker(h.o.Tick)
 	defer t.Stop()
@@ -148,6 +178,8 @@ func (h *Hub) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 			h.tick(h.o.Now())
+		case build := <-h.later:
+			h.Publish(build())
 		}
 	}
 }
@@ -527,6 +559,7 @@ type metrics struct {
 	coalesced    prometheus.Counter
 	lagging      prometheus.Counter
 	disconnected prometheus.Counter
+	shed         prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -541,9 +574,11 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Help: "Times a subscriber fell behind and was switched to latest-only delivery."}),
 		disconnected: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_stream_slow_disconnects_total",
 			Help: "Subscribers disconnected because they did not read critical messages."}),
+		shed: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_stream_shed_total",
+			Help: "Live messages (heartbeats) not published because the hub's queue was full: dashboards cost more than the node can spare."}),
 	}
 	if r != nil {
-		r.MustRegister(m.clients, m.published, m.queued, m.coalesced, m.lagging, m.disconnected)
+		r.MustRegister(m.clients, m.published, m.queued, m.coalesced, m.lagging, m.disconnected, m.shed)
 	}
 	return m
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeClock is the hub's clock in tests: it moves only when told.
@@ -333,4 +335,41 @@ func uptime(t *testing.T, f wireFrame) float64 {
 		t.Fatalf("heartbeat data %s: %v", f.Data, err)
 	}
 	return d.UptimeSeconds
+}
+
+// PublishLater does no fan-out on the caller's goroutine: nothing reaches a
+// subscriber until Run publishes it, a full queue sheds (and says so), and
+// what was queued arrives in order.
+func TestPublishLaterFansOutOnTheHubsGoroutine(t *testing.T) {
+	h, clk := newTestHub(t, Options{LaterQueue: 2})
+	c := attach(t, h, Subscription{ID: "hb", Topics: []string{"robot.*.heartbeat"}})
+	built := 0
+	for i, want := range []bool{true, true, false} {
+		uptime := float64(i + 1)
+		if got := h.PublishLater(func() Message { built++; return hb("r1", clk.Now(), uptime) }); got != want {
+			t.Fatalf("PublishLater #%d = %v, want %v (queue of 2)", i+1, got, want)
+		}
+	}
+	if built != 0 || c.pending() != 0 {
+		t.Fatalf("before Run: %d messages built, %d frames pending; want none (the caller must not pay for fan-out)", built, c.pending())
+	}
+	if got := testutil.ToFloat64(h.m.shed); got != 1 {
+		t.Fatalf("shed = %v, want 1", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.Run(ctx)
+	for _, want := range []float64{1, 2} {
+		nctx, ncancel := context.WithTimeout(ctx, 5*time.Second)
+		b, err := c.Next(nctx)
+		ncancel()
+		if err != nil {
+			t.Fatalf("frame with uptime %v: %v", want, err)
+		}
+		var f wireFrame
+		var d HeartbeatData
+		if err := json.Unmarshal(b, &f); err != nil || json.Unmarshal(f.Data, &d) != nil || d.UptimeSeconds != want {
+			t.Fatalf("frame %s: want heartbeat with uptime %v (%v)", b, want, err)
+		}
+	}
 }
