@@ -686,7 +686,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 			if err := r.waitReady(ctx, m, time.Minute); err != nil {
 				return err
 			}
-			stopProfile := r.profileStorm(ctx, m, fmt.Sprintf("%s-storm-%s", tag, iv))
+			stopProfile := r.profile(ctx, m, fmt.Sprintf("%s-storm-%s", tag, iv), 30*time.Second)
 			stopHogs := startHogs(r.o.StormHogs)
 			storm, peak, simPeak, err := sims.waitConnected(ctx, n, connectTimeout, pids)
 			step.Connect = time.Since(restart)
@@ -705,9 +705,12 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 			return ctx.Err()
 		case <-time.After(max(r.o.Settle, min(2*iv, 30*time.Second))):
 		}
+		// The window's CPU profile: what a message costs the node.
+		stopProfile := r.profile(ctx, m, fmt.Sprintf("%s-window-%s", tag, iv), r.o.Window)
 		if err := r.window(ctx, &step, sims, []*scaleNode{node}, ids); err != nil {
 			return err
 		}
+		stopProfile()
 		if i == 0 {
 			step.RSSPerConn = float64(int64(step.ControlRSS)-int64(base.RSS)) / float64(n)
 		}
@@ -1051,18 +1054,18 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// profileStorm records a 30 s CPU profile of m, from now, into
+// profile records a CPU profile of m for d, from now, into
 // OutDir/name.pprof through the admin socket's profiler: what the node
-// spends a reconnect storm on. stop waits for the profile (the profiler
+// spends a storm or a window on. stop waits for the profile (the profiler
 // writes nothing when its request is cancelled).
-func (r *scaleRun) profileStorm(ctx context.Context, m *Member, name string) (stop func()) {
+func (r *scaleRun) profile(ctx context.Context, m *Member, name string, d time.Duration) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.DataDir, "control.sock"))
 		}}}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://admin/debug/pprof/profile?seconds=30", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://admin/debug/pprof/profile?seconds=%d", max(1, int(d.Seconds()))), nil)
 		if err != nil {
 			return
 		}
