@@ -28,10 +28,12 @@ package admission
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -231,6 +233,20 @@ func (c *Conn) Close() error {
 	})
 	return err
 }
+
+// SyscallConn is the socket's, so that code holding this Conn can still
+// wait on the file descriptor (the gateway's idle waiter parks idle robots
+// in the netpoller that way instead of in a deep read).
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("admission: %T has no file descriptor", c.Conn)
+	}
+	return sc.SyscallConn()
+}
+
+// NetConn is the accepted connection under c.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
 
 type connKey struct{}
 

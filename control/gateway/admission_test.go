@@ -84,6 +84,13 @@ func TestHelloReturnsTheAdmissionSlot(t *testing.T) {
 		c.send(protocol.TypeHeartbeat, heartbeat())
 		c.expectAck()
 	}
+	// Admission wraps the socket; idle sessions must still park in the
+	// netpoller on it (idle.go), not in a deep read on their own stack.
+	for _, s := range gw.snapshot() {
+		if s.idle == nil {
+			t.Fatalf("session of %s has no idle waiter: the admission connection hides the socket", s.robotID)
+		}
+	}
 	if ln.Pending() != 0 {
 		t.Fatalf("%d admission slots held by sessions past hello", ln.Pending())
 	}

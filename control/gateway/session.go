@@ -108,8 +108,13 @@ func (s *session) serve(parent context.Context) {
 	// everything with deep call chains (hello, logging, the disconnect
 	// record) runs on fresh stacks so that its own stays small.
 	var helloed bool
-	s.onFreshStack(func() { helloed = s.start(ctx) })
-	s.admission.Admit()
+	s.onFreshStack(func() {
+		helloed = s.start(ctx)
+		// Here, not on the session's own goroutine: stopping the slot's
+		// timer grows a stack past its first 2 KiB, and this goroutine
+		// keeps what it grows for as long as the robot is connected.
+		s.admission.Admit()
+	})
 	if !helloed {
 		return
 	}
