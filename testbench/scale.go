@@ -75,7 +75,8 @@ type ScaleOptions struct {
 	SkipSingle       bool
 	// StormHogs busy-loop processes run during every reconnect storm: a
 	// storm on a machine whose CPU is already taken (a shared host, a
-	// neighbour's backup) must not collapse the node (0: none).
+	// neighbour's backup) must not collapse the node (0: none). The
+	// simulators then run at nice -10: they stand for other machines.
 	StormHogs int
 }
 
@@ -308,7 +309,13 @@ func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multi
 			s.stop()
 			return nil, err
 		}
-		p, err := startChild(fmt.Sprintf("sim%d", i), r.o.WorkerBinary, filepath.Join(r.o.OutDir, tag+"-sim.log"), workerArgs(w)...)
+		bin, args := r.o.WorkerBinary, workerArgs(w)
+		if r.o.StormHogs > 0 {
+			// The hogs stand for load on the control node's host; the
+			// robots are other machines, so they run ahead of the hogs.
+			bin, args = "nice", append([]string{"-n", "-10", r.o.WorkerBinary}, args...)
+		}
+		p, err := startChild(fmt.Sprintf("sim%d", i), bin, filepath.Join(r.o.OutDir, tag+"-sim.log"), args...)
 		if err != nil {
 			s.stop()
 			return nil, err

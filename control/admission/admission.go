@@ -41,11 +41,14 @@ import (
 
 // Defaults for Options fields left zero.
 const (
-	// DefaultMaxPending admissions in flight. A connection costs about a
-	// millisecond of CPU to admit and waits one commit (a few ms to tens of
-	// ms) for its record: 128 keeps two commit batches of hellos in
-	// flight, far more than a 2-core node can run in parallel anyway.
-	DefaultMaxPending = 128
+	// DefaultMaxPending admissions in flight. Admitting a robot costs the
+	// node about a millisecond of CPU but takes the robot's round trips
+	// and its own CPU (a Pi signs in the handshake) on top: by Little's
+	// law a 2-core node admitting ~1,600 robots/s needs ~800 in flight at
+	// half a second each. Fewer starves a storm of slow clients (measured:
+	// 128 let only 41 robots/s through when the robots' side was slow);
+	// the bound is against tens of thousands, not against hundreds.
+	DefaultMaxPending = 512
 	// DefaultPendingTimeout is longer than a robot's handshake timeout
 	// (10 s): a connection that has not been admitted by then has given up.
 	DefaultPendingTimeout = 15 * time.Second
