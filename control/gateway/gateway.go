@@ -128,6 +128,8 @@ type Gateway struct {
 	audit   *rate.Limiter        // budget for AccessDenied records
 
 	fenced atomic.Bool // store unreachable: robots are sent elsewhere
+
+	started time.Time // the offline sweep waits one timeout after it
 }
 
 // New creates a gateway over st.
@@ -148,6 +150,7 @@ func New(st *store.Store, cfg Config) (*Gateway, error) {
 		sessions: map[string]*session{},
 		revoked:  map[string]time.Time{},
 		audit:    rate.NewLimiter(20, 100),
+		started:  cfg.Now(),
 	}, nil
 }
 
@@ -321,17 +324,54 @@ func (g *Gateway) presenceTick(ctx context.Context) {
 		}
 	}
 	g.flushPresence(ctx, sessions)
-	gone, err := g.store.SweepOffline(ctx, now.Add(-timeout), now, timeout)
-	if err != nil {
-		g.log.Warn("offline sweep failed; will retry", "err", err)
-		return
-	}
-	for _, id := range gone {
-		g.log.Info("robot offline", "robot", id, "timeout", timeout)
+	// A node that just started sweeps nothing for one offline timeout:
+	// the robots that were connected to it are coming back, and marking
+	// them offline only for their hello to mark them online again doubled
+	// a restart storm's writes. Other members keep sweeping meanwhile.
+	if now.Sub(g.started) >= timeout {
+		if err := g.sweep(ctx, now, timeout); err != nil {
+			g.log.Warn("offline sweep failed; will retry", "err", err)
+			return
+		}
 	}
 	g.revive(ctx, now, sessions)
 	if n, err := g.store.CountRobots(ctx, store.StateOnline); err == nil {
 		g.metrics.robotsOnline.Set(float64(n))
+	}
+}
+
+// sweep marks silent robots offline one transaction at a time, and
+// between transactions commits the robot messages waiting: a sweep of
+// thousands (a site that lost power) must not hold every hello and ack of
+// this node behind it. It runs on the committer.
+func (g *Gateway) sweep(ctx context.Context, now time.Time, timeout time.Duration) error {
+	for {
+		gone, more, err := g.store.SweepOfflineBatch(ctx, now.Add(-timeout), now, timeout)
+		for _, id := range gone {
+			g.log.Info("robot offline", "robot", id, "timeout", timeout)
+		}
+		if err != nil || !more {
+			return err
+		}
+		g.commitWaiting(ctx)
+	}
+}
+
+// commitWaiting commits what is queued for the committer now, without
+// waiting for more. Called on the committer itself.
+func (g *Gateway) commitWaiting(ctx context.Context) {
+	batch := make([]commitReq, 0, g.cfg.MaxBatch)
+	for len(batch) < g.cfg.MaxBatch {
+		select {
+		case r := <-g.commits:
+			batch = append(batch, r)
+			continue
+		default:
+		}
+		break
+	}
+	if len(batch) > 0 {
+		g.commit(ctx, batch)
 	}
 }
 

@@ -111,12 +111,21 @@ func (s *Store) OfflineAmong(ctx context.Context, ids []string) ([]string, error
 func (s *Store) SweepOffline(ctx context.Context, cutoff, now time.Time, timeout time.Duration) ([]string, error) {
 	var all []string
 	for {
-		gone, err := s.sweepOnce(ctx, cutoff, now, timeout)
+		gone, more, err := s.SweepOfflineBatch(ctx, cutoff, now, timeout)
 		all = append(all, gone...)
-		if err != nil || len(gone) < MaxAppendBatch {
+		if err != nil || !more {
 			return all, err
 		}
 	}
+}
+
+// SweepOfflineBatch is one transaction of SweepOffline: at most
+// MaxAppendBatch robots; more reports that the batch was full and more may
+// wait. A caller with other writes queued (the gateway's hellos) runs them
+// between batches instead of holding them behind a sweep of thousands.
+func (s *Store) SweepOfflineBatch(ctx context.Context, cutoff, now time.Time, timeout time.Duration) (gone []string, more bool, err error) {
+	gone, err = s.sweepOnce(ctx, cutoff, now, timeout)
+	return gone, err == nil && len(gone) >= MaxAppendBatch, err
 }
 
 func (s *Store) sweepOnce(ctx context.Context, cutoff, now time.Time, timeout time.Duration) ([]string, error) {
@@ -147,16 +156,20 @@ func (s *Store) sweepOnce(ctx context.Context, cutoff, now time.Time, timeout ti
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		cache := newRobotCache(tx)
+		if len(found) == 0 {
+			return nil
+		}
+		// One batch append (robots read in one query, events in one
+		// insert), not a round trip per robot: a sweep after an outage
+		// covers thousands.
+		events := make([]Event, 0, len(found))
 		for _, r := range found {
 			data, _ := json.Marshal(OfflineData{LastSeen: time.Unix(0, r.seen).UTC(), Timeout: timeout.String()})
-			e := Event{RobotID: r.id, Type: TypeRobotOffline, Time: now.UTC(), Data: data, Actor: "control"}
-			if _, err := appendOne(ctx, tx, cache, e); err != nil {
-				return err
-			}
+			events = append(events, Event{RobotID: r.id, Type: TypeRobotOffline, Time: now.UTC(), Data: data, Actor: "control"})
 			gone = append(gone, r.id)
 		}
-		return cache.flush(ctx)
+		_, err = appendBatch(ctx, tx, events)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sweep offline robots: %w", err)

@@ -467,3 +467,49 @@ func TestLargeFleetStaysWithinSafeTransactions(t *testing.T) {
 		t.Fatalf("integrity check: %q, %v", res, err)
 	}
 }
+
+// A sweep of more robots than one transaction holds says so, and the next
+// batch takes the rest; each swept robot gets exactly one RobotOffline.
+func TestSweepOfflineBatches(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	n := MaxAppendBatch + 5
+	var evs []Event
+	for i := range n {
+		id := fmt.Sprintf("r%03d", i)
+		evs = append(evs, Event{RobotID: id, Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: id})})
+		if len(evs) == MaxAppendBatch/2 || i == n-1 {
+			if _, err := s.Append(ctx, evs); err != nil {
+				t.Fatal(err)
+			}
+			evs = nil
+		}
+	}
+	cutoff, now := t0.Add(time.Minute), t0.Add(2*time.Minute)
+	first, more, err := s.SweepOfflineBatch(ctx, cutoff, now, time.Minute)
+	if err != nil || len(first) != MaxAppendBatch || !more {
+		t.Fatalf("first batch: %d robots, more %v, %v; want %d, true", len(first), more, err, MaxAppendBatch)
+	}
+	rest, more, err := s.SweepOfflineBatch(ctx, cutoff, now, time.Minute)
+	if err != nil || len(rest) != 5 || more {
+		t.Fatalf("second batch: %d robots, more %v, %v; want 5, false", len(rest), more, err)
+	}
+	if got, err := s.CountRobots(ctx, StateOffline); err != nil || got != n {
+		t.Fatalf("offline = %d, %v; want %d", got, err, n)
+	}
+	all, err := s.Events(ctx, 0, 10*n, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	offline := map[string]int{}
+	for _, e := range all {
+		if e.Type == TypeRobotOffline {
+			offline[e.RobotID]++
+		}
+	}
+	for i := range n {
+		if id := fmt.Sprintf("r%03d", i); offline[id] != 1 {
+			t.Fatalf("%s has %d RobotOffline events, want 1", id, offline[id])
+		}
+	}
+}

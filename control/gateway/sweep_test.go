@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/storetest"
+)
+
+// silentFleet appends n robots that connected at t and were not heard of
+// since.
+func silentFleet(t *testing.T, st *store.Store, n int, at time.Time) {
+	t.Helper()
+	var evs []store.Event
+	for i := range n {
+		evs = append(evs, store.Event{RobotID: fmt.Sprintf("old-%03d", i), Type: store.TypeRobotConnected, Time: at, Data: []byte(`{"session":"x"}`)})
+		if len(evs) == 32 || i == n-1 {
+			if _, err := st.Append(context.Background(), evs); err != nil {
+				t.Fatal(err)
+			}
+			evs = nil
+		}
+	}
+}
+
+// A sweep of many robots lets the messages waiting for the committer in
+// between its transactions: a hello queued before the sweep is durable
+// before the sweep's last transaction, not after all of them.
+func TestSweepLetsWaitingCommitsThrough(t *testing.T) {
+	st := storetest.Open(t)
+	now := time.Now()
+	silentFleet(t, st, 3*store.MaxAppendBatch, now.Add(-time.Hour))
+	g, err := New(st, Config{NodeID: "n1", Logger: storetest.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := make(chan error, 1)
+	g.commits <- commitReq{event: store.Event{RobotID: "newcomer", Type: store.TypeRobotConnected, Time: now, Data: []byte(`{"session":"y"}`)}, result: result, received: now}
+	if err := g.sweep(context.Background(), now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// The committer loop is not running: only the sweep can have
+	// committed the hello.
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("queued hello: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hello queued before the sweep was not committed by it")
+	}
+	evs, err := st.Events(context.Background(), 0, 1000, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hello, lastOffline int64
+	offline := 0
+	for _, e := range evs {
+		switch {
+		case e.RobotID == "newcomer" && e.Type == store.TypeRobotConnected:
+			hello = e.Seq
+		case e.Type == store.TypeRobotOffline:
+			offline++
+			lastOffline = max(lastOffline, e.Seq)
+		}
+	}
+	if offline != 3*store.MaxAppendBatch {
+		t.Fatalf("%d robots swept, want %d", offline, 3*store.MaxAppendBatch)
+	}
+	if hello == 0 || hello > lastOffline {
+		t.Fatalf("queued hello committed at seq %d, after the whole sweep (last offline %d): it waited behind every batch", hello, lastOffline)
+	}
+}
+
+// A node that just started does not sweep robots offline for one offline
+// timeout: they may be reconnecting to it.
+func TestNoSweepRightAfterStart(t *testing.T) {
+	st := storetest.Open(t)
+	start := time.Now()
+	silentFleet(t, st, 3, start.Add(-time.Hour))
+	clock := start
+	g, err := New(st, Config{NodeID: "n1", Logger: storetest.Logger(), HeartbeatInterval: 10 * time.Second, OfflineGrace: 5 * time.Second,
+		Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offline := func() int {
+		n, err := st.CountRobots(context.Background(), store.StateOffline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	clock = start.Add(g.cfg.OfflineTimeout() - time.Second)
+	g.presenceTick(context.Background())
+	if n := offline(); n != 0 {
+		t.Fatalf("%d robots swept offline %s after the node started, before one offline timeout (%s)", n, clock.Sub(start), g.cfg.OfflineTimeout())
+	}
+	clock = start.Add(g.cfg.OfflineTimeout())
+	g.presenceTick(context.Background())
+	if n := offline(); n != 3 {
+		t.Fatalf("%d robots offline one timeout after start, want 3", n)
+	}
+}
