@@ -396,13 +396,23 @@ func (g *Gateway) revive(ctx context.Context, now time.Time, sessions []*session
 		g.log.Warn("cannot check connected robots against the projection; will retry", "err", err)
 		return
 	}
-	for _, id := range offline {
-		s := live[id]
-		if _, err := g.store.Append(ctx, []store.Event{g.connectEvent(s, now)}); err != nil {
-			g.log.Warn("cannot record robot online again; will retry", "robot", id, "err", err)
-			continue
+	// In batches between the waiting commits, like the sweep: after a
+	// storm this can be thousands of robots.
+	for len(offline) > 0 {
+		chunk := offline[:min(len(offline), g.cfg.MaxBatch)]
+		offline = offline[len(chunk):]
+		events := make([]store.Event, 0, len(chunk))
+		for _, id := range chunk {
+			events = append(events, g.connectEvent(live[id], now))
 		}
-		g.log.Info("robot marked offline while connected here; recorded online again", "robot", id, "session", s.id)
+		if _, err := g.store.Append(ctx, events); err != nil {
+			g.log.Warn("cannot record robots online again; will retry", "robots", len(chunk), "first", chunk[0], "err", err)
+			return
+		}
+		for _, id := range chunk {
+			g.log.Info("robot marked offline while connected here; recorded online again", "robot", id, "session", live[id].id)
+		}
+		g.commitWaiting(ctx)
 	}
 }
 
@@ -413,13 +423,21 @@ func (g *Gateway) flushPresence(ctx context.Context, sessions []*session) {
 			batch = append(batch, p)
 		}
 	}
-	if len(batch) == 0 {
-		return
-	}
-	if err := g.store.FlushPresence(ctx, batch); err != nil {
-		g.log.Warn("presence flush failed; will retry with newer times", "robots", len(batch), "err", err)
-		for _, s := range sessions {
-			s.unflush()
+	// In slices between the waiting commits: 19,000 robots are a score
+	// of transactions that hellos should not wait behind.
+	const slice = 1024
+	for len(batch) > 0 {
+		part := batch[:min(len(batch), slice)]
+		batch = batch[len(part):]
+		if err := g.store.FlushPresence(ctx, part); err != nil {
+			g.log.Warn("presence flush failed; will retry with newer times", "robots", len(part)+len(batch), "err", err)
+			for _, s := range sessions {
+				s.unflush()
+			}
+			return
+		}
+		if len(batch) > 0 {
+			g.commitWaiting(ctx)
 		}
 	}
 }

@@ -105,3 +105,40 @@ func TestNoSweepRightAfterStart(t *testing.T) {
 		t.Fatalf("%d robots offline one timeout after start, want 3", n)
 	}
 }
+
+// Revive records many robots online again in batches, letting a queued
+// hello through in between (it once appended them one transaction each,
+// on the committer, in the middle of a storm).
+func TestReviveInBatches(t *testing.T) {
+	st := storetest.Open(t)
+	now := time.Now()
+	n := 2*store.MaxAppendBatch + 3
+	silentFleet(t, st, n, now.Add(-time.Hour))
+	if _, err := st.SweepOffline(context.Background(), now.Add(-time.Minute), now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(st, Config{NodeID: "n1", Logger: storetest.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sessions []*session
+	for i := range n {
+		s := &session{g: g, robotID: fmt.Sprintf("old-%03d", i), id: fmt.Sprintf("s%d", i)}
+		s.heardAt.Store(now.UnixNano())
+		sessions = append(sessions, s)
+	}
+	result := make(chan error, 1)
+	g.commits <- commitReq{event: store.Event{RobotID: "newcomer", Type: store.TypeRobotConnected, Time: now, Data: []byte(`{"session":"y"}`)}, result: result, received: now}
+	g.revive(context.Background(), now, sessions)
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hello queued before revive was not committed by it")
+	}
+	if off, err := st.CountRobots(context.Background(), store.StateOffline); err != nil || off != 0 {
+		t.Fatalf("%d robots still offline after revive (%v)", off, err)
+	}
+}
