@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/pki"
@@ -76,7 +77,7 @@ type ScaleOptions struct {
 	// StormHogs busy-loop processes run during every reconnect storm: a
 	// storm on a machine whose CPU is already taken (a shared host, a
 	// neighbour's backup) must not collapse the node (0: none). The
-	// simulators then run at nice -10: they stand for other machines.
+	// simulators run at nice -10 meanwhile: they stand for other machines.
 	StormHogs int
 }
 
@@ -309,13 +310,7 @@ func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multi
 			s.stop()
 			return nil, err
 		}
-		bin, args := r.o.WorkerBinary, workerArgs(w)
-		if r.o.StormHogs > 0 {
-			// The hogs stand for load on the control node's host; the
-			// robots are other machines, so they run ahead of the hogs.
-			bin, args = "nice", append([]string{"-n", "-10", r.o.WorkerBinary}, args...)
-		}
-		p, err := startChild(fmt.Sprintf("sim%d", i), bin, filepath.Join(r.o.OutDir, tag+"-sim.log"), args...)
+		p, err := startChild(fmt.Sprintf("sim%d", i), r.o.WorkerBinary, filepath.Join(r.o.OutDir, tag+"-sim.log"), workerArgs(w)...)
 		if err != nil {
 			s.stop()
 			return nil, err
@@ -694,7 +689,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 				return err
 			}
 			stopProfile := r.profile(ctx, m, fmt.Sprintf("%s-storm-%s", tag, iv), 30*time.Second)
-			stopHogs := startHogs(r.o.StormHogs)
+			stopHogs := startHogs(r.o.StormHogs, sims)
 			storm, peak, simPeak, err := sims.waitConnected(ctx, n, connectTimeout, pids)
 			step.Connect = time.Since(restart)
 			stopHogs()
@@ -872,7 +867,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	r.say("restarting %s under %d robots", victim.Name, o.ClusterRobots)
 	storm := ScaleStep{Scenario: "cluster restart", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval}
 	t0 := time.Now()
-	stopHogs := startHogs(o.StormHogs)
+	stopHogs := startHogs(o.StormHogs, sims)
 	defer stopHogs()
 	if o.StormHogs > 0 {
 		storm.Note = fmt.Sprintf("storm with %d busy-loop processes; ", o.StormHogs)
@@ -1095,16 +1090,23 @@ func (r *scaleRun) profile(ctx context.Context, m *Member, name string, d time.D
 	return func() { <-done }
 }
 
-// startHogs starts n busy-loop processes (sh spinning) and returns what
-// stops them; stop may be called more than once.
-func startHogs(n int) (stop func()) {
+// startHogs starts n busy-loop processes (sh spinning) and raises the
+// simulators (sims' pids) to nice -10 until stop: the hogs load the control
+// node's host, and the robots stand for other machines. stop may be called
+// more than once.
+func startHogs(n int, sims *simulators) (stop func()) {
+	if n <= 0 {
+		return func() {}
+	}
 	var cmds []*exec.Cmd
 	for range n {
 		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if c.Start() == nil {
 			cmds = append(cmds, c)
 		}
 	}
+	sims.renice(-10)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
@@ -1112,6 +1114,23 @@ func startHogs(n int) (stop func()) {
 				_ = c.Process.Kill()
 				_ = c.Wait()
 			}
+			sims.renice(0)
 		})
+	}
+}
+
+// renice sets every thread of every simulator to nice n (a process's nice
+// value is per thread on Linux).
+func (s *simulators) renice(n int) {
+	for _, p := range s.procs {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid()))
+		if err != nil {
+			continue
+		}
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				_ = syscall.Setpriority(syscall.PRIO_PROCESS, tid, n)
+			}
+		}
 	}
 }
