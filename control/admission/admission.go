@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Options fields left zero.
@@ -77,6 +78,7 @@ type Listener struct {
 
 	openGauge prometheus.Gauge
 	openFull  prometheus.Counter
+	abandoned prometheus.Counter
 
 	pending prometheus.Gauge
 	waits   prometheus.Counter
@@ -104,11 +106,13 @@ func NewListener(ln net.Listener, o Options) *Listener {
 		Help: "Connections open on the listener (robots, API, dashboards)."})
 	l.openFull = prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_open_full_total",
 		Help: "Times the listener stopped accepting because max open connections were reached (the rest of the file descriptors are the database's)."})
+	l.abandoned = prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_abandoned_total",
+		Help: "Queued connections whose client had already given up when accepted; closed without a handshake."})
 	if o.MaxOpen > 0 {
 		l.open = make(chan struct{}, o.MaxOpen)
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(l.pending, l.waits, l.expired, l.openGauge, l.openFull)
+		o.Registerer.MustRegister(l.pending, l.waits, l.expired, l.openGauge, l.openFull, l.abandoned)
 	}
 	return l
 }
@@ -143,7 +147,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		l.closeOne()
 		return nil, err
 	}
-	c, err := l.Listener.Accept()
+	c, err := l.acceptLive()
 	if err != nil {
 		<-l.slots
 		l.closeOne()
@@ -162,6 +166,48 @@ func (l *Listener) Accept() (net.Conn, error) {
 	ac.mu.Unlock()
 	return ac, nil
 }
+
+// acceptLive accepts the next connection whose client is still there. In a
+// storm, robots that waited in the accept queue longer than their handshake
+// timeout have closed their end; their connection is still queued, and a
+// TLS handshake with it (key exchange, signature) is work for nobody —
+// measured as most of a starved node's handshake CPU. Such a connection is
+// in CLOSE_WAIT when accepted, so it is closed without a handshake.
+func (l *Listener) acceptLive() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !peerClosed(c) {
+			return c, nil
+		}
+		l.abandoned.Inc()
+		c.Close()
+	}
+}
+
+// peerClosed reports whether the peer of a TCP connection has already
+// closed its side (state CLOSE_WAIT). Anything it cannot tell is "no".
+func peerClosed(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	_ = rc.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		closed = err == nil && info.State == tcpCloseWait
+	})
+	return closed
+}
+
+// tcpCloseWait is Linux's TCP_CLOSE_WAIT (include/net/tcp_states.h).
+const tcpCloseWait = 8
 
 // closeOne returns an open-connection slot.
 func (l *Listener) closeOne() {

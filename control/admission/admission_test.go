@@ -254,3 +254,25 @@ func TestReserveFor(t *testing.T) {
 		}
 	}
 }
+
+// A connection whose client gave up while it waited in the accept queue is
+// closed without being handed out (no handshake for nobody); the next live
+// one is.
+func TestAbandonedConnectionsAreSkipped(t *testing.T) {
+	l := listen(t, Options{MaxPending: 4})
+	gone := dial(t, l)
+	gone.Close()
+	live := dial(t, l)
+	// Let the FIN arrive (loopback: immediate, but asynchronous).
+	time.Sleep(50 * time.Millisecond)
+	c := mustAccept(t, acceptAsync(l), "live connection")
+	if c.RemoteAddr().String() != live.LocalAddr().String() {
+		t.Fatalf("accepted %s, want the live client %s (the closed one is %s)", c.RemoteAddr(), live.LocalAddr(), gone.LocalAddr())
+	}
+	if got := testutil.ToFloat64(l.abandoned); got != 1 {
+		t.Fatalf("abandoned = %v, want 1", got)
+	}
+	if l.Pending() != 1 {
+		t.Fatalf("pending = %d, want 1 (the skipped connection holds no slot)", l.Pending())
+	}
+}

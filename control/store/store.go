@@ -119,7 +119,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// dqlite serialises writes through the leader; a small pool is plenty
 	// and bounds the connections each node holds to it.
 	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(8)
+	// As many idle as open: with fewer, a burst of reads (a storm's hellos)
+	// closes and reopens connections, each a TLS handshake with the leader.
+	db.SetMaxIdleConns(16)
 	s := &Store{app: a, db: db, log: o.Logger}
 	if err := migrate(ctx, db); err != nil {
 		s.Close()
