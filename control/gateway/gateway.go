@@ -357,23 +357,32 @@ func (g *Gateway) sweep(ctx context.Context, now time.Time, timeout time.Duratio
 	}
 }
 
-// commitWaiting commits what is queued for the committer now, without
-// waiting for more. Called on the committer itself.
+// commitWaiting commits what is queued for the committer now, up to
+// waitingBatches transactions, without waiting for more. Called on the
+// committer itself, between the transactions of its own long jobs: robot
+// messages (a storm's hellos) go first, four batches to one of the job's.
 func (g *Gateway) commitWaiting(ctx context.Context) {
-	batch := make([]commitReq, 0, g.cfg.MaxBatch)
-	for len(batch) < g.cfg.MaxBatch {
-		select {
-		case r := <-g.commits:
-			batch = append(batch, r)
-			continue
-		default:
+	for range waitingBatches {
+		batch := make([]commitReq, 0, g.cfg.MaxBatch)
+		for len(batch) < g.cfg.MaxBatch {
+			select {
+			case r := <-g.commits:
+				batch = append(batch, r)
+				continue
+			default:
+			}
+			break
 		}
-		break
-	}
-	if len(batch) > 0 {
+		if len(batch) == 0 {
+			return
+		}
 		g.commit(ctx, batch)
 	}
 }
+
+// waitingBatches is how many batches of robot messages commitWaiting lets
+// through between two transactions of a presence tick.
+const waitingBatches = 4
 
 // revive records as connected again the robots this node still hears from
 // that some node's sweep marked offline — which happens when presence could
@@ -423,9 +432,9 @@ func (g *Gateway) flushPresence(ctx context.Context, sessions []*session) {
 			batch = append(batch, p)
 		}
 	}
-	// In slices between the waiting commits: 19,000 robots are a score
+	// In slices between the waiting commits: 19,000 robots are dozens
 	// of transactions that hellos should not wait behind.
-	const slice = 1024
+	const slice = 512
 	for len(batch) > 0 {
 		part := batch[:min(len(batch), slice)]
 		batch = batch[len(part):]
