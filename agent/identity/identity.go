@@ -151,30 +151,17 @@ func (i *Identity) HTTPClient() *http.Client {
 // made with the old certificate; the agent has one connection and installs
 // on it, so none is running then — and the old certificate stays valid
 // until it expires anyway.)
-//
-// It also keeps a ticket through failed handshakes: crypto/tls drops the
-// session of any resumption attempt that fails, and in a reconnect storm
-// most failures are a timeout while the robot waited in the control node's
-// accept queue — after which the robot came back with a full handshake (a
-// signature on both sides, the certificate chain checked again), measured
-// as 43 % of a 19,000-robot storm's handshakes. A ticket is dropped after
-// evictAfter failures in a row (a PSK the server really refuses), or when
-// a handshake replaces it.
 type sessionCache struct {
-	mu     sync.Mutex
-	c      tls.ClientSessionCache
-	failed map[string]int // consecutive failed resumptions per key
+	mu sync.Mutex
+	c  tls.ClientSessionCache
 }
-
-// evictAfter failed handshakes in a row drop a session ticket.
-const evictAfter = 3
 
 // SessionCacheSize is how many TLS sessions an identity keeps for
 // resumption (one per control node is plenty).
 const SessionCacheSize = 8
 
 func newSessionCache() *sessionCache {
-	return &sessionCache{c: tls.NewLRUClientSessionCache(SessionCacheSize), failed: map[string]int{}}
+	return &sessionCache{c: tls.NewLRUClientSessionCache(SessionCacheSize)}
 }
 
 func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
@@ -186,14 +173,6 @@ func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
 func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cs == nil {
-		// crypto/tls evicting after a failed handshake (or an expired
-		// session, which it will not use anyway).
-		if s.failed[key]++; s.failed[key] < evictAfter {
-			return
-		}
-	}
-	delete(s.failed, key)
 	s.c.Put(key, cs)
 }
 
@@ -201,7 +180,6 @@ func (s *sessionCache) flush() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.c = tls.NewLRUClientSessionCache(SessionCacheSize)
-	s.failed = map[string]int{}
 }
 
 // check verifies that leaf is for key, names one robot (want, unless
