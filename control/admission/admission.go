@@ -42,13 +42,13 @@ import (
 
 // Defaults for Options fields left zero.
 const (
-	// DefaultMaxPending admissions in flight. Admitting a robot costs the
-	// node about a millisecond of CPU but takes the robot's round trips
-	// and its own CPU (a Pi signs in the handshake) on top: by Little's
-	// law a 2-core node admitting ~1,600 robots/s needs ~800 in flight at
-	// half a second each. Fewer starves a storm of slow clients (measured:
-	// 128 let only 41 robots/s through when the robots' side was slow);
-	// the bound is against tens of thousands, not against hundreds.
+	// DefaultMaxPending admissions in flight. An admission holds its slot
+	// through the TLS handshake (the robot's round trips and its own CPU,
+	// a Pi signs in it) and the commit of the robot's connection record
+	// (~100 ms, up to seconds on a starved node). By Little's law a node
+	// admitting ~1,600 robots/s, the handshake capacity of 2 cores, needs
+	// that many times the admission time in flight: 512 allows 0.3 s each.
+	// The bound is against tens of thousands at once, not against hundreds.
 	DefaultMaxPending = 512
 	// DefaultPendingTimeout is longer than a robot's handshake timeout
 	// (10 s): a connection that has not been admitted by then has given up.
