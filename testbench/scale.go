@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -1064,27 +1063,15 @@ func (r *scaleRun) profile(ctx context.Context, m *Member, name string, d time.D
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.DataDir, "control.sock"))
-		}}}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://admin/debug/pprof/profile?seconds=%d", max(1, int(d.Seconds()))), nil)
-		if err != nil {
-			return
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			r.say("storm profile %s: %v", name, err)
-			return
-		}
-		defer resp.Body.Close()
 		f, err := os.Create(filepath.Join(r.o.OutDir, name+".pprof"))
 		if err != nil {
-			r.say("storm profile %s: %v", name, err)
+			r.say("profile %s: %v", name, err)
 			return
 		}
 		defer f.Close()
-		if _, err := io.Copy(f, resp.Body); err != nil {
-			r.say("storm profile %s: %v", name, err)
+		path := fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(1, int(d.Seconds())))
+		if err := m.Admin().Stream(ctx, path, f); err != nil {
+			r.say("profile %s: %v", name, err)
 		}
 	}()
 	return func() { <-done }

@@ -75,3 +75,28 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	return nil
 }
+
+// Stream copies the answer to a GET of path into w, unparsed: profiles
+// from /debug/pprof/ (binary, and as long as the request asks for, so only
+// ctx bounds the call, not the client's usual 30 s).
+func (c *Client) Stream(ctx context.Context, path string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://control"+path, nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("reach the control node's admin socket %s: %w (is `control run` up on this host?)", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, bytes.TrimSpace(b))
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
+}
