@@ -132,18 +132,11 @@ func ReserveFor(limit uint64, reserve int) int {
 // admission slot is free, then for a connection.
 func (l *Listener) Accept() (net.Conn, error) {
 	if l.open != nil {
-		select {
-		case l.open <- struct{}{}:
-		default:
-			l.openFull.Inc()
-			select {
-			case l.open <- struct{}{}:
-			case <-l.closed:
-				return nil, net.ErrClosed
-			}
+		if err := l.take(l.open, l.openFull); err != nil {
+			return nil, err
 		}
 	}
-	if err := l.takeSlot(); err != nil {
+	if err := l.take(l.slots, l.waits); err != nil {
 		l.closeOne()
 		return nil, err
 	}
@@ -216,18 +209,21 @@ func (l *Listener) closeOne() {
 	}
 }
 
-func (l *Listener) takeSlot() error {
+// take puts a token into sem, counting in full each time it has to wait
+// for room; it gives up when the listener closes.
+func (l *Listener) take(sem chan struct{}, full prometheus.Counter) error {
 	select {
-	case l.slots <- struct{}{}:
+	case sem <- struct{}{}:
+		return nil
 	default:
-		l.waits.Inc()
-		select {
-		case l.slots <- struct{}{}:
-		case <-l.closed:
-			return net.ErrClosed
-		}
 	}
-	return nil
+	full.Inc()
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-l.closed:
+		return net.ErrClosed
+	}
 }
 
 // Close stops Accept, including one waiting for a slot.
@@ -293,9 +289,6 @@ func (c *Conn) SyscallConn() (syscall.RawConn, error) {
 	}
 	return sc.SyscallConn()
 }
-
-// NetConn is the accepted connection under c.
-func (c *Conn) NetConn() net.Conn { return c.Conn }
 
 type connKey struct{}
 

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/lekiwi/heartbeat/control/admission"
 	"github.com/lekiwi/heartbeat/control/auth"
 )
 
@@ -112,7 +113,7 @@ func Defaults() Config {
 		RetentionInterval: time.Hour,
 		Discovery:         true,
 
-		MaxPendingConnections: 512, // admission.DefaultMaxPending
+		MaxPendingConnections: admission.DefaultMaxPending,
 	}
 }
 
@@ -179,7 +180,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "MAX_PENDING_CONNECTIONS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			pendingErr = fmt.Errorf("%sMAX_PENDING_CONNECTIONS=%q is not a whole number like 512: %w", EnvPrefix, v, err)
+			pendingErr = fmt.Errorf("%sMAX_PENDING_CONNECTIONS=%q is not a whole number like %d: %w", EnvPrefix, v, admission.DefaultMaxPending, err)
 		}
 		c.MaxPendingConnections = n
 	}
@@ -225,7 +226,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("max_connections %d must be 0 (the open-file limit minus 512) or positive", c.MaxConnections))
 	}
 	if c.MaxPendingConnections < 1 || c.MaxPendingConnections > 100000 {
-		errs = append(errs, fmt.Errorf("max_pending_connections %d must be between 1 and 100000 (connections in TLS handshake or hello at once; default 512)", c.MaxPendingConnections))
+		errs = append(errs, fmt.Errorf("max_pending_connections %d must be between 1 and 100000 (connections in TLS handshake or hello at once; default %d)", c.MaxPendingConnections, admission.DefaultMaxPending))
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))
