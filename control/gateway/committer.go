@@ -35,17 +35,22 @@ func (g *Gateway) commitLoop(ctx context.Context) {
 		case req := <-g.commits:
 			batch = append(batch, req)
 		}
-	fill:
-		for len(batch) < g.cfg.MaxBatch {
-			select {
-			case req := <-g.commits:
-				batch = append(batch, req)
-			default:
-				break fill
-			}
-		}
-		g.commit(ctx, batch)
+		g.commit(ctx, g.takeWaiting(batch))
 	}
+}
+
+// takeWaiting appends to batch what is queued for the committer, up to
+// MaxBatch, without waiting for more.
+func (g *Gateway) takeWaiting(batch []commitReq) []commitReq {
+	for len(batch) < g.cfg.MaxBatch {
+		select {
+		case req := <-g.commits:
+			batch = append(batch, req)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (g *Gateway) commit(ctx context.Context, all []commitReq) {

@@ -363,16 +363,7 @@ func (g *Gateway) sweep(ctx context.Context, now time.Time, timeout time.Duratio
 // messages (a storm's hellos) go first, four batches to one of the job's.
 func (g *Gateway) commitWaiting(ctx context.Context) {
 	for range waitingBatches {
-		batch := make([]commitReq, 0, g.cfg.MaxBatch)
-		for len(batch) < g.cfg.MaxBatch {
-			select {
-			case r := <-g.commits:
-				batch = append(batch, r)
-				continue
-			default:
-			}
-			break
-		}
+		batch := g.takeWaiting(make([]commitReq, 0, g.cfg.MaxBatch))
 		if len(batch) == 0 {
 			return
 		}
