@@ -78,6 +78,9 @@ type ScaleOptions struct {
 	// neighbour's backup) must not collapse the node (0: none). The
 	// simulators run at nice -10 meanwhile: they stand for other machines.
 	StormHogs int
+	// SimProfile writes a CPU and heap profile of every simulator process
+	// under OutDir.
+	SimProfile bool
 }
 
 func (o *ScaleOptions) defaults() {
@@ -302,6 +305,9 @@ func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multi
 		w := ScaleWorkerOptions{FirstIndex: first + i*per, Robots: count, Servers: serversFor(i), CADir: r.caDir,
 			Dir: filepath.Join(r.o.Dir, tag, fmt.Sprintf("sim%d", i)), ConnectRate: rate / float64(nproc),
 			ReconnectJitter: r.o.ReconnectJitter}
+		if r.o.SimProfile {
+			w.ProfileDir = filepath.Join(r.o.OutDir, fmt.Sprintf("%s-sim%d", tag, i))
+		}
 		if r.o.SourceAddrs > 0 {
 			w.LocalAddr = netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i%r.o.SourceAddrs)})
 		}

@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,7 +45,10 @@ type ScaleWorkerOptions struct {
 	ConnectRate float64
 	// ReconnectJitter is the robots' first-reconnect jitter (production: 10 s).
 	ReconnectJitter time.Duration
-	Status          io.Writer
+	// ProfileDir, when set, gets cpu.pprof (the whole run) and heap.pprof
+	// (at exit): the simulator's own costs, apart from control's.
+	ProfileDir string
+	Status     io.Writer
 }
 
 // WorkerStatus is a simulator process's status line.
@@ -61,6 +66,13 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 	ca, err := LabCA(o.CADir)
 	if err != nil {
 		return fmt.Errorf("scale worker: load fleet CA from %s: %w", o.CADir, err)
+	}
+	if o.ProfileDir != "" {
+		stop, err := profileRun(o.ProfileDir)
+		if err != nil {
+			return fmt.Errorf("scale worker: %w", err)
+		}
+		defer stop()
 	}
 	var mu sync.Mutex
 	var hist LatencyHist
@@ -344,6 +356,9 @@ func workerArgs(o ScaleWorkerOptions) []string {
 	if o.LocalAddr.IsValid() {
 		args = append(args, "--local-addr", o.LocalAddr.String())
 	}
+	if o.ProfileDir != "" {
+		args = append(args, "--profile-dir", o.ProfileDir)
+	}
 	for _, s := range o.Servers {
 		args = append(args, "--server", s)
 	}
@@ -357,4 +372,28 @@ func WatchStdin(cancel context.CancelFunc) {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		cancel()
 	}()
+}
+
+// profileRun starts a CPU profile into dir/cpu.pprof; the returned stop
+// ends it and writes dir/heap.pprof.
+func profileRun(dir string) (stop func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("profile directory: %w", err)
+	}
+	cpu, err := os.Create(filepath.Join(dir, "cpu.pprof"))
+	if err != nil {
+		return nil, fmt.Errorf("profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		cpu.Close()
+		return nil, fmt.Errorf("start CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		if heap, err := os.Create(filepath.Join(dir, "heap.pprof")); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(heap, 0)
+			heap.Close()
+		}
+	}, nil
 }

@@ -169,6 +169,8 @@ It is small enough to run on the netboot station.`
 	f.StringVar(&flagCfg.DBAddress, "db-address", flagCfg.DBAddress, "host:port for dqlite replication with peers")
 	f.StringSliceVar(&flagCfg.Join, "join", nil, "dqlite address of an existing member to join (repeatable)")
 	f.DurationVar(&flagCfg.DBNetworkLatency, "db-network-latency", flagCfg.DBNetworkLatency, "one-way latency between members; raft elections start after 15x this (same value on every member)")
+	f.IntVar(&flagCfg.DBSnapshotThreshold, "db-snapshot-threshold", flagCfg.DBSnapshotThreshold, "raft entries between database snapshots")
+	f.IntVar(&flagCfg.DBSnapshotTrailing, "db-snapshot-trailing", flagCfg.DBSnapshotTrailing, "raft entries kept in memory behind a snapshot for lagging members (memory: each entry holds its transaction's pages)")
 	f.DurationVar(&flagCfg.RetentionInterval, "retention-interval", flagCfg.RetentionInterval, "how often the leader compacts telemetry (0 disables; see docs/OPERATIONS.md)")
 	f.DurationVar(&flagCfg.HeartbeatInterval, "heartbeat-interval", flagCfg.HeartbeatInterval, "heartbeat interval robots are told to use")
 	f.DurationVar(&flagCfg.OfflineGrace, "offline-grace", flagCfg.OfflineGrace, "added to 1.5 heartbeat intervals before a silent robot is offline")
@@ -214,6 +216,12 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("db-network-latency") {
 		cfg.DBNetworkLatency = f.DBNetworkLatency
+	}
+	if set("db-snapshot-threshold") {
+		cfg.DBSnapshotThreshold = f.DBSnapshotThreshold
+	}
+	if set("db-snapshot-trailing") {
+		cfg.DBSnapshotTrailing = f.DBSnapshotTrailing
 	}
 	if set("retention-interval") {
 		cfg.RetentionInterval = f.RetentionInterval

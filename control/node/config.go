@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/admission"
 	"github.com/lekiwi/heartbeat/control/auth"
+	"github.com/lekiwi/heartbeat/control/store"
 )
 
 // Config is a control node's configuration. Precedence: YAML file, then
@@ -35,6 +37,13 @@ type Config struct {
 	// after 15× (randomised up to 30×), so it bounds how fast writes resume
 	// after the leader dies. Use the same value on every member.
 	DBNetworkLatency time.Duration `yaml:"db_network_latency"`
+	// DBSnapshotThreshold and DBSnapshotTrailing bound the raft log held in
+	// memory (store.Options): a snapshot every threshold entries, trailing
+	// entries kept behind it for lagging members. Each entry holds the
+	// pages its transaction wrote, so at a storm's write rate this log,
+	// not the database, is most of a node's memory. Issue 10.
+	DBSnapshotThreshold int `yaml:"db_snapshot_threshold"`
+	DBSnapshotTrailing  int `yaml:"db_snapshot_trailing"`
 	// HeartbeatInterval is the interval robots are told to heartbeat at.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// OfflineGrace is added to 1.5 heartbeat intervals before a silent robot
@@ -104,6 +113,9 @@ func Defaults() Config {
 		Listen:            "127.0.0.1:8080",
 		DBAddress:         "127.0.0.1:9001",
 		DBNetworkLatency:  60 * time.Millisecond,
+		// Issue 10: a quarter of dqlite's trailing window (8,192).
+		DBSnapshotThreshold: store.DefaultSnapshotThreshold,
+		DBSnapshotTrailing:  store.DefaultSnapshotTrailing,
 		HeartbeatInterval: 30 * time.Second,
 		OfflineGrace:      15 * time.Second,
 		LogLevel:          "info",
@@ -176,28 +188,27 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "DISCOVERY_INTERFACES"); v != "" {
 		c.DiscoveryInterfaces = splitList(v)
 	}
-	var pendingErr error
-	if v := getenv(EnvPrefix + "MAX_PENDING_CONNECTIONS"); v != "" {
+	num := func(name string, dst *int) error {
+		v := getenv(EnvPrefix + name)
+		if v == "" {
+			return nil
+		}
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			pendingErr = fmt.Errorf("%sMAX_PENDING_CONNECTIONS=%q is not a whole number like %d: %w", EnvPrefix, v, admission.DefaultMaxPending, err)
+			return fmt.Errorf("%s%s=%q is not a whole number like %d: %w", EnvPrefix, name, v, *dst, err)
 		}
-		c.MaxPendingConnections = n
+		*dst = n
+		return nil
 	}
-	if v := getenv(EnvPrefix + "MAX_CONNECTIONS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			pendingErr = errors.Join(pendingErr, fmt.Errorf("%sMAX_CONNECTIONS=%q is not a whole number: %w", EnvPrefix, v, err))
-		}
-		c.MaxConnections = n
-	}
+	numErr := errors.Join(num("MAX_PENDING_CONNECTIONS", &c.MaxPendingConnections), num("MAX_CONNECTIONS", &c.MaxConnections),
+		num("DB_SNAPSHOT_THRESHOLD", &c.DBSnapshotThreshold), num("DB_SNAPSHOT_TRAILING", &c.DBSnapshotTrailing))
 	if v := getenv(EnvPrefix + "TLS_NAMES"); v != "" {
 		c.TLSNames = splitList(v)
 	}
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
-	return errors.Join(pendingErr, dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
+	return errors.Join(numErr, dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
 }
 
 // Validate reports every problem with c at once.
@@ -221,6 +232,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DBNetworkLatency < time.Millisecond || c.DBNetworkLatency > time.Minute {
 		errs = append(errs, fmt.Errorf("db_network_latency %s must be between 1ms and 1m (it is the one-way latency between members, default 60ms)", c.DBNetworkLatency))
+	}
+	if c.DBSnapshotThreshold < 64 || c.DBSnapshotThreshold > 1<<20 {
+		errs = append(errs, fmt.Errorf("db_snapshot_threshold %d must be between 64 and 1048576 raft entries (default %d)", c.DBSnapshotThreshold, store.DefaultSnapshotThreshold))
+	}
+	if c.DBSnapshotTrailing < c.DBSnapshotThreshold || c.DBSnapshotTrailing > 1<<20 {
+		errs = append(errs, fmt.Errorf("db_snapshot_trailing %d must be between db_snapshot_threshold (%d) and 1048576 raft entries (default %d)", c.DBSnapshotTrailing, c.DBSnapshotThreshold, store.DefaultSnapshotTrailing))
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max_connections %d must be 0 (the open-file limit minus 512) or positive", c.MaxConnections))
@@ -268,4 +285,10 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// storeOptions are the database settings of c (TLS is added by the caller).
+func (c *Config) storeOptions(log *slog.Logger, rolesAdjustment time.Duration) store.Options {
+	return store.Options{Dir: c.DataDir, Address: c.DBAddress, Join: c.Join, Logger: log, RolesAdjustment: rolesAdjustment,
+		NetworkLatency: c.DBNetworkLatency, SnapshotThreshold: uint64(c.DBSnapshotThreshold), SnapshotTrailing: uint64(c.DBSnapshotTrailing)}
 }

@@ -16,12 +16,13 @@ func TestConfigPrecedenceFileThenEnv(t *testing.T) {
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"LEKIWI_CONTROL_LISTEN": "127.0.0.1:7001", "LEKIWI_CONTROL_OFFLINE_GRACE": "3s"}
+	env := map[string]string{"LEKIWI_CONTROL_LISTEN": "127.0.0.1:7001", "LEKIWI_CONTROL_OFFLINE_GRACE": "3s", "LEKIWI_CONTROL_DB_SNAPSHOT_TRAILING": "4096"}
 	if err := c.LoadEnv(func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
 	if c.DataDir != "/from/file" || c.Listen != "127.0.0.1:7001" || c.HeartbeatInterval != 10*time.Second ||
-		c.OfflineGrace != 3*time.Second || c.DBAddress != "127.0.0.1:9001" || len(c.Join) != 1 {
+		c.OfflineGrace != 3*time.Second || c.DBAddress != "127.0.0.1:9001" || len(c.Join) != 1 ||
+		c.DBSnapshotThreshold != 1024 || c.DBSnapshotTrailing != 4096 {
 		t.Fatalf("config %+v", c)
 	}
 	if err := c.Validate(); err != nil {
@@ -49,19 +50,22 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 		switch k {
 		case "LEKIWI_CONTROL_HEARTBEAT_INTERVAL":
 			return "often"
-		case "LEKIWI_CONTROL_MAX_PENDING_CONNECTIONS", "LEKIWI_CONTROL_MAX_CONNECTIONS":
+		case "LEKIWI_CONTROL_MAX_PENDING_CONNECTIONS", "LEKIWI_CONTROL_MAX_CONNECTIONS", "LEKIWI_CONTROL_DB_SNAPSHOT_TRAILING":
 			return "lots"
 		}
 		return ""
-	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") || !strings.Contains(err.Error(), "MAX_PENDING_CONNECTIONS") || !strings.Contains(err.Error(), "MAX_CONNECTIONS=") {
+	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") || !strings.Contains(err.Error(), "MAX_PENDING_CONNECTIONS") ||
+		!strings.Contains(err.Error(), "MAX_CONNECTIONS=") || !strings.Contains(err.Error(), "DB_SNAPSHOT_TRAILING=") {
 		t.Fatalf("bad env values error = %v", err)
 	}
 	bad := Defaults()
 	bad.Listen, bad.DataDir, bad.HeartbeatInterval, bad.LogLevel = "nowhere", "", time.Millisecond, "loud"
 	bad.Join = []string{bad.DBAddress}
 	bad.MaxPendingConnections, bad.MaxConnections = 0, -1
+	bad.DBSnapshotThreshold, bad.DBSnapshotTrailing = 10, 5
 	err := bad.Validate()
-	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required", "max_pending_connections", "max_connections"} {
+	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required", "max_pending_connections", "max_connections",
+		"db_snapshot_threshold 10", "db_snapshot_trailing 5"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %v does not mention %q", err, want)
 		}

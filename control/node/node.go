@@ -102,7 +102,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s for HTTP: %w (is another control node running?)", cfg.Listen, err)
 	}
-	storeOpts := store.Options{Dir: cfg.DataDir, Address: cfg.DBAddress, Join: cfg.Join, Logger: log, RolesAdjustment: o.RolesAdjustment, NetworkLatency: cfg.DBNetworkLatency}
+	storeOpts := cfg.storeOptions(log, o.RolesAdjustment)
 	if ca != nil {
 		if storeOpts.ListenTLS, storeOpts.DialTLS, err = peerTLS(ca, cfg.NodeID, cfg.DBAddress); err != nil {
 			ln.Close()

@@ -37,7 +37,7 @@ func StartWitness(ctx context.Context, cfg Config, o Options) (*Witness, error) 
 		log = slog.Default()
 	}
 	log = log.With("node", cfg.NodeID, "role", "witness")
-	so := store.Options{Dir: cfg.DataDir, Address: cfg.DBAddress, Join: cfg.Join, Logger: log, RolesAdjustment: o.RolesAdjustment, NetworkLatency: cfg.DBNetworkLatency}
+	so := cfg.storeOptions(log, o.RolesAdjustment)
 	if !cfg.Insecure {
 		ca, err := loadCA(cfg)
 		if err != nil {

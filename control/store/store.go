@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	dqlite "github.com/canonical/go-dqlite"
 	"github.com/canonical/go-dqlite/app"
 	"github.com/canonical/go-dqlite/client"
 )
@@ -30,6 +31,15 @@ const DefaultRolesAdjustment = 3 * time.Second
 // MaxTxRetryTime bounds how long a transaction is retried on contention or
 // a leader change when the caller's context has no earlier deadline.
 const MaxTxRetryTime = 10 * time.Second
+
+// Raft log retention defaults. dqlite's own (1,024 and 8,192) keep up to
+// ~9,000 entries in memory, about 1 GiB on a busy node; a quarter of the
+// trailing window costs a member that lags by more than ~2,000
+// transactions a snapshot transfer instead.
+const (
+	DefaultSnapshotThreshold = 1024
+	DefaultSnapshotTrailing  = 2048
+)
 
 // Options configure a store node.
 type Options struct {
@@ -49,6 +59,15 @@ type Options struct {
 	// heartbeats and election timeouts scale with it. Zero keeps dqlite's
 	// defaults (elections after 3 to 6 s).
 	NetworkLatency time.Duration
+	// SnapshotThreshold and SnapshotTrailing bound the raft log this node
+	// keeps in memory: a snapshot after SnapshotThreshold entries, and
+	// SnapshotTrailing entries kept behind it for members that lag (one
+	// further behind gets the whole snapshot instead). Every entry holds the
+	// pages its transaction wrote, so the log, not the database, dominates
+	// a busy node's memory (docs/OPERATIONS.md). Zero takes
+	// DefaultSnapshotThreshold and DefaultSnapshotTrailing; Trailing must not
+	// be below Threshold.
+	SnapshotThreshold, SnapshotTrailing uint64
 	// ListenTLS and DialTLS, when set, make peer traffic mutual TLS
 	// (node certificates from the fleet CA).
 	ListenTLS, DialTLS *tls.Config
@@ -59,6 +78,22 @@ type Store struct {
 	app *app.App
 	db  *sql.DB
 	log *slog.Logger
+}
+
+// snapshotParams applies the defaults and checks what dqlite would refuse
+// with a bare "misuse".
+func (o Options) snapshotParams() (dqlite.SnapshotParams, error) {
+	p := dqlite.SnapshotParams{Threshold: o.SnapshotThreshold, Trailing: o.SnapshotTrailing}
+	if p.Threshold == 0 {
+		p.Threshold = DefaultSnapshotThreshold
+	}
+	if p.Trailing == 0 {
+		p.Trailing = max(DefaultSnapshotTrailing, p.Threshold)
+	}
+	if p.Trailing < p.Threshold {
+		return p, fmt.Errorf("store: snapshot trailing %d is below the snapshot threshold %d: keep at least as many entries as a snapshot covers", p.Trailing, p.Threshold)
+	}
+	return p, nil
 }
 
 // Open starts (or restarts) the local dqlite node, waits until it is part of
@@ -100,6 +135,11 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.NetworkLatency > 0 {
 		opts = append(opts, app.WithNetworkLatency(o.NetworkLatency))
 	}
+	snap, err := o.snapshotParams()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, app.WithSnapshotParams(snap))
 	if o.ListenTLS != nil && o.DialTLS != nil {
 		opts = append(opts, app.WithTLS(o.ListenTLS, o.DialTLS))
 	}

@@ -513,3 +513,65 @@ func TestSweepOfflineBatches(t *testing.T) {
 		}
 	}
 }
+
+func TestSnapshotParams(t *testing.T) {
+	for _, c := range []struct {
+		threshold, trailing uint64
+		want                dqliteParams
+		err                 string
+	}{
+		{0, 0, dqliteParams{DefaultSnapshotThreshold, DefaultSnapshotTrailing}, ""},
+		{512, 0, dqliteParams{512, DefaultSnapshotTrailing}, ""},
+		{4096, 0, dqliteParams{4096, 4096}, ""},
+		{0, 8192, dqliteParams{DefaultSnapshotThreshold, 8192}, ""},
+		{1024, 512, dqliteParams{}, "below the snapshot threshold"},
+	} {
+		p, err := Options{SnapshotThreshold: c.threshold, SnapshotTrailing: c.trailing}.snapshotParams()
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%d/%d: error %v, want %q", c.threshold, c.trailing, err, c.err)
+			}
+			continue
+		}
+		if err != nil || (dqliteParams{p.Threshold, p.Trailing}) != c.want {
+			t.Errorf("%d/%d: %+v, %v; want %+v", c.threshold, c.trailing, p, err, c.want)
+		}
+	}
+}
+
+type dqliteParams struct{ threshold, trailing uint64 }
+
+// A small raft log still snapshots, and the node restarts from the
+// snapshot with everything in it.
+func TestSmallRaftLogSnapshotsAndRestarts(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	open := func() *Store {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s, err := Open(ctx, Options{Dir: dir, Address: addr, Logger: quietLogger(), SnapshotThreshold: 64, SnapshotTrailing: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	ctx := context.Background()
+	const robots = 200 // one transaction each: three snapshots' worth
+	for i := range robots {
+		if _, err := s.Append(ctx, []Event{{RobotID: fmt.Sprintf("r%03d", i), Type: TypeRobotRegistered, Time: t0, Data: mustJSON(t, RegisteredData{Type: protocol.RobotLeKiwi})}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	snaps, _ := filepath.Glob(filepath.Join(dir, "snapshot-*"))
+	if len(snaps) == 0 {
+		entries, _ := os.ReadDir(dir)
+		t.Fatalf("no snapshot after %d transactions with a threshold of 64; data dir: %v", robots, entries)
+	}
+	s = open()
+	defer s.Close()
+	list, err := s.Robots(ctx, RobotFilter{Limit: 1000})
+	if err != nil || len(list) != robots {
+		t.Fatalf("after restart from a snapshot: %d robots, %v; want %d", len(list), err, robots)
+	}
+}

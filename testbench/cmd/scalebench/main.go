@@ -115,6 +115,7 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 	f.BoolVar(&o.SkipSingle, "skip-single", false, "skip the single-node scenario")
 	f.DurationVar(&o.DBNetworkLatency, "db-network-latency", 0, "passed to every node: raft elections start after 15x this (raise it when the shared CPU starves the cluster)")
 	f.IntVar(&o.StormHogs, "storm-hogs", 0, "busy-loop processes running during every reconnect storm (a storm on a machine whose CPU is already taken)")
+	f.BoolVar(&o.SimProfile, "sim-profile", false, "profile every simulator process (cpu.pprof, heap.pprof under --out/<scenario>-sim<N>)")
 	f.DurationVar(&budget, "budget", 90*time.Minute, "the whole run ends (and cleans up) after this")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
@@ -196,6 +197,7 @@ func newSim() *cobra.Command {
 	f.StringVar(&local, "local-addr", "", "source address of the robots' connections")
 	f.Float64Var(&o.ConnectRate, "connect-rate", 0, "robot starts per second (0: all at once)")
 	f.DurationVar(&o.ReconnectJitter, "reconnect-jitter", 10*time.Second, "first-reconnect jitter")
+	f.StringVar(&o.ProfileDir, "profile-dir", "", "write cpu.pprof and heap.pprof of this simulator here")
 	return cmd
 }
 
