@@ -40,6 +40,12 @@ type FleetOptions struct {
 	// Telemetry sampling and debounce (defaults: 1 s and 2 s; labs compress time).
 	TelemetrySampleInterval time.Duration
 	TelemetryMinInterval    time.Duration
+	// ShareTelemetry samples one board for the whole fleet, at most once
+	// per TelemetrySampleInterval; each robot reads its own board once (its
+	// hostname and addresses) and then reports the shared resources. Scale
+	// runs: tens of thousands of robots each reading their /proc fixture
+	// every few seconds measure the simulator's file reads, not control.
+	ShareTelemetry bool
 	// FirstReconnectJitter and Backoff default to short lab values.
 	FirstReconnectJitter time.Duration
 	Backoff              backoff.Policy
@@ -65,6 +71,7 @@ type FleetOptions struct {
 // Fleet is a set of simulated robots.
 type Fleet struct {
 	robots []*SimRobot
+	shared *sharedSampler // with ShareTelemetry
 }
 
 // SimRobot is one simulated robot.
@@ -79,6 +86,7 @@ type SimRobot struct {
 	seed  uint64
 
 	identity *identity.Identity
+	shared   *sharedSampler // nil: the robot samples its own board
 
 	mu     sync.Mutex
 	agent  *agent.Agent
@@ -130,6 +138,10 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 				return nil, err
 			}
 		}
+		if o.ShareTelemetry && f.shared == nil {
+			f.shared = &sharedSampler{every: o.TelemetrySampleInterval, base: newSimCollector(r)}
+		}
+		r.shared = f.shared
 		f.robots = append(f.robots, r)
 	}
 	return f, nil
@@ -189,14 +201,10 @@ func (r *SimRobot) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("robot %s queue: %w", r.ID, err)
 	}
-	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
-	col := collect.New(collect.Options{
-		Roots: r.roots,
-		Statfs: func(string) (collect.DiskUsage, error) {
-			return collect.DiskUsage{TotalBytes: 64 << 30, UsedBytes: 9 << 30}, nil
-		},
-		Interfaces: staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}},
-	})
+	var col agent.Collector = newSimCollector(r)
+	if r.shared != nil {
+		col = &sharedSample{shared: r.shared, own: col}
+	}
 	hw, err := collect.ReadHardware(r.roots.Proc)
 	if err != nil {
 		q.Close()
@@ -299,6 +307,64 @@ func bindSource(c *http.Client, addr netip.Addr) *http.Client {
 	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)), Timeout: 10 * time.Second}
 	t.DialContext = d.DialContext
 	return &http.Client{Transport: t}
+}
+
+// newSimCollector reads the robot's fixture board: its own /proc tree, a
+// fixed disk and one interface with an address derived from its seed.
+func newSimCollector(r *SimRobot) *collect.Collector {
+	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
+	return collect.New(collect.Options{
+		Roots: r.roots,
+		Statfs: func(string) (collect.DiskUsage, error) {
+			return collect.DiskUsage{TotalBytes: 64 << 30, UsedBytes: 9 << 30}, nil
+		},
+		Interfaces: staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}},
+	})
+}
+
+// sharedSampler is one board's telemetry, sampled at most once per every,
+// for a whole simulated fleet (FleetOptions.ShareTelemetry).
+type sharedSampler struct {
+	every time.Duration
+	base  agent.Collector
+
+	mu  sync.Mutex
+	at  time.Time
+	t   protocol.Telemetry
+	err error
+}
+
+func (s *sharedSampler) sample(ctx context.Context) (protocol.Telemetry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.at.IsZero() || time.Since(s.at) >= s.every {
+		s.t, s.err = s.base.Sample(ctx)
+		s.at = time.Now()
+	}
+	return s.t, s.err
+}
+
+// sharedSample is one robot's view of a sharedSampler: the shared
+// resources with the robot's own network identity, read from its own board
+// on the first sample.
+type sharedSample struct {
+	shared *sharedSampler
+	own    agent.Collector
+	net    *protocol.Network
+}
+
+func (s *sharedSample) Sample(ctx context.Context) (protocol.Telemetry, error) {
+	if s.net == nil {
+		t, err := s.own.Sample(ctx)
+		if err != nil {
+			return t, err
+		}
+		s.net = &t.Network
+		return t, nil
+	}
+	t, err := s.shared.sample(ctx)
+	t.Network = *s.net
+	return t, err
 }
 
 type staticInterfaces []collect.Interface
