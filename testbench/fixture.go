@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/lekiwi/heartbeat/agent/collect"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // Board describes a simulated Raspberry Pi for its fixture /proc tree.
@@ -46,22 +47,7 @@ func Pi5(n int, hostname string) Board {
 // changed values rewrites the files (a board "aging").
 func (b Board) WriteTree(dir string) (collect.Roots, error) {
 	roots := collect.Roots{Proc: filepath.Join(dir, "proc"), Sys: filepath.Join(dir, "sys"), Etc: filepath.Join(dir, "etc")}
-	user, system := b.CPUBusy*3/4, b.CPUBusy/4
-	files := map[string]string{
-		"proc/cpuinfo": fmt.Sprintf("processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\n"+
-			"Revision\t: %s\nSerial\t\t: %s\nModel\t\t: %s\n", b.Revision, b.Serial, b.Model),
-		"proc/meminfo": fmt.Sprintf("MemTotal:       %d kB\nMemFree:        %d kB\nMemAvailable:   %d kB\nBuffers:           1234 kB\n",
-			b.MemTotalKB, b.MemAvailKB/2, b.MemAvailKB),
-		"proc/stat": fmt.Sprintf("cpu  %d 0 %d %d 0 0 0 0 0 0\ncpu0 %d 0 %d %d 0 0 0 0 0 0\nintr 0\nctxt 0\nbtime 1700000000\n",
-			user, system, b.CPUIdle, user, system, b.CPUIdle),
-		"proc/uptime":                          fmt.Sprintf("%.2f %.2f\n", b.UptimeSecs, b.UptimeSecs*3.5),
-		"proc/sys/kernel/hostname":             b.Hostname + "\n",
-		"proc/device-tree/model":               b.Model + "\x00",
-		"proc/device-tree/serial-number":       b.Serial + "\x00",
-		"sys/class/thermal/thermal_zone0/temp": fmt.Sprintf("%d\n", b.TempMilliC),
-		"etc/os-release": fmt.Sprintf("PRETTY_NAME=%q\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
-			b.OSPretty),
-	}
+	files := b.treeFiles()
 	for name, content := range files {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -78,6 +64,31 @@ func (b Board) WriteTree(dir string) (collect.Roots, error) {
 		}
 	}
 	return roots, nil
+}
+
+// Hardware is what collect.ReadHardware reads from the board's tree.
+func (b Board) Hardware() protocol.Hardware {
+	return protocol.Hardware{Serial: b.Serial, Model: b.Model, Revision: b.Revision}
+}
+
+// treeFiles are the board's fixture files by path under the tree.
+func (b Board) treeFiles() map[string]string {
+	user, system := b.CPUBusy*3/4, b.CPUBusy/4
+	return map[string]string{
+		"proc/cpuinfo": fmt.Sprintf("processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\n"+
+			"Revision\t: %s\nSerial\t\t: %s\nModel\t\t: %s\n", b.Revision, b.Serial, b.Model),
+		"proc/meminfo": fmt.Sprintf("MemTotal:       %d kB\nMemFree:        %d kB\nMemAvailable:   %d kB\nBuffers:           1234 kB\n",
+			b.MemTotalKB, b.MemAvailKB/2, b.MemAvailKB),
+		"proc/stat": fmt.Sprintf("cpu  %d 0 %d %d 0 0 0 0 0 0\ncpu0 %d 0 %d %d 0 0 0 0 0 0\nintr 0\nctxt 0\nbtime 1700000000\n",
+			user, system, b.CPUIdle, user, system, b.CPUIdle),
+		"proc/uptime":                          fmt.Sprintf("%.2f %.2f\n", b.UptimeSecs, b.UptimeSecs*3.5),
+		"proc/sys/kernel/hostname":             b.Hostname + "\n",
+		"proc/device-tree/model":               b.Model + "\x00",
+		"proc/device-tree/serial-number":       b.Serial + "\x00",
+		"sys/class/thermal/thermal_zone0/temp": fmt.Sprintf("%d\n", b.TempMilliC),
+		"etc/os-release": fmt.Sprintf("PRETTY_NAME=%q\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
+			b.OSPretty),
+	}
 }
 
 // Hostname makes a robot hostname from an id.

@@ -40,12 +40,16 @@ type FleetOptions struct {
 	// Telemetry sampling and debounce (defaults: 1 s and 2 s; labs compress time).
 	TelemetrySampleInterval time.Duration
 	TelemetryMinInterval    time.Duration
-	// ShareTelemetry samples one board for the whole fleet, at most once
-	// per TelemetrySampleInterval; each robot reads its own board once (its
-	// hostname and addresses) and then reports the shared resources. Scale
-	// runs: tens of thousands of robots each reading their /proc fixture
-	// every few seconds measure the simulator's file reads, not control.
-	ShareTelemetry bool
+	// SharedBoard gives the whole fleet one fixture board, sampled at most
+	// once per TelemetrySampleInterval; each robot keeps its own hardware
+	// (serial) and network identity (hostname, MAC, address), taken from
+	// its Board without files. Scale runs: tens of thousands of robots each
+	// with a /proc tree of their own measure the simulator's file reads and
+	// the kernel's inode cache (gigabytes at 50,000), not control.
+	SharedBoard bool
+	// MemoryIdentity keeps the robots' keys and certificates in memory only
+	// (no identity directory per robot); renewals cannot be saved.
+	MemoryIdentity bool
 	// FirstReconnectJitter and Backoff default to short lab values.
 	FirstReconnectJitter time.Duration
 	Backoff              backoff.Policy
@@ -71,7 +75,7 @@ type FleetOptions struct {
 // Fleet is a set of simulated robots.
 type Fleet struct {
 	robots []*SimRobot
-	shared *sharedSampler // with ShareTelemetry
+	shared *sharedSampler // with SharedBoard
 }
 
 // SimRobot is one simulated robot.
@@ -128,20 +132,31 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 	for i := o.FirstIndex; i < o.FirstIndex+o.Robots; i++ {
 		id, typ := RobotID(i)
 		r := &SimRobot{ID: id, Type: typ, Board: Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
-		roots, err := r.Board.WriteTree(filepath.Join(r.dir, "board"))
-		if err != nil {
-			return nil, err
+		switch {
+		case !o.SharedBoard:
+			roots, err := r.Board.WriteTree(filepath.Join(r.dir, "board"))
+			if err != nil {
+				return nil, err
+			}
+			r.roots = roots
+		case f.shared == nil:
+			roots, err := r.Board.WriteTree(filepath.Join(o.Dir, "shared-board"))
+			if err != nil {
+				return nil, err
+			}
+			f.shared = &sharedSampler{every: o.TelemetrySampleInterval, base: newSimCollector(roots, r.interfaces())}
 		}
-		r.roots = roots
+		r.shared = f.shared
 		if o.CA != nil {
-			if r.identity, err = simIdentity(o.CA, id, o.CertLifetime, filepath.Join(r.dir, "identity")); err != nil {
+			idDir := filepath.Join(r.dir, "identity")
+			if o.MemoryIdentity {
+				idDir = ""
+			}
+			var err error
+			if r.identity, err = simIdentity(o.CA, id, o.CertLifetime, idDir); err != nil {
 				return nil, err
 			}
 		}
-		if o.ShareTelemetry && f.shared == nil {
-			f.shared = &sharedSampler{every: o.TelemetrySampleInterval, base: newSimCollector(r)}
-		}
-		r.shared = f.shared
 		f.robots = append(f.robots, r)
 	}
 	return f, nil
@@ -201,14 +216,16 @@ func (r *SimRobot) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("robot %s queue: %w", r.ID, err)
 	}
-	var col agent.Collector = newSimCollector(r)
+	var col agent.Collector
+	var hw protocol.Hardware
 	if r.shared != nil {
-		col = &sharedSample{shared: r.shared, own: col}
-	}
-	hw, err := collect.ReadHardware(r.roots.Proc)
-	if err != nil {
-		q.Close()
-		return fmt.Errorf("robot %s hardware: %w", r.ID, err)
+		col, hw = &sharedSample{shared: r.shared, net: r.network()}, r.Board.Hardware()
+	} else {
+		col = newSimCollector(r.roots, r.interfaces())
+		if hw, err = collect.ReadHardware(r.roots.Proc); err != nil {
+			q.Close()
+			return fmt.Errorf("robot %s hardware: %w", r.ID, err)
+		}
 	}
 	opts := agent.Options{
 		RobotID: r.ID, RobotType: r.Type, Servers: r.opts.Servers, Queue: q, Collector: col,
@@ -309,21 +326,34 @@ func bindSource(c *http.Client, addr netip.Addr) *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// newSimCollector reads the robot's fixture board: its own /proc tree, a
-// fixed disk and one interface with an address derived from its seed.
-func newSimCollector(r *SimRobot) *collect.Collector {
-	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
+// newSimCollector reads a fixture board with a fixed disk and the given
+// interfaces.
+func newSimCollector(roots collect.Roots, ifs staticInterfaces) *collect.Collector {
 	return collect.New(collect.Options{
-		Roots: r.roots,
+		Roots: roots,
 		Statfs: func(string) (collect.DiskUsage, error) {
 			return collect.DiskUsage{TotalBytes: 64 << 30, UsedBytes: 9 << 30}, nil
 		},
-		Interfaces: staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}},
+		Interfaces: ifs,
 	})
 }
 
+// interfaces is the robot's one network interface, its MAC and address
+// derived from its seed.
+func (r *SimRobot) interfaces() staticInterfaces {
+	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
+	return staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}}
+}
+
+// network is what the robot's telemetry says about its network, as its own
+// board would report it.
+func (r *SimRobot) network() protocol.Network {
+	mac, ips := collect.Addresses(r.interfaces())
+	return protocol.Network{Hostname: r.Board.Hostname, MAC: mac, IPs: ips}
+}
+
 // sharedSampler is one board's telemetry, sampled at most once per every,
-// for a whole simulated fleet (FleetOptions.ShareTelemetry).
+// for a whole simulated fleet (FleetOptions.SharedBoard).
 type sharedSampler struct {
 	every time.Duration
 	base  agent.Collector
@@ -345,25 +375,15 @@ func (s *sharedSampler) sample(ctx context.Context) (protocol.Telemetry, error) 
 }
 
 // sharedSample is one robot's view of a sharedSampler: the shared
-// resources with the robot's own network identity, read from its own board
-// on the first sample.
+// resources with the robot's own network identity.
 type sharedSample struct {
 	shared *sharedSampler
-	own    agent.Collector
-	net    *protocol.Network
+	net    protocol.Network
 }
 
 func (s *sharedSample) Sample(ctx context.Context) (protocol.Telemetry, error) {
-	if s.net == nil {
-		t, err := s.own.Sample(ctx)
-		if err != nil {
-			return t, err
-		}
-		s.net = &t.Network
-		return t, nil
-	}
 	t, err := s.shared.sample(ctx)
-	t.Network = *s.net
+	t.Network = s.net
 	return t, err
 }
 
@@ -372,10 +392,13 @@ type staticInterfaces []collect.Interface
 func (s staticInterfaces) Interfaces() ([]collect.Interface, error) { return s, nil }
 
 // simIdentity gives a simulated robot what enrollment would: a key made
-// for it and a certificate from the fleet CA, saved in its state dir.
+// for it and a certificate from the fleet CA, saved in dir (kept in memory
+// only when dir is empty).
 func simIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string) (*identity.Identity, error) {
-	if id, err := identity.Load(dir); err == nil {
-		return id, nil
+	if dir != "" {
+		if id, err := identity.Load(dir); err == nil {
+			return id, nil
+		}
 	}
 	key, csr, err := identity.NewKeyAndCSR(robotID)
 	if err != nil {
@@ -390,8 +413,8 @@ func simIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string)
 		return nil, err
 	}
 	id, err := identity.FromPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), certPEM, ca.CertPEM)
-	if err != nil {
-		return nil, err
+	if err != nil || dir == "" {
+		return id, err
 	}
 	if err := id.Save(dir); err != nil {
 		return nil, err

@@ -2,45 +2,38 @@ package testbench
 
 import (
 	"context"
-	"errors"
+	"io/fs"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
-// countingCollector returns its name as the hostname and counts samples.
-type countingCollector struct {
-	host string
-	n    int
-	err  error
-}
+// countingCollector counts samples; each reports the count as its uptime.
+type countingCollector struct{ n int }
 
 func (c *countingCollector) Sample(context.Context) (protocol.Telemetry, error) {
 	c.n++
-	return protocol.Telemetry{Network: protocol.Network{Hostname: c.host}, UptimeSeconds: float64(c.n)}, c.err
+	return protocol.Telemetry{Network: protocol.Network{Hostname: "shared"}, UptimeSeconds: float64(c.n)}, nil
 }
 
-func TestSharedTelemetrySamplesOneBoardPerInterval(t *testing.T) {
+func TestSharedBoardSamplesOncePerInterval(t *testing.T) {
 	ctx := context.Background()
-	board := &countingCollector{host: "shared"}
+	board := &countingCollector{}
 	shared := &sharedSampler{every: time.Hour, base: board}
-	own := []*countingCollector{{host: "r1"}, {host: "r2"}}
-	robots := []*sharedSample{{shared: shared, own: own[0]}, {shared: shared, own: own[1]}}
+	nets := []protocol.Network{{Hostname: "r1", MAC: "2c:cf:67:00:00:01"}, {Hostname: "r2", MAC: "2c:cf:67:00:00:02"}}
+	robots := []*sharedSample{{shared: shared, net: nets[0]}, {shared: shared, net: nets[1]}}
 	for round := range 3 {
 		for i, r := range robots {
 			tel, err := r.Sample(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tel.Network.Hostname != own[i].host {
-				t.Errorf("round %d robot %d: hostname %q, want its own %q", round, i, tel.Network.Hostname, own[i].host)
+			if tel.Network.Hostname != nets[i].Hostname || tel.Network.MAC != nets[i].MAC {
+				t.Errorf("round %d robot %d: network %+v, want its own %+v", round, i, tel.Network, nets[i])
 			}
-		}
-	}
-	for i, o := range own {
-		if o.n != 1 {
-			t.Errorf("robot %d read its own board %d times, want once (for its network identity)", i, o.n)
 		}
 	}
 	if board.n != 1 {
@@ -50,12 +43,65 @@ func TestSharedTelemetrySamplesOneBoardPerInterval(t *testing.T) {
 	if tel, _ := robots[0].Sample(ctx); board.n != 2 || tel.UptimeSeconds != 2 {
 		t.Errorf("after the interval: %d samples, uptime %v; want a fresh sample", board.n, tel.UptimeSeconds)
 	}
-	// A robot whose own board fails reports the error and tries again.
-	bad := &sharedSample{shared: shared, own: &countingCollector{err: errors.New("no /proc")}}
-	if _, err := bad.Sample(ctx); err == nil {
-		t.Fatal("own board error hidden")
+}
+
+// A robot of a shared-board fleet says in hello and telemetry what its own
+// board's tree would have said.
+func TestSharedBoardRobotMatchesItsOwnTree(t *testing.T) {
+	f, err := NewFleet(FleetOptions{Robots: 2, FirstIndex: 7, Servers: []string{"ws://127.0.0.1:1"}, Dir: t.TempDir(), SharedBoard: true})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if bad.net != nil {
-		t.Fatal("network identity kept from a failed sample")
+	for _, r := range f.Robots() {
+		roots, err := r.Board.WriteTree(filepath.Join(t.TempDir(), "own"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hw, err := collect.ReadHardware(roots.Proc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Board.Hardware(); got != hw {
+			t.Errorf("%s: Board.Hardware() = %+v, its tree says %+v", r.ID, got, hw)
+		}
+		own, err := newSimCollector(roots, r.interfaces()).Sample(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		net := r.network()
+		if net.Hostname != own.Network.Hostname || net.MAC != own.Network.MAC || len(net.IPs) != 1 || net.IPs[0] != own.Network.IPs[0] {
+			t.Errorf("%s: network %+v, its tree says %+v", r.ID, net, own.Network)
+		}
+	}
+}
+
+// A lean fleet (shared board, identities in memory) writes one board for
+// all its robots and no identity files.
+func TestLeanFleetWritesOneBoard(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := LabCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFleet(FleetOptions{Robots: 3, Servers: []string{"wss://127.0.0.1:1"}, Dir: dir, CA: ca, SharedBoard: true, MemoryIdentity: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	want := len(Pi5(0, "x").treeFiles())
+	if len(files) != want {
+		t.Errorf("files %v, want the %d of one shared board", files, want)
+	}
+	for _, r := range f.Robots() {
+		if r.Identity() == nil {
+			t.Errorf("%s has no identity", r.ID)
+		}
 	}
 }

@@ -84,8 +84,10 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 		Robots: o.Robots, FirstIndex: o.FirstIndex, Servers: o.Servers, Dir: o.Dir, CA: ca, LocalAddr: o.LocalAddr,
 		// Heartbeats are the load under study; telemetry is kept to what a
 		// quiet fleet sends (sampled every 10 s, reported at most every
-		// minute), and one board is sampled for the whole process.
-		TelemetrySampleInterval: 10 * time.Second, TelemetryMinInterval: time.Minute, ShareTelemetry: true,
+		// minute). One board is sampled for the whole process and the
+		// robots' identities stay in memory: the simulator's files and
+		// their kernel caches would otherwise take gigabytes at 50,000.
+		TelemetrySampleInterval: 10 * time.Second, TelemetryMinInterval: time.Minute, SharedBoard: true, MemoryIdentity: true,
 		FirstReconnectJitter: jitter, Backoff: backoff.Policy{Base: 250 * time.Millisecond, Cap: 5 * time.Second},
 		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, d time.Duration) {
 			if t == protocol.TypeHeartbeat {
