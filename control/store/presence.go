@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -29,6 +31,11 @@ const presenceChunk = maxParams / 4
 // cannot hide a newer one.
 func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
 	total := len(batch)
+	// In key order: each transaction then writes a run of neighbouring
+	// rows (the table is clustered by node, robot), not pages all over.
+	batch = slices.SortedFunc(slices.Values(batch), func(a, b Presence) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.RobotID, b.RobotID))
+	})
 	for len(batch) > 0 {
 		// Presence rows are small; still, keep transactions modest (see
 		// MaxAppendBatch).

@@ -149,6 +149,28 @@ var migrations = []migration{
 			PRIMARY KEY (robot_id, rule)
 		)`,
 	}},
+	// Issue 10: presence clustered by node. Every presence flush rewrites
+	// the pages holding its robots, and dqlite ships and keeps (raft log)
+	// each page a transaction wrote. With rows in connection order, a
+	// node's robots were spread over the whole table and a 512-robot flush
+	// wrote most of its pages; keyed by (node, robot_id) they sit together
+	// and a sorted flush writes a few dozen. The unique index keeps one row
+	// per robot (the upsert's conflict target); a last_seen update does
+	// not touch it.
+	{6, "presence clustered by node", []string{
+		`CREATE TABLE presence_by_node (
+			node           TEXT    NOT NULL,
+			robot_id       TEXT    NOT NULL,
+			last_seen      INTEGER NOT NULL,
+			uptime_seconds REAL    NOT NULL,
+			PRIMARY KEY (node, robot_id)
+		) WITHOUT ROWID`,
+		`INSERT INTO presence_by_node (node, robot_id, last_seen, uptime_seconds)
+			SELECT node, robot_id, last_seen, uptime_seconds FROM presence`,
+		`DROP TABLE presence`,
+		`ALTER TABLE presence_by_node RENAME TO presence`,
+		`CREATE UNIQUE INDEX presence_robot ON presence (robot_id)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own

@@ -575,3 +575,69 @@ func TestSmallRaftLogSnapshotsAndRestarts(t *testing.T) {
 		t.Fatalf("after restart from a snapshot: %d robots, %v; want %d", len(list), err, robots)
 	}
 }
+
+// Presence keeps one row per robot, keyed by its node: a robot that moves
+// to another node moves its row, and a stale flush changes nothing.
+func TestPresenceFollowsTheRobotAcrossNodes(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	flush := func(p ...Presence) {
+		t.Helper()
+		if err := s.FlushPresence(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func() string {
+		t.Helper()
+		r, err := s.DB().QueryContext(ctx, `SELECT robot_id, node, last_seen FROM presence ORDER BY robot_id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		var out []string
+		for r.Next() {
+			var id, node string
+			var seen int64
+			if err := r.Scan(&id, &node, &seen); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%s@%s:%d", id, node, (seen-t0.UnixNano())/int64(time.Second)))
+		}
+		return strings.Join(out, " ")
+	}
+	flush(Presence{RobotID: "r2", Node: "a", LastSeen: t0}, Presence{RobotID: "r1", Node: "b", LastSeen: t0})
+	flush(Presence{RobotID: "r1", Node: "b", LastSeen: t0.Add(time.Second)})
+	flush(Presence{RobotID: "r1", Node: "a", LastSeen: t0.Add(2 * time.Second)}) // moved to a
+	flush(Presence{RobotID: "r1", Node: "b", LastSeen: t0.Add(time.Second)})     // b's late flush
+	if got, want := rows(), "r1@a:2 r2@a:0"; got != want {
+		t.Fatalf("presence rows %q, want %q", got, want)
+	}
+}
+
+// Migration 6 carries the presence rows of an older database over to the
+// table clustered by node.
+func TestPresenceMigrationKeepsRows(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	for _, stmt := range []string{
+		`DROP TABLE presence`,
+		`CREATE TABLE presence (robot_id TEXT PRIMARY KEY, node TEXT NOT NULL, last_seen INTEGER NOT NULL, uptime_seconds REAL NOT NULL)`,
+		`INSERT INTO presence VALUES ('r1', 'a', 10, 1.5), ('r2', 'b', 20, 2.5)`,
+		`DELETE FROM schema_migrations WHERE version = 6`,
+	} {
+		if _, err := s.DB().ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	if err := migrate(ctx, s.DB()); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var ddl string
+	if err := s.DB().QueryRowContext(ctx, `SELECT count(*) FROM presence WHERE (robot_id, node, last_seen) IN (VALUES ('r1', 'a', 10), ('r2', 'b', 20))`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows carried over: %d, %v; want 2", n, err)
+	}
+	if err := s.DB().QueryRowContext(ctx, `SELECT sql FROM sqlite_master WHERE name = 'presence'`).Scan(&ddl); err != nil || !strings.Contains(ddl, "WITHOUT ROWID") {
+		t.Fatalf("presence table after migration: %q, %v", ddl, err)
+	}
+}
