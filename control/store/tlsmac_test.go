@@ -1,0 +1,81 @@
+package store
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Under CPU starvation the leader's dqlite proxy logs "tls: bad record MAC"
+// (issue 10). This pins down what that line means: a peer whose request
+// timed out in the middle of a TLS record (its context deadline, while the
+// starved leader was not reading) and who then closed the connection —
+// crypto/tls sends the close alert after the half-written record, and the
+// reader sees the alert's bytes as the rest of the record. An abandoned
+// request, not corruption; the operator's signal is the timeouts.
+func TestBadRecordMACIsAWriteAbandonedMidRecord(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "peer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"peer"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	readErr := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			readErr <- err
+			return
+		}
+		defer c.Close()
+		s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+		if err := s.Handshake(); err != nil {
+			readErr <- err
+			return
+		}
+		time.Sleep(300 * time.Millisecond) // a starved reader: the peer's write blocks
+		_, err = io.Copy(io.Discard, s)
+		readErr <- err
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.(*net.TCPConn).SetWriteBuffer(4096) // a full socket buffer, as with a peer that stopped reading
+	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	if err := c.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Write(make([]byte, 8<<20)); err == nil {
+		t.Fatal("8 MiB written to a reader that sleeps, before a 50 ms deadline")
+	}
+	c.SetWriteDeadline(time.Time{})
+	c.Close()
+	select {
+	case err := <-readErr:
+		if err == nil || !strings.Contains(err.Error(), "bad record MAC") {
+			t.Fatalf("reader saw %v; want bad record MAC", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader still reading")
+	}
+}
