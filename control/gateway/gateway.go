@@ -424,7 +424,9 @@ func (g *Gateway) flushPresence(ctx context.Context, sessions []*session) {
 		}
 	}
 	// In slices between the waiting commits: 19,000 robots are dozens
-	// of transactions that hellos should not wait behind.
+	// of transactions that hellos should not wait behind. Sorted first, so
+	// each slice is a run of neighbouring rows.
+	store.SortPresence(batch)
 	const slice = 512
 	for len(batch) > 0 {
 		part := batch[:min(len(batch), slice)]

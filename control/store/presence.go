@@ -26,16 +26,24 @@ const maxParams = 255
 // presenceChunk is the rows per presence upsert statement (4 parameters each).
 const presenceChunk = maxParams / 4
 
+// SortPresence puts a batch in the presence table's key order. A
+// transaction of a sorted run writes neighbouring rows (the table is
+// clustered by node, robot) instead of pages all over the table, and
+// dqlite replicates and keeps every page a transaction writes: callers
+// that split a flush into several transactions sort before splitting.
+func SortPresence(batch []Presence) {
+	slices.SortFunc(batch, func(a, b Presence) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.RobotID, b.RobotID))
+	})
+}
+
 // FlushPresence records last-seen times for many robots in a few statements.
 // A time never moves backwards: a late flush from a node the robot has left
 // cannot hide a newer one.
 func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
 	total := len(batch)
-	// In key order: each transaction then writes a run of neighbouring
-	// rows (the table is clustered by node, robot), not pages all over.
-	batch = slices.SortedFunc(slices.Values(batch), func(a, b Presence) int {
-		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.RobotID, b.RobotID))
-	})
+	batch = slices.Clone(batch)
+	SortPresence(batch)
 	for len(batch) > 0 {
 		// Presence rows are small; still, keep transactions modest (see
 		// MaxAppendBatch).

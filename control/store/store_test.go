@@ -641,3 +641,15 @@ func TestPresenceMigrationKeepsRows(t *testing.T) {
 		t.Fatalf("presence table after migration: %q, %v", ddl, err)
 	}
 }
+
+func TestSortPresenceIsTheTablesKeyOrder(t *testing.T) {
+	batch := []Presence{{Node: "b", RobotID: "r1"}, {Node: "a", RobotID: "r9"}, {Node: "a", RobotID: "r10"}, {Node: "b", RobotID: "r0"}}
+	SortPresence(batch)
+	var got []string
+	for _, p := range batch {
+		got = append(got, p.Node+"/"+p.RobotID)
+	}
+	if want := "a/r10 a/r9 b/r0 b/r1"; strings.Join(got, " ") != want {
+		t.Fatalf("sorted %v, want %s (node, then robot id, as the primary key)", got, want)
+	}
+}
