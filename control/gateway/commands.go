@@ -63,15 +63,67 @@ func (g *Gateway) watchCommands(ctx context.Context) {
 	}
 }
 
-// sendPending delivers a robot's outstanding commands right after hello.
+// pendingBatch is the most hellos one pending-commands read serves.
+const pendingBatch = 512
+
+// sendPending has the robot's outstanding commands delivered right after
+// hello. The read is batched with other hellos (pendingLoop): in a
+// reconnect storm a query per robot is thousands of round trips to the
+// leader, each holding a database connection.
 func (s *session) sendPending(ctx context.Context) {
-	cmds, err := s.g.store.PendingCommands(ctx, s.robotID, s.g.cfg.Now())
+	select {
+	case s.g.pending <- s:
+	default: // a storm beyond the queue: read this one alone
+		s.g.deliverPending(ctx, []*session{s})
+	}
+}
+
+// pendingLoop serves sendPending in batches: whatever hellos queued while
+// the previous read was in flight go in the next one.
+func (g *Gateway) pendingLoop(ctx context.Context) {
+	for {
+		var batch []*session
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-g.pending:
+			batch = append(batch, s)
+		}
+	fill:
+		for len(batch) < pendingBatch {
+			select {
+			case s := <-g.pending:
+				batch = append(batch, s)
+			default:
+				break fill
+			}
+		}
+		qctx, cancel := context.WithTimeout(ctx, g.cfg.CommitTimeout)
+		g.deliverPending(qctx, batch)
+		cancel()
+	}
+}
+
+// deliverPending reads the outstanding commands of sessions' robots and
+// delivers them to the sessions still attached.
+func (g *Gateway) deliverPending(ctx context.Context, sessions []*session) {
+	ids := make([]string, len(sessions))
+	for i, s := range sessions {
+		ids[i] = s.robotID
+	}
+	g.metrics.pendingReads.Inc()
+	byRobot, err := g.store.PendingCommandsOf(ctx, ids, g.cfg.Now())
 	if err != nil {
-		s.g.log.Warn("cannot read pending commands; they go out on the next connection", "robot", s.robotID, "err", err)
+		g.log.Warn("cannot read pending commands; they go out on the robots' next connection", "robots", len(ids), "err", err)
 		return
 	}
-	for _, c := range cmds {
-		s.deliver(protocol.Command{ID: c.ID, Name: c.Name, Args: c.Args, Deadline: c.Deadline})
+	for _, s := range sessions {
+		if !g.attached(s) {
+			continue // gone meanwhile: its next connection reads them
+		}
+		for _, c := range byRobot[s.robotID] {
+			s.deliver(protocol.Command{ID: c.ID, Name: c.Name, Args: c.Args, Deadline: c.Deadline})
+		}
 	}
 }
 

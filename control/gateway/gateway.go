@@ -117,6 +117,7 @@ type Gateway struct {
 	log     *slog.Logger
 	metrics *metrics
 	commits chan commitReq
+	pending chan *session // hellos waiting for their outstanding commands
 
 	mu       sync.Mutex
 	sessions map[string]*session // by robot id
@@ -147,6 +148,7 @@ func New(st *store.Store, cfg Config) (*Gateway, error) {
 		log:      cfg.Logger.With("component", "gateway", "node", cfg.NodeID),
 		metrics:  newMetrics(cfg.Registerer),
 		commits:  make(chan commitReq, 4096),
+		pending:  make(chan *session, 4096),
 		sessions: map[string]*session{},
 		revoked:  map[string]time.Time{},
 		audit:    rate.NewLimiter(20, 100),
@@ -160,7 +162,8 @@ func (g *Gateway) Config() Config { return g.cfg }
 // Run drives the committer and the presence loops until ctx ends.
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
+	go func() { defer wg.Done(); g.pendingLoop(ctx) }()
 	go func() { defer wg.Done(); g.watchStore(ctx) }()
 	go func() { defer wg.Done(); g.commitLoop(ctx) }()
 	go func() { defer wg.Done(); g.presenceLoop(ctx) }()
@@ -285,6 +288,13 @@ func (g *Gateway) detach(s *session) {
 		delete(g.sessions, s.robotID)
 	}
 	g.mu.Unlock()
+}
+
+// attached reports whether s is still the robot's session here.
+func (g *Gateway) attached(s *session) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.sessions[s.robotID] == s
 }
 
 func (g *Gateway) snapshot() []*session {

@@ -14,6 +14,7 @@ type metrics struct {
 	commitBatch    prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 	duplicates     prometheus.Counter
+	pendingReads   prometheus.Counter
 	denied         *prometheus.CounterVec
 	handshakes     *prometheus.CounterVec
 }
@@ -41,13 +42,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_commit_seconds", Help: "Duration of one event-log transaction.", Buckets: lagBuckets}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lekiwi_control_duplicate_messages_total", Help: "Robot messages received again after they were durable (acknowledged, not re-applied)."}),
+		pendingReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lekiwi_control_pending_command_reads_total", Help: "Reads of outstanding commands for robots that just said hello (batched: one read serves many hellos)."}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lekiwi_control_robot_denied_total", Help: "Robot connections refused, by reason."}, []string{"reason"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lekiwi_control_tls_client_handshakes_total", Help: "TLS handshakes with a client certificate, by whether the session was resumed."}, []string{"resumed"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.handshakes, m.denied, m.connections, m.fenced, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates)
+		reg.MustRegister(m.handshakes, m.denied, m.connections, m.fenced, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates, m.pendingReads)
 	}
 	return m
 }

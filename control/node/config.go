@@ -109,21 +109,21 @@ type Config struct {
 // Defaults are the values of an unconfigured node.
 func Defaults() Config {
 	return Config{
-		DataDir:           "/var/lib/lekiwi/control",
-		Listen:            "127.0.0.1:8080",
-		DBAddress:         "127.0.0.1:9001",
-		DBNetworkLatency:  60 * time.Millisecond,
+		DataDir:          "/var/lib/lekiwi/control",
+		Listen:           "127.0.0.1:8080",
+		DBAddress:        "127.0.0.1:9001",
+		DBNetworkLatency: 60 * time.Millisecond,
 		// Issue 10: a quarter of dqlite's trailing window (8,192).
 		DBSnapshotThreshold: store.DefaultSnapshotThreshold,
 		DBSnapshotTrailing:  store.DefaultSnapshotTrailing,
-		HeartbeatInterval: 30 * time.Second,
-		OfflineGrace:      15 * time.Second,
-		LogLevel:          "info",
-		RobotCertLifetime: 90 * 24 * time.Hour,
-		EnrollmentTTL:     24 * time.Hour,
-		RateLimit:         20,
-		RetentionInterval: time.Hour,
-		Discovery:         true,
+		HeartbeatInterval:   30 * time.Second,
+		OfflineGrace:        15 * time.Second,
+		LogLevel:            "info",
+		RobotCertLifetime:   90 * 24 * time.Hour,
+		EnrollmentTTL:       24 * time.Hour,
+		RateLimit:           20,
+		RetentionInterval:   time.Hour,
+		Discovery:           true,
 
 		MaxPendingConnections: admission.DefaultMaxPending,
 	}

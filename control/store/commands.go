@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/lekiwi/heartbeat/protocol"
@@ -118,21 +119,47 @@ func (s *Store) Command(ctx context.Context, id string) (CommandRecord, error) {
 // by a node that may have died before the robot answered) and not expired,
 // oldest first.
 func (s *Store) PendingCommands(ctx context.Context, robotID string, now time.Time) ([]CommandRecord, error) {
-	rows, err := s.db.QueryContext(ctx, commandSelect+` WHERE robot_id = ? AND status IN (?, ?) AND deadline > ? ORDER BY created_at`,
-		robotID, CommandQueued, CommandDelivered, now.UnixNano())
-	if err != nil {
-		return nil, fmt.Errorf("pending commands of %s: %w", robotID, err)
-	}
-	defer rows.Close()
-	var out []CommandRecord
-	for rows.Next() {
-		c, err := scanCommand(rows)
-		if err != nil {
-			return nil, err
+	byRobot, err := s.PendingCommandsOf(ctx, []string{robotID}, now)
+	return byRobot[robotID], err
+}
+
+// PendingCommandsOf is PendingCommands for many robots in a few queries:
+// a reconnect storm's hellos ask in batches, not in one round trip to the
+// leader per robot.
+func (s *Store) PendingCommandsOf(ctx context.Context, robotIDs []string, now time.Time) (map[string][]CommandRecord, error) {
+	out := map[string][]CommandRecord{}
+	for rest := robotIDs; len(rest) > 0; {
+		chunk := rest[:min(len(rest), maxParams-3)]
+		rest = rest[len(chunk):]
+		args := make([]any, 0, len(chunk)+3)
+		for _, id := range chunk {
+			args = append(args, id)
 		}
-		out = append(out, c)
+		args = append(args, CommandQueued, CommandDelivered, now.UnixNano())
+		err := func() error {
+			rows, err := s.db.QueryContext(ctx, commandSelect+` WHERE robot_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)
+				AND status IN (?, ?) AND deadline > ? ORDER BY robot_id, created_at`, args...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				c, err := scanCommand(rows)
+				if err != nil {
+					return err
+				}
+				out[c.RobotID] = append(out[c.RobotID], c)
+			}
+			return rows.Err()
+		}()
+		if err != nil {
+			if len(robotIDs) == 1 {
+				return nil, fmt.Errorf("pending commands of %s: %w", robotIDs[0], err)
+			}
+			return nil, fmt.Errorf("pending commands of %d robots (%s, ...): %w", len(robotIDs), robotIDs[0], err)
+		}
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 const commandSelect = `SELECT id, robot_id, name, args, status, created_at, deadline, delivered_by, delivered_at, answered_at, response, actor FROM commands`

@@ -653,3 +653,34 @@ func TestSortPresenceIsTheTablesKeyOrder(t *testing.T) {
 		t.Fatalf("sorted %v, want %s (node, then robot id, as the primary key)", got, want)
 	}
 }
+
+// PendingCommandsOf answers for more robots than one statement can name.
+func TestPendingCommandsOfManyRobots(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	now := time.Now()
+	const robots = 300 // beyond one statement's 255 parameters
+	ids := []string{"robot-without-commands"}
+	for i := range robots {
+		id := fmt.Sprintf("r%03d", i)
+		ids = append(ids, id)
+		if err := s.QueueCommand(ctx, id, protocol.Command{ID: "c-" + id, Name: "ping", Deadline: now.Add(time.Hour)}, "test", now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.QueueCommand(ctx, "r000", protocol.Command{ID: "c-expired", Name: "ping", Deadline: now.Add(-time.Second)}, "test", now); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.PendingCommandsOf(ctx, ids, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != robots {
+		t.Fatalf("pending commands for %d robots, want %d", len(got), robots)
+	}
+	for _, id := range ids[1:] {
+		if c := got[id]; len(c) != 1 || c[0].ID != "c-"+id {
+			t.Fatalf("%s: %+v, want only its own live command", id, c)
+		}
+	}
+}
