@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -682,5 +683,70 @@ func TestPendingCommandsOfManyRobots(t *testing.T) {
 		if c := got[id]; len(c) != 1 || c[0].ID != "c-"+id {
 			t.Fatalf("%s: %+v, want only its own live command", id, c)
 		}
+	}
+}
+
+// The offline sweep runs on every member every few seconds over the whole
+// fleet: it must read the covering index, not every robot's row.
+func TestSweepQueryIsIndexOnly(t *testing.T) {
+	s := openSingle(t)
+	rows, err := s.DB().QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+sweepQuery, StateOnline, 1, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	all := strings.Join(plan, "; ")
+	t.Log(all)
+	if !strings.Contains(all, "COVERING INDEX robots_sweep") || strings.Contains(all, "TEMP B-TREE") {
+		t.Fatalf("sweep plan %q: want an index-only scan of robots_sweep in its order, no sort", all)
+	}
+}
+
+// OfflineAmong gives the same answer whether few robots are offline (it
+// lists them) or most are (it looks the ids up in chunks).
+func TestOfflineAmongWhenMostRobotsAreOffline(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	var ids, want []string
+	var events []Event
+	for i := range 600 {
+		id := fmt.Sprintf("r%03d", i)
+		typ := TypeRobotOffline
+		if i%3 == 0 {
+			typ = TypeRobotConnected
+		}
+		if i < 300 {
+			ids = append(ids, id)
+			if typ == TypeRobotOffline {
+				want = append(want, id)
+			}
+		}
+		events = append(events, Event{RobotID: id, Type: typ, Time: t0, Data: mustJSON(t, ConnectedData{Session: id})})
+		if len(events) == MaxAppendBatch {
+			if _, err := s.Append(ctx, events); err != nil {
+				t.Fatal(err)
+			}
+			events = nil
+		}
+	}
+	if _, err := s.Append(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.OfflineAmong(ctx, ids) // 400 offline in all, more than the 300 asked about
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("offline among the first 300: %d robots, want %d", len(got), len(want))
 	}
 }
