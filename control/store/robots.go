@@ -281,18 +281,7 @@ func (s *Store) Robots(ctx context.Context, f RobotFilter) ([]Robot, error) {
 	if f.Limit <= 0 {
 		return nil, fmt.Errorf("list robots: limit must be positive, got %d", f.Limit)
 	}
-	q := `SELECT r.doc, p.last_seen, p.uptime_seconds FROM robots r LEFT JOIN presence p ON p.robot_id = r.id WHERE r.id > ?`
-	args := []any{f.AfterID}
-	if f.State != "" {
-		q += ` AND r.status = ?`
-		args = append(args, f.State)
-	}
-	if f.Type != "" {
-		q += ` AND r.type = ?`
-		args = append(args, f.Type)
-	}
-	q += ` ORDER BY r.id LIMIT ?`
-	args = append(args, f.Limit)
+	q, args := robotsQuery(f)
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list robots: %w", err)
@@ -307,6 +296,23 @@ func (s *Store) Robots(ctx context.Context, f RobotFilter) ([]Robot, error) {
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// robotsQuery is Robots' statement. With a state it reads robots_by_state
+// (status, id): the robots in that state, in id order, and no others.
+func robotsQuery(f RobotFilter) (string, []any) {
+	q := `SELECT r.doc, p.last_seen, p.uptime_seconds FROM robots r LEFT JOIN presence p ON p.robot_id = r.id WHERE r.id > ?`
+	args := []any{f.AfterID}
+	if f.State != "" {
+		q += ` AND r.status = ?`
+		args = append(args, f.State)
+	}
+	if f.Type != "" {
+		q += ` AND r.type = ?`
+		args = append(args, f.Type)
+	}
+	q += ` ORDER BY r.id LIMIT ?`
+	return q, append(args, f.Limit)
 }
 
 // ErrNotFound is returned for a robot (or other object) that does not exist.

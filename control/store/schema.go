@@ -175,10 +175,13 @@ var migrations = []migration{
 	// each online robot's whole row (last_event sits after the JSON doc):
 	// at 40,000 robots that scan was most of the leader's CPU. A covering
 	// index answers it from (status, last_event, id) alone, and lets it
-	// skip robots whose own last event is recent. It also serves what
-	// robots_by_status did.
-	{7, "robots index for the offline sweep", []string{
+	// skip robots whose own last event is recent. robots_by_state (status,
+	// id) replaces robots_by_status so that listing the robots in a state
+	// (the offline alert, every 10 s) reads those robots in id order, not
+	// every robot; it changes only when a robot's state does.
+	{7, "robots indexes for the offline sweep and state listings", []string{
 		`CREATE INDEX robots_sweep ON robots (status, last_event, id)`,
+		`CREATE INDEX robots_by_state ON robots (status, id)`,
 		`DROP INDEX robots_by_status`,
 	}},
 }

@@ -686,28 +686,37 @@ func TestPendingCommandsOfManyRobots(t *testing.T) {
 	}
 }
 
-// The offline sweep runs on every member every few seconds over the whole
-// fleet: it must read the covering index, not every robot's row.
-func TestSweepQueryIsIndexOnly(t *testing.T) {
+// Queries every member runs every few seconds over the whole fleet must
+// read an index, not every robot's row and document.
+func TestFleetWideQueriesUseTheirIndexes(t *testing.T) {
 	s := openSingle(t)
-	rows, err := s.DB().QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+sweepQuery, StateOnline, 1, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, notused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+	stateQ, stateArgs := robotsQuery(RobotFilter{State: StateOffline, Limit: 500})
+	for _, c := range []struct {
+		name, query string
+		args        []any
+		want        string
+	}{
+		{"offline sweep", sweepQuery, []any{StateOnline, 1, 1, 1}, "COVERING INDEX robots_sweep"},
+		{"robots in a state", stateQ, stateArgs, "INDEX robots_by_state"},
+	} {
+		rows, err := s.DB().QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+c.query, c.args...)
+		if err != nil {
 			t.Fatal(err)
 		}
-		plan = append(plan, detail)
-	}
-	all := strings.Join(plan, "; ")
-	t.Log(all)
-	if !strings.Contains(all, "COVERING INDEX robots_sweep") || strings.Contains(all, "TEMP B-TREE") {
-		t.Fatalf("sweep plan %q: want an index-only scan of robots_sweep in its order, no sort", all)
+		var plan []string
+		for rows.Next() {
+			var id, parent, notused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		all := strings.Join(plan, "; ")
+		if !strings.Contains(all, c.want) || strings.Contains(all, "TEMP B-TREE") {
+			t.Errorf("%s: plan %q; want %s in its order, no sort", c.name, all, c.want)
+		}
 	}
 }
 
