@@ -184,6 +184,13 @@ var migrations = []migration{
 		`CREATE INDEX robots_by_state ON robots (status, id)`,
 		`DROP INDEX robots_by_status`,
 	}},
+	// Issue 10: an alert rule asks, every 10 s on the leader, which robots
+	// are above its threshold. telemetry_latest is keyed by robot, so that
+	// was a scan of every robot's every metric per rule; by (metric,
+	// value) it is a range of the few above.
+	{8, "latest telemetry by value, for alert rules", []string{
+		`CREATE INDEX telemetry_latest_by_value ON telemetry_latest (metric, value)`,
+	}},
 }
 
 // migrate brings the schema to the newest version. Each step runs in its own

@@ -100,6 +100,14 @@ func (s *Store) firing(ctx context.Context, rule string) (map[string]time.Time, 
 	return out, rows.Err()
 }
 
+// candidatesQuery selects a threshold rule's candidates: robots above the
+// threshold (a range of telemetry_latest_by_value) and robots whose alert
+// is firing (by primary key). TestCandidatesQueryUsesIndexes pins the plan.
+const candidatesQuery = `SELECT robot_id, t, value FROM telemetry_latest WHERE metric = ?1 AND value > ?2
+	UNION SELECT l.robot_id, l.t, l.value FROM alerts a JOIN telemetry_latest l ON l.robot_id = a.robot_id AND l.metric = ?1
+	WHERE a.rule = ?3
+	ORDER BY 1`
+
 func (s *Store) thresholdChanges(ctx context.Context, r Rule, now time.Time) ([]Alert, error) {
 	firing, err := s.firing(ctx, r.Name)
 	if err != nil {
@@ -108,9 +116,7 @@ func (s *Store) thresholdChanges(ctx context.Context, r Rule, now time.Time) ([]
 	// Only the candidates cross the wire: a robot above the threshold, or
 	// one whose alert is firing. (Every robot's value every pass was most
 	// of the leader's work at 40,000 robots.)
-	rows, err := s.db.QueryContext(ctx, `SELECT robot_id, t, value FROM telemetry_latest
-		WHERE metric = ? AND (value > ? OR robot_id IN (SELECT robot_id FROM alerts WHERE rule = ?)) ORDER BY robot_id`,
-		string(r.Metric), r.Above, r.Name)
+	rows, err := s.db.QueryContext(ctx, candidatesQuery, string(r.Metric), r.Above, r.Name)
 	if err != nil {
 		return nil, fmt.Errorf("read latest %s values: %w", r.Metric, err)
 	}
