@@ -116,7 +116,7 @@ func (o *ScaleOptions) defaults() {
 		o.ClusterInterval = 30 * time.Second
 	}
 	if o.ClusterConnectRate == 0 {
-		o.ClusterConnectRate = 250
+		o.ClusterConnectRate = 50
 	}
 	if o.ClusterSample == 0 {
 		o.ClusterSample = 200
