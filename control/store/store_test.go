@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/control/store/queryplan"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -699,21 +700,10 @@ func TestFleetWideQueriesUseTheirIndexes(t *testing.T) {
 		{"offline sweep", sweepQuery, []any{StateOnline, 1, 1, 1}, "COVERING INDEX robots_sweep"},
 		{"robots in a state", stateQ, stateArgs, "INDEX robots_by_state"},
 	} {
-		rows, err := s.DB().QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+c.query, c.args...)
+		all, err := queryplan.Explain(context.Background(), s.DB(), c.query, c.args...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, notused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
-		all := strings.Join(plan, "; ")
 		if !strings.Contains(all, c.want) || strings.Contains(all, "TEMP B-TREE") {
 			t.Errorf("%s: plan %q; want %s in its order, no sort", c.name, all, c.want)
 		}

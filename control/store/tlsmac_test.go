@@ -1,18 +1,14 @@
 package store
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lekiwi/heartbeat/control/pki"
 )
 
 // Under CPU starvation the leader's dqlite proxy logs "tls: bad record MAC"
@@ -23,13 +19,11 @@ import (
 // reader sees the alert's bytes as the rest of the record. An abandoned
 // request, not corruption; the operator's signal is the timeouts.
 func TestBadRecordMACIsAWriteAbandonedMidRecord(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.Create(pki.CreateOptions{Name: "bad record MAC test CA", KeyType: pki.KeyECDSAP256})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "peer"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"peer"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := ca.NodeTLSCertificate(pki.NodeRequest{Name: "peer", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Lifetime: time.Hour}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +40,7 @@ func TestBadRecordMACIsAWriteAbandonedMidRecord(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+		s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 		if err := s.Handshake(); err != nil {
 			readErr <- err
 			return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/queryplan"
 )
 
 // alertEvents lists the alert events in the log.
@@ -196,21 +197,10 @@ func robotName(i int) string { return "robot-" + string(rune('a'+i)) }
 // every metric.
 func TestCandidatesQueryUsesIndexes(t *testing.T) {
 	l := newLab(t, Options{})
-	rows, err := l.st.DB().QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+candidatesQuery, string(Temperature), 80.0, "temperature-high")
+	all, err := queryplan.Explain(context.Background(), l.st.DB(), candidatesQuery, string(Temperature), 80.0, "temperature-high")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, notused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	all := strings.Join(plan, "; ")
 	if !strings.Contains(all, "telemetry_latest_by_value (metric=? AND value>?)") || strings.Contains(all, "SCAN l") || strings.Contains(all, "SCAN telemetry_latest") {
 		t.Fatalf("candidates plan %q: want a range of telemetry_latest_by_value and lookups by key", all)
 	}
