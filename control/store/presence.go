@@ -31,10 +31,11 @@ const presenceChunk = maxParams / 4
 // clustered by node, robot) instead of pages all over the table, and
 // dqlite replicates and keeps every page a transaction writes: callers
 // that split a flush into several transactions sort before splitting.
-func SortPresence(batch []Presence) {
-	slices.SortFunc(batch, func(a, b Presence) int {
-		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.RobotID, b.RobotID))
-	})
+func SortPresence(batch []Presence) { slices.SortFunc(batch, comparePresence) }
+
+// comparePresence orders by the presence table's key, (node, robot_id).
+func comparePresence(a, b Presence) int {
+	return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.RobotID, b.RobotID))
 }
 
 // FlushPresence records last-seen times for many robots in a few statements.
@@ -42,8 +43,10 @@ func SortPresence(batch []Presence) {
 // cannot hide a newer one.
 func (s *Store) FlushPresence(ctx context.Context, batch []Presence) error {
 	total := len(batch)
-	batch = slices.Clone(batch)
-	SortPresence(batch)
+	if !slices.IsSortedFunc(batch, comparePresence) { // the gateway's slices come sorted
+		batch = slices.Clone(batch)
+		SortPresence(batch)
+	}
 	for len(batch) > 0 {
 		// Presence rows are small; still, keep transactions modest (see
 		// MaxAppendBatch).
