@@ -75,7 +75,9 @@ type Member struct {
 	// match its packets by owner (the test must run as root).
 	Gid uint32
 	// Args are the command line, the same at every start.
-	Args    []string
+	Args []string
+	// Env is added to the test's environment at every start.
+	Env     []string
 	LogPath string
 
 	bin string
@@ -112,6 +114,9 @@ func (m *Member) Start() error {
 	fmt.Fprintf(f, "=== %s start %s: %s %s\n", time.Now().Format(time.RFC3339Nano), m.Name, m.bin, strings.Join(m.Args, " "))
 	cmd := exec.Command(m.bin, m.Args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(m.Env) > 0 {
+		cmd.Env = append(os.Environ(), m.Env...)
+	}
 	// Die with the test process, whatever becomes of it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if m.Gid != 0 {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/pki"
+	"github.com/lekiwi/heartbeat/testbench/sqlprof"
 )
 
 // ScaleOptions configure RunScale (issue 10): one control node under a
@@ -81,6 +82,9 @@ type ScaleOptions struct {
 	// SimProfile writes a CPU and heap profile of every simulator process
 	// under OutDir.
 	SimProfile bool
+	// SQLProfile loads testbench/sqlprof into every control node: time in
+	// SQLite per statement, in --out/<scenario>-<node>.sqlprof.tsv.
+	SQLProfile bool
 }
 
 func (o *ScaleOptions) defaults() {
@@ -193,6 +197,8 @@ type scaleRun struct {
 	caDir string
 	httpc *http.Client
 	say   func(string, ...any)
+	// sqlprof is the built SQL profiler library, when SQLProfile.
+	sqlprof string
 
 	mu    sync.Mutex
 	steps []ScaleStep
@@ -461,6 +467,14 @@ type scaleNode struct {
 func (r *scaleRun) newMember(name, dir string) (*Member, error) {
 	m := &Member{Name: name, DataDir: filepath.Join(dir, name), LogPath: filepath.Join(r.o.OutDir, filepath.Base(dir)+"-"+name+".log"), bin: r.o.ControlBinary, ca: r.ca}
 	var err error
+	if r.o.SQLProfile {
+		if r.sqlprof == "" {
+			if r.sqlprof, err = sqlprof.Build(r.o.OutDir); err != nil {
+				return nil, err
+			}
+		}
+		m.Env = sqlprof.Env(r.sqlprof, filepath.Join(r.o.OutDir, filepath.Base(dir)+"-"+name+".sqlprof.tsv"))
+	}
 	if m.Listen, err = FreeAddr(); err != nil {
 		return nil, err
 	}
