@@ -699,6 +699,8 @@ func TestFleetWideQueriesUseTheirIndexes(t *testing.T) {
 	}{
 		{"offline sweep", sweepQuery, []any{StateOnline, 1, 1, 1}, "COVERING INDEX robots_sweep"},
 		{"robots in a state", stateQ, stateArgs, "INDEX robots_by_state"},
+		// One search per key, not a scan of the log per batch.
+		{"resent events", duplicatesQuery(2), []any{"r1", "s", 1, "r2", "s", 2}, "SEARCH e USING COVERING INDEX sqlite_autoindex_events"},
 	} {
 		all, err := queryplan.Explain(context.Background(), s.DB(), c.query, c.args...)
 		if err != nil {
