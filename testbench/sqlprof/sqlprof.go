@@ -3,8 +3,8 @@
 //
 // dqlite runs every member's SQL on the leader, and perf only shows the
 // leader's time as "libsqlite3". The profiler (csrc/sqlprof.c) is an
-// LD_PRELOAD library that times sqlite3_prepare_v2 and sqlite3_step per
-// statement text and rewrites a TSV every 10 s. Build compiles it with the
+// LD_PRELOAD library that measures the CPU time of sqlite3_prepare_v2 and
+// sqlite3_step per statement text and rewrites a TSV every 10 s. Build compiles it with the
 // machine's C compiler; Env is what a member's process needs to load it;
 // Read parses what it wrote.
 package sqlprof
@@ -48,7 +48,8 @@ func Env(lib, out string) []string {
 	return []string{"LD_PRELOAD=" + lib, "SQLPROF_OUT=" + out}
 }
 
-// Statement is one line of a profile.
+// Statement is one line of a profile. Times are the CPU time of the
+// thread that ran them.
 type Statement struct {
 	SQL      string
 	Step     time.Duration
@@ -58,7 +59,7 @@ type Statement struct {
 	Prepares uint64
 }
 
-// Total is the statement's time in SQLite.
+// Total is the statement's CPU time in SQLite.
 func (s Statement) Total() time.Duration { return s.Step + s.Prepare }
 
 // Read parses a profile, most expensive statement first.
