@@ -104,6 +104,9 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 	}
 	var results []AppendResult
 	err := WithTx(ctx, s.db, func(tx *sql.Tx) error {
+		if err := lockForWrite(ctx, tx); err != nil {
+			return err
+		}
 		var err error
 		results, err = appendBatch(ctx, tx, events)
 		return err

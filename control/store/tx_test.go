@@ -95,3 +95,38 @@ func TestWithTx(t *testing.T) {
 		t.Fatalf("always locked under a 300 ms deadline: err %v after %d calls in %v; want the lock or deadline error, several calls, under 2 s", err, calls, took)
 	}
 }
+
+// lockForWrite takes the write lock at once: a second transaction is
+// refused at its own lockForWrite, before it reads anything, and the
+// first, having written nothing, commits.
+func TestLockForWriteTakesTheLockFirst(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	a, err := s.DB().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Rollback()
+	if err := lockForWrite(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.DB().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Rollback()
+	err = lockForWrite(ctx, b)
+	if err == nil || !retryable(err) {
+		t.Fatalf("second writer's lockForWrite = %v, want a retryable 'database is locked'", err)
+	}
+	if err := b.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Commit(); err != nil {
+		t.Fatalf("commit of a transaction that only took the lock: %v", err)
+	}
+	// The lock is free again.
+	if _, err := s.Append(ctx, []Event{{RobotID: "r1", Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: "s"})}}); err != nil {
+		t.Fatal(err)
+	}
+}
