@@ -133,6 +133,14 @@ func checkEvent(e *Event) error {
 	if (e.Stream == "") != (e.RobotSeq == 0) {
 		return fmt.Errorf("append %s event: stream and robot sequence go together", e.Type)
 	}
+	// dqlite's wire protocol ends text at a NUL byte: the stored event
+	// would silently lose the rest.
+	for _, f := range []struct{ name, v string }{{"robot id", e.RobotID}, {"type", e.Type}, {"data", string(e.Data)},
+		{"correlation id", e.CorrelationID}, {"causation id", e.CausationID}, {"actor", e.Actor}, {"stream", e.Stream}} {
+		if strings.IndexByte(f.v, 0) >= 0 {
+			return fmt.Errorf("append %s event: %s %q contains a NUL byte, which the database cannot store", e.Type, f.name, f.v)
+		}
+	}
 	return nil
 }
 
