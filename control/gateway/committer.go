@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
@@ -28,15 +29,34 @@ type commitReq struct {
 func (g *Gateway) commitLoop(ctx context.Context) {
 	batch := make([]commitReq, 0, g.cfg.MaxBatch)
 	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case req := <-g.commits:
-			batch = append(batch, req)
+		batch = g.takeAgain(batch[:0])
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case req := <-g.commits:
+				batch = append(batch, req)
+			}
 		}
 		g.commit(ctx, g.takeWaiting(batch))
 	}
+}
+
+// retryFor is how long a batch whose transaction was rolled back (the
+// write lock stayed busy, the leader changed) is tried again before its
+// sessions are failed. Failing them closes their connections, and in a
+// reconnect storm every closed robot comes back with a new handshake, a
+// hello and a disconnect event: the failures fed the storm that caused
+// them. Three commit timeouts stay well inside a robot's patience for
+// its hello reply and its acks.
+func (g *Gateway) retryFor() time.Duration { return 3 * g.cfg.CommitTimeout }
+
+// takeAgain appends to batch the requests to try again, which go before
+// anything newer so a robot's events keep their order in the log.
+func (g *Gateway) takeAgain(batch []commitReq) []commitReq {
+	batch = append(batch, g.again...)
+	g.again = g.again[:0]
+	return batch
 }
 
 // takeWaiting appends to batch what is queued for the committer, up to
@@ -84,6 +104,14 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	cancel()
 	g.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	g.metrics.commitBatch.Observe(float64(len(batch)))
+	if err != nil && store.Transient(err) && errors.Is(err, store.ErrRolledBack) && ctx.Err() == nil &&
+		time.Since(oldest(batch)) < g.retryFor() {
+		// Nothing was written: the same batch goes first next time.
+		g.metrics.commitRetries.Inc()
+		g.log.Warn("event log append rolled back; trying the batch again", "events", len(batch), "err", err)
+		g.again = append(g.again, batch...)
+		return
+	}
 	if err != nil {
 		// Nothing of the batch is durable. Robots resend unacknowledged
 		// messages when they reconnect, so the honest answer is to close
@@ -118,6 +146,17 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	for s, seqs := range acks {
 		s.ackAsync(seqs)
 	}
+}
+
+// oldest is when the longest-waiting request of batch was received.
+func oldest(batch []commitReq) time.Time {
+	t := batch[0].received
+	for _, r := range batch[1:] {
+		if r.received.Before(t) {
+			t = r.received
+		}
+	}
+	return t
 }
 
 // do runs fn on the committer and waits for it (or for ctx).

@@ -117,6 +117,9 @@ type Gateway struct {
 	log     *slog.Logger
 	metrics *metrics
 	commits chan commitReq
+	// again is the batch to try again first (committer only): its
+	// transaction was rolled back.
+	again []commitReq
 	pending chan *session // hellos waiting for their outstanding commands
 
 	mu       sync.Mutex
@@ -373,7 +376,7 @@ func (g *Gateway) sweep(ctx context.Context, now time.Time, timeout time.Duratio
 // messages (a storm's hellos) go first, four batches to one of the job's.
 func (g *Gateway) commitWaiting(ctx context.Context) {
 	for range waitingBatches {
-		batch := g.takeWaiting(make([]commitReq, 0, g.cfg.MaxBatch))
+		batch := g.takeWaiting(g.takeAgain(make([]commitReq, 0, g.cfg.MaxBatch)))
 		if len(batch) == 0 {
 			return
 		}

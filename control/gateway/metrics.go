@@ -12,6 +12,7 @@ type metrics struct {
 	heartbeatLag   prometheus.Histogram
 	eventLag       prometheus.Histogram
 	commitBatch    prometheus.Histogram
+	commitRetries  prometheus.Counter
 	commitSeconds  prometheus.Histogram
 	duplicates     prometheus.Counter
 	pendingReads   prometheus.Counter
@@ -36,6 +37,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_heartbeat_lag_seconds", Help: "Receipt time minus the heartbeat's own timestamp (includes clock skew).", Buckets: lagBuckets}),
 		eventLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "lekiwi_control_event_lag_seconds", Help: "Time from a robot message's receipt to its commit in the event log.", Buckets: lagBuckets}),
+		commitRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lekiwi_control_commit_retries_total", Help: "Event-log batches tried again because their transaction was rolled back (write lock busy, leader changing)."}),
 		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "lekiwi_control_commit_batch_size", Help: "Events per event-log transaction.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -50,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lekiwi_control_tls_client_handshakes_total", Help: "TLS handshakes with a client certificate, by whether the session was resumed."}, []string{"resumed"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.handshakes, m.denied, m.connections, m.fenced, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitSeconds, m.duplicates, m.pendingReads)
+		reg.MustRegister(m.handshakes, m.denied, m.connections, m.fenced, m.robotsOnline, m.messages, m.protocolErrors, m.heartbeatLag, m.eventLag, m.commitBatch, m.commitRetries, m.commitSeconds, m.duplicates, m.pendingReads)
 	}
 	return m
 }

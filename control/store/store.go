@@ -287,14 +287,34 @@ func lockForWrite(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
+// ErrRolledBack marks the error of a transaction that failed before its
+// commit: nothing of it was written, so running it again cannot apply it
+// twice. (An error of the commit itself is not marked: the leader may
+// have committed it.)
+var ErrRolledBack = errors.New("transaction rolled back")
+
+// rolledBack is a transaction error marked ErrRolledBack, worded as the
+// error itself.
+type rolledBack struct{ err error }
+
+func (e rolledBack) Error() string   { return e.err.Error() }
+func (e rolledBack) Unwrap() []error { return []error{e.err, ErrRolledBack} }
+
+// Transient reports whether err may go away on its own (a busy or
+// changing leader, a lost connection, a deadline), so that the same write
+// is worth trying again later.
+func Transient(err error) bool {
+	return retryable(err) || errors.Is(err, context.DeadlineExceeded)
+}
+
 func runTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return rolledBack{fmt.Errorf("begin transaction: %w", err)}
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
-		return err
+		return rolledBack{err}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)

@@ -67,7 +67,8 @@ func TestWithTx(t *testing.T) {
 		t.Fatalf("after two transient failures: err %v, %d calls, %d rows; want nil, 3, 1", err, calls, count())
 	}
 
-	// Any other error ends it at once, returned as is, rolled back.
+	// Any other error ends it at once, returned (marked rolled back),
+	// rolled back.
 	errBad := errors.New("precondition no longer holds")
 	calls = 0
 	err = WithTx(ctx, s.DB(), func(tx *sql.Tx) error {
@@ -77,7 +78,7 @@ func TestWithTx(t *testing.T) {
 		}
 		return errBad
 	})
-	if err != errBad || calls != 1 || count() != 1 {
+	if !errors.Is(err, errBad) || !errors.Is(err, ErrRolledBack) || err.Error() != errBad.Error() || calls != 1 || count() != 1 {
 		t.Fatalf("non-transient failure: err %v, %d calls, %d rows; want %v, 1, 1", err, calls, count(), errBad)
 	}
 
@@ -128,5 +129,37 @@ func TestLockForWriteTakesTheLockFirst(t *testing.T) {
 	// The lock is free again.
 	if _, err := s.Append(ctx, []Event{{RobotID: "r1", Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: "s"})}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An error before the commit is marked ErrRolledBack (the caller may run
+// the same writes again); a transient one is Transient too.
+func TestRolledBackErrorsAreMarked(t *testing.T) {
+	s := openSingle(t)
+	ctx := context.Background()
+	bad := errors.New("invalid input")
+	err := WithTx(ctx, s.DB(), func(*sql.Tx) error { return bad })
+	if !errors.Is(err, ErrRolledBack) || !errors.Is(err, bad) || err.Error() != bad.Error() || Transient(err) {
+		t.Fatalf("fn error: %v (rolled back %v, transient %v); want the error itself, marked rolled back, not transient",
+			err, errors.Is(err, ErrRolledBack), Transient(err))
+	}
+	if err := WithTx(ctx, s.DB(), func(*sql.Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// Another writer holds the lock past the deadline: rolled back and
+	// transient, worth trying again later.
+	holder, err := s.DB().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback()
+	if err := lockForWrite(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = s.Append(dctx, []Event{{RobotID: "r1", Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: "s"})}})
+	if !errors.Is(err, ErrRolledBack) || !Transient(err) {
+		t.Fatalf("append behind a held write lock: %v; want rolled back and transient", err)
 	}
 }

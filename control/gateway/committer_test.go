@@ -1,0 +1,72 @@
+package gateway
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
+)
+
+// holdWriteLock makes another writer hold the database's write lock (as
+// another node's transaction would) until the returned func is called.
+func holdWriteLock(t *testing.T, st *store.Store) (release func()) {
+	t.Helper()
+	tx, err := st.DB().BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`UPDATE schema_migrations SET version = version WHERE 0`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A batch whose transaction was rolled back because the write lock stayed
+// busy past the commit timeout is tried again, and acknowledged once it
+// commits: the robot's session is not closed (in a reconnect storm every
+// closed robot would come back with a handshake, a hello and more events).
+func TestRolledBackBatchIsTriedAgain(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 300 * time.Millisecond})
+	c := h.dial(t, "kiwi-1")
+	c.hello("s")
+	release := holdWriteLock(t, h.st)
+	ev := c.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
+	time.Sleep(700 * time.Millisecond) // two commit timeouts: rolled back at least once
+	release()
+	if got := c.expectAck(); !slices.Equal(got, []uint64{ev}) {
+		t.Fatalf("ack %v, want [%d]", got, ev)
+	}
+	if n := testutil.ToFloat64(h.gw.metrics.commitRetries); n < 1 {
+		t.Errorf("commit retries %v, want at least 1", n)
+	}
+	evs, err := h.st.Events(context.Background(), 0, 10, "kiwi-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(evs); n != 3 || evs[2].Type != store.TypeRobotEvent {
+		t.Fatalf("%d events in the log (%v), want registration, connection and the event once", n, evs)
+	}
+}
+
+// Retrying is bounded: a write lock held past retryFor fails the batch's
+// sessions as before, so robots try another node.
+func TestRetryingARolledBackBatchIsBounded(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 200 * time.Millisecond})
+	c := h.dial(t, "kiwi-1")
+	c.hello("s")
+	release := holdWriteLock(t, h.st)
+	c.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
+	c.expectError(protocol.CodeNotReady)
+	c.expectClose(websocket.StatusTryAgainLater)
+	release()
+}
