@@ -119,7 +119,7 @@ type Gateway struct {
 	commits chan commitReq
 	// again is the batch to try again first (committer only): its
 	// transaction was rolled back.
-	again []commitReq
+	again   []commitReq
 	pending chan *session // hellos waiting for their outstanding commands
 
 	mu       sync.Mutex
