@@ -85,6 +85,12 @@ type ScaleOptions struct {
 	// SQLProfile loads testbench/sqlprof into every control node: time in
 	// SQLite per statement, in --out/<scenario>-<node>.sqlprof.tsv.
 	SQLProfile bool
+	// SimNice runs the simulator processes at this nice value. The
+	// simulators stand in for robots, each with its own CPU; on one host
+	// their TLS handshakes compete with the control nodes for the same
+	// cores, most of all in a reconnect storm. Niced, they take what the
+	// nodes leave. Their own cost is reported either way.
+	SimNice int
 }
 
 func (o *ScaleOptions) defaults() {
@@ -208,6 +214,9 @@ type scaleRun struct {
 // completes, so an interrupted run keeps what it measured.
 func RunScale(ctx context.Context, o ScaleOptions) ([]ScaleStep, error) {
 	o.defaults()
+	if o.SimNice < -20 || o.SimNice > 19 {
+		return nil, fmt.Errorf("simulator nice value %d: want -20 to 19 (see nice(1))", o.SimNice)
+	}
 	for _, b := range []string{o.ControlBinary, o.WorkerBinary} {
 		if _, err := os.Stat(b); err != nil {
 			return nil, fmt.Errorf("scale needs %s: %w (run `make build`)", b, err)
@@ -321,7 +330,13 @@ func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multi
 			s.stop()
 			return nil, err
 		}
-		p, err := startChild(fmt.Sprintf("sim%d", i), r.o.WorkerBinary, filepath.Join(r.o.OutDir, tag+"-sim.log"), workerArgs(w)...)
+		bin, args := r.o.WorkerBinary, workerArgs(w)
+		if r.o.SimNice != 0 {
+			// The whole process niced from its start: setpriority on a
+			// running Go process reaches only the threads made after it.
+			bin, args = "nice", append([]string{"-n", strconv.Itoa(r.o.SimNice), bin}, args...)
+		}
+		p, err := startChild(fmt.Sprintf("sim%d", i), bin, filepath.Join(r.o.OutDir, tag+"-sim.log"), args...)
 		if err != nil {
 			s.stop()
 			return nil, err

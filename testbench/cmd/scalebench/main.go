@@ -116,6 +116,7 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 	f.DurationVar(&o.DBNetworkLatency, "db-network-latency", 0, "passed to every node: raft elections start after 15x this (raise it when the shared CPU starves the cluster)")
 	f.IntVar(&o.StormHogs, "storm-hogs", 0, "busy-loop processes running during every reconnect storm (a storm on a machine whose CPU is already taken)")
 	f.BoolVar(&o.SimProfile, "sim-profile", false, "profile every simulator process (cpu.pprof, heap.pprof under --out/<scenario>-sim<N>)")
+	f.IntVar(&o.SimNice, "sim-nice", 0, "run the simulators at this nice value (1-19): they stand in for robots with their own CPUs, so let the control nodes have the cores first")
 	f.BoolVar(&o.SQLProfile, "sql-profile", false, "time every control node's SQLite statements (LD_PRELOAD profiler, needs cc; <scenario>-<node>.sqlprof.tsv under --out)")
 	f.DurationVar(&budget, "budget", 90*time.Minute, "the whole run ends (and cleans up) after this")
 	_ = cmd.MarkFlagRequired("out")
