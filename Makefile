@@ -99,7 +99,7 @@ SCALE_OUT            ?= .run/bench-scale
 SCALE_SIZES          ?= 1000,5000,10000,19000
 SCALE_CLUSTER_ROBOTS ?= 50000
 SCALE_BUDGET         ?= 150m
-SCALE_ARGS           ?= --cluster-connect-rate 50 --db-network-latency 200ms
+SCALE_ARGS           ?= --cluster-connect-rate 100 --db-network-latency 200ms
 .PHONY: bench-scale
 bench-scale: build
 	$(GO) build -tags $(TAGS) -ldflags '$(LDFLAGS)' -o bin/scalebench ./testbench/cmd/scalebench

@@ -126,7 +126,7 @@ func (o *ScaleOptions) defaults() {
 		o.ClusterInterval = 30 * time.Second
 	}
 	if o.ClusterConnectRate == 0 {
-		o.ClusterConnectRate = 50
+		o.ClusterConnectRate = 100
 	}
 	if o.ClusterSample == 0 {
 		o.ClusterSample = 200
