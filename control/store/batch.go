@@ -126,7 +126,7 @@ type dupKey struct {
 // duplicatesQuery finds which of n (robot, stream, robot sequence) keys are
 // in the log. A join from the keys, so each is one search of the unique
 // index: the row-value form "(robot_id, stream, robot_seq) IN (VALUES …)"
-// made SQLite scan the whole index for every batch, which on a 50,000-robot
+// made SQLite scan the whole index for every batch, which on a 30,000-robot
 // cluster was the leader's most expensive statement and grew with the log
 // (TestFleetWideQueriesUseTheirIndexes).
 func duplicatesQuery(n int) string {
