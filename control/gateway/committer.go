@@ -47,8 +47,11 @@ func (g *Gateway) commitLoop(ctx context.Context) {
 // sessions are failed. Failing them closes their connections, and in a
 // reconnect storm every closed robot comes back with a new handshake, a
 // hello and a disconnect event: the failures fed the storm that caused
-// them. Three commit timeouts stay well inside a robot's patience for
-// its hello reply and its acks.
+// them. Three commit timeouts (15 s by default) is longer than a robot
+// waits for its hello reply (10 s): such a robot gives up and comes back
+// anyway, and its recorded connection is followed by its disconnect.
+// Robots waiting for acks keep their messages and resend them if they
+// must reconnect.
 func (g *Gateway) retryFor() time.Duration { return 3 * g.cfg.CommitTimeout }
 
 // takeAgain appends to batch the requests to try again, which go before
