@@ -338,7 +338,7 @@ func sourceDialer(addr netip.Addr) *net.Dialer {
 // per destination, instead of at bind, where it searched the address's
 // whole port table for one free of every binding. With 12,500 robots per
 // source address that search (inet_csk_get_port, inet_bhash2_conflict)
-// was most of a simulator's CPU in a reconnect storm.
+// was a quarter of a simulator's CPU in a reconnect storm.
 func bindAddressNoPort(network, _ string, c syscall.RawConn) error {
 	if network != "tcp4" && network != "tcp" {
 		return nil

@@ -10,7 +10,7 @@ import (
 
 // Simulated robots dial from their source address with the port left to
 // connect time (IP_BIND_ADDRESS_NO_PORT): the kernel's bind-time port
-// search was most of a simulator's CPU in a 50,000-robot storm.
+// search was a quarter of a simulator's CPU in a 50,000-robot storm.
 func TestSourceDialerLeavesThePortToConnect(t *testing.T) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
