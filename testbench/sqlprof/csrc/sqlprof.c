@@ -5,11 +5,10 @@
 // which query. Loaded with LD_PRELOAD into a control node, this wraps
 // sqlite3_prepare_v2 and sqlite3_step (dqlite calls both through the
 // dynamic libsqlite3) and every 10 s ($SQLPROF_INTERVAL_MS) rewrites
-// $SQLPROF_OUT with, per
-// statement text (runs of ",?" folded, so IN lists of any length are one
-// line): calls, rows, and CPU time in step and in prepare. Without SQLPROF_OUT
-// it only forwards. Built by scalebench --sql-profile; not part of any
-// product binary.
+// $SQLPROF_OUT with, per statement text (runs of ",?" folded, so "IN (?)"
+// lists of two or more are one line): calls, rows, and CPU time in step
+// and in prepare. Without SQLPROF_OUT it only forwards. Built by
+// scalebench --sql-profile; not part of any product binary.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
@@ -45,8 +44,8 @@ static uint64_t now_ns(void) {
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-// normalize copies sql into key, folding whitespace runs to one space and
-// ",?" repeats to one ",?…".
+// normalize copies sql into key (truncated to KEYLEN), folding whitespace
+// runs to one space and "?,?,?…" to "?,?".
 static void normalize(const char *sql, int n, char *key) {
 	int k = 0;
 	for (int i = 0; sql[i] && (n < 0 || i < n) && k < KEYLEN - 4; i++) {
