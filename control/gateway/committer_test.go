@@ -70,3 +70,22 @@ func TestRetryingARolledBackBatchIsBounded(t *testing.T) {
 	c.expectClose(websocket.StatusTryAgainLater)
 	release()
 }
+
+// An event the store would refuse (here: the hello's stream holds a NUL
+// byte, which dqlite cannot store) is refused for its robot alone, before
+// the committer: in a batch it would fail every other robot's events too.
+func TestEventTheStoreRefusesFailsOnlyItsRobot(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute})
+	bad, good := h.dial(t, "kiwi-bad"), h.dial(t, "kiwi-good")
+	bad.hello("s\x00x")
+	good.hello("s")
+	bad.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
+	ev := good.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
+	bad.expectError(protocol.CodeInvalid)
+	if got := good.expectAck(); !slices.Equal(got, []uint64{ev}) {
+		t.Fatalf("good robot's ack %v, want [%d]", got, ev)
+	}
+	if evs, err := h.st.Events(context.Background(), 0, 10, "kiwi-bad"); err != nil || len(evs) != 2 {
+		t.Fatalf("bad robot's log: %d events (%v), want its registration and connection only", len(evs), err)
+	}
+}

@@ -392,11 +392,17 @@ func (s *session) toEvent(env protocol.Envelope) (store.Event, *protocol.Error) 
 	if err != nil {
 		return store.Event{}, asProtocolError(err)
 	}
-	return store.Event{
+	ev := store.Event{
 		RobotID: s.robotID, Type: typ, Time: s.g.cfg.Now().UTC(), Data: env.Payload,
 		Actor: "robot:" + s.robotID, CorrelationID: s.id,
 		Stream: s.stream, RobotSeq: env.Sequence, RobotTime: env.Timestamp.UTC(),
-	}, nil
+	}
+	// Refused here, for this robot alone: in the committer's batch it
+	// would fail the other robots' events with it.
+	if err := store.CheckEvent(&ev); err != nil {
+		return store.Event{}, protocol.Errorf(protocol.CodeInvalid, env.Sequence, "%v", err)
+	}
+	return ev, nil
 }
 
 // enqueue queues f for the writer, starting one if none runs. It reports

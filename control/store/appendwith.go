@@ -28,7 +28,7 @@ func (s *Store) AppendWith(ctx context.Context, events []Event, project ProjectF
 		return nil, fmt.Errorf("append %d events: more than %d in one transaction is unsafe with libdqlite 1.11; split the batch", len(events), MaxAppendBatch)
 	}
 	for i := range events {
-		if err := checkEvent(&events[i]); err != nil {
+		if err := CheckEvent(&events[i]); err != nil {
 			return nil, err
 		}
 	}

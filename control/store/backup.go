@@ -634,7 +634,7 @@ func (s *Store) ImportEvents(ctx context.Context, events []Event) error {
 		return fmt.Errorf("import %d events: more than %d in one transaction is unsafe with libdqlite 1.11; split the batch", len(events), MaxAppendBatch)
 	}
 	for i := range events {
-		if err := checkEvent(&events[i]); err != nil {
+		if err := CheckEvent(&events[i]); err != nil {
 			return fmt.Errorf("import event seq %d: %w", events[i].Seq, err)
 		}
 		if events[i].Seq <= 0 {

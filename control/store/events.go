@@ -98,7 +98,7 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 		return nil, fmt.Errorf("append %d events: more than %d in one transaction is unsafe with libdqlite 1.11; split the batch", len(events), MaxAppendBatch)
 	}
 	for i := range events {
-		if err := checkEvent(&events[i]); err != nil {
+		if err := CheckEvent(&events[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -117,7 +117,10 @@ func (s *Store) Append(ctx context.Context, events []Event) ([]AppendResult, err
 	return results, nil
 }
 
-func checkEvent(e *Event) error {
+// CheckEvent is what Append requires of an event (it fills in empty data
+// as {}). Writers that batch other sources' events — the gateway, for its
+// robots — check each one first: one bad event fails its whole batch.
+func CheckEvent(e *Event) error {
 	if e.Type == "" {
 		return errors.New("append event: type is required")
 	}
