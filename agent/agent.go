@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,13 @@ type Agent struct {
 	kick       chan struct{}
 
 	sent, acked, reconnects, rejected, renewed atomic.Uint64
+
+	// answering holds the commands whose handler is running, with the
+	// answers Respond was given for them meanwhile: those are queued after
+	// the handler's first answer, so a final ok never reaches control
+	// before the progress that preceded it.
+	answeringMu sync.Mutex
+	answering   map[string][]protocol.Response
 
 	// Owned by the Run goroutine.
 	hbInterval time.Duration
@@ -115,10 +123,54 @@ func (a *Agent) Respond(ctx context.Context, resp protocol.Response) error {
 	if err := resp.Validate(); err != nil {
 		return fmt.Errorf("respond to command %s: %w", resp.CommandID, err)
 	}
+	if a.deferAnswer(resp) {
+		return nil
+	}
 	if _, _, err := a.append(queue.Event, protocol.TypeResponse, resp); err != nil {
 		return fmt.Errorf("respond to command %s: %w", resp.CommandID, err)
 	}
 	return nil
+}
+
+// deferAnswer keeps resp for later when its command's handler is still
+// running (its first answer is not queued yet) and reports whether it did.
+func (a *Agent) deferAnswer(resp protocol.Response) bool {
+	a.answeringMu.Lock()
+	defer a.answeringMu.Unlock()
+	held, running := a.answering[resp.CommandID]
+	if running {
+		a.answering[resp.CommandID] = append(held, resp)
+	}
+	return running
+}
+
+// handle runs h for cmd and queues its first answer, then the answers
+// Respond was given for cmd while h ran, in the order given. A handler
+// whose background work finishes at once may call Respond before h has
+// even returned; without this the final answer would overtake the progress.
+func (a *Agent) handle(cmd protocol.Command, h CommandHandler) {
+	a.answeringMu.Lock()
+	if a.answering == nil {
+		a.answering = map[string][]protocol.Response{}
+	}
+	a.answering[cmd.ID] = nil // handlers run one at a time, on the Run goroutine
+	a.answeringMu.Unlock()
+	resp := h(cmd)
+	resp.CommandID = cmd.ID
+	a.log.Info("command", "id", cmd.ID, "name", cmd.Name, "status", resp.Status)
+	a.answeringMu.Lock()
+	defer a.answeringMu.Unlock()
+	a.queueAnswer(resp)
+	for _, r := range a.answering[cmd.ID] {
+		a.queueAnswer(r)
+	}
+	delete(a.answering, cmd.ID)
+}
+
+func (a *Agent) queueAnswer(resp protocol.Response) {
+	if _, _, err := a.append(queue.Event, protocol.TypeResponse, resp); err != nil {
+		a.log.Error("queue command response", "id", resp.CommandID, "status", resp.Status, "err", err)
+	}
 }
 
 // append queues a message and wakes the Run loop.

@@ -469,3 +469,57 @@ func TestCommandHandlers(t *testing.T) {
 	}
 	fc.checkNoViolations(t)
 }
+
+// TestAnswerBeforeHandlerReturnsComesAfterIt: work that finishes before its
+// handler has returned (here: the final answer is given, from another
+// goroutine and from the handler itself, before the handler returns
+// progress) still reaches control as progress first, then the final
+// answers in the order given — control must never see progress after ok.
+func TestAnswerBeforeHandlerReturnsComesAfterIt(t *testing.T) {
+	fc := newFakeControl(t, "")
+	var h *harness
+	h = newHarness(t, "", []string{fc.url()}, func(o *Options) {
+		o.Commands = map[string]CommandHandler{"quick": func(cmd protocol.Command) protocol.Response {
+			done := make(chan error, 1)
+			go func() {
+				done <- h.a.Respond(context.Background(), protocol.Response{CommandID: cmd.ID, Status: "ok", Message: "from the worker"})
+			}()
+			if err := <-done; err != nil {
+				t.Errorf("Respond from the worker: %v", err)
+			}
+			if err := h.a.Respond(context.Background(), protocol.Response{CommandID: cmd.ID, Status: "error", Message: "from the handler"}); err != nil {
+				t.Errorf("Respond from the handler: %v", err)
+			}
+			return protocol.Response{Status: "progress"}
+		}}
+	})
+	h.start()
+	h.rec.waitState(t, Connected, 5*time.Second)
+	fc.command("lekiwi-7", protocol.Command{ID: "q1", Name: "quick"})
+	var got []string
+	waitFor(t, 5*time.Second, "three answers, acknowledged", func() bool {
+		_, _, stored, _, _ := fc.snapshot()
+		seqs := make([]uint64, 0, len(stored))
+		for seq, env := range stored {
+			if env.Type == protocol.TypeResponse {
+				seqs = append(seqs, seq)
+			}
+		}
+		slices.Sort(seqs)
+		got = got[:0]
+		for _, seq := range seqs {
+			r, err := protocol.DecodePayload[protocol.Response](stored[seq])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, r.CommandID+":"+r.Status+":"+r.Message)
+		}
+		return len(got) == 3 && h.q.Stats().Pending == 0
+	})
+	h.stop(t)
+	want := []string{"q1:progress:", "q1:ok:from the worker", "q1:error:from the handler"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("answers in sequence order %q, want %q", got, want)
+	}
+	fc.checkNoViolations(t)
+}

@@ -54,7 +54,9 @@ type Renewer interface {
 // CommandHandler answers one command. It is called on the Run goroutine
 // and must not block: it returns the first response at once — ok or error
 // when the command is done, progress when its work goes on in the
-// background, which later answers through Agent.Respond. The runtime sets
+// background, which later answers through Agent.Respond (answers given
+// before the handler has returned are queued after its first one, so work
+// that ends at once cannot overtake its own progress). The runtime sets
 // the response's CommandID. Control may deliver a command again (after a
 // reconnect, or a control node's failover): handlers answer by command ID,
 // and never act twice on one.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -295,11 +294,12 @@ func (s *session) serverError(perr *protocol.Error) {
 // event, so it survives a disconnect.
 func (s *session) command(cmd protocol.Command) {
 	a := s.a
-	resp := protocol.Response{CommandID: cmd.ID}
 	if h, ok := a.o.Commands[cmd.Name]; ok {
-		resp = h(cmd)
-		resp.CommandID = cmd.ID
-	} else if cmd.Name == "ping" {
+		a.handle(cmd, h)
+		return
+	}
+	resp := protocol.Response{CommandID: cmd.ID}
+	if cmd.Name == "ping" {
 		resp.Status = "ok"
 	} else {
 		names := []string{"ping"}
@@ -311,7 +311,5 @@ func (s *session) command(cmd protocol.Command) {
 		resp.Message = fmt.Sprintf("unknown command %q: this agent (version %s) answers only %q", cmd.Name, a.o.AgentVersion, names)
 	}
 	a.log.Info("command", "id", cmd.ID, "name", cmd.Name, "status", resp.Status)
-	if _, _, err := a.append(queue.Event, protocol.TypeResponse, resp); err != nil {
-		a.log.Error("queue command response", "id", cmd.ID, "err", err)
-	}
+	a.queueAnswer(resp)
 }
