@@ -185,6 +185,7 @@ It is small enough to run on the netboot station.`
 	f.BoolVar(&flagCfg.Discovery, "discovery", flagCfg.Discovery, "browse the LAN over mDNS and record robots on it that are not connected (DeviceDiscovered)")
 	f.StringSliceVar(&flagCfg.DiscoveryInterfaces, "discovery-interface", nil, "browse only on this interface (repeatable; default every multicast interface)")
 	f.IntVar(&flagCfg.MaxPendingConnections, "max-pending-connections", flagCfg.MaxPendingConnections, "connections in TLS handshake or robot hello at once; a reconnect storm beyond it waits in the kernel's accept queue")
+	f.DurationVar(&flagCfg.MaxQueueWait, "max-queue-wait", flagCfg.MaxQueueWait, "while max-pending-connections are in flight, reset connections that waited this long in the accept queue, so their robots try another member")
 	f.IntVar(&flagCfg.MaxConnections, "max-connections", flagCfg.MaxConnections, "connections open at once on --listen (0: the open-file limit minus 512, kept for the database)")
 	return cmd
 }
@@ -213,6 +214,9 @@ func applyFlags(cmd *cobra.Command, cfg *node.Config, f node.Config) {
 	}
 	if set("max-pending-connections") {
 		cfg.MaxPendingConnections = f.MaxPendingConnections
+	}
+	if set("max-queue-wait") {
+		cfg.MaxQueueWait = f.MaxQueueWait
 	}
 	if set("db-network-latency") {
 		cfg.DBNetworkLatency = f.DBNetworkLatency

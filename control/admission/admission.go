@@ -18,11 +18,21 @@
 // failure that turned a 19,000-robot storm into a collapse (EMFILE on the
 // dqlite dial, failed appends, sessions closed, more reconnects).
 //
-// Listener.Accept takes a slot before it accepts; the slot returns when the
-// connection is admitted (Conn.Admit, called by the gateway after hello and
-// by the HTTP layer for API requests), when it closes, or after
-// Options.PendingTimeout, so a client that stalls mid-handshake cannot
-// hold a slot for long.
+// While every slot is taken, connections wait in the kernel's accept queue,
+// but not for long: one that has queued longer than Options.MaxQueueWait
+// is reset without a handshake (shed). Its robot would otherwise wait out
+// most of its handshake timeout in the queue and then give up — time in
+// which it could have reached another control node with room. A reset
+// fails its attempt at once, and the agent moves on to its next server.
+// The queue is first in, first out, so shedding from its head keeps every
+// connection still queued younger than MaxQueueWait (the idea of CoDel:
+// bound the time in queue, not its length).
+//
+// Listener.Accept takes a slot for each connection it returns; the slot
+// returns when the connection is admitted (Conn.Admit, called by the
+// gateway after hello and by the HTTP layer for API requests), when it
+// closes, or after Options.PendingTimeout, so a client that stalls
+// mid-handshake cannot hold a slot for long.
 package admission
 
 import (
@@ -53,12 +63,20 @@ const (
 	// DefaultPendingTimeout is longer than a robot's handshake timeout
 	// (10 s): a connection that has not been admitted by then has given up.
 	DefaultPendingTimeout = 15 * time.Second
+	// DefaultMaxQueueWait is under a third of a robot's handshake timeout
+	// (10 s for dial, TLS, hello and its reply): a robot shed then still
+	// has most of that time for another server, and one admitted then
+	// still has time to finish.
+	DefaultMaxQueueWait = 3 * time.Second
 )
 
 // Options tune a Listener.
 type Options struct {
 	MaxPending     int
 	PendingTimeout time.Duration
+	// MaxQueueWait bounds the time a connection waits in the kernel's
+	// accept queue while every slot is taken; older ones are shed.
+	MaxQueueWait time.Duration
 	// MaxOpen bounds connections open at once, admitted or not (0: no
 	// bound). ReserveFor derives it from the process's file limit.
 	MaxOpen int
@@ -79,6 +97,7 @@ type Listener struct {
 	openGauge prometheus.Gauge
 	openFull  prometheus.Counter
 	abandoned prometheus.Counter
+	shed      prometheus.Counter
 
 	pending prometheus.Gauge
 	waits   prometheus.Counter
@@ -93,12 +112,15 @@ func NewListener(ln net.Listener, o Options) *Listener {
 	if o.PendingTimeout <= 0 {
 		o.PendingTimeout = DefaultPendingTimeout
 	}
+	if o.MaxQueueWait <= 0 {
+		o.MaxQueueWait = DefaultMaxQueueWait
+	}
 	l := &Listener{
 		Listener: ln, o: o, slots: make(chan struct{}, o.MaxPending), closed: make(chan struct{}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "lekiwi_control_admission_pending",
 			Help: "Connections accepted and not yet admitted (TLS handshake, request, robot hello)."}),
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_full_total",
-			Help: "Times the listener stopped accepting because every admission slot was taken (a reconnect storm queued in the kernel)."}),
+			Help: "Connections accepted while every admission slot was taken, which waited for one (a reconnect storm: the rest queue in the kernel)."}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_expired_total",
 			Help: "Connections whose admission slot was returned after the pending timeout (stalled clients)."}),
 	}
@@ -108,11 +130,13 @@ func NewListener(ln net.Listener, o Options) *Listener {
 		Help: "Times the listener stopped accepting because max open connections were reached (the rest of the file descriptors are the database's)."})
 	l.abandoned = prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_abandoned_total",
 		Help: "Queued connections whose client had already given up when accepted; closed without a handshake."})
+	l.shed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lekiwi_control_admission_shed_total",
+		Help: "Connections reset without a handshake because every admission slot was taken and they had queued longer than the max queue wait (their robots try another server)."})
 	if o.MaxOpen > 0 {
 		l.open = make(chan struct{}, o.MaxOpen)
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(l.pending, l.waits, l.expired, l.openGauge, l.openFull, l.abandoned)
+		o.Registerer.MustRegister(l.pending, l.waits, l.expired, l.openGauge, l.openFull, l.abandoned, l.shed)
 	}
 	return l
 }
@@ -128,24 +152,63 @@ func ReserveFor(limit uint64, reserve int) int {
 	return max(1, int(limit)-reserve)
 }
 
-// Accept waits until fewer than MaxOpen connections are open and an
-// admission slot is free, then for a connection.
+// Accept waits until fewer than MaxOpen connections are open, then for a
+// connection and a free admission slot; connections that queue longer than
+// MaxQueueWait for a slot meanwhile are shed.
 func (l *Listener) Accept() (net.Conn, error) {
 	if l.open != nil {
 		if err := l.take(l.open, l.openFull); err != nil {
 			return nil, err
 		}
 	}
-	if err := l.take(l.slots, l.waits); err != nil {
-		l.closeOne()
-		return nil, err
+	for {
+		c, err := l.acceptLive()
+		if err != nil {
+			l.closeOne()
+			return nil, err
+		}
+		admitted, err := l.slotFor(c)
+		if err != nil {
+			c.Close()
+			l.closeOne()
+			return nil, err
+		}
+		if admitted {
+			return l.pendingConn(c), nil
+		}
+		l.shed.Inc()
+		reset(c)
 	}
-	c, err := l.acceptLive()
-	if err != nil {
-		<-l.slots
-		l.closeOne()
-		return nil, err
+}
+
+// slotFor takes an admission slot for c, waiting while every slot is taken
+// until c has been queued for MaxQueueWait (counting its time in the
+// kernel's queue). It reports false when c waited too long.
+func (l *Listener) slotFor(c net.Conn) (bool, error) {
+	select {
+	case l.slots <- struct{}{}:
+		return true, nil
+	default:
 	}
+	l.waits.Inc()
+	left := l.o.MaxQueueWait - queuedFor(c)
+	if left <= 0 {
+		return false, nil
+	}
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case l.slots <- struct{}{}:
+		return true, nil
+	case <-t.C:
+		return false, nil
+	case <-l.closed:
+		return false, net.ErrClosed
+	}
+}
+
+// pendingConn wraps c, which holds a slot, until it is admitted.
+func (l *Listener) pendingConn(c net.Conn) *Conn {
 	l.openGauge.Inc()
 	l.held.Add(1)
 	l.pending.Inc()
@@ -157,7 +220,26 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 	})
 	ac.mu.Unlock()
-	return ac, nil
+	return ac
+}
+
+// queuedFor is how long c's peer has been silent: for a connection just
+// accepted, the time since its client's first bytes (a TLS ClientHello
+// follows the TCP handshake at once) or, if it sent none, since it was
+// established — its time in the accept queue. 0 when it cannot tell.
+func queuedFor(c net.Conn) time.Duration {
+	var ms uint32
+	withTCPInfo(c, func(info *unix.TCPInfo) { ms = info.Last_data_recv })
+	return time.Duration(ms) * time.Millisecond
+}
+
+// reset closes c with a TCP reset rather than a FIN: its client learns at
+// once that this attempt failed, and no TIME_WAIT is left behind.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 // acceptLive accepts the next connection whose client is still there. In a
@@ -183,20 +265,27 @@ func (l *Listener) acceptLive() (net.Conn, error) {
 // peerClosed reports whether the peer of a TCP connection has already
 // closed its side (state CLOSE_WAIT). Anything it cannot tell is "no".
 func peerClosed(c net.Conn) bool {
+	closed := false
+	withTCPInfo(c, func(info *unix.TCPInfo) { closed = info.State == tcpCloseWait })
+	return closed
+}
+
+// withTCPInfo calls f with c's TCP_INFO; not at all when c is no TCP socket
+// or the kernel does not answer.
+func withTCPInfo(c net.Conn, f func(*unix.TCPInfo)) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return false
+		return
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return
 	}
-	closed := false
 	_ = rc.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		closed = err == nil && info.State == tcpCloseWait
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			f(info)
+		}
 	})
-	return closed
 }
 
 // tcpCloseWait is Linux's TCP_CLOSE_WAIT (include/net/tcp_states.h).
@@ -232,8 +321,7 @@ func (l *Listener) Close() error {
 	return l.Listener.Close()
 }
 
-// Pending is the number of accepted connections holding a slot (an Accept
-// waiting for a connection reserves one more).
+// Pending is the number of accepted connections holding a slot.
 func (l *Listener) Pending() int { return int(l.held.Load()) }
 
 // Conn is an accepted connection; it holds a slot until admitted or closed.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"syscall"
 	"testing"
 	"time"
 
@@ -274,5 +275,82 @@ func TestAbandonedConnectionsAreSkipped(t *testing.T) {
 	}
 	if l.Pending() != 1 {
 		t.Fatalf("pending = %d, want 1 (the skipped connection holds no slot)", l.Pending())
+	}
+}
+
+// expectReset reads from c until the server's reset arrives.
+func expectReset(t *testing.T, c net.Conn, within time.Duration, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(within))
+	_, err := c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("%s: read %v, want a connection reset within %v", what, err, within)
+	}
+}
+
+// While every slot is taken, a connection that has waited MaxQueueWait —
+// counting its time in the kernel's queue before Accept ever saw it — is
+// reset without a handshake, and the next one is accepted when a slot
+// frees.
+func TestQueuedTooLongIsShed(t *testing.T) {
+	l := listen(t, Options{MaxPending: 1, MaxQueueWait: 300 * time.Millisecond})
+	dial(t, l)
+	first := mustAccept(t, acceptAsync(l), "first")
+
+	// Queued in the kernel for longer than MaxQueueWait before Accept runs:
+	// shed as soon as Accept looks at it.
+	old := dial(t, l)
+	if _, err := old.Write([]byte("client hello")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	next := acceptAsync(l)
+	expectReset(t, old, 150*time.Millisecond, "connection queued 500 ms")
+
+	// Queued for less: held until its wait is up, then shed.
+	young := dial(t, l)
+	start := time.Now()
+	expectReset(t, young, 2*time.Second, "connection waiting for a slot")
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("young connection reset after %v, before its 300 ms wait was up", waited)
+	}
+	mustWait(t, next, "after shedding")
+	if got := testutil.ToFloat64(l.shed); got != 2 {
+		t.Fatalf("shed = %v, want 2", got)
+	}
+
+	// A slot frees while the next one waits: it is accepted, not shed.
+	fresh := dial(t, l)
+	time.Sleep(100 * time.Millisecond)
+	first.Admit()
+	c := mustAccept(t, next, "connection waiting when a slot frees")
+	if c.RemoteAddr().String() != fresh.LocalAddr().String() {
+		t.Fatalf("accepted %s, want %s", c.RemoteAddr(), fresh.LocalAddr())
+	}
+	if got := testutil.ToFloat64(l.shed); got != 2 {
+		t.Fatalf("shed = %v after a slot freed in time, want still 2", got)
+	}
+	if got := testutil.ToFloat64(l.openGauge); got != 2 {
+		t.Fatalf("open = %v, want 2 (shed connections are not counted)", got)
+	}
+}
+
+func TestQueuedForCountsKernelQueueTime(t *testing.T) {
+	l := listen(t, Options{})
+	cl := dial(t, l)
+	if _, err := cl.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c, err := l.Listener.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if q := queuedFor(c); q < 250*time.Millisecond || q > 5*time.Second {
+		t.Fatalf("queuedFor = %v after 300 ms in the accept queue", q)
+	}
+	if q := queuedFor(nil); q != 0 {
+		t.Fatalf("queuedFor(non-TCP) = %v, want 0", q)
 	}
 }

@@ -99,6 +99,11 @@ type Config struct {
 	// beyond it waits in the kernel's accept queue (control/admission).
 	// Issue 10.
 	MaxPendingConnections int `yaml:"max_pending_connections"`
+	// MaxQueueWait bounds the time a connection waits in the accept queue
+	// while max_pending_connections are in flight; older ones are reset so
+	// their robots try another member at once (control/admission).
+	// Issue 10.
+	MaxQueueWait time.Duration `yaml:"max_queue_wait"`
 	// MaxConnections bounds connections open at once on the listen port;
 	// 0 takes the process's open-file limit minus 512, which are left for
 	// the database and files: a node out of descriptors cannot reach its
@@ -126,6 +131,7 @@ func Defaults() Config {
 		Discovery:           true,
 
 		MaxPendingConnections: admission.DefaultMaxPending,
+		MaxQueueWait:          admission.DefaultMaxQueueWait,
 	}
 }
 
@@ -208,7 +214,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	if v := getenv(EnvPrefix + "JOIN"); v != "" {
 		c.Join = splitList(v)
 	}
-	return errors.Join(numErr, dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval))
+	return errors.Join(numErr, dur("HEARTBEAT_INTERVAL", &c.HeartbeatInterval), dur("OFFLINE_GRACE", &c.OfflineGrace), dur("DB_NETWORK_LATENCY", &c.DBNetworkLatency), dur("RETENTION_INTERVAL", &c.RetentionInterval), dur("MAX_QUEUE_WAIT", &c.MaxQueueWait))
 }
 
 // Validate reports every problem with c at once.
@@ -244,6 +250,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPendingConnections < 1 || c.MaxPendingConnections > 100000 {
 		errs = append(errs, fmt.Errorf("max_pending_connections %d must be between 1 and 100000 (connections in TLS handshake or hello at once; default %d)", c.MaxPendingConnections, admission.DefaultMaxPending))
+	}
+	if c.MaxQueueWait < 10*time.Millisecond || c.MaxQueueWait > time.Minute {
+		errs = append(errs, fmt.Errorf("max_queue_wait %s must be between 10ms and 1m (time in the accept queue before a connection is reset so its robot tries another member; default %s)", c.MaxQueueWait, admission.DefaultMaxQueueWait))
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat_interval %s is below 100ms", c.HeartbeatInterval))

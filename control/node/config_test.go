@@ -48,14 +48,14 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 	}
 	if err := c.LoadEnv(func(k string) string {
 		switch k {
-		case "LEKIWI_CONTROL_HEARTBEAT_INTERVAL":
+		case "LEKIWI_CONTROL_HEARTBEAT_INTERVAL", "LEKIWI_CONTROL_MAX_QUEUE_WAIT":
 			return "often"
 		case "LEKIWI_CONTROL_MAX_PENDING_CONNECTIONS", "LEKIWI_CONTROL_MAX_CONNECTIONS", "LEKIWI_CONTROL_DB_SNAPSHOT_TRAILING":
 			return "lots"
 		}
 		return ""
 	}); err == nil || !strings.Contains(err.Error(), "HEARTBEAT_INTERVAL") || !strings.Contains(err.Error(), "MAX_PENDING_CONNECTIONS") ||
-		!strings.Contains(err.Error(), "MAX_CONNECTIONS=") || !strings.Contains(err.Error(), "DB_SNAPSHOT_TRAILING=") {
+		!strings.Contains(err.Error(), "MAX_CONNECTIONS=") || !strings.Contains(err.Error(), "DB_SNAPSHOT_TRAILING=") || !strings.Contains(err.Error(), "MAX_QUEUE_WAIT") {
 		t.Fatalf("bad env values error = %v", err)
 	}
 	bad := Defaults()
@@ -63,9 +63,10 @@ func TestConfigErrorsNameTheProblem(t *testing.T) {
 	bad.Join = []string{bad.DBAddress}
 	bad.MaxPendingConnections, bad.MaxConnections = 0, -1
 	bad.DBSnapshotThreshold, bad.DBSnapshotTrailing = 10, 5
+	bad.MaxQueueWait = time.Hour
 	err := bad.Validate()
 	for _, want := range []string{"listen", "data_dir", "heartbeat_interval", "log_level", "own db_address", "ca_dir is required", "max_pending_connections", "max_connections",
-		"db_snapshot_threshold 10", "db_snapshot_trailing 5"} {
+		"db_snapshot_threshold 10", "db_snapshot_trailing 5", "max_queue_wait 1h"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %v does not mention %q", err, want)
 		}

@@ -117,7 +117,8 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Issue 10: a reconnect storm waits in the kernel's accept queue beyond
-	// MaxPendingConnections handshakes and hellos in flight.
+	// MaxPendingConnections handshakes and hellos in flight, for at most
+	// MaxQueueWait.
 	// Connections never take the descriptors the database needs.
 	maxOpen := cfg.MaxConnections
 	if maxOpen == 0 {
@@ -126,7 +127,7 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 			maxOpen = admission.ReserveFor(lim.Cur, fdReserve)
 		}
 	}
-	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, MaxOpen: maxOpen, Registerer: reg})
+	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, MaxQueueWait: cfg.MaxQueueWait, MaxOpen: maxOpen, Registerer: reg})
 	var leave func(context.Context) error
 	fail := func(err error) (*Node, error) {
 		st.Close()
