@@ -122,61 +122,101 @@ func ints(v []int) string {
 	return orDash(strings.Join(s, ", "))
 }
 
-// ScalePlot draws control memory per connection and heartbeat ack latency
-// (p50, p99) against fleet size, from the single-node steps at the first
-// (longest) interval, as a PNG.
+// ScalePlot draws control memory per robot and heartbeat ack latency (p50,
+// p99) against fleet size, as a PNG: one node's cold steps and, when the
+// steps hold any, the cluster's (memory summed over its members).
 func ScalePlot(steps []ScaleStep) ([]byte, error) {
-	var pts []ScaleStep
-	for _, s := range steps {
-		if s.Scenario == "single" && s.RSSPerConn > 0 {
-			pts = append(pts, s)
-		}
-	}
-	slices.SortFunc(pts, func(a, b ScaleStep) int { return a.Robots - b.Robots })
-	var xs, mem, p50, p99 []float64
-	for _, s := range pts {
-		xs = append(xs, float64(s.Robots))
-		mem = append(mem, s.RSSPerConn/1024)
-		p50 = append(p50, float64(s.AckP50)/float64(time.Millisecond))
-		p99 = append(p99, float64(s.AckP99)/float64(time.Millisecond))
-	}
+	single, cluster := plotSteps(steps, "single"), plotSteps(steps, "cluster")
 	const w, h = 960, 420
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	fill(img, img.Bounds(), color.RGBA{255, 255, 255, 255})
-	blue, red, orange := color.RGBA{31, 90, 180, 255}, color.RGBA{200, 40, 40, 255}, color.RGBA{230, 140, 20, 255}
 	left := image.Rect(60, 40, w/2-20, h-50)
 	right := image.Rect(w/2+60, 40, w-20, h-50)
-	drawPanel(img, left, "CONTROL RSS PER CONNECTION (KIB)", xs, []series{{mem, blue, "KIB/CONN"}})
-	drawPanel(img, right, "HEARTBEAT ACK LATENCY (MS)", xs, []series{{p50, orange, "P50"}, {p99, red, "P99"}})
-	xlabel := "FLEET SIZE (ROBOTS), ONE NODE, MTLS"
-	if len(pts) > 0 {
-		xlabel += ", HEARTBEAT EVERY " + pts[0].Interval.String()
+	var mem, lat []series
+	if len(single) > 0 {
+		mem = append(mem, memSeries(single, plotBlue, "ONE NODE"))
+		lat = append(lat, latSeries(single, false, plotOrange, "P50 ONE NODE"), latSeries(single, true, plotRed, "P99 ONE NODE"))
+	}
+	if len(cluster) > 0 {
+		mem = append(mem, memSeries(cluster, plotGreen, fmt.Sprintf("%d MEMBERS", cluster[0].Members)))
+		lat = append(lat, latSeries(cluster, false, plotTeal, "P50 CLUSTER"), latSeries(cluster, true, plotPurple, "P99 CLUSTER"))
+	}
+	drawPanel(img, left, "CONTROL RSS PER ROBOT (KIB)", mem)
+	drawPanel(img, right, "HEARTBEAT ACK LATENCY (MS)", lat)
+	xlabel := "FLEET SIZE (ROBOTS), MTLS"
+	if all := append(single, cluster...); len(all) > 0 {
+		xlabel += ", HEARTBEAT EVERY " + all[0].Interval.String()
 	}
 	drawText(img, w/2-4*len(xlabel), h-20, xlabel, color.RGBA{0, 0, 0, 255})
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, err
 	}
-	if len(pts) == 0 {
-		return buf.Bytes(), errors.New("plot: no single-node step with memory per connection yet")
+	if len(single)+len(cluster) == 0 {
+		return buf.Bytes(), errors.New("plot: no cold step with memory per connection yet (single or cluster)")
 	}
 	return buf.Bytes(), nil
 }
 
-type series struct {
-	ys    []float64
-	c     color.RGBA
-	label string
+// The plot's colours; tests look for them.
+var (
+	plotBlue   = color.RGBA{31, 90, 180, 255}
+	plotRed    = color.RGBA{200, 40, 40, 255}
+	plotOrange = color.RGBA{230, 140, 20, 255}
+	plotGreen  = color.RGBA{30, 150, 60, 255}
+	plotTeal   = color.RGBA{20, 160, 160, 255}
+	plotPurple = color.RGBA{130, 50, 170, 255}
+)
+
+// plotSteps are a scenario's cold steps (connect from nothing, memory per
+// connection measured), by fleet size.
+func plotSteps(steps []ScaleStep, scenario string) []ScaleStep {
+	var pts []ScaleStep
+	for _, s := range steps {
+		if s.Scenario == scenario && s.RSSPerConn > 0 {
+			pts = append(pts, s)
+		}
+	}
+	slices.SortFunc(pts, func(a, b ScaleStep) int { return a.Robots - b.Robots })
+	return pts
 }
 
-func drawPanel(img *image.RGBA, r image.Rectangle, title string, xs []float64, ss []series) {
+func memSeries(pts []ScaleStep, c color.RGBA, label string) series {
+	sr := series{c: c, label: label}
+	for _, s := range pts {
+		sr.xs = append(sr.xs, float64(s.Robots))
+		sr.ys = append(sr.ys, s.RSSPerConn/1024)
+	}
+	return sr
+}
+
+func latSeries(pts []ScaleStep, p99 bool, c color.RGBA, label string) series {
+	sr := series{c: c, label: label}
+	for _, s := range pts {
+		d := s.AckP50
+		if p99 {
+			d = s.AckP99
+		}
+		sr.xs = append(sr.xs, float64(s.Robots))
+		sr.ys = append(sr.ys, float64(d)/float64(time.Millisecond))
+	}
+	return sr
+}
+
+type series struct {
+	xs, ys []float64
+	c      color.RGBA
+	label  string
+}
+
+func drawPanel(img *image.RGBA, r image.Rectangle, title string, ss []series) {
 	black, grey := color.RGBA{0, 0, 0, 255}, color.RGBA{220, 220, 220, 255}
 	drawText(img, r.Min.X, r.Min.Y-25, title, black)
 	xmax, ymax := 1.0, 1.0
-	for _, x := range xs {
-		xmax = max(xmax, x)
-	}
 	for _, s := range ss {
+		for _, x := range s.xs {
+			xmax = max(xmax, x)
+		}
 		for _, y := range s.ys {
 			if !math.IsNaN(y) && !math.IsInf(y, 0) {
 				ymax = max(ymax, y)
@@ -197,12 +237,12 @@ func drawPanel(img *image.RGBA, r image.Rectangle, title string, xs []float64, s
 	line(img, r.Min.X, r.Max.Y, r.Max.X, r.Max.Y, black)
 	line(img, r.Min.X, r.Min.Y, r.Min.X, r.Max.Y, black)
 	for k, s := range ss {
-		drawText(img, r.Max.X-90, r.Min.Y+8+k*14, s.label, s.c)
+		drawText(img, r.Max.X-8*len(s.label)-4, r.Min.Y+8+k*14, s.label, s.c)
 		for i := range s.ys {
-			x, y := px(xs[i]), py(s.ys[i])
+			x, y := px(s.xs[i]), py(s.ys[i])
 			fill(img, image.Rect(x-3, y-3, x+4, y+4), s.c)
 			if i > 0 {
-				thick(img, px(xs[i-1]), py(s.ys[i-1]), x, y, s.c)
+				thick(img, px(s.xs[i-1]), py(s.ys[i-1]), x, y, s.c)
 			}
 		}
 	}

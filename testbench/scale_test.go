@@ -3,6 +3,7 @@ package testbench
 import (
 	"bytes"
 	"errors"
+	"image/color"
 	"image/png"
 	"math/rand/v2"
 	"strings"
@@ -128,7 +129,9 @@ func scaleSteps() []ScaleStep {
 		{Scenario: "single", Robots: 1000, Interval: time.Second, StormFromReady: 3 * time.Second, StormPeakCPU: 1.2, AckP99: 40 * time.Millisecond, Saturated: "ack p99"},
 		{Scenario: "single+subscribers", Robots: 1000, Interval: 30 * time.Second, Subscribers: 100, SubFramesSec: 3300},
 		{Scenario: "single", Robots: 5000, Interval: 30 * time.Second, RSSPerConn: 80 << 10, AckP50: 2 * time.Millisecond, AckP99: 20 * time.Millisecond},
-		{Scenario: "cluster", Robots: 50000, Members: 3, Connected: 50000, Visible: "c1: listed 50000/50000", MemberRSS: []uint64{1 << 30}},
+		{Scenario: "cluster", Robots: 50000, Members: 3, Connected: 50000, Visible: "c1: listed 50000/50000", MemberRSS: []uint64{1 << 30},
+			Interval: 30 * time.Second, RSSPerConn: 120 << 10, AckP50: 3 * time.Millisecond, AckP99: 24 * time.Millisecond},
+		{Scenario: "cluster", Robots: 30000, Members: 3, Connected: 30000, Interval: 30 * time.Second, RSSPerConn: 130 << 10, AckP50: 2 * time.Millisecond, AckP99: 15 * time.Millisecond},
 		{Scenario: "cluster restart", Robots: 50000, Members: 3, StormFromReady: 40 * time.Second, MemberConnect: []int{25000, 0, 25000}},
 	}
 }
@@ -148,31 +151,42 @@ func TestScaleTableHasEveryScenario(t *testing.T) {
 }
 
 func TestScalePlotDrawsThePoints(t *testing.T) {
-	b, err := ScalePlot(scaleSteps())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := png.Decode(bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("not a PNG: %v", err)
-	}
-	blue, red := 0, 0
-	bounds := img.Bounds()
-	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
-		for x := bounds.Min.X; x < bounds.Max.X; x++ {
-			r, g, bl, _ := img.At(x, y).RGBA()
-			switch {
-			case r>>8 == 31 && g>>8 == 90 && bl>>8 == 180:
-				blue++
-			case r>>8 == 200 && g>>8 == 40 && bl>>8 == 40:
-				red++
+	count := func(t *testing.T, steps []ScaleStep) map[color.RGBA]int {
+		t.Helper()
+		b, err := ScalePlot(steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := png.Decode(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("not a PNG: %v", err)
+		}
+		px := map[color.RGBA]int{}
+		bounds := img.Bounds()
+		for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
+			for x := bounds.Min.X; x < bounds.Max.X; x++ {
+				px[color.RGBAModel.Convert(img.At(x, y)).(color.RGBA)]++
 			}
 		}
+		return px
 	}
-	// Two memory points with a line and two p99 points with a line, plus
-	// their legends.
-	if blue < 100 || red < 100 {
-		t.Errorf("memory (blue %d px) or p99 (red %d px) series missing", blue, red)
+	// Two points with a line between them, plus the legend, for each of
+	// one node's memory and p99 and the cluster's memory and p99.
+	px := count(t, scaleSteps())
+	for name, c := range map[string]color.RGBA{"one node's memory": plotBlue, "one node's p99": plotRed, "cluster memory": plotGreen, "cluster p99": plotPurple} {
+		if px[c] < 100 {
+			t.Errorf("%s series missing (%d px)", name, px[c])
+		}
+	}
+	var clusterOnly []ScaleStep
+	for _, s := range scaleSteps() {
+		if s.Scenario == "cluster" {
+			clusterOnly = append(clusterOnly, s)
+		}
+	}
+	px = count(t, clusterOnly)
+	if px[plotGreen] < 100 || px[plotBlue] > 0 {
+		t.Errorf("cluster-only plot: cluster memory %d px, one node's %d px (want none, not even a legend)", px[plotGreen], px[plotBlue])
 	}
 	if _, err := ScalePlot(nil); err == nil {
 		t.Error("a plot without points must say so")
