@@ -1,6 +1,6 @@
 // Package admission bounds the connections a control node has accepted but
 // not yet admitted: the TLS handshake, the HTTP request and, for a robot,
-// the hello and the commit of its connection record.
+// the hello.
 //
 // A control node restarted under 19,000 robots sees all of them come back
 // within the agents' reconnect jitter. Accepting them all at once runs
@@ -54,8 +54,8 @@ import (
 const (
 	// DefaultMaxPending admissions in flight. An admission holds its slot
 	// through the TLS handshake (the robot's round trips and its own CPU,
-	// a Pi signs in it) and the commit of the robot's connection record
-	// (~100 ms, up to seconds on a starved node). By Little's law a node
+	// a Pi signs in it) and its hello (the record of the connection is
+	// not waited for). By Little's law a node
 	// admitting ~1,600 robots/s, the handshake capacity of 2 cores, needs
 	// that many times the admission time in flight: 512 allows 0.3 s each.
 	// The bound is against tens of thousands at once, not against hundreds.

@@ -66,15 +66,21 @@ func (g *Gateway) watchCommands(ctx context.Context) {
 // pendingBatch is the most hellos one pending-commands read serves.
 const pendingBatch = 512
 
-// sendPending has the robot's outstanding commands delivered right after
-// hello. The read is batched with other hellos (pendingLoop): in a
-// reconnect storm a query per robot is thousands of round trips to the
-// leader, each holding a database connection.
-func (s *session) sendPending(ctx context.Context) {
+// sendPending has the robot's outstanding commands delivered once its
+// connection record is durable. The read is batched with other hellos
+// (pendingLoop): in a reconnect storm a query per robot is thousands of
+// round trips to the leader, each holding a database connection. It is
+// called on the committer and must not block: beyond the queue, the robot
+// is read alone on a goroutine of its own.
+func (s *session) sendPending() {
 	select {
 	case s.g.pending <- s:
-	default: // a storm beyond the queue: read this one alone
-		s.g.deliverPending(ctx, []*session{s})
+	default:
+		go func() {
+			ctx, cancel := context.WithTimeout(s.ctx, s.g.cfg.CommitTimeout)
+			defer cancel()
+			s.g.deliverPending(ctx, []*session{s})
+		}()
 	}
 }
 

@@ -17,6 +17,9 @@ type commitReq struct {
 	received time.Time
 	// result, when set, receives the append's outcome (nil when durable).
 	result chan error
+	// recorded, when set, is called on the committer with the append's
+	// outcome (nil when durable); it must not block.
+	recorded func(error)
 	// job, when set, marks no event: it runs on the committer after the
 	// events queued before it, so every write of this node goes through
 	// one goroutine and never contends with another for the database.
@@ -123,6 +126,8 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 		for _, r := range batch {
 			if r.result != nil {
 				r.result <- err
+			} else if r.recorded != nil {
+				r.recorded(err)
 			} else if r.session != nil {
 				r.session.fail(protocol.Errorf(protocol.CodeNotReady, r.event.RobotSeq, "control could not store the message; reconnect and resend"))
 			}
@@ -134,6 +139,10 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	for i, r := range batch {
 		if r.result != nil {
 			r.result <- nil
+			continue
+		}
+		if r.recorded != nil {
+			r.recorded(nil)
 			continue
 		}
 		if r.session == nil {

@@ -39,6 +39,7 @@ func TestRolledBackBatchIsTriedAgain(t *testing.T) {
 	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 300 * time.Millisecond})
 	c := h.dial(t, "kiwi-1")
 	c.hello("s")
+	h.waitRecorded(t, "kiwi-1", 1)
 	release := holdWriteLock(t, h.st)
 	ev := c.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
 	time.Sleep(700 * time.Millisecond) // two commit timeouts: rolled back at least once
@@ -64,6 +65,7 @@ func TestRetryingARolledBackBatchIsBounded(t *testing.T) {
 	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 200 * time.Millisecond})
 	c := h.dial(t, "kiwi-1")
 	c.hello("s")
+	h.waitRecorded(t, "kiwi-1", 1)
 	release := holdWriteLock(t, h.st)
 	c.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
 	c.expectError(protocol.CodeNotReady)
@@ -88,4 +90,44 @@ func TestEventTheStoreRefusesFailsOnlyItsRobot(t *testing.T) {
 	if evs, err := h.st.Events(context.Background(), 0, 10, "kiwi-bad"); err != nil || len(evs) != 2 {
 		t.Fatalf("bad robot's log: %d events (%v), want its registration and connection only", len(evs), err)
 	}
+}
+
+// Hello is answered before its connection record commits (a storm's commit
+// queue would otherwise hold every hello past the robot's patience), yet
+// nothing of the robot's is acknowledged before that record: its messages
+// queue behind it on the committer.
+func TestHelloIsAnsweredBeforeItsRecordCommits(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 200 * time.Millisecond})
+	c := h.dial(t, "kiwi-1")
+	release := holdWriteLock(t, h.st)
+	c.hello("s") // fails the test if no reply comes while the lock is held
+	ev := c.send(protocol.TypeEvent, event(protocol.EventTeleopStarted))
+	time.Sleep(300 * time.Millisecond)
+	release()
+	if got := c.expectAck(); !slices.Equal(got, []uint64{ev}) {
+		t.Fatalf("ack %v, want [%d]", got, ev)
+	}
+	evs, err := h.st.Events(context.Background(), 0, 10, "kiwi-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, e := range evs {
+		types = append(types, e.Type)
+	}
+	if want := []string{store.TypeRobotRegistered, store.TypeRobotConnected, store.TypeRobotEvent}; !slices.Equal(types, want) {
+		t.Fatalf("log %v, want %v (the connection before the robot's event)", types, want)
+	}
+}
+
+// A connection record that cannot be written (the lock held past retryFor)
+// closes the session it was answered for: the robot reconnects and resends.
+func TestUnrecordedConnectionIsClosed(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 100 * time.Millisecond})
+	c := h.dial(t, "kiwi-1")
+	release := holdWriteLock(t, h.st)
+	defer release()
+	c.hello("s")
+	c.expectError(protocol.CodeNotReady)
+	c.expectClose(websocket.StatusTryAgainLater)
 }

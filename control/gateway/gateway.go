@@ -225,7 +225,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "control node shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	// The connection holds an admission slot until its hello is recorded
+	// The connection holds an admission slot until its hello is answered
 	// (or refused): that bounds handshakes and hellos in flight in a
 	// reconnect storm (control/admission).
 	adm := admission.FromContext(r.Context())
@@ -396,7 +396,9 @@ func (g *Gateway) revive(ctx context.Context, now time.Time, sessions []*session
 	live := map[string]*session{}
 	ids := make([]string, 0, len(sessions))
 	for _, s := range sessions {
-		if now.Sub(s.heard()) <= timeout {
+		// A session whose connection record is still queued is left to
+		// that record: reviving it too would write the robot twice.
+		if now.Sub(s.heard()) <= timeout && s.isRecorded.Load() {
 			live[s.robotID] = s
 			ids = append(ids, s.robotID)
 		}

@@ -48,6 +48,32 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return &harness{st: st, gw: gw, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
+// waitRecorded waits until robot's connection records in the log number
+// n: hello is answered before its record commits.
+func (h *harness) waitRecorded(t *testing.T, robot string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		evs, err := h.st.Events(context.Background(), 0, 1000, robot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for _, e := range evs {
+			if e.Type == store.TypeRobotConnected {
+				got++
+			}
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d connection records after 5 s, want %d", robot, got, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // client is a hand-driven robot connection: it sends exactly what a test
 // says, including garbage.
 type client struct {

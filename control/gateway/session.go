@@ -65,9 +65,12 @@ type session struct {
 	badFrames     int
 
 	serverSeq atomic.Uint64
-	heardAt   atomic.Int64  // unix ns of the last valid message
-	uptime    atomic.Uint64 // float64 bits, from the last heartbeat
-	flushedAt atomic.Int64  // heardAt value last written to the store
+	heardAt   atomic.Int64 // unix ns of the last valid message
+	// isRecorded is set once the connection record is durable (hello
+	// does not wait for it).
+	isRecorded atomic.Bool
+	uptime     atomic.Uint64 // float64 bits, from the last heartbeat
+	flushedAt  atomic.Int64  // heardAt value last written to the store
 
 	// Outbound frames. An idle session holds no queue and no writer
 	// goroutine: the first frame queued starts a writer, which exits once
@@ -191,11 +194,21 @@ func (s *session) hello(ctx context.Context) error {
 		AgentVersion: hello.AgentVersion, OSVersion: hello.OSVersion, Packages: hello.Packages,
 		Type: hello.RobotType, Hardware: hello.Hardware, Capabilities: hello.Capabilities,
 	}
-	if err := s.g.appendAndWait(ctx, s.g.connectEvent(s, now)); err != nil {
+	// The connection record is queued, not waited for: the robot's own
+	// messages queue behind it on the committer, so none is acknowledged
+	// before it is durable, and the reply does not wait for a commit. In a
+	// reconnect storm a commit queue that is seconds long used to hold
+	// every hello (and its admission slot) past the robot's 10 s patience;
+	// the robot gave up, and its late record was followed by a disconnect
+	// record — twice the writes for nothing, and the storm fed itself.
+	// Pending commands are read once the record is durable; if it fails,
+	// the session closes and the robot comes back.
+	rec := commitReq{event: s.g.connectEvent(s, now), received: time.Now(), recorded: s.recorded}
+	select {
+	case s.g.commits <- rec:
+	case <-ctx.Done():
 		s.g.detach(s)
-		s.send(ctx, s.errorFrame(protocol.Errorf(protocol.CodeNotReady, env.Sequence, "control cannot record the connection right now; retry later")))
-		s.close(websocket.StatusTryAgainLater, "store unavailable")
-		return fmt.Errorf("record connection: %w", err)
+		return fmt.Errorf("record connection: %w", ctx.Err())
 	}
 	reply := protocol.HelloReply{
 		Version:             version,
@@ -208,8 +221,20 @@ func (s *session) hello(ctx context.Context) error {
 		return err
 	}
 	s.send(ctx, frame)
-	s.sendPending(ctx)
 	return nil
+}
+
+// recorded learns, on the committer, whether the connection record is
+// durable: then the robot's pending commands are read; if not, the session
+// closes so that the robot reconnects (and resends what was not acked).
+func (s *session) recorded(err error) {
+	if err != nil {
+		s.g.log.Warn("robot connection not recorded; closing the session", "robot", s.robotID, "session", s.id, "err", err)
+		s.fail(protocol.Errorf(protocol.CodeNotReady, 0, "control cannot record the connection right now; reconnect later"))
+		return
+	}
+	s.isRecorded.Store(true)
+	s.sendPending()
 }
 
 // reject answers a bad hello and closes.

@@ -125,6 +125,7 @@ func TestReviveInBatches(t *testing.T) {
 	for i := range n {
 		s := &session{g: g, robotID: fmt.Sprintf("old-%03d", i), id: fmt.Sprintf("s%d", i)}
 		s.heardAt.Store(now.UnixNano())
+		s.isRecorded.Store(true)
 		sessions = append(sessions, s)
 	}
 	result := make(chan error, 1)
@@ -140,5 +141,37 @@ func TestReviveInBatches(t *testing.T) {
 	}
 	if off, err := st.CountRobots(context.Background(), store.StateOffline); err != nil || off != 0 {
 		t.Fatalf("%d robots still offline after revive (%v)", off, err)
+	}
+}
+
+// A session whose connection record is still queued (hello no longer
+// waits for it) is not revived: its record will mark the robot online,
+// and reviving it as well would write the robot twice in a storm.
+func TestReviveLeavesUnrecordedSessionsToTheirRecord(t *testing.T) {
+	st := storetest.Open(t)
+	now := time.Now()
+	silentFleet(t, st, 2, now.Add(-time.Hour))
+	if _, err := st.SweepOffline(context.Background(), now.Add(-time.Minute), now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(st, Config{NodeID: "n1", Logger: storetest.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded := &session{g: g, robotID: "old-000", id: "s0"}
+	queued := &session{g: g, robotID: "old-001", id: "s1"}
+	for _, s := range []*session{recorded, queued} {
+		s.heardAt.Store(now.UnixNano())
+	}
+	recorded.isRecorded.Store(true)
+	g.revive(context.Background(), now, []*session{recorded, queued})
+	for id, want := range map[string]string{"old-000": store.StateOnline, "old-001": store.StateOffline} {
+		r, err := st.Robot(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.State != want {
+			t.Errorf("%s is %s after revive, want %s", id, r.Status.State, want)
+		}
 	}
 }
