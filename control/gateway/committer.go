@@ -46,15 +46,14 @@ func (g *Gateway) commitLoop(ctx context.Context) {
 }
 
 // retryFor is how long a batch whose transaction was rolled back (the
-// write lock stayed busy, the leader changed) is tried again before its
-// sessions are failed. Failing them closes their connections, and in a
-// reconnect storm every closed robot comes back with a new handshake, a
-// hello and a disconnect event: the failures fed the storm that caused
-// them. Three commit timeouts (15 s by default) is longer than a robot
-// waits for its hello reply (10 s): such a robot gives up and comes back
-// anyway, and its recorded connection is followed by its disconnect.
-// Robots waiting for acks keep their messages and resend them if they
-// must reconnect.
+// write lock stayed busy, the leader changed) is tried again, from its
+// first failure, before its sessions are failed. Failing them closes their
+// connections, and in a reconnect storm every closed robot comes back with
+// a new handshake, a hello and a disconnect event: the failures fed the
+// storm that caused them. Meanwhile robots only wait for acks (hello does
+// not wait for the connection record); they keep unacknowledged messages
+// and resend them if they must reconnect. Three commit timeouts: 15 s by
+// default.
 func (g *Gateway) retryFor() time.Duration { return 3 * g.cfg.CommitTimeout }
 
 // takeAgain appends to batch the requests to try again, which go before
@@ -110,14 +109,22 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	cancel()
 	g.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	g.metrics.commitBatch.Observe(float64(len(batch)))
-	if err != nil && store.Transient(err) && errors.Is(err, store.ErrRolledBack) && ctx.Err() == nil &&
-		time.Since(oldest(batch)) < g.retryFor() {
-		// Nothing was written: the same batch goes first next time.
-		g.metrics.commitRetries.Inc()
-		g.log.Warn("event log append rolled back; trying the batch again", "events", len(batch), "err", err)
-		g.again = append(g.again, batch...)
-		return
+	if err != nil && store.Transient(err) && errors.Is(err, store.ErrRolledBack) && ctx.Err() == nil {
+		// Counted from the first failure, not from when the events
+		// arrived: in a storm they may have queued for longer than
+		// retryFor before their first attempt.
+		if g.againSince.IsZero() {
+			g.againSince = start
+		}
+		if time.Since(g.againSince) < g.retryFor() {
+			// Nothing was written: the same batch goes first next time.
+			g.metrics.commitRetries.Inc()
+			g.log.Warn("event log append rolled back; trying the batch again", "events", len(batch), "err", err)
+			g.again = append(g.again, batch...)
+			return
+		}
 	}
+	g.againSince = time.Time{}
 	if err != nil {
 		// Nothing of the batch is durable. Robots resend unacknowledged
 		// messages when they reconnect, so the honest answer is to close
@@ -158,17 +165,6 @@ func (g *Gateway) commit(ctx context.Context, all []commitReq) {
 	for s, seqs := range acks {
 		s.ackAsync(seqs)
 	}
-}
-
-// oldest is when the longest-waiting request of batch was received.
-func oldest(batch []commitReq) time.Time {
-	t := batch[0].received
-	for _, r := range batch[1:] {
-		if r.received.Before(t) {
-			t = r.received
-		}
-	}
-	return t
 }
 
 // do runs fn on the committer and waits for it (or for ctx).

@@ -131,3 +131,26 @@ func TestUnrecordedConnectionIsClosed(t *testing.T) {
 	c.expectError(protocol.CodeNotReady)
 	c.expectClose(websocket.StatusTryAgainLater)
 }
+
+// The retry budget counts from a batch's first failure, not from when its
+// events arrived: in a storm they can wait in the queue for longer than
+// retryFor before their first attempt, and one busy lock then failed them
+// (and closed their robots' sessions) at once.
+func TestRetryBudgetStartsAtTheFirstFailure(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 200 * time.Millisecond})
+	release := holdWriteLock(t, h.st)
+	result := make(chan error, 1)
+	queuedLongAgo := time.Now().Add(-time.Hour)
+	h.gw.commits <- commitReq{event: store.Event{RobotID: "kiwi-old", Type: store.TypeRobotConnected, Time: queuedLongAgo,
+		Data: []byte(`{"session":"x"}`), Actor: "control"}, result: result, received: queuedLongAgo}
+	time.Sleep(300 * time.Millisecond) // rolled back at least once
+	release()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("event queued long before its first attempt failed after one busy lock: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result")
+	}
+}

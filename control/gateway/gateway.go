@@ -118,9 +118,10 @@ type Gateway struct {
 	metrics *metrics
 	commits chan commitReq
 	// again is the batch to try again first (committer only): its
-	// transaction was rolled back.
-	again   []commitReq
-	pending chan *session // hellos waiting for their outstanding commands
+	// transaction was rolled back, first at againSince.
+	again      []commitReq
+	againSince time.Time
+	pending    chan *session // hellos waiting for their outstanding commands
 
 	mu       sync.Mutex
 	sessions map[string]*session // by robot id
