@@ -17,6 +17,7 @@ import (
 	dqlite "github.com/canonical/go-dqlite"
 	"github.com/canonical/go-dqlite/app"
 	"github.com/canonical/go-dqlite/client"
+	dqlitedriver "github.com/canonical/go-dqlite/driver"
 )
 
 // DatabaseName is the dqlite database holding all control state.
@@ -324,11 +325,14 @@ func runTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 
 // retryable reports whether err is transient in a replicated database.
 func retryable(err error) bool {
-	if errors.Is(err, driver.ErrBadConn) {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, dqlitedriver.ErrNoAvailableLeader) {
 		return true
 	}
 	msg := err.Error()
-	for _, s := range []string{"database is locked", "not leader", "leadership lost", "no available leader", "checkpoint in progress", "bad connection", "SQLITE_BUSY"} {
+	// "no available dqlite leader" is go-dqlite's wording of
+	// ErrNoAvailableLeader (during an election), for when the chain does
+	// not unwrap to it.
+	for _, s := range []string{"database is locked", "not leader", "leadership lost", "no available leader", "no available dqlite leader", "checkpoint in progress", "bad connection", "SQLITE_BUSY"} {
 		if strings.Contains(msg, s) {
 			return true
 		}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	dqlitedriver "github.com/canonical/go-dqlite/driver"
 )
 
 func TestRetryable(t *testing.T) {
@@ -19,6 +21,8 @@ func TestRetryable(t *testing.T) {
 		{fmt.Errorf("insert: %w", errors.New("not leader")), true},
 		{errors.New("leadership lost while committing"), true},
 		{errors.New("no available leader"), true},
+		{fmt.Errorf("begin transaction: failed to create dqlite connection: %w", dqlitedriver.ErrNoAvailableLeader), true},
+		{errors.New("begin transaction: failed to create dqlite connection: no available dqlite leader server found"), true},
 		{errors.New("checkpoint in progress"), true},
 		{errors.New("SQLITE_BUSY"), true},
 		{fmt.Errorf("query: %w", driver.ErrBadConn), true},
