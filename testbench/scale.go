@@ -912,7 +912,12 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	}
 	// Robots that lost their connection come back on other members while
 	// the victim starts; wait for both.
+	started := time.Now()
 	back, peak, simPeak, err := sims.waitConnected(ctx, o.ClusterRobots, timeout, pids)
+	// From the restart command (the member's robots are told to go away
+	// as it begins to stop) to every robot connected; not including the
+	// wait for the member's readiness below, when it comes later.
+	storm.Connect = started.Sub(t0) + back
 	stopHogs()
 	if err != nil {
 		storm.Note += "incomplete: " + err.Error()
@@ -920,7 +925,6 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	if err := r.waitReady(ctx, victim, 2*time.Minute); err != nil {
 		storm.Note += " restarted member not ready: " + err.Error()
 	}
-	storm.Connect = time.Since(t0)
 	storm.StormFromReady = back
 	storm.StormPeakCPU, storm.StormSimPeak = peak, simPeak
 	storm.LoadAvg = loadAvg()
