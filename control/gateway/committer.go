@@ -30,6 +30,7 @@ type commitReq struct {
 // batch: while one transaction runs, the next batch accumulates, so latency
 // stays at one commit under light load and throughput grows with load.
 func (g *Gateway) commitLoop(ctx context.Context) {
+	g.loopCtx = ctx
 	batch := make([]commitReq, 0, g.cfg.MaxBatch)
 	for {
 		batch = g.takeAgain(batch[:0])

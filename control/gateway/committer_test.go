@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -149,6 +150,37 @@ func TestRetryBudgetStartsAtTheFirstFailure(t *testing.T) {
 	case err := <-result:
 		if err != nil {
 			t.Fatalf("event queued long before its first attempt failed after one busy lock: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result")
+	}
+}
+
+// Robot batches committed between the transactions of a long job (the
+// sweep, revive, presence flush) get a full commit timeout and the retry,
+// not what is left of the job's own deadline: cut short, they failed and
+// closed their robots' sessions.
+func TestBatchesInsideAJobKeepTheirOwnTimeout(t *testing.T) {
+	h := newHarness(t, Config{HeartbeatInterval: time.Minute, CommitTimeout: 200 * time.Millisecond})
+	result := make(chan error, 1)
+	err := h.gw.Submit(context.Background(), func(ctx context.Context) error {
+		dl, ok := ctx.Deadline()
+		if !ok {
+			return errors.New("job without a deadline")
+		}
+		time.Sleep(time.Until(dl) - 2*time.Millisecond) // the job used up its time
+		h.gw.commits <- commitReq{event: store.Event{RobotID: "kiwi-1", Type: store.TypeRobotConnected, Time: time.Now(),
+			Data: []byte(`{"session":"x"}`), Actor: "control"}, result: result, received: time.Now()}
+		h.gw.commitWaiting(ctx)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("robot batch committed at the end of a job's deadline: %v", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no result")

@@ -121,7 +121,11 @@ type Gateway struct {
 	// transaction was rolled back, first at againSince.
 	again      []commitReq
 	againSince time.Time
-	pending    chan *session // hellos waiting for their outstanding commands
+	// loopCtx is commitLoop's context (committer only; nil until it runs):
+	// jobs run under a deadline of their own, the robot batches they
+	// commit in between do not.
+	loopCtx context.Context
+	pending chan *session // hellos waiting for their outstanding commands
 
 	mu       sync.Mutex
 	sessions map[string]*session // by robot id
@@ -376,6 +380,13 @@ func (g *Gateway) sweep(ctx context.Context, now time.Time, timeout time.Duratio
 // committer itself, between the transactions of its own long jobs: robot
 // messages (a storm's hellos) go first, four batches to one of the job's.
 func (g *Gateway) commitWaiting(ctx context.Context) {
+	// Robot messages get their own commit timeout, not what is left of
+	// the job's deadline: cut short by it, their batches failed without
+	// a retry and closed their sessions (seen in a 50,000-robot storm,
+	// when the offline sweep of a restarted member's robots ran long).
+	if g.loopCtx != nil {
+		ctx = g.loopCtx
+	}
 	for range waitingBatches {
 		batch := g.takeWaiting(g.takeAgain(make([]commitReq, 0, g.cfg.MaxBatch)))
 		if len(batch) == 0 {
