@@ -108,14 +108,7 @@ func TestHelloIsAnsweredBeforeItsRecordCommits(t *testing.T) {
 	if got := c.expectAck(); !slices.Equal(got, []uint64{ev}) {
 		t.Fatalf("ack %v, want [%d]", got, ev)
 	}
-	evs, err := h.st.Events(context.Background(), 0, 10, "kiwi-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var types []string
-	for _, e := range evs {
-		types = append(types, e.Type)
-	}
+	types := h.logTypes(t, "kiwi-1")
 	if want := []string{store.TypeRobotRegistered, store.TypeRobotConnected, store.TypeRobotEvent}; !slices.Equal(types, want) {
 		t.Fatalf("log %v, want %v (the connection before the robot's event)", types, want)
 	}
@@ -146,14 +139,7 @@ func TestRetryBudgetStartsAtTheFirstFailure(t *testing.T) {
 		Data: []byte(`{"session":"x"}`), Actor: "control"}, result: result, received: queuedLongAgo}
 	time.Sleep(300 * time.Millisecond) // rolled back at least once
 	release()
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatalf("event queued long before its first attempt failed after one busy lock: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no result")
-	}
+	committed(t, result, "event queued long before its first attempt, after one busy lock")
 }
 
 // Robot batches committed between the transactions of a long job (the
@@ -177,12 +163,5 @@ func TestBatchesInsideAJobKeepTheirOwnTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatalf("robot batch committed at the end of a job's deadline: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no result")
-	}
+	committed(t, result, "robot batch committed at the end of a job's deadline")
 }

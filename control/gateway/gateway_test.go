@@ -48,19 +48,29 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return &harness{st: st, gw: gw, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
+// logTypes is the types of robot's events in the log, oldest first.
+func (h *harness) logTypes(t *testing.T, robot string) []string {
+	t.Helper()
+	evs, err := h.st.Events(context.Background(), 0, 1000, robot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := make([]string, 0, len(evs))
+	for _, e := range evs {
+		types = append(types, e.Type)
+	}
+	return types
+}
+
 // waitRecorded waits until robot's connection records in the log number
 // n: hello is answered before its record commits.
 func (h *harness) waitRecorded(t *testing.T, robot string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		evs, err := h.st.Events(context.Background(), 0, 1000, robot)
-		if err != nil {
-			t.Fatal(err)
-		}
 		got := 0
-		for _, e := range evs {
-			if e.Type == store.TypeRobotConnected {
+		for _, typ := range h.logTypes(t, robot) {
+			if typ == store.TypeRobotConnected {
 				got++
 			}
 		}
@@ -71,6 +81,20 @@ func (h *harness) waitRecorded(t *testing.T, robot string, n int) {
 			t.Fatalf("%s: %d connection records after 5 s, want %d", robot, got, n)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// committed waits for a queued request's result and fails unless it
+// committed.
+func committed(t *testing.T, result <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not committed within 5 s", what)
 	}
 }
 
@@ -388,14 +412,7 @@ func TestSilentRobotGoesOfflineAndDisconnectIsRecorded(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	quiet.expectClose(websocket.StatusPolicyViolation)
-	evs, err := h.st.Events(context.Background(), 0, 100, "leaver")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var types []string
-	for _, e := range evs {
-		types = append(types, e.Type)
-	}
+	types := h.logTypes(t, "leaver")
 	want := []string{store.TypeRobotRegistered, store.TypeRobotConnected, store.TypeRobotDisconnected, store.TypeRobotOffline}
 	if !slices.Equal(types, want) {
 		t.Fatalf("leaver events %v, want %v", types, want)

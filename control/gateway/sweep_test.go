@@ -44,14 +44,7 @@ func TestSweepLetsWaitingCommitsThrough(t *testing.T) {
 	}
 	// The committer loop is not running: only the sweep can have
 	// committed the hello.
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatalf("queued hello: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the hello queued before the sweep was not committed by it")
-	}
+	committed(t, result, "the hello queued before the sweep")
 	evs, err := st.Events(context.Background(), 0, 1000, "")
 	if err != nil {
 		t.Fatal(err)
@@ -131,14 +124,7 @@ func TestReviveInBatches(t *testing.T) {
 	result := make(chan error, 1)
 	g.commits <- commitReq{event: store.Event{RobotID: "newcomer", Type: store.TypeRobotConnected, Time: now, Data: []byte(`{"session":"y"}`)}, result: result, received: now}
 	g.revive(context.Background(), now, sessions)
-	select {
-	case err := <-result:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the hello queued before revive was not committed by it")
-	}
+	committed(t, result, "the hello queued before revive")
 	if off, err := st.CountRobots(context.Background(), store.StateOffline); err != nil || off != 0 {
 		t.Fatalf("%d robots still offline after revive (%v)", off, err)
 	}
