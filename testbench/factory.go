@@ -31,10 +31,10 @@ import (
 	"github.com/lekiwi/heartbeat/agent/daemon"
 	"github.com/lekiwi/heartbeat/agent/factory"
 	"github.com/lekiwi/heartbeat/agent/servo"
-	"github.com/lekiwi/heartbeat/image/base/ext4r"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
+	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/tree"
 	"github.com/lekiwi/heartbeat/netboot/pisim"
@@ -427,12 +427,12 @@ func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
 	}
 	readFS := func(part int, want func(string) bool, into func(string, []byte) error) error {
 		p := plan.Part(part)
-		fsys, err := ext4r.Open(io.NewSectionReader(f, p.Start, p.Size), p.Size)
+		fsys, err := ext4.Open(io.NewSectionReader(f, p.Start, p.Size), p.Size)
 		if err != nil {
 			return fmt.Errorf("board %s partition %s: %w", b.Serial, p.Name, err)
 		}
-		return fsys.Walk(func(name string, in *ext4r.Inode) error {
-			if in.Type() != ext4r.TypeRegular || !want(name) {
+		return fsys.Walk(func(name string, in *ext4.Inode) error {
+			if in.Type() != ext4.TypeRegular || !want(name) {
 				return nil
 			}
 			r, err := fsys.Reader(in)

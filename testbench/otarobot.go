@@ -29,7 +29,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
@@ -318,7 +318,7 @@ func (b countingBody) Read(p []byte) (int, error) {
 // bootedInfo reads image.json from the booted boot partition.
 func (r *OTARobot) bootedInfo(b firmware.Boot) (*build.Info, error) {
 	part := r.plan.Part(b.Partition)
-	fsys, err := fatfs.Open(io.NewSectionReader(r.piDisk, part.Start, part.Size), part.Size)
+	fsys, err := fat.Open(io.NewSectionReader(r.piDisk, part.Start, part.Size), part.Size)
 	if err != nil {
 		return nil, fmt.Errorf("booted partition %d: %w", b.Partition, err)
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
@@ -267,7 +267,7 @@ func (fx *updateFixture) check(ctx context.Context, c powercut.Cut) error {
 		}
 	}
 	bc := fx.plan.Part(layout.BootConfig)
-	fsys, err := fatfs.Open(io.NewSectionReader(c.Disk, bc.Start, bc.Size), bc.Size)
+	fsys, err := fat.Open(io.NewSectionReader(c.Disk, bc.Start, bc.Size), bc.Size)
 	if err != nil {
 		return err
 	}

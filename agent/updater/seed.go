@@ -10,7 +10,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/cloudinit"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 )
 
@@ -25,18 +25,18 @@ func seedFiles() []string {
 // seed: without it, the new slot would boot as a fresh, unnamed instance.
 //
 // The seed files are padded to a fixed size at build time, so they are
-// rewritten in place (fatfs Overwrite: data clusters only, no FAT or
+// rewritten in place (fat.FS.Overwrite: data clusters only, no FAT or
 // directory change). It runs after the slot was verified against the
 // release and before the trial is armed: a power cut in here leaves the
 // old slot the default, and the next start writes the slot again (the
 // release's pieces, then the seed).
 func carrySeed(ctx context.Context, d Disk, plan *layout.Plan, active, target bootctl.Slot) error {
 	from, to := plan.Part(active.BootPartition()), plan.Part(target.BootPartition())
-	src, err := fatfs.Open(io.NewSectionReader(d, from.Start, from.Size), from.Size)
+	src, err := fat.Open(io.NewSectionReader(d, from.Start, from.Size), from.Size)
 	if err != nil {
 		return fmt.Errorf("carry the robot's cloud-init seed: active %s: %w", from.Name, err)
 	}
-	dst, err := fatfs.Open(io.NewSectionReader(d, to.Start, to.Size), to.Size)
+	dst, err := fat.Open(io.NewSectionReader(d, to.Start, to.Size), to.Size)
 	if err != nil {
 		return fmt.Errorf("carry the robot's cloud-init seed: new %s: %w", to.Name, err)
 	}

@@ -12,14 +12,14 @@ import (
 	"github.com/lekiwi/heartbeat/agent/updater"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/customize"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 )
 
 func readBootFile(t testing.TB, d io.ReaderAt, plan *layout.Plan, part int, name string) string {
 	t.Helper()
 	p := plan.Part(part)
-	fsys, err := fatfs.Open(io.NewSectionReader(d, p.Start, p.Size), p.Size)
+	fsys, err := fat.Open(io.NewSectionReader(d, p.Start, p.Size), p.Size)
 	must(t, "open "+p.Name, err)
 	b, err := fsys.ReadFile(name)
 	must(t, "read "+p.Name+"/"+name, err)

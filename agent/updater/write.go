@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
 )
@@ -159,7 +159,7 @@ func hashRegion(ctx context.Context, d io.ReaderAt, off, n int64) (release.Hash,
 // and never boot.
 func checkBootable(d io.ReaderAt, plan *layout.Plan, boot, system int) error {
 	bp := plan.Part(boot)
-	fsys, err := fatfs.Open(io.NewSectionReader(d, bp.Start, bp.Size), bp.Size)
+	fsys, err := fat.Open(io.NewSectionReader(d, bp.Start, bp.Size), bp.Size)
 	if err != nil {
 		return fmt.Errorf("written %s is not a readable FAT: %w", bp.Name, err)
 	}

@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/lekiwi/heartbeat/image/base/ext4r"
-	"github.com/lekiwi/heartbeat/image/base/fatr"
+	"github.com/lekiwi/heartbeat/image/ext4"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/sparse"
 	"github.com/lekiwi/heartbeat/image/tree"
 )
@@ -104,21 +104,21 @@ func openDiskImage(ctx context.Context, source, compression string, o Options, c
 	}
 	b := &Base{Kind: KindDiskImage}
 	var bootPart, rootPart *mbrPartition
-	var bootFS *fatr.FS
-	var rootFS *ext4r.FS
+	var bootFS *fat.Reader
+	var rootFS *ext4.FS
 	var notes []string
 	for i := range parts {
 		p := &parts[i]
 		sr := io.NewSectionReader(img, p.offset(), p.bytes())
 		if bootFS == nil && isFATType(p.Type) {
-			if bootFS, err = fatr.Open(sr, p.bytes()); err != nil {
+			if bootFS, err = fat.NewReader(sr, p.bytes()); err != nil {
 				notes = append(notes, fmt.Sprintf("partition %d (type %#02x): %v", p.Index, p.Type, err))
 				bootFS = nil
 				continue
 			}
 			bootPart = p
 		} else if rootFS == nil && p.Type == 0x83 {
-			if rootFS, err = ext4r.Open(sr, p.bytes()); err != nil {
+			if rootFS, err = ext4.Open(sr, p.bytes()); err != nil {
 				notes = append(notes, fmt.Sprintf("partition %d (type %#02x): %v", p.Index, p.Type, err))
 				rootFS = nil
 				continue
@@ -207,9 +207,9 @@ func decompressToSparse(ctx context.Context, source, compression string, o Optio
 
 // fatTree turns a FAT filesystem into a tree: directories 0755, files 0644,
 // owned by root, FAT's modification times.
-func fatTree(fsys *fatr.FS) (*tree.Tree, error) {
+func fatTree(fsys *fat.Reader) (*tree.Tree, error) {
 	t := tree.New()
-	err := fsys.Walk(func(e fatr.Entry) error {
+	err := fsys.Walk(func(e fat.Entry) error {
 		if e.Dir {
 			return t.Add(tree.Entry{Path: e.Path, Kind: tree.Dir, Mode: 0o755, ModTime: e.ModTime})
 		}
@@ -228,10 +228,10 @@ func fatTree(fsys *fatr.FS) (*tree.Tree, error) {
 // ext4Tree turns an ext4 filesystem into a tree with every inode's
 // metadata. The root's lost+found is left out: it is filesystem
 // bookkeeping that the writer makes anew, not content.
-func ext4Tree(ctx context.Context, fsys *ext4r.FS) (*tree.Tree, error) {
+func ext4Tree(ctx context.Context, fsys *ext4.FS) (*tree.Tree, error) {
 	t := tree.New()
 	firstPath := map[uint32]string{} // inode -> first path, for hard links
-	err := fsys.Walk(func(p string, in *ext4r.Inode) error {
+	err := fsys.Walk(func(p string, in *ext4.Inode) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -245,9 +245,9 @@ func ext4Tree(ctx context.Context, fsys *ext4r.FS) (*tree.Tree, error) {
 		}
 		e.Xattrs = x
 		switch in.Type() {
-		case ext4r.TypeDir:
+		case ext4.TypeDir:
 			e.Kind = tree.Dir
-		case ext4r.TypeRegular:
+		case ext4.TypeRegular:
 			if first, ok := firstPath[in.Num]; ok {
 				e.Kind, e.Link = tree.Hardlink, first
 				break
@@ -264,20 +264,20 @@ func ext4Tree(ctx context.Context, fsys *ext4r.FS) (*tree.Tree, error) {
 				}
 				return io.NopCloser(r), nil
 			}
-		case ext4r.TypeSymlink:
+		case ext4.TypeSymlink:
 			e.Kind = tree.Symlink
 			if e.Link, err = fsys.Readlink(in); err != nil {
 				return fmt.Errorf("%s: %w", p, err)
 			}
-		case ext4r.TypeChar, ext4r.TypeBlock:
+		case ext4.TypeChar, ext4.TypeBlock:
 			e.Kind = tree.CharDevice
-			if in.Type() == ext4r.TypeBlock {
+			if in.Type() == ext4.TypeBlock {
 				e.Kind = tree.BlockDevice
 			}
 			e.Major, e.Minor = in.Device()
-		case ext4r.TypeFIFO:
+		case ext4.TypeFIFO:
 			e.Kind = tree.FIFO
-		case ext4r.TypeSocket:
+		case ext4.TypeSocket:
 			e.Kind = tree.Socket
 		default:
 			return fmt.Errorf("%s: inode %d has unknown file type %#o", p, in.Num, in.Mode)

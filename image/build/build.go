@@ -25,8 +25,8 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/cloudinit"
-	"github.com/lekiwi/heartbeat/image/ext4fs"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/ext4"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/tree"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -130,17 +130,17 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 
 	sizes := o.Sizes
 	root := in.Root
-	rootData, rootInodes := ext4fs.Estimate(root)
+	rootData, rootInodes := ext4.Estimate(root)
 	rootData += 32 << 20 // what Build adds (agent, configuration) and slack
 	if sizes.System == 0 {
 		raw := rootData * systemHeadroom / 100
-		sizes.System = max(layout.AlignUp(raw+ext4fs.Overhead(layout.AlignUp(raw), rootInodes, true)), 128<<20)
+		sizes.System = max(layout.AlignUp(raw+ext4.Overhead(layout.AlignUp(raw), rootInodes, true)), 128<<20)
 	}
 	plan, err := layout.New(sizes, seed)
 	if err != nil {
 		return err
 	}
-	if need := rootData + ext4fs.Overhead(sizes.System, rootInodes, true); need > sizes.System && o.Sizes.System != 0 {
+	if need := rootData + ext4.Overhead(sizes.System, rootInodes, true); need > sizes.System && o.Sizes.System != 0 {
 		return fmt.Errorf("the root filesystem needs about %d MiB but --system-size is %d MiB: raise --system-size or leave it out to size the slot from the content", need>>20, sizes.System>>20)
 	}
 	if err := addToRoot(root, o, info, plan, epoch); err != nil {
@@ -186,7 +186,7 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 		return err
 	}
 	w, size := part(layout.BootConfig)
-	if err := fatfs.Write(w, size, bc, fatfs.Params{Type: fatfs.FAT16, Label: "BOOTCONFIG", VolumeID: layout.DeriveID(seed, "bootconfig"), Time: epoch, HiddenSectors: uint32(plan.Part(layout.BootConfig).Start / 512)}); err != nil {
+	if err := fat.Write(w, size, bc, fat.Params{Type: fat.FAT16, Label: "BOOTCONFIG", VolumeID: layout.DeriveID(seed, "bootconfig"), Time: epoch, HiddenSectors: uint32(plan.Part(layout.BootConfig).Start / 512)}); err != nil {
 		return fmt.Errorf("bootconfig partition: %w", err)
 	}
 	baseCmdline, _ := in.Boot.ReadFile("cmdline.txt")
@@ -210,7 +210,7 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 		}
 		o.progressf("writing %s (%d MiB)", plan.Part(slot.boot).Name, plan.Part(slot.boot).Size>>20)
 		w, size := part(slot.boot)
-		if err := fatfs.Write(w, size, bt, fatfs.Params{Type: fatfs.FAT32, Label: slot.label, VolumeID: layout.DeriveID(seed, slot.label), Time: epoch, HiddenSectors: uint32(plan.Part(slot.boot).Start / 512)}); err != nil {
+		if err := fat.Write(w, size, bt, fat.Params{Type: fat.FAT32, Label: slot.label, VolumeID: layout.DeriveID(seed, slot.label), Time: epoch, HiddenSectors: uint32(plan.Part(slot.boot).Start / 512)}); err != nil {
 			return fmt.Errorf("%s partition: %w", plan.Part(slot.boot).Name, err)
 		}
 		fstab, err := Fstab(in.Root, plan, slot.boot, slot.system)
@@ -223,8 +223,8 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 		o.progressf("writing %s (%d MiB)", plan.Part(slot.system).Name, plan.Part(slot.system).Size>>20)
 		name := plan.Part(slot.system).Name
 		w, size = part(slot.system)
-		if err := ext4fs.Write(w, size, root, ext4fs.Params{Label: name, UUID: layout.DeriveGUID(seed, "fs:"+name), HashSeed: layout.DeriveGUID(seed, "hash:"+name), Time: epoch, Journal: true, ReservedPercent: 5}); err != nil {
-			if errors.Is(err, ext4fs.ErrNoSpace) {
+		if err := ext4.Write(w, size, root, ext4.Params{Label: name, UUID: layout.DeriveGUID(seed, "fs:"+name), HashSeed: layout.DeriveGUID(seed, "hash:"+name), Time: epoch, Journal: true, ReservedPercent: 5}); err != nil {
+			if errors.Is(err, ext4.ErrNoSpace) {
 				return fmt.Errorf("%s: %w (raise --system-size)", name, err)
 			}
 			return fmt.Errorf("%s: %w", name, err)
@@ -256,8 +256,8 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 
 // PersistentParams are the ext4 parameters of the persistent partition,
 // the same at build and customize time.
-func PersistentParams(seed []byte, epoch time.Time, inPlace bool) ext4fs.Params {
-	return ext4fs.Params{Label: "persistent", UUID: layout.DeriveGUID(seed, "fs:persistent"), HashSeed: layout.DeriveGUID(seed, "hash:persistent"), Time: epoch, Journal: true, ZeroMetadata: inPlace}
+func PersistentParams(seed []byte, epoch time.Time, inPlace bool) ext4.Params {
+	return ext4.Params{Label: "persistent", UUID: layout.DeriveGUID(seed, "fs:persistent"), HashSeed: layout.DeriveGUID(seed, "hash:persistent"), Time: epoch, Journal: true, ZeroMetadata: inPlace}
 }
 
 // WritePersistent writes the persistent filesystem: the agent's state
@@ -289,7 +289,7 @@ func WritePersistent(w io.WriterAt, size int64, seed []byte, epoch time.Time, ro
 			return err
 		}
 	}
-	if err := ext4fs.Write(w, size, t, PersistentParams(seed, epoch, inPlace)); err != nil {
+	if err := ext4.Write(w, size, t, PersistentParams(seed, epoch, inPlace)); err != nil {
 		return fmt.Errorf("persistent partition: %w", err)
 	}
 	return nil

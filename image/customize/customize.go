@@ -18,7 +18,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/identity"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/build"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/profiles"
 )
@@ -120,7 +120,7 @@ func apply(f Target, size int64, name string, r Robot) error {
 	}
 	for _, n := range []int{layout.BootA, layout.BootB} {
 		part := plan.Part(n)
-		fsys, err := fatfs.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
+		fsys, err := fat.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
 		if err != nil {
 			return fmt.Errorf("%s: %w", part.Name, err)
 		}
@@ -153,7 +153,7 @@ func apply(f Target, size int64, name string, r Robot) error {
 // ReadInfo reads the build metadata from boot_a.
 func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*build.Info, error) {
 	part := plan.Part(layout.BootA)
-	fsys, err := fatfs.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
+	fsys, err := fat.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", part.Name, err)
 	}

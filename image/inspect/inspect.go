@@ -17,9 +17,9 @@ import (
 	"path"
 	"strings"
 
-	"github.com/lekiwi/heartbeat/image/base/ext4r"
 	"github.com/lekiwi/heartbeat/image/build"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/ext4"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 )
 
@@ -107,9 +107,9 @@ func Inspect(p string) (*Report, error) {
 	for _, part := range plan.Partitions {
 		e := Partition{Number: part.Number, Name: part.Name, PARTUUID: part.GUID.String(), Type: part.Type.String(), Start: part.Start, Size: part.Size}
 		sec := io.NewSectionReader(f, part.Start, part.Size)
-		if fsys, err := fatfs.Open(sec, part.Size); err == nil {
+		if fsys, err := fat.Open(sec, part.Size); err == nil {
 			e.Filesystem = fmt.Sprintf("fat%d", int(fsys.Type()))
-		} else if x, err := ext4r.Open(sec, part.Size); err == nil {
+		} else if x, err := ext4.Open(sec, part.Size); err == nil {
 			e.Filesystem, e.Label = "ext4", x.Label()
 		}
 		r.Layout = append(r.Layout, e)
@@ -141,7 +141,7 @@ func Inspect(p string) (*Report, error) {
 
 func readAutoboot(f io.ReaderAt, plan *layout.Plan, r *Report) *Autoboot {
 	part := plan.Part(layout.BootConfig)
-	fsys, err := fatfs.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
+	fsys, err := fat.Open(io.NewSectionReader(f, part.Start, part.Size), part.Size)
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("bootconfig: %v", err))
 		return nil
@@ -172,7 +172,7 @@ func readAutoboot(f io.ReaderAt, plan *layout.Plan, r *Report) *Autoboot {
 func readSlot(f io.ReaderAt, plan *layout.Plan, name string, bootN, rootN int) Slot {
 	s := Slot{Name: name, Files: []File{}}
 	boot, root := plan.Part(bootN), plan.Part(rootN)
-	fsys, err := fatfs.Open(io.NewSectionReader(f, boot.Start, boot.Size), boot.Size)
+	fsys, err := fat.Open(io.NewSectionReader(f, boot.Start, boot.Size), boot.Size)
 	if err != nil {
 		s.ReadError = fmt.Sprintf("%s: %v", boot.Name, err)
 		return s
@@ -194,7 +194,7 @@ func readSlot(f io.ReaderAt, plan *layout.Plan, name string, bootN, rootN int) S
 			}
 		}
 	}
-	x, err := ext4r.Open(io.NewSectionReader(f, root.Start, root.Size), root.Size)
+	x, err := ext4.Open(io.NewSectionReader(f, root.Start, root.Size), root.Size)
 	if err != nil {
 		s.ReadError = fmt.Sprintf("%s: %v", root.Name, err)
 		return s
@@ -205,7 +205,7 @@ func readSlot(f io.ReaderAt, plan *layout.Plan, name string, bootN, rootN int) S
 	}
 	found := map[string]File{}
 	errStop := errors.New("stop")
-	err = x.Walk(func(p string, in *ext4r.Inode) error {
+	err = x.Walk(func(p string, in *ext4.Inode) error {
 		p = path.Clean("/" + p)
 		if !want[p] {
 			return nil

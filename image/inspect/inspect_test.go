@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/image/build"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
@@ -104,7 +104,7 @@ func TestInspectReportsAWrongRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	bootB := plan.Part(layout.BootB)
-	fsys, err := fatfs.Open(io.NewSectionReader(f, bootB.Start, bootB.Size), bootB.Size)
+	fsys, err := fat.Open(io.NewSectionReader(f, bootB.Start, bootB.Size), bootB.Size)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ import (
 	"strings"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 )
 
@@ -136,7 +136,7 @@ func Select(disk io.ReaderAt, size int64, tryboot bool, o Options) (Boot, error)
 		return Boot{}, fmt.Errorf("%w: no partition 1", ErrNoBoot)
 	}
 	bc := plan.Part(layout.BootConfig)
-	fsys, err := fatfs.Open(io.NewSectionReader(disk, bc.Start, bc.Size), bc.Size)
+	fsys, err := fat.Open(io.NewSectionReader(disk, bc.Start, bc.Size), bc.Size)
 	if err != nil {
 		return Boot{}, fmt.Errorf("%w: partition 1: %v", ErrNoBoot, err)
 	}
@@ -184,7 +184,7 @@ func bootSlot(disk io.ReaderAt, plan *layout.Plan, n int, needTrybootTxt bool, o
 		return Boot{}, fmt.Errorf("the disk has no partition %d", n)
 	}
 	bp := plan.Part(n)
-	fsys, err := fatfs.Open(io.NewSectionReader(disk, bp.Start, bp.Size), bp.Size)
+	fsys, err := fat.Open(io.NewSectionReader(disk, bp.Start, bp.Size), bp.Size)
 	if err != nil {
 		return Boot{}, fmt.Errorf("boot partition %d: %w", n, err)
 	}

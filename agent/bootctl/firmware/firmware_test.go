@@ -11,7 +11,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
@@ -101,7 +101,7 @@ func withAutoboot(t *testing.T, d *powercut.Disk, plan *layout.Plan, content []b
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsys, err := fatfs.Open(sec, bc.Size)
+	fsys, err := fat.Open(sec, bc.Size)
 	if err != nil {
 		t.Fatal(err)
 	}

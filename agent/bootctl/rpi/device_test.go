@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
@@ -79,7 +79,7 @@ func commitOn(t *testing.T, path string) {
 	if len(changed) != 1 {
 		t.Fatalf("sectors changed by the commit: %v, want exactly one", changed)
 	}
-	fsys, err := fatfs.Open(bytes.NewReader(after), int64(len(after)))
+	fsys, err := fat.Open(bytes.NewReader(after), int64(len(after)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 	"io"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/image/fatfs"
+	"github.com/lekiwi/heartbeat/image/fat"
 )
 
 // Device is the bootconfig partition: offsets are within the partition and
@@ -70,8 +70,8 @@ func New(o Options) (*Controller, error) {
 }
 
 // readAutoboot opens the bootconfig FAT and reads autoboot.txt.
-func (c *Controller) readAutoboot() (*fatfs.FS, []byte, Autoboot, error) {
-	fsys, err := fatfs.Open(c.dev, c.dev.Size())
+func (c *Controller) readAutoboot() (*fat.FS, []byte, Autoboot, error) {
+	fsys, err := fat.Open(c.dev, c.dev.Size())
 	if err != nil {
 		return nil, nil, Autoboot{}, fmt.Errorf("bootconfig partition: %w", err)
 	}
@@ -180,7 +180,7 @@ func (c *Controller) Reboot(ctx context.Context, tryboot bool) error {
 	return nil
 }
 
-// write is one WriteAt call captured from fatfs.Overwrite.
+// write is one WriteAt call captured from fat.FS.Overwrite.
 type write struct {
 	off  int64
 	data []byte

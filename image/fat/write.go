@@ -1,17 +1,4 @@
-// Package fatfs writes a tree.Tree as a fresh FAT16 or FAT32 filesystem into
-// a partition-sized region of an image, and reads and rewrites files of such
-// a filesystem in place (same length: no FAT or directory change).
-//
-// Why our own and not go-diskfs: go-diskfs stamps directory entries with
-// time.Now (no reproducible builds) and its FAT16 output leaves a cluster
-// marked used that fsck.fat reclaims. FAT is small enough to lay out in one
-// planned pass: boot sector (+ FSInfo and backup boot sector on FAT32), two
-// FATs, root directory, then directories and files in the tree's sorted path
-// order on contiguous clusters. Names that are not plain upper-case 8.3 get
-// VFAT long-name entries with a deterministic NAME~N.EXT alias.
-//
-// Write assumes the region reads as zeros (a fresh sparse image file).
-package fatfs
+package fat
 
 import (
 	"encoding/binary"
@@ -25,16 +12,6 @@ import (
 
 	"github.com/lekiwi/heartbeat/image/tree"
 )
-
-// Type is the FAT variant.
-type Type int
-
-const (
-	FAT16 Type = 16
-	FAT32 Type = 32
-)
-
-const sectorSize = 512
 
 // ErrNoSpace reports that the tree does not fit.
 var ErrNoSpace = errors.New("fat: not enough space")
@@ -76,13 +53,13 @@ func planGeometry(size int64, typ Type) (geometry, error) {
 	var minC, maxC uint32
 	switch typ {
 	case FAT16:
-		g.reserved, g.rootEntries, minC, maxC = 4, 512, 4085, 65524
+		g.reserved, g.rootEntries, minC, maxC = 4, 512, minClusters16, minClusters32-1
 	case FAT32:
-		g.reserved, minC, maxC = 32, 65525, 0x0FFFFFF5
+		g.reserved, minC, maxC = 32, minClusters32, 0x0FFFFFF5
 	default:
 		return geometry{}, fmt.Errorf("fat: unknown type %d (16 or 32)", typ)
 	}
-	rootSectors := g.rootEntries * 32 / sectorSize
+	rootSectors := g.rootEntries * dirEntrySize / sectorSize
 	// Largest cluster (up to 32 KiB) that still gives a legal cluster count
 	// for the type: fewer, bigger clusters keep the FAT small.
 	for spc := uint32(64); spc >= 1; spc /= 2 {
@@ -123,9 +100,19 @@ type fnode struct {
 	dirData  []byte
 }
 
-// Write lays t down as a FAT filesystem of size bytes at offset 0 of w.
-// Only regular files and directories can be stored; anything else is
-// refused. Nothing is written when the tree does not fit.
+// Write lays t down as a FAT filesystem of size bytes at offset 0 of w,
+// which must read as zeros. Only regular files and directories can be
+// stored; anything else is refused. Nothing is written when the tree does
+// not fit.
+//
+// Why our own writer and not go-diskfs: go-diskfs stamps directory entries
+// with time.Now (no reproducible builds) and its FAT16 output leaves a
+// cluster marked used that fsck.fat reclaims. FAT is small enough to lay out
+// in one planned pass: boot sector (+ FSInfo and backup boot sector on
+// FAT32), two FATs, root directory, then directories and files in the tree's
+// sorted path order on contiguous clusters. Names that are not plain
+// upper-case 8.3 get VFAT long-name entries with a deterministic NAME~N.EXT
+// alias.
 func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 	g, err := planGeometry(size, p.Type)
 	if err != nil {
@@ -189,7 +176,7 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 				}
 				continue
 			}
-			if err := alloc(n, max(int64(entries)*32, 1)); err != nil {
+			if err := alloc(n, max(int64(entries)*dirEntrySize, 1)); err != nil {
 				return err
 			}
 		default:
@@ -219,14 +206,14 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 	if g.typ == FAT32 {
 		fsinfo := make([]byte, sectorSize)
 		le := binary.LittleEndian
-		le.PutUint32(fsinfo[0:], 0x41615252)
-		le.PutUint32(fsinfo[484:], 0x61417272)
-		le.PutUint32(fsinfo[488:], g.clusters-(next-2))
-		le.PutUint32(fsinfo[492:], next)
-		le.PutUint32(fsinfo[508:], 0xAA550000)
-		fw.at(fsinfo, sectorSize)
-		fw.at(boot, 6*sectorSize)
-		fw.at(fsinfo, 7*sectorSize)
+		le.PutUint32(fsinfo[fsiLeadSig:], fsiLeadValue)
+		le.PutUint32(fsinfo[fsiStructSig:], fsiStructValue)
+		le.PutUint32(fsinfo[fsiFree:], g.clusters-(next-2))
+		le.PutUint32(fsinfo[fsiNextFree:], next)
+		le.PutUint32(fsinfo[fsiTrailSig:], fsiTrailValue)
+		fw.at(fsinfo, fsInfoSector*sectorSize)
+		fw.at(boot, backupBootSector*sectorSize)
+		fw.at(fsinfo, (backupBootSector+fsInfoSector)*sectorSize)
 	}
 	fat := renderFAT(g, order)
 	fw.at(fat, int64(g.reserved)*sectorSize)
@@ -303,9 +290,11 @@ func renderFAT(g geometry, order []*fnode) []byte {
 			le.PutUint32(fat[4*c:], v)
 		}
 	}
+	// Entry 0 holds the media byte (0xF8) padded with ones, entry 1 an
+	// end-of-chain mark.
 	eoc := uint32(0xFFFF)
 	if g.typ == FAT32 {
-		eoc = 0x0FFFFFFF
+		eoc = fat32Mask
 		put(0, 0x0FFFFFF8)
 	} else {
 		put(0, 0xFFF8)
@@ -324,75 +313,68 @@ func renderFAT(g geometry, order []*fnode) []byte {
 	return fat
 }
 
+// The FAT32 boot sector points at these reserved sectors.
+const (
+	fsInfoSector     = 1
+	backupBootSector = 6
+)
+
 func bootSector(g geometry, p Params, label string) []byte {
 	b := make([]byte, sectorSize)
 	le := binary.LittleEndian
-	copy(b[0:], []byte{0xEB, 0x3C, 0x90})
-	copy(b[3:], "LEKIWI  ")
-	le.PutUint16(b[11:], sectorSize)
-	b[13] = byte(g.spc)
-	le.PutUint16(b[14:], uint16(g.reserved))
-	b[16] = 2
-	le.PutUint16(b[17:], uint16(g.rootEntries))
+	copy(b[bsJump:], []byte{0xEB, 0x3C, 0x90})
+	copy(b[bsOEMName:], "LEKIWI  ")
+	le.PutUint16(b[bsBytesPerSector:], sectorSize)
+	b[bsSectorsPerClus] = byte(g.spc)
+	le.PutUint16(b[bsReservedSectors:], uint16(g.reserved))
+	b[bsFATCount] = 2
+	le.PutUint16(b[bsRootEntries:], uint16(g.rootEntries))
 	if g.totalSectors < 65536 {
-		le.PutUint16(b[19:], uint16(g.totalSectors))
+		le.PutUint16(b[bsTotalSectors16:], uint16(g.totalSectors))
 	} else {
-		le.PutUint32(b[32:], g.totalSectors)
+		le.PutUint32(b[bsTotalSectors32:], g.totalSectors)
 	}
-	b[21] = 0xF8
-	le.PutUint16(b[24:], 63)
-	le.PutUint16(b[26:], 255)
-	le.PutUint32(b[28:], p.HiddenSectors)
+	b[bsMedia] = 0xF8
+	le.PutUint16(b[bsSectorsPerTrack:], 63)
+	le.PutUint16(b[bsHeads:], 255)
+	le.PutUint32(b[bsHiddenSectors:], p.HiddenSectors)
 	if label == "" {
 		label = "NO NAME"
 	}
-	ext := b[36:]
+	ext := b[extBPB16:]
 	if g.typ == FAT16 {
-		le.PutUint16(b[22:], uint16(g.fatSectors))
+		le.PutUint16(b[bsFATSectors16:], uint16(g.fatSectors))
 	} else {
-		b[1] = 0x58
-		le.PutUint32(b[36:], g.fatSectors)
-		le.PutUint32(b[44:], 2) // root cluster
-		le.PutUint16(b[48:], 1) // FSInfo sector
-		le.PutUint16(b[50:], 6) // backup boot sector
-		ext = b[64:]
+		b[bsJump+1] = 0x58 // jump over the longer FAT32 BPB
+		le.PutUint32(b[bsFATSectors32:], g.fatSectors)
+		le.PutUint32(b[bsRootCluster:], 2)
+		le.PutUint16(b[bsFSInfoSector:], fsInfoSector)
+		le.PutUint16(b[bsBackupBoot:], backupBootSector)
+		ext = b[extBPB32:]
 	}
-	ext[0] = 0x80
-	ext[2] = 0x29
-	le.PutUint32(ext[3:], p.VolumeID)
-	copy(ext[7:18], fmt.Sprintf("%-11s", label))
-	copy(ext[18:26], fmt.Sprintf("FAT%-5d", g.typ))
-	b[510], b[511] = 0x55, 0xAA
+	ext[extDrive] = 0x80
+	ext[extBootSig] = extBootSigValue
+	le.PutUint32(ext[extVolumeID:], p.VolumeID)
+	copy(ext[extLabel:extLabel+labelLen], fmt.Sprintf("%-11s", label))
+	copy(ext[extFSType:extFSType+8], fmt.Sprintf("FAT%-5d", g.typ))
+	b[bsSignature], b[bsSignature+1] = 0x55, 0xAA
 	return b
 }
 
-// dosTime encodes t (UTC) for a directory entry, clamped to FAT's
-// 1980–2107 range.
-func dosTime(t time.Time) (date, tm uint16) {
-	t = t.UTC()
-	if t.Year() < 1980 {
-		return 1<<5 | 1, 0
-	}
-	if t.Year() > 2107 {
-		return 127<<9 | 12<<5 | 31, 23<<11 | 59<<5 | 29
-	}
-	return uint16((t.Year()-1980)<<9 | int(t.Month())<<5 | t.Day()), uint16(t.Hour()<<11 | t.Minute()<<5 | t.Second()/2)
-}
-
 func shortEntry(name [11]byte, attr byte, cluster uint32, size uint32, mtime time.Time) []byte {
-	e := make([]byte, 32)
-	copy(e, name[:])
-	e[11] = attr
+	e := make([]byte, dirEntrySize)
+	copy(e[deName:], name[:])
+	e[deAttr] = attr
 	d, tm := dosTime(mtime)
 	le := binary.LittleEndian
-	le.PutUint16(e[14:], tm)
-	le.PutUint16(e[16:], d)
-	le.PutUint16(e[18:], d)
-	le.PutUint16(e[20:], uint16(cluster>>16))
-	le.PutUint16(e[22:], tm)
-	le.PutUint16(e[24:], d)
-	le.PutUint16(e[26:], uint16(cluster))
-	le.PutUint32(e[28:], size)
+	le.PutUint16(e[deCTime:], tm)
+	le.PutUint16(e[deCDate:], d)
+	le.PutUint16(e[deADate:], d)
+	le.PutUint16(e[deClusterHi:], uint16(cluster>>16))
+	le.PutUint16(e[deMTime:], tm)
+	le.PutUint16(e[deMDate:], d)
+	le.PutUint16(e[deClusterLo:], uint16(cluster))
+	le.PutUint32(e[deSize:], size)
 	return e
 }
 
@@ -407,11 +389,11 @@ func renderDir(n *fnode, isRoot bool, parent uint32, label string, now time.Time
 	if isRoot && label != "" {
 		var v [11]byte
 		copy(v[:], fmt.Sprintf("%-11s", label))
-		out = append(out, shortEntry(v, 0x08, 0, 0, mt(n.e))...)
+		out = append(out, shortEntry(v, attrVolume, 0, 0, mt(n.e))...)
 	}
 	if !isRoot {
-		out = append(out, shortEntry(dotName("."), 0x10, n.first, 0, mt(n.e))...)
-		out = append(out, shortEntry(dotName(".."), 0x10, parent, 0, mt(n.e))...)
+		out = append(out, shortEntry(dotName("."), attrDir, n.first, 0, mt(n.e))...)
+		out = append(out, shortEntry(dotName(".."), attrDir, parent, 0, mt(n.e))...)
 	}
 	used := map[[11]byte]bool{}
 	for _, c := range n.children {
@@ -421,11 +403,11 @@ func renderDir(n *fnode, isRoot bool, parent uint32, label string, now time.Time
 		}
 		used[short] = true
 		if !exact {
-			out = append(out, lfnEntries(c.name, checksum(short))...)
+			out = append(out, lfnEntries(c.name, checksum(short[:]))...)
 		}
-		attr, size := byte(0x20), uint32(c.e.Size)
+		attr, size := byte(attrArchive), uint32(c.e.Size)
 		if c.e.Kind == tree.Dir {
-			attr, size = 0x10, 0
+			attr, size = attrDir, 0
 		} else if c.e.Size > 1<<32-1 {
 			return nil, fmt.Errorf("fat: %s is %d bytes, more than FAT's 4 GiB file limit", c.e.Path, c.e.Size)
 		}
@@ -497,26 +479,18 @@ func shortName(name string, used map[[11]byte]bool) ([11]byte, bool, error) {
 	return v, false, fmt.Errorf("no free short name for %q", name)
 }
 
-func checksum(short [11]byte) byte {
-	var s byte
-	for _, c := range short {
-		s = (s&1)<<7 + s>>1 + c
-	}
-	return s
-}
-
 func lfnCount(name string) int {
 	var dummy map[[11]byte]bool
 	if _, exact, err := shortName(name, dummy); err == nil && exact {
 		return 0
 	}
-	return (len(utf16.Encode([]rune(name))) + 12) / 13
+	return (len(utf16.Encode([]rune(name))) + lfnChars - 1) / lfnChars
 }
 
 func lfnEntries(name string, sum byte) []byte {
 	u := utf16.Encode([]rune(name))
-	n := (len(u) + 12) / 13
-	padded := make([]uint16, n*13)
+	n := (len(u) + lfnChars - 1) / lfnChars
+	padded := make([]uint16, n*lfnChars)
 	for i := range padded {
 		switch {
 		case i < len(u):
@@ -527,27 +501,18 @@ func lfnEntries(name string, sum byte) []byte {
 			padded[i] = 0xFFFF
 		}
 	}
-	out := make([]byte, 0, n*32)
+	out := make([]byte, 0, n*dirEntrySize)
 	for seq := n; seq >= 1; seq-- {
-		e := make([]byte, 32)
+		e := make([]byte, dirEntrySize)
 		e[0] = byte(seq)
 		if seq == n {
-			e[0] |= 0x40
+			e[0] |= lfnLast
 		}
-		e[11] = 0x0F
-		e[13] = sum
-		chunk := padded[(seq-1)*13 : seq*13]
+		e[deAttr] = attrLFN
+		e[lfnChecksum] = sum
+		chunk := padded[(seq-1)*lfnChars : seq*lfnChars]
 		for i, c := range chunk {
-			var off int
-			switch {
-			case i < 5:
-				off = 1 + 2*i
-			case i < 11:
-				off = 14 + 2*(i-5)
-			default:
-				off = 28 + 2*(i-11)
-			}
-			binary.LittleEndian.PutUint16(e[off:], c)
+			binary.LittleEndian.PutUint16(e[lfnCharOffset(i):], c)
 		}
 		out = append(out, e...)
 	}

@@ -1,14 +1,4 @@
-// Package ext4r reads an ext2/ext3/ext4 filesystem from an io.ReaderAt
-// without mounting it: superblock, group descriptors, inodes, extent trees
-// and classic block maps, directories (linear and htree, both read as
-// linear), fast and slow symlinks, inline data, extended attributes in the
-// inode body and in an attribute block, and device numbers.
-//
-// It exists because importing a Raspberry Pi OS root filesystem needs every
-// inode's full metadata and lazily streamed contents, and because bytes from
-// a downloaded image are untrusted: every offset and length is checked so
-// corrupt input gives an error, never a panic or an unbounded allocation.
-package ext4r
+package ext4
 
 import (
 	"encoding/binary"
@@ -19,29 +9,9 @@ import (
 	"time"
 )
 
-const (
-	superblockOffset = 1024
-	magic            = 0xEF53
-	rootInode        = 2
-
-	incompatCompression = 0x1
-	incompatFiletype    = 0x2
-	incompatRecover     = 0x4
-	incompatJournalDev  = 0x8
-	incompatMetaBG      = 0x10
-	incompat64Bit       = 0x80
-	incompatEAInode     = 0x400
-	incompatDirData     = 0x1000
-	incompatInlineData  = 0x8000
-	incompatEncrypt     = 0x10000
-
-	flagExtents    = 0x80000
-	flagInlineData = 0x10000000
-
-	// maxDirSize bounds how much of a directory is read into memory; a
-	// real directory of a million entries is far below it.
-	maxDirSize = 256 << 20
-)
+// maxDirSize bounds how much of a directory is read into memory; a real
+// directory of a million entries is far below it.
+const maxDirSize = 256 << 20
 
 // ErrCorrupt marks a structure that does not make sense; errors wrapping it
 // mean the filesystem (or the image holding it) is damaged or truncated.
@@ -70,36 +40,36 @@ type FS struct {
 // Open reads the superblock of the filesystem occupying the first size
 // bytes of r.
 func Open(r io.ReaderAt, size int64) (*FS, error) {
-	sb := make([]byte, 1024)
-	if size < superblockOffset+1024 {
+	sb := make([]byte, superblockSize)
+	if size < superblockOffset+superblockSize {
 		return nil, corrupt("only %d bytes, too small to hold a superblock", size)
 	}
 	if _, err := r.ReadAt(sb, superblockOffset); err != nil {
 		return nil, fmt.Errorf("read ext4 superblock: %w", err)
 	}
 	le := binary.LittleEndian
-	if le.Uint16(sb[0x38:]) != magic {
-		return nil, fmt.Errorf("no ext2/3/4 superblock (magic %#04x, want %#04x)", le.Uint16(sb[0x38:]), magic)
+	if le.Uint16(sb[sMagic:]) != superblockMagic {
+		return nil, fmt.Errorf("no ext2/3/4 superblock (magic %#04x, want %#04x)", le.Uint16(sb[sMagic:]), superblockMagic)
 	}
-	logBlock := le.Uint32(sb[0x18:])
+	logBlock := le.Uint32(sb[sLogBlockSize:])
 	if logBlock > 6 { // 64 KiB is the largest block size ext4 knows
 		return nil, corrupt("block size 2^(10+%d)", logBlock)
 	}
 	fs := &FS{r: r, size: size, blockSize: 1024 << logBlock}
-	fs.inodesCount = le.Uint32(sb[0x0:])
-	fs.blocksCount = uint64(le.Uint32(sb[0x4:]))
-	firstDataBlock := uint64(le.Uint32(sb[0x14:]))
-	blocksPerGroup := uint64(le.Uint32(sb[0x20:]))
-	fs.inodesPerGroup = le.Uint32(sb[0x28:])
-	fs.inodeSize = 128
-	if le.Uint32(sb[0x4C:]) >= 1 {
-		fs.inodeSize = uint64(le.Uint16(sb[0x58:]))
+	fs.inodesCount = le.Uint32(sb[sInodesCount:])
+	fs.blocksCount = uint64(le.Uint32(sb[sBlocksCount:]))
+	firstDataBlock := uint64(le.Uint32(sb[sFirstDataBlock:]))
+	groupBlocks := uint64(le.Uint32(sb[sBlocksPerGroup:]))
+	fs.inodesPerGroup = le.Uint32(sb[sInodesPerGroup:])
+	fs.inodeSize = goodOldInodeSize
+	if le.Uint32(sb[sRevLevel:]) >= 1 {
+		fs.inodeSize = uint64(le.Uint16(sb[sInodeSize:]))
 	}
-	incompat := le.Uint32(sb[0x60:])
+	incompat := le.Uint32(sb[sFeatureIncompat:])
 	fs.descSize = 32
 	if incompat&incompat64Bit != 0 {
-		fs.blocksCount |= uint64(le.Uint32(sb[0x150:])) << 32
-		fs.descSize = uint64(le.Uint16(sb[0xFE:]))
+		fs.blocksCount |= uint64(le.Uint32(sb[sBlocksCountHi:])) << 32
+		fs.descSize = uint64(le.Uint16(sb[sDescSize:]))
 		if fs.descSize < 32 || fs.descSize > 1024 || fs.descSize&(fs.descSize-1) != 0 {
 			return nil, corrupt("group descriptor size %d", fs.descSize)
 		}
@@ -119,16 +89,16 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, errors.New("ext4 journal needs recovery (the filesystem was not unmounted cleanly): run e2fsck on the image first")
 	}
 	fs.filetype = incompat&incompatFiletype != 0
-	if fs.inodeSize < 128 || fs.inodeSize > fs.blockSize || fs.inodeSize&(fs.inodeSize-1) != 0 {
+	if fs.inodeSize < goodOldInodeSize || fs.inodeSize > fs.blockSize || fs.inodeSize&(fs.inodeSize-1) != 0 {
 		return nil, corrupt("inode size %d", fs.inodeSize)
 	}
-	if blocksPerGroup == 0 || fs.inodesPerGroup == 0 {
+	if groupBlocks == 0 || fs.inodesPerGroup == 0 {
 		return nil, corrupt("zero blocks or inodes per group")
 	}
 	if fs.blocksCount <= firstDataBlock {
 		return nil, corrupt("%d blocks", fs.blocksCount)
 	}
-	fs.groupCount = (fs.blocksCount - firstDataBlock + blocksPerGroup - 1) / blocksPerGroup
+	fs.groupCount = (fs.blocksCount - firstDataBlock + groupBlocks - 1) / groupBlocks
 	if need := uint64(fs.inodesCount+fs.inodesPerGroup-1) / uint64(fs.inodesPerGroup); need > fs.groupCount {
 		return nil, corrupt("%d inodes need %d groups, filesystem has %d", fs.inodesCount, need, fs.groupCount)
 	}
@@ -136,7 +106,7 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if end := uint64(fs.gdtOffset) + fs.groupCount*fs.descSize; end > uint64(size) {
 		return nil, corrupt("group descriptors end at byte %d, past the filesystem's %d bytes", end, size)
 	}
-	label := sb[0x78 : 0x78+16]
+	label := sb[sVolumeName : sVolumeName+16]
 	for i, c := range label {
 		if c == 0 {
 			label = label[:i]
@@ -188,22 +158,10 @@ type Inode struct {
 	Links   uint16
 	ModTime time.Time
 	flags   uint32
-	block   [60]byte
+	block   [iBlockLen]byte
 	fileACL uint64
 	body    []byte // the whole on-disk inode, for in-body xattrs
 }
-
-// File types in Inode.Mode&TypeMask.
-const (
-	TypeMask    = 0xF000
-	TypeFIFO    = 0x1000
-	TypeChar    = 0x2000
-	TypeDir     = 0x4000
-	TypeBlock   = 0x6000
-	TypeRegular = 0x8000
-	TypeSymlink = 0xA000
-	TypeSocket  = 0xC000
-)
 
 // Type is Mode&TypeMask.
 func (in *Inode) Type() uint16 { return in.Mode & TypeMask }
@@ -220,9 +178,9 @@ func (fs *FS) Inode(n uint32) (*Inode, error) {
 		return nil, fmt.Errorf("group descriptor %d: %w", group, err)
 	}
 	le := binary.LittleEndian
-	table := uint64(le.Uint32(desc[0x8:]))
+	table := uint64(le.Uint32(desc[gdInodeTable:]))
 	if fs.descSize >= 64 {
-		table |= uint64(le.Uint32(desc[0x28:])) << 32
+		table |= uint64(le.Uint32(desc[gdInodeTblHi:])) << 32
 	}
 	if table == 0 || table >= fs.blocksCount {
 		return nil, corrupt("inode table of group %d at block %d", group, table)
@@ -233,33 +191,28 @@ func (fs *FS) Inode(n uint32) (*Inode, error) {
 	}
 	in := &Inode{
 		Num:     n,
-		Mode:    le.Uint16(raw[0x0:]),
-		UID:     uint32(le.Uint16(raw[0x2:])) | uint32(le.Uint16(raw[0x78:]))<<16,
-		GID:     uint32(le.Uint16(raw[0x18:])) | uint32(le.Uint16(raw[0x7A:]))<<16,
-		Size:    uint64(le.Uint32(raw[0x4:])) | uint64(le.Uint32(raw[0x6C:]))<<32,
-		Links:   le.Uint16(raw[0x1A:]),
-		flags:   le.Uint32(raw[0x20:]),
-		fileACL: uint64(le.Uint32(raw[0x68:])) | uint64(le.Uint16(raw[0x76:]))<<32,
+		Mode:    le.Uint16(raw[iMode:]),
+		UID:     uint32(le.Uint16(raw[iUID:])) | uint32(le.Uint16(raw[iUIDHi:]))<<16,
+		GID:     uint32(le.Uint16(raw[iGID:])) | uint32(le.Uint16(raw[iGIDHi:]))<<16,
+		Size:    uint64(le.Uint32(raw[iSize:])) | uint64(le.Uint32(raw[iSizeHi:]))<<32,
+		Links:   le.Uint16(raw[iLinks:]),
+		flags:   le.Uint32(raw[iFlags:]),
+		fileACL: uint64(le.Uint32(raw[iFileACL:])) | uint64(le.Uint16(raw[iFileACLHi:]))<<32,
 		body:    raw,
 	}
-	copy(in.block[:], raw[0x28:0x28+60])
-	secs := int64(int32(le.Uint32(raw[0x10:])))
-	var nsec int64
-	if fs.inodeSize > 128 {
-		extra := uint64(le.Uint16(raw[0x80:]))
-		if 128+extra > fs.inodeSize {
+	copy(in.block[:], raw[iBlock:iBlock+iBlockLen])
+	var mtimeExtra uint32
+	hasExtra := false
+	if fs.inodeSize > goodOldInodeSize {
+		extra := uint64(le.Uint16(raw[iExtraIsize:]))
+		if goodOldInodeSize+extra > fs.inodeSize {
 			return nil, corrupt("inode %d: extra size %d", n, extra)
 		}
-		if extra >= 0x8C-0x80 { // i_mtime_extra present
-			x := le.Uint32(raw[0x88:])
-			secs += int64(x&3) << 32
-			nsec = int64(x >> 2)
-			if nsec > 999999999 {
-				nsec = 0
-			}
+		if extra >= iAtimeExtra-iExtraIsize { // i_mtime_extra present
+			mtimeExtra, hasExtra = le.Uint32(raw[iMtimeExtra:]), true
 		}
 	}
-	in.ModTime = time.Unix(secs, nsec).UTC()
+	in.ModTime = decodeTime(le.Uint32(raw[iMtime:]), mtimeExtra, hasExtra)
 	return in, nil
 }
 
@@ -274,16 +227,16 @@ func (in *Inode) Device() (major, minor uint32) {
 	return (d & 0xfff00) >> 8, (d & 0xff) | ((d >> 12) & 0xfff00)
 }
 
-// extent maps count logical blocks starting at logical to physical blocks
-// starting at physical; physical 0 means a hole (read as zeros).
-type extent struct {
+// blockRun maps count logical blocks starting at logical to physical
+// blocks starting at physical; physical 0 means a hole (read as zeros).
+type blockRun struct {
 	logical, physical, count uint64
 }
 
 // extents lists the data extents of an inode in logical order.
-func (fs *FS) extents(in *Inode) ([]extent, error) {
-	if in.flags&flagExtents != 0 {
-		var out []extent
+func (fs *FS) extents(in *Inode) ([]blockRun, error) {
+	if in.flags&inodeFlagExtents != 0 {
+		var out []blockRun
 		if err := fs.walkExtentNode(in.block[:], 0, &out, new(int)); err != nil {
 			return nil, fmt.Errorf("inode %d extent tree: %w", in.Num, err)
 		}
@@ -298,17 +251,17 @@ func (fs *FS) extents(in *Inode) ([]extent, error) {
 	return fs.blockMap(in)
 }
 
-func (fs *FS) walkExtentNode(node []byte, level int, out *[]extent, visited *int) error {
+func (fs *FS) walkExtentNode(node []byte, level int, out *[]blockRun, visited *int) error {
 	le := binary.LittleEndian
-	if len(node) < 12 || le.Uint16(node) != 0xF30A {
+	if len(node) < extentEntrySize || le.Uint16(node[ehMagic:]) != extentMagic {
 		return corrupt("bad extent header")
 	}
-	entries := int(le.Uint16(node[2:]))
-	depth := int(le.Uint16(node[6:]))
+	entries := int(le.Uint16(node[ehEntries:]))
+	depth := int(le.Uint16(node[ehDepth:]))
 	if depth > 5 || level > 5 {
 		return corrupt("extent tree deeper than 5")
 	}
-	if 12+entries*12 > len(node) {
+	if extentEntrySize*(entries+1) > len(node) {
 		return corrupt("%d extent entries do not fit in %d bytes", entries, len(node))
 	}
 	// A file cannot have more extent nodes or extents than the filesystem
@@ -317,14 +270,14 @@ func (fs *FS) walkExtentNode(node []byte, level int, out *[]extent, visited *int
 		return corrupt("extent tree larger than the filesystem")
 	}
 	for i := 0; i < entries; i++ {
-		e := node[12+i*12:]
+		e := node[extentEntrySize*(i+1):]
 		if depth == 0 {
-			n := uint64(le.Uint16(e[4:]))
-			uninit := n > 32768
+			n := uint64(le.Uint16(e[eeLen:]))
+			uninit := n > maxInitExtent
 			if uninit {
-				n -= 32768
+				n -= maxInitExtent
 			}
-			start := uint64(le.Uint16(e[6:]))<<32 | uint64(le.Uint32(e[8:]))
+			start := uint64(le.Uint16(e[eeStartHi:]))<<32 | uint64(le.Uint32(e[eeStartLo:]))
 			if n == 0 {
 				continue
 			}
@@ -334,16 +287,16 @@ func (fs *FS) walkExtentNode(node []byte, level int, out *[]extent, visited *int
 			if uninit { // allocated but never written: reads as zeros
 				start = 0
 			}
-			*out = append(*out, extent{logical: uint64(le.Uint32(e)), physical: start, count: n})
+			*out = append(*out, blockRun{logical: uint64(le.Uint32(e[eeBlock:])), physical: start, count: n})
 			continue
 		}
-		leaf := uint64(le.Uint32(e[4:])) | uint64(le.Uint16(e[8:]))<<32
+		leaf := uint64(le.Uint32(e[eiLeafLo:])) | uint64(le.Uint16(e[eiLeafHi:]))<<32
 		child, err := fs.readBlock(leaf)
 		if err != nil {
 			return err
 		}
-		if int(le.Uint16(child[6:])) != depth-1 {
-			return corrupt("extent node at block %d has depth %d under depth %d", leaf, le.Uint16(child[6:]), depth)
+		if int(le.Uint16(child[ehDepth:])) != depth-1 {
+			return corrupt("extent node at block %d has depth %d under depth %d", leaf, le.Uint16(child[ehDepth:]), depth)
 		}
 		if err := fs.walkExtentNode(child, level+1, out, visited); err != nil {
 			return err
@@ -353,10 +306,10 @@ func (fs *FS) walkExtentNode(node []byte, level int, out *[]extent, visited *int
 }
 
 // blockMap reads an ext2/ext3 style direct/indirect block map as runs.
-func (fs *FS) blockMap(in *Inode) ([]extent, error) {
+func (fs *FS) blockMap(in *Inode) ([]blockRun, error) {
 	le := binary.LittleEndian
 	nblocks := (in.Size + fs.blockSize - 1) / fs.blockSize
-	var out []extent
+	var out []blockRun
 	var logical, visited uint64
 	add := func(phys uint64) error {
 		if phys >= fs.blocksCount {
@@ -366,7 +319,7 @@ func (fs *FS) blockMap(in *Inode) ([]extent, error) {
 			((phys == 0 && out[n-1].physical == 0) || (phys != 0 && out[n-1].physical != 0 && out[n-1].physical+out[n-1].count == phys)) {
 			out[n-1].count++
 		} else {
-			out = append(out, extent{logical: logical, physical: phys, count: 1})
+			out = append(out, blockRun{logical: logical, physical: phys, count: 1})
 		}
 		logical++
 		return nil
@@ -420,7 +373,7 @@ func (fs *FS) blockMap(in *Inode) ([]extent, error) {
 type fileReader struct {
 	fs      *FS
 	size    uint64
-	extents []extent
+	extents []blockRun
 	inline  []byte // contents of an inline-data inode
 }
 
@@ -481,7 +434,7 @@ func (f *fileReader) ReadAt(p []byte, off int64) (int, error) {
 // slow symlink. Nothing is read until it is used.
 func (fs *FS) Reader(in *Inode) (*io.SectionReader, error) {
 	f := &fileReader{fs: fs, size: in.Size}
-	if in.flags&flagInlineData != 0 {
+	if in.flags&inodeFlagInlineData != 0 {
 		data := append([]byte(nil), in.block[:]...)
 		if x, err := fs.rawXattrs(in); err != nil {
 			return nil, err
@@ -513,7 +466,7 @@ func (fs *FS) Readlink(in *Inode) (string, error) {
 	if in.Size > 4096 {
 		return "", corrupt("symlink inode %d of %d bytes", in.Num, in.Size)
 	}
-	if in.flags&(flagExtents|flagInlineData) == 0 && in.Size < 60 {
+	if in.flags&(inodeFlagExtents|inodeFlagInlineData) == 0 && in.Size < 60 {
 		return string(in.block[:in.Size]), nil // fast symlink
 	}
 	r, err := fs.Reader(in)
@@ -551,7 +504,7 @@ func (fs *FS) ReadDir(in *Inode) ([]DirEntry, error) {
 	}
 	// Inline directories start with the parent inode number, then entries.
 	blockLen := int(fs.blockSize)
-	if in.flags&flagInlineData != 0 {
+	if in.flags&inodeFlagInlineData != 0 {
 		if len(data) < 4 {
 			return nil, corrupt("inline directory inode %d too short", in.Num)
 		}
@@ -563,22 +516,22 @@ func (fs *FS) ReadDir(in *Inode) ([]DirEntry, error) {
 	for start := 0; start < len(data); start += blockLen {
 		block := data[start:min(start+blockLen, len(data))]
 		for off := 0; off+8 <= len(block); {
-			ino := le.Uint32(block[off:])
-			recLen := int(le.Uint16(block[off+4:]))
+			ino := le.Uint32(block[off+deInode:])
+			recLen := int(le.Uint16(block[off+deRecLen:]))
 			if recLen == 0 && fs.blockSize == 65536 {
 				recLen = 65536
 			}
-			if recLen < 8 || off+recLen > len(block) {
+			if recLen < deName || off+recLen > len(block) {
 				return nil, corrupt("directory inode %d: record length %d at offset %d", in.Num, recLen, start+off)
 			}
-			nameLen := int(block[off+6])
+			nameLen := int(block[off+deNameLen])
 			if !fs.filetype {
-				nameLen |= int(block[off+7]) << 8
+				nameLen |= int(block[off+deType]) << 8
 			}
-			if 8+nameLen > recLen {
+			if deName+nameLen > recLen {
 				return nil, corrupt("directory inode %d: name of %d bytes in a record of %d", in.Num, nameLen, recLen)
 			}
-			name := string(block[off+8 : off+8+nameLen])
+			name := string(block[off+deName : off+deName+nameLen])
 			if ino != 0 && name != "." && name != ".." {
 				out = append(out, DirEntry{Name: name, Inode: ino})
 			}
@@ -588,6 +541,3 @@ func (fs *FS) ReadDir(in *Inode) ([]DirEntry, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
-
-// RootInode is the inode number of the root directory.
-const RootInode = rootInode

@@ -1,34 +1,9 @@
-package ext4r
+package ext4
 
 import (
 	"encoding/binary"
 	"fmt"
 )
-
-const xattrMagic = 0xEA020000
-
-// xattrPrefix maps an on-disk name index to its namespace prefix.
-func xattrPrefix(index uint8) (string, bool) {
-	switch index {
-	case 0:
-		return "", true
-	case 1:
-		return "user.", true
-	case 2:
-		return "system.posix_acl_access", true
-	case 3:
-		return "system.posix_acl_default", true
-	case 4:
-		return "trusted.", true
-	case 6:
-		return "security.", true
-	case 7:
-		return "system.", true
-	case 8:
-		return "system.richacl", true
-	}
-	return "", false
-}
 
 // Xattrs returns the extended attributes of an inode by full name
 // ("security.capability"). POSIX ACLs are converted from ext4's compact
@@ -58,9 +33,9 @@ func (fs *FS) Xattrs(in *Inode) (map[string][]byte, error) {
 func (fs *FS) rawXattrs(in *Inode) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	le := binary.LittleEndian
-	if fs.inodeSize > 128 {
-		extra := uint64(le.Uint16(in.body[0x80:]))
-		start := 128 + extra
+	if fs.inodeSize > goodOldInodeSize {
+		extra := uint64(le.Uint16(in.body[iExtraIsize:]))
+		start := goodOldInodeSize + extra
 		if start+4 <= uint64(len(in.body)) && le.Uint32(in.body[start:]) == xattrMagic {
 			region := in.body[start+4:]
 			if err := parseXattrs(region, region, out); err != nil {
@@ -76,7 +51,7 @@ func (fs *FS) rawXattrs(in *Inode) (map[string][]byte, error) {
 		if le.Uint32(b) != xattrMagic {
 			return nil, corrupt("inode %d: xattr block %d has no magic", in.Num, in.fileACL)
 		}
-		if err := parseXattrs(b[32:], b, out); err != nil {
+		if err := parseXattrs(b[xattrBlockHeader:], b, out); err != nil {
 			return nil, fmt.Errorf("inode %d xattr block %d: %w", in.Num, in.fileACL, err)
 		}
 	}
@@ -88,23 +63,23 @@ func (fs *FS) rawXattrs(in *Inode) (map[string][]byte, error) {
 func parseXattrs(entries, values []byte, out map[string][]byte) error {
 	le := binary.LittleEndian
 	for off := 0; off+4 <= len(entries) && le.Uint32(entries[off:]) != 0; {
-		if off+16 > len(entries) {
+		if off+xattrEntryHeader > len(entries) {
 			return corrupt("xattr entry at %d truncated", off)
 		}
 		e := entries[off:]
-		nameLen := int(e[0])
-		index := e[1]
-		valOff := int(le.Uint16(e[2:]))
-		valInum := le.Uint32(e[4:])
-		valSize := int(le.Uint32(e[8:]))
-		if off+16+nameLen > len(entries) {
+		nameLen := int(e[xeNameLen])
+		index := e[xeNameIndex]
+		valOff := int(le.Uint16(e[xeValueOff:]))
+		valInum := le.Uint32(e[xeValueIno:])
+		valSize := int(le.Uint32(e[xeValueSize:]))
+		if off+xattrEntryHeader+nameLen > len(entries) {
 			return corrupt("xattr name at %d truncated", off)
 		}
 		prefix, ok := xattrPrefix(index)
 		if !ok {
 			return corrupt("xattr name index %d", index)
 		}
-		name := prefix + string(e[16:16+nameLen])
+		name := prefix + string(e[xeName:xeName+nameLen])
 		if valInum != 0 {
 			return fmt.Errorf("xattr %s is stored in its own inode (ea_inode), which this reader does not support", name)
 		}
@@ -112,7 +87,7 @@ func parseXattrs(entries, values []byte, out map[string][]byte) error {
 			return corrupt("xattr %s value of %d bytes at %d outside its %d-byte region", name, valSize, valOff, len(values))
 		}
 		out[name] = append([]byte(nil), values[valOff:valOff+valSize]...)
-		off += (16 + nameLen + 3) &^ 3
+		off += (xattrEntryHeader + nameLen + 3) &^ 3
 	}
 	return nil
 }

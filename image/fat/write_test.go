@@ -1,4 +1,4 @@
-package fatfs
+package fat
 
 import (
 	"bytes"

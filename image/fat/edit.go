@@ -1,4 +1,4 @@
-package fatfs
+package fat
 
 import (
 	"encoding/binary"
@@ -10,7 +10,8 @@ import (
 	"unicode/utf16"
 )
 
-// FS is a FAT filesystem opened for reading (and same-length rewrites).
+// FS is a FAT16 or FAT32 filesystem opened to look files up, read them and
+// rewrite them in place with the same length.
 type FS struct {
 	r     io.ReaderAt
 	g     geometry
@@ -26,37 +27,32 @@ type File struct {
 	first uint32
 }
 
-// Open reads the boot sector of the FAT filesystem of size bytes at offset
-// 0 of r.
+// Open reads the boot sector of the FAT16 or FAT32 filesystem of size bytes
+// at offset 0 of r.
 func Open(r io.ReaderAt, size int64) (*FS, error) {
 	b := make([]byte, sectorSize)
 	if _, err := r.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("read FAT boot sector: %w", err)
 	}
-	le := binary.LittleEndian
-	if b[510] != 0x55 || b[511] != 0xAA {
+	if b[bsSignature] != 0x55 || b[bsSignature+1] != 0xAA {
 		return nil, errors.New("not a FAT filesystem: no boot signature")
 	}
-	var g geometry
-	if le.Uint16(b[11:]) != sectorSize {
-		return nil, fmt.Errorf("FAT sector size %d is not supported (512 only)", le.Uint16(b[11:]))
+	p := readBPB(b)
+	if p.bytesPerSector != sectorSize {
+		return nil, fmt.Errorf("FAT sector size %d is not supported (512 only)", p.bytesPerSector)
 	}
-	g.spc = uint32(b[13])
-	g.reserved = uint32(le.Uint16(b[14:]))
-	nfats := uint32(b[16])
-	g.rootEntries = uint32(le.Uint16(b[17:]))
-	g.totalSectors = uint32(le.Uint16(b[19:]))
-	if g.totalSectors == 0 {
-		g.totalSectors = le.Uint32(b[32:])
+	g := geometry{
+		spc:          p.sectorsPerCluster,
+		reserved:     p.reserved,
+		rootEntries:  p.rootEntries,
+		totalSectors: p.totalSectors,
+		fatSectors:   p.fatSectors,
 	}
-	g.fatSectors = uint32(le.Uint16(b[22:]))
-	if g.fatSectors == 0 {
-		g.fatSectors = le.Uint32(b[36:])
-	}
+	nfats := p.fats
 	if g.spc == 0 || g.spc&(g.spc-1) != 0 || nfats == 0 || g.reserved == 0 || g.fatSectors == 0 || int64(g.totalSectors)*sectorSize > size {
 		return nil, errors.New("not a FAT filesystem: inconsistent boot sector")
 	}
-	rootSectors := (g.rootEntries*32 + sectorSize - 1) / sectorSize
+	rootSectors := (g.rootEntries*dirEntrySize + sectorSize - 1) / sectorSize
 	g.rootDirSector = g.reserved + nfats*g.fatSectors
 	g.dataStart = g.rootDirSector + rootSectors
 	if g.dataStart >= g.totalSectors {
@@ -64,14 +60,13 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	}
 	g.clusters = (g.totalSectors - g.dataStart) / g.spc
 	f := &FS{r: r, g: g}
-	label := b[43:54]
-	if g.clusters >= 65525 {
-		g.typ = FAT32
-		f.root = le.Uint32(b[44:])
-		label = b[71:82]
-	} else if g.clusters >= 4085 {
-		g.typ = FAT16
-	} else {
+	label := b[extBPB16+extLabel : extBPB16+extLabel+labelLen]
+	g.typ = typeForClusters(g.clusters)
+	switch g.typ {
+	case FAT32:
+		f.root = p.rootCluster
+		label = b[extBPB32+extLabel : extBPB32+extLabel+labelLen]
+	case FAT12:
 		return nil, fmt.Errorf("FAT12 (%d clusters) is not supported", g.clusters)
 	}
 	if g.typ == FAT16 && g.rootEntries == 0 {
@@ -95,7 +90,7 @@ func (f *FS) next(c uint32) (uint32, error) {
 			return 0, err
 		}
 		v := uint32(le.Uint16(buf[:]))
-		if v >= 0xFFF8 {
+		if v >= eocMin16 {
 			return 0, nil
 		}
 		return v, nil
@@ -104,8 +99,8 @@ func (f *FS) next(c uint32) (uint32, error) {
 	if _, err := f.r.ReadAt(buf[:], off); err != nil {
 		return 0, err
 	}
-	v := le.Uint32(buf[:]) & 0x0FFFFFFF
-	if v >= 0x0FFFFFF8 {
+	v := le.Uint32(buf[:]) & fat32Mask
+	if v >= eocMin32 {
 		return 0, nil
 	}
 	return v, nil
@@ -154,7 +149,7 @@ func (f *FS) readDir(first uint32, isRoot bool) ([]File, error) {
 	var raw []byte
 	var err error
 	if isRoot && f.g.typ == FAT16 {
-		raw = make([]byte, f.g.rootEntries*32)
+		raw = make([]byte, f.g.rootEntries*dirEntrySize)
 		_, err = f.r.ReadAt(raw, int64(f.g.rootDirSector)*sectorSize)
 	} else {
 		if isRoot {
@@ -169,44 +164,36 @@ func (f *FS) readDir(first uint32, isRoot bool) ([]File, error) {
 	var lfn []uint16
 	var lfnSum byte
 	le := binary.LittleEndian
-	for i := 0; i+32 <= len(raw); i += 32 {
-		e := raw[i : i+32]
-		if e[0] == 0 {
+	for i := 0; i+dirEntrySize <= len(raw); i += dirEntrySize {
+		e := raw[i : i+dirEntrySize]
+		if e[deName] == entryEnd {
 			break
 		}
-		if e[0] == 0xE5 {
+		if e[deName] == entryFree {
 			lfn = nil
 			continue
 		}
-		if e[11] == 0x0F {
-			seq := int(e[0] & 0x1F)
-			if e[0]&0x40 != 0 {
-				lfn = make([]uint16, 13*seq)
-				lfnSum = e[13]
+		if e[deAttr] == attrLFN {
+			seq := int(e[0] & lfnOrder)
+			if e[0]&lfnLast != 0 {
+				lfn = make([]uint16, lfnChars*seq)
+				lfnSum = e[lfnChecksum]
 			}
-			if seq == 0 || 13*seq > len(lfn) || e[13] != lfnSum {
+			if seq == 0 || lfnChars*seq > len(lfn) || e[lfnChecksum] != lfnSum {
 				lfn = nil
 				continue
 			}
-			part := lfn[13*(seq-1):]
-			for j := 0; j < 13; j++ {
-				off := 1 + 2*j
-				if j >= 5 {
-					off = 14 + 2*(j-5)
-				}
-				if j >= 11 {
-					off = 28 + 2*(j-11)
-				}
-				part[j] = le.Uint16(e[off:])
+			part := lfn[lfnChars*(seq-1):]
+			for j := 0; j < lfnChars; j++ {
+				part[j] = le.Uint16(e[lfnCharOffset(j):])
 			}
 			continue
 		}
-		if e[11]&0x08 != 0 {
+		if e[deAttr]&attrVolume != 0 {
 			lfn = nil
 			continue
 		}
-		var short [11]byte
-		copy(short[:], e[:11])
+		short := e[deName : deName+11]
 		name := ""
 		if lfn != nil && checksum(short) == lfnSum {
 			end := len(lfn)
@@ -229,11 +216,11 @@ func (f *FS) readDir(first uint32, isRoot bool) ([]File, error) {
 		if name == "." || name == ".." {
 			continue
 		}
-		cl := uint32(le.Uint16(e[26:]))
+		cl := uint32(le.Uint16(e[deClusterLo:]))
 		if f.g.typ == FAT32 {
-			cl |= uint32(le.Uint16(e[20:])) << 16
+			cl |= uint32(le.Uint16(e[deClusterHi:])) << 16
 		}
-		out = append(out, File{Name: name, Size: int64(le.Uint32(e[28:])), Dir: e[11]&0x10 != 0, first: cl})
+		out = append(out, File{Name: name, Size: int64(le.Uint32(e[deSize:])), Dir: e[deAttr]&attrDir != 0, first: cl})
 	}
 	return out, nil
 }

@@ -1,26 +1,4 @@
-// Package ext4fs writes a tree.Tree as a fresh ext4 filesystem into a
-// partition-sized region of an image, without root, mount or loop device.
-//
-// Why our own writer and not go-diskfs: go-diskfs v1.9.4 ext4 cannot write
-// hard links or device nodes (Mknod and Link return ErrNotImplemented), has
-// no way to write extended attributes (security.capability), stamps new
-// entries with time.Now (no reproducible output), and rewrites a directory
-// for every file it adds. A root filesystem needs all of that, so this
-// package lays the filesystem out in one planned pass instead.
-//
-// What it writes: 4 KiB blocks, 32768 blocks per group, 256-byte inodes,
-// sparse_super, extents, filetype, large_file, huge_file, dir_nlink,
-// extra_isize, ext_attr, and optionally a (clean, empty) journal. Directories
-// are linear (no dir_index), metadata carries no checksums (no
-// metadata_csum), group metadata sits at the start of each group (no
-// flex_bg). Inodes and blocks are handed out in the tree's sorted path order,
-// so the same tree and Params give the same bytes. Extended attributes must
-// fit in the inode (96 bytes: enough for security.capability).
-//
-// Write assumes the region reads as zeros (a fresh sparse image file) unless
-// Params.ZeroMetadata is set, in which case it zeroes the inode tables itself
-// so a region holding an older filesystem can be rewritten in place.
-package ext4fs
+package ext4
 
 import (
 	"encoding/binary"
@@ -34,19 +12,16 @@ import (
 	"github.com/lekiwi/heartbeat/image/tree"
 )
 
-// BlockSize is the filesystem block size.
+// BlockSize is the block size Write uses.
 const BlockSize = 4096
 
+// The rest of the geometry Write lays down.
 const (
 	blocksPerGroup = 32768
 	inodeSize      = 256
 	extraIsize     = 32
-	firstIno       = 11
-	rootIno        = 2
-	journalIno     = 8
 	inodeRatio     = 16384
-	maxExtentLen   = 32768
-	extentsPerLeaf = (BlockSize - 12) / 12
+	extentsPerLeaf = (BlockSize - extentEntrySize) / extentEntrySize
 	descSize       = 32
 )
 
@@ -209,12 +184,12 @@ func (a *allocator) alloc(n uint32) ([]extent, error) {
 		}
 		start := a.next
 		var l uint32
-		for l < n && l < maxExtentLen && a.next < a.g.blocks && !a.isUsed(a.next) {
+		for l < n && l < maxInitExtent && a.next < a.g.blocks && !a.isUsed(a.next) {
 			a.mark(a.next)
 			a.next++
 			l++
 		}
-		if k := len(out); k > 0 && out[k-1].start+out[k-1].length == start && out[k-1].length+l <= maxExtentLen {
+		if k := len(out); k > 0 && out[k-1].start+out[k-1].length == start && out[k-1].length+l <= maxInitExtent {
 			out[k-1].length += l
 		} else {
 			out = append(out, extent{logical: logical, start: start, length: l})
@@ -255,19 +230,19 @@ func journalBlocks(blocks uint32) uint32 {
 func ftypeOf(k tree.Kind) uint8 {
 	switch k {
 	case tree.File, tree.Hardlink:
-		return 1
+		return dirTypeRegular
 	case tree.Dir:
-		return 2
+		return dirTypeDir
 	case tree.CharDevice:
-		return 3
+		return dirTypeChar
 	case tree.BlockDevice:
-		return 4
+		return dirTypeBlock
 	case tree.FIFO:
-		return 5
+		return dirTypeFIFO
 	case tree.Socket:
-		return 6
+		return dirTypeSocket
 	case tree.Symlink:
-		return 7
+		return dirTypeSymlink
 	}
 	return 0
 }
@@ -294,7 +269,7 @@ func Estimate(t *tree.Tree) (dataBytes int64, inodes int) {
 			inodes++
 		}
 	}
-	return dataBytes, inodes + firstIno
+	return dataBytes, inodes + firstInode
 }
 
 // Overhead returns the bytes of metadata (inode tables, bitmaps,
@@ -319,6 +294,13 @@ func Overhead(size int64, inodes int, journal bool) int64 {
 // Write lays t down as an ext4 filesystem of size bytes (rounded down to
 // whole blocks) at offset 0 of w. Nothing is written when the tree does not
 // fit or is malformed.
+//
+// Why our own writer and not go-diskfs: go-diskfs v1.9.4 ext4 cannot write
+// hard links or device nodes (Mknod and Link return ErrNotImplemented), has
+// no way to write extended attributes (security.capability), stamps new
+// entries with time.Now (no reproducible output), and rewrites a directory
+// for every file it adds. A root filesystem needs all of that, so this
+// writer lays the filesystem out in one planned pass instead.
 func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 	if len(p.Label) > 16 {
 		return fmt.Errorf("ext4 label %q is longer than 16 bytes", p.Label)
@@ -352,7 +334,7 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 		if jb == 0 {
 			return fmt.Errorf("%w: a %d-byte ext4 is too small for a journal", ErrNoSpace, size)
 		}
-		journal = &node{e: &tree.Entry{Kind: tree.File, Mode: 0o600, ModTime: p.Time, Size: int64(jb) * BlockSize}, ino: journalIno, links: 1, nblocks: jb}
+		journal = &node{e: &tree.Entry{Kind: tree.File, Mode: 0o600, ModTime: p.Time, Size: int64(jb) * BlockSize}, ino: journalInode, links: 1, nblocks: jb}
 		if journal.extents, err = a.alloc(jb); err != nil {
 			return noSpace()
 		}
@@ -408,12 +390,12 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 		}
 		d := gdt[grp*descSize:]
 		le := binary.LittleEndian
-		le.PutUint32(d[0:], bb)
-		le.PutUint32(d[4:], ib)
-		le.PutUint32(d[8:], it)
-		le.PutUint16(d[12:], uint16(free))
-		le.PutUint16(d[14:], uint16(g.ipg-usedInodes))
-		le.PutUint16(d[16:], uint16(dirs))
+		le.PutUint32(d[gdBlockBitmap:], bb)
+		le.PutUint32(d[gdInodeBitmap:], ib)
+		le.PutUint32(d[gdInodeTable:], it)
+		le.PutUint16(d[gdFreeBlocks:], uint16(free))
+		le.PutUint16(d[gdFreeInodes:], uint16(g.ipg-usedInodes))
+		le.PutUint16(d[gdUsedDirs:], uint16(dirs))
 
 		// Block bitmap, padded with ones past the end of the filesystem.
 		bm := make([]byte, BlockSize)
@@ -441,9 +423,9 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 		}
 		base := int64(grp) * blocksPerGroup * BlockSize
 		s := append([]byte(nil), sb...)
-		binary.LittleEndian.PutUint16(s[90:], uint16(grp))
+		binary.LittleEndian.PutUint16(s[sBlockGroupNr:], uint16(grp))
 		if grp == 0 {
-			fw.at(s, 1024)
+			fw.at(s, superblockOffset)
 		} else {
 			fw.at(s, base)
 		}
@@ -455,7 +437,7 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 
 	inodes := map[uint32][]byte{}
 	if journal != nil {
-		inodes[journalIno] = inodeBytes(journal, p.Time)
+		inodes[journalInode] = inodeBytes(journal, p.Time)
 		js := make([]byte, BlockSize)
 		be := binary.BigEndian
 		be.PutUint32(js[0:], 0xC03B3998)
@@ -554,7 +536,7 @@ func writeLeaves(fw *failWriter, n *node) {
 		b := make([]byte, BlockSize)
 		putExtentHeader(b, len(chunk), extentsPerLeaf, 0)
 		for j, e := range chunk {
-			putExtent(b[12+12*j:], e)
+			putExtent(b[extentEntrySize*(j+1):], e)
 		}
 		fw.at(b, int64(blk)*BlockSize)
 	}
@@ -614,9 +596,9 @@ func collect(t *tree.Tree, now time.Time) ([]*node, map[string]*node, error) {
 	entries := t.Entries()
 	byPath := map[string]*node{}
 	var nodes []*node
-	next := uint32(firstIno + 1)
-	root := &node{ino: rootIno}
-	lpf := &node{ino: firstIno, e: &tree.Entry{Path: "lost+found", Kind: tree.Dir, Mode: 0o700, ModTime: now}}
+	next := uint32(firstInode + 1)
+	root := &node{ino: RootInode}
+	lpf := &node{ino: firstInode, e: &tree.Entry{Path: "lost+found", Kind: tree.Dir, Mode: 0o700, ModTime: now}}
 	for _, e := range entries {
 		switch e.Path {
 		case ".":
@@ -684,16 +666,16 @@ func collect(t *tree.Tree, now time.Time) ([]*node, map[string]*node, error) {
 	}
 	for _, n := range nodes {
 		if n.e.Kind == tree.Dir {
-			parent := rootIno
-			if n.ino != rootIno {
+			parent := RootInode
+			if n.ino != RootInode {
 				parent = int(byPath[path.Dir(n.e.Path)].ino)
 			}
-			n.children = []dirent{{".", n.ino, 2}, {"..", uint32(parent), 2}}
+			n.children = []dirent{{".", n.ino, dirTypeDir}, {"..", uint32(parent), dirTypeDir}}
 			n.links = 2
 		}
 	}
 	for _, n := range nodes {
-		if n.ino == rootIno {
+		if n.ino == RootInode {
 			continue
 		}
 		parent := byPath[path.Dir(n.e.Path)]
@@ -730,24 +712,24 @@ func renderDir(children []dirent, p string) ([]byte, error) {
 	lastOff := -1
 	flush := func() {
 		// The last entry of a block spans to its end.
-		binary.LittleEndian.PutUint16(blk[lastOff+4:], uint16(BlockSize-lastOff))
+		binary.LittleEndian.PutUint16(blk[lastOff+deRecLen:], uint16(BlockSize-lastOff))
 		blk = blk[:BlockSize]
 		out = append(out, blk...)
 		blk = make([]byte, 0, BlockSize)
 		lastOff = -1
 	}
 	for _, c := range children {
-		rec := (8 + len(c.name) + 3) &^ 3
+		rec := (deName + len(c.name) + 3) &^ 3
 		if len(blk)+rec > BlockSize {
 			flush()
 		}
 		lastOff = len(blk)
 		e := make([]byte, rec)
-		binary.LittleEndian.PutUint32(e[0:], c.ino)
-		binary.LittleEndian.PutUint16(e[4:], uint16(rec))
-		e[6] = uint8(len(c.name))
-		e[7] = c.ftype
-		copy(e[8:], c.name)
+		binary.LittleEndian.PutUint32(e[deInode:], c.ino)
+		binary.LittleEndian.PutUint16(e[deRecLen:], uint16(rec))
+		e[deNameLen] = uint8(len(c.name))
+		e[deType] = c.ftype
+		copy(e[deName:], c.name)
 		blk = append(blk, e...)
 	}
 	if lastOff < 0 {
@@ -757,17 +739,9 @@ func renderDir(children []dirent, p string) ([]byte, error) {
 	return out, nil
 }
 
-var xattrPrefixes = []struct {
-	index  uint8
-	prefix string
-}{
-	{2, "system.posix_acl_access"}, {3, "system.posix_acl_default"},
-	{1, "user."}, {4, "trusted."}, {6, "security."}, {7, "system."},
-}
-
 // xattrSpace is what an inode holds after its extra fields: 256 - 128 -
 // 32, less the 4-byte magic.
-const xattrSpace = inodeSize - 128 - extraIsize - 4
+const xattrSpace = inodeSize - goodOldInodeSize - extraIsize - 4
 
 // renderXattrs lays the attributes out as an in-inode xattr area (without
 // the magic): entries from the front, values from the back.
@@ -787,29 +761,30 @@ func renderXattrs(x map[string][]byte) ([]byte, error) {
 		v := x[full]
 		var idx uint8
 		name := full
-		for _, p := range xattrPrefixes {
-			if len(full) >= len(p.prefix) && full[:len(p.prefix)] == p.prefix {
-				idx, name = p.index, full[len(p.prefix):]
+		// The ACL names first: they share the "system." prefix.
+		for _, i := range []uint8{2, 3, 1, 4, 6, 7} {
+			if p, _ := xattrPrefix(i); len(full) >= len(p) && full[:len(p)] == p {
+				idx, name = i, full[len(p):]
 				break
 			}
 		}
 		if idx == 0 {
 			return nil, fmt.Errorf("extended attribute %q has no known namespace (user., trusted., security., system.)", full)
 		}
-		elen := (16 + len(name) + 3) &^ 3
+		elen := (xattrEntryHeader + len(name) + 3) &^ 3
 		vlen := (len(v) + 3) &^ 3
 		valueEnd -= vlen
 		if entryOff+elen+4 > valueEnd || len(name) > 255 {
 			return nil, fmt.Errorf("extended attributes need more than the %d bytes that fit in an inode (this writer stores them only in the inode)", xattrSpace)
 		}
 		e := area[entryOff:]
-		e[0] = uint8(len(name))
-		e[1] = idx
-		binary.LittleEndian.PutUint16(e[2:], uint16(valueEnd))
-		binary.LittleEndian.PutUint32(e[8:], uint32(len(v)))
-		copy(e[16:], name)
+		e[xeNameLen] = uint8(len(name))
+		e[xeNameIndex] = idx
+		binary.LittleEndian.PutUint16(e[xeValueOff:], uint16(valueEnd))
+		binary.LittleEndian.PutUint32(e[xeValueSize:], uint32(len(v)))
+		copy(e[xeName:], name)
 		copy(area[valueEnd:], v)
-		binary.LittleEndian.PutUint32(e[12:], xattrHash(name, area[valueEnd:valueEnd+vlen], len(v)))
+		binary.LittleEndian.PutUint32(e[xeHash:], xattrHash(name, area[valueEnd:valueEnd+vlen], len(v)))
 		entryOff += elen
 	}
 	return area, nil
@@ -835,24 +810,18 @@ func sortStrings(s []string) {
 	}
 }
 
-func encTime(t time.Time) (uint32, uint32) {
-	sec := t.Unix()
-	epoch := uint32((sec-int64(int32(sec)))>>32) & 3
-	return uint32(sec), epoch | uint32(t.Nanosecond())<<2
-}
-
 func putExtentHeader(b []byte, entries, max, depth int) {
-	binary.LittleEndian.PutUint16(b[0:], 0xF30A)
-	binary.LittleEndian.PutUint16(b[2:], uint16(entries))
-	binary.LittleEndian.PutUint16(b[4:], uint16(max))
-	binary.LittleEndian.PutUint16(b[6:], uint16(depth))
+	binary.LittleEndian.PutUint16(b[ehMagic:], extentMagic)
+	binary.LittleEndian.PutUint16(b[ehEntries:], uint16(entries))
+	binary.LittleEndian.PutUint16(b[ehMax:], uint16(max))
+	binary.LittleEndian.PutUint16(b[ehDepth:], uint16(depth))
 }
 
 func putExtent(b []byte, e extent) {
-	binary.LittleEndian.PutUint32(b[0:], e.logical)
-	binary.LittleEndian.PutUint16(b[4:], uint16(e.length))
-	binary.LittleEndian.PutUint16(b[6:], 0)
-	binary.LittleEndian.PutUint32(b[8:], e.start)
+	binary.LittleEndian.PutUint32(b[eeBlock:], e.logical)
+	binary.LittleEndian.PutUint16(b[eeLen:], uint16(e.length))
+	binary.LittleEndian.PutUint16(b[eeStartHi:], 0)
+	binary.LittleEndian.PutUint32(b[eeStartLo:], e.start)
 }
 
 func modeBits(e *tree.Entry) uint16 {
@@ -868,19 +837,19 @@ func modeBits(e *tree.Entry) uint16 {
 	}
 	switch e.Kind {
 	case tree.File:
-		m |= 0x8000
+		m |= TypeRegular
 	case tree.Dir:
-		m |= 0x4000
+		m |= TypeDir
 	case tree.Symlink:
-		m |= 0xA000
+		m |= TypeSymlink
 	case tree.CharDevice:
-		m |= 0x2000
+		m |= TypeChar
 	case tree.BlockDevice:
-		m |= 0x6000
+		m |= TypeBlock
 	case tree.FIFO:
-		m |= 0x1000
+		m |= TypeFIFO
 	case tree.Socket:
-		m |= 0xC000
+		m |= TypeSocket
 	}
 	return m
 }
@@ -893,9 +862,9 @@ func inodeBytes(n *node, now time.Time) []byte {
 	if mt.IsZero() {
 		mt = now
 	}
-	lo, extra := encTime(mt)
-	le.PutUint16(b[0:], modeBits(e))
-	le.PutUint16(b[2:], uint16(e.UID))
+	lo, extra := encodeTime(mt)
+	le.PutUint16(b[iMode:], modeBits(e))
+	le.PutUint16(b[iUID:], uint16(e.UID))
 	var size uint64
 	switch e.Kind {
 	case tree.File:
@@ -905,19 +874,19 @@ func inodeBytes(n *node, now time.Time) []byte {
 	case tree.Symlink:
 		size = uint64(len(e.Link))
 	}
-	le.PutUint32(b[4:], uint32(size))
-	le.PutUint32(b[8:], lo)
-	le.PutUint32(b[12:], lo)
-	le.PutUint32(b[16:], lo)
-	le.PutUint16(b[24:], uint16(e.GID))
+	le.PutUint32(b[iSize:], uint32(size))
+	le.PutUint32(b[iAtime:], lo)
+	le.PutUint32(b[iCtime:], lo)
+	le.PutUint32(b[iMtime:], lo)
+	le.PutUint16(b[iGID:], uint16(e.GID))
 	links := n.links
 	if e.Kind == tree.Dir && links > 65000 {
 		links = 1
 	}
-	le.PutUint16(b[26:], uint16(links))
+	le.PutUint16(b[iLinks:], uint16(links))
 	sectors := uint64(n.nblocks+uint32(len(n.leaves))) * (BlockSize / 512)
-	le.PutUint32(b[28:], uint32(sectors))
-	iblock := b[40:100]
+	le.PutUint32(b[iBlocks:], uint32(sectors))
+	iblock := b[iBlock : iBlock+iBlockLen]
 	switch {
 	case e.Kind == tree.CharDevice || e.Kind == tree.BlockDevice:
 		if e.Major < 256 && e.Minor < 256 {
@@ -928,89 +897,89 @@ func inodeBytes(n *node, now time.Time) []byte {
 	case e.Kind == tree.Symlink && n.nblocks == 0:
 		copy(iblock, e.Link)
 	case e.Kind == tree.File || e.Kind == tree.Dir || e.Kind == tree.Symlink:
-		le.PutUint32(b[32:], 0x80000) // EXT4_EXTENTS_FL
+		le.PutUint32(b[iFlags:], inodeFlagExtents)
 		if len(n.leaves) == 0 {
 			putExtentHeader(iblock, len(n.extents), 4, 0)
 			for i, x := range n.extents {
-				putExtent(iblock[12+12*i:], x)
+				putExtent(iblock[extentEntrySize*(i+1):], x)
 			}
 		} else {
 			putExtentHeader(iblock, len(n.leaves), 4, 1)
 			for i, leaf := range n.leaves {
-				ix := iblock[12+12*i:]
-				le.PutUint32(ix[0:], n.extents[i*extentsPerLeaf].logical)
-				le.PutUint32(ix[4:], leaf)
+				ix := iblock[extentEntrySize*(i+1):]
+				le.PutUint32(ix[eiBlock:], n.extents[i*extentsPerLeaf].logical)
+				le.PutUint32(ix[eiLeafLo:], leaf)
 			}
 		}
 	}
-	le.PutUint32(b[108:], uint32(size>>32))
-	le.PutUint16(b[116:], uint16(sectors>>32))
-	le.PutUint16(b[120:], uint16(e.UID>>16))
-	le.PutUint16(b[122:], uint16(e.GID>>16))
-	le.PutUint16(b[128:], extraIsize)
-	le.PutUint32(b[132:], extra)
-	le.PutUint32(b[136:], extra)
-	le.PutUint32(b[140:], extra)
-	le.PutUint32(b[144:], lo)
-	le.PutUint32(b[148:], extra)
+	le.PutUint32(b[iSizeHi:], uint32(size>>32))
+	le.PutUint16(b[iBlocksHi:], uint16(sectors>>32))
+	le.PutUint16(b[iUIDHi:], uint16(e.UID>>16))
+	le.PutUint16(b[iGIDHi:], uint16(e.GID>>16))
+	le.PutUint16(b[iExtraIsize:], extraIsize)
+	le.PutUint32(b[iCtimeExtra:], extra)
+	le.PutUint32(b[iMtimeExtra:], extra)
+	le.PutUint32(b[iAtimeExtra:], extra)
+	le.PutUint32(b[iCrtime:], lo)
+	le.PutUint32(b[iCrtimeExtra:], extra)
 	if n.xattrs != nil {
-		le.PutUint32(b[128+extraIsize:], 0xEA020000)
-		copy(b[128+extraIsize+4:], n.xattrs)
+		le.PutUint32(b[goodOldInodeSize+extraIsize:], xattrMagic)
+		copy(b[goodOldInodeSize+extraIsize+4:], n.xattrs)
 	}
 	return b
 }
 
 func superblock(g geometry, p Params, reserved, freeBlocks, freeInodes uint32, journal *node) []byte {
 	le := binary.LittleEndian
-	s := make([]byte, 1024)
+	s := make([]byte, superblockSize)
 	ts := uint32(p.Time.Unix())
-	le.PutUint32(s[0:], g.inodeCount)
-	le.PutUint32(s[4:], g.blocks)
-	le.PutUint32(s[8:], reserved)
-	le.PutUint32(s[12:], freeBlocks)
-	le.PutUint32(s[16:], freeInodes)
-	le.PutUint32(s[20:], 0)
-	le.PutUint32(s[24:], 2)
-	le.PutUint32(s[28:], 2)
-	le.PutUint32(s[32:], blocksPerGroup)
-	le.PutUint32(s[36:], blocksPerGroup)
-	le.PutUint32(s[40:], g.ipg)
-	le.PutUint32(s[44:], 0)
-	le.PutUint32(s[48:], ts)
-	le.PutUint16(s[52:], 0)
-	le.PutUint16(s[54:], 0xFFFF)
-	le.PutUint16(s[56:], 0xEF53)
-	le.PutUint16(s[58:], 1)
-	le.PutUint16(s[60:], 1)
-	le.PutUint32(s[64:], ts)
-	le.PutUint32(s[76:], 1)
-	le.PutUint32(s[84:], firstIno)
-	le.PutUint16(s[88:], inodeSize)
-	compat := uint32(0x8) // ext_attr
+	le.PutUint32(s[sInodesCount:], g.inodeCount)
+	le.PutUint32(s[sBlocksCount:], g.blocks)
+	le.PutUint32(s[sReservedBlocks:], reserved)
+	le.PutUint32(s[sFreeBlocks:], freeBlocks)
+	le.PutUint32(s[sFreeInodes:], freeInodes)
+	le.PutUint32(s[sFirstDataBlock:], 0)
+	le.PutUint32(s[sLogBlockSize:], 2) // 4 KiB
+	le.PutUint32(s[sLogClusterSize:], 2)
+	le.PutUint32(s[sBlocksPerGroup:], blocksPerGroup)
+	le.PutUint32(s[sClustersPerGroup:], blocksPerGroup)
+	le.PutUint32(s[sInodesPerGroup:], g.ipg)
+	le.PutUint32(s[sMountTime:], 0)
+	le.PutUint32(s[sWriteTime:], ts)
+	le.PutUint16(s[sMountCount:], 0)
+	le.PutUint16(s[sMaxMountCount:], 0xFFFF)
+	le.PutUint16(s[sMagic:], superblockMagic)
+	le.PutUint16(s[sState:], 1)  // clean
+	le.PutUint16(s[sErrors:], 1) // continue
+	le.PutUint32(s[sLastCheck:], ts)
+	le.PutUint32(s[sRevLevel:], 1)
+	le.PutUint32(s[sFirstInode:], firstInode)
+	le.PutUint16(s[sInodeSize:], inodeSize)
+	compat := uint32(compatExtAttr)
 	if journal != nil {
-		compat |= 0x4
+		compat |= compatHasJournal
 	}
-	le.PutUint32(s[92:], compat)
-	le.PutUint32(s[96:], 0x2|0x40)               // filetype, extents
-	le.PutUint32(s[100:], 0x1|0x2|0x8|0x20|0x40) // sparse_super, large_file, huge_file, dir_nlink, extra_isize
-	copy(s[104:], p.UUID[:])
-	copy(s[120:], p.Label)
+	le.PutUint32(s[sFeatureCompat:], compat)
+	le.PutUint32(s[sFeatureIncompat:], incompatFiletype|incompatExtents)
+	le.PutUint32(s[sFeatureROCompat:], roCompatSparseSuper|roCompatLargeFile|roCompatHugeFile|roCompatDirNlink|roCompatExtraIsize)
+	copy(s[sUUID:], p.UUID[:])
+	copy(s[sVolumeName:], p.Label)
 	for i := 0; i < 4; i++ {
-		le.PutUint32(s[236+4*i:], le.Uint32(p.HashSeed[4*i:]))
+		le.PutUint32(s[sHashSeed+4*i:], le.Uint32(p.HashSeed[4*i:]))
 	}
-	s[252] = 1 // half_md4
-	le.PutUint32(s[256:], 0x0C)
-	le.PutUint32(s[264:], ts)
+	s[sDefHashVersion] = 1 // half_md4
+	le.PutUint32(s[sDefaultMountOpts:], 0x0C)
+	le.PutUint32(s[sMkfsTime:], ts)
 	if journal != nil {
-		le.PutUint32(s[224:], journalIno)
-		s[253] = 1 // EXT3_JNL_BACKUP_BLOCKS
+		le.PutUint32(s[sJournalInode:], journalInode)
+		s[sJournalBackupType] = 1 // EXT3_JNL_BACKUP_BLOCKS
 		ib := inodeBytes(journal, p.Time)
-		copy(s[268:268+60], ib[40:100])
-		le.PutUint32(s[268+60:], le.Uint32(ib[108:]))
-		le.PutUint32(s[268+64:], le.Uint32(ib[4:]))
+		copy(s[sJournalBlocks:sJournalBlocks+iBlockLen], ib[iBlock:iBlock+iBlockLen])
+		le.PutUint32(s[sJournalBlocks+iBlockLen:], le.Uint32(ib[iSizeHi:]))
+		le.PutUint32(s[sJournalBlocks+iBlockLen+4:], le.Uint32(ib[iSize:]))
 	}
-	le.PutUint16(s[348:], extraIsize)
-	le.PutUint16(s[350:], extraIsize)
-	le.PutUint32(s[352:], 2) // unsigned directory hash
+	le.PutUint16(s[sMinExtraIsize:], extraIsize)
+	le.PutUint16(s[sWantExtraIsize:], extraIsize)
+	le.PutUint32(s[sFlags:], 2) // unsigned directory hash
 	return s
 }

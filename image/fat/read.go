@@ -1,13 +1,4 @@
-// Package fatr reads a FAT12, FAT16 or FAT32 filesystem from an
-// io.ReaderAt without mounting it: boot sector, allocation table, long and
-// short file names, modification times, and file contents streamed cluster
-// by cluster.
-//
-// Raspberry Pi boot partitions are FAT32 on Raspberry Pi OS but FAT16 on
-// small images (the A/B bootconfig partition), so one reader serves both;
-// go-diskfs's reader only opens FAT32. Bytes from a downloaded image are
-// untrusted: every chain and offset is checked, corrupt input is an error.
-package fatr
+package fat
 
 import (
 	"encoding/binary"
@@ -32,11 +23,14 @@ func corrupt(format string, a ...any) error {
 // clusters need 1 GiB; a 2 TiB boot partition is not a boot partition).
 const maxFATBytes = 64 << 20
 
-// FS is an open FAT filesystem.
-type FS struct {
+// Reader walks a FAT12, FAT16 or FAT32 filesystem whose bytes are not
+// trusted. Raspberry Pi boot partitions are FAT32 on Raspberry Pi OS but
+// FAT16 on small images (the A/B bootconfig partition), so one reader serves
+// both; go-diskfs's reader only opens FAT32.
+type Reader struct {
 	r            io.ReaderAt
 	size         int64
-	kind         string // "FAT12", "FAT16", "FAT32"
+	typ          Type
 	clusterSize  int64
 	dataStart    int64
 	clusterCount uint32
@@ -47,9 +41,9 @@ type FS struct {
 	label        string
 }
 
-// Open reads the boot sector and allocation table of the filesystem in the
-// first size bytes of r.
-func Open(r io.ReaderAt, size int64) (*FS, error) {
+// NewReader reads the boot sector and allocation table of the filesystem in
+// the first size bytes of r.
+func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 	bs := make([]byte, 512)
 	if size < 512 {
 		return nil, corrupt("only %d bytes", size)
@@ -57,27 +51,21 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	if _, err := r.ReadAt(bs, 0); err != nil {
 		return nil, fmt.Errorf("read FAT boot sector: %w", err)
 	}
-	le := binary.LittleEndian
-	if bs[510] != 0x55 || bs[511] != 0xAA {
+	if bs[bsSignature] != 0x55 || bs[bsSignature+1] != 0xAA {
 		return nil, errors.New("no FAT boot sector (missing 55 AA signature)")
 	}
-	bps := int64(le.Uint16(bs[11:]))
-	spc := int64(bs[13])
-	reserved := int64(le.Uint16(bs[14:]))
-	nfats := int64(bs[16])
-	rootEntries := int64(le.Uint16(bs[17:]))
-	totSec := int64(le.Uint16(bs[19:]))
-	if totSec == 0 {
-		totSec = int64(le.Uint32(bs[32:]))
-	}
-	fatSz := int64(le.Uint16(bs[22:]))
-	if fatSz == 0 {
-		fatSz = int64(le.Uint32(bs[36:]))
-	}
+	p := readBPB(bs)
+	bps := int64(p.bytesPerSector)
+	spc := int64(p.sectorsPerCluster)
+	reserved := int64(p.reserved)
+	nfats := int64(p.fats)
+	rootEntries := int64(p.rootEntries)
+	totSec := int64(p.totalSectors)
+	fatSz := int64(p.fatSectors)
 	if bps < 512 || bps > 4096 || bps&(bps-1) != 0 || spc == 0 || spc&(spc-1) != 0 || reserved == 0 || nfats == 0 || fatSz == 0 {
 		return nil, fmt.Errorf("no FAT filesystem (bytes/sector %d, sectors/cluster %d, reserved %d, FATs %d, FAT size %d)", bps, spc, reserved, nfats, fatSz)
 	}
-	rootSectors := (rootEntries*32 + bps - 1) / bps
+	rootSectors := (rootEntries*dirEntrySize + bps - 1) / bps
 	meta := reserved + nfats*fatSz + rootSectors
 	if totSec <= meta {
 		return nil, corrupt("%d sectors, %d of them metadata", totSec, meta)
@@ -86,34 +74,28 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, corrupt("filesystem of %d bytes in a %d-byte partition (truncated image?)", totSec*bps, size)
 	}
 	clusters := (totSec - meta) / spc
-	fs := &FS{r: r, size: size, clusterSize: spc * bps, dataStart: meta * bps, clusterCount: uint32(clusters)}
-	labelOff := 43
-	switch {
-	case clusters < 4085:
-		fs.kind = "FAT12"
-	case clusters < 65525:
-		fs.kind = "FAT16"
-	default:
-		fs.kind = "FAT32"
-		labelOff = 71
-		fs.rootCluster = le.Uint32(bs[44:])
-	}
-	if fs.kind != "FAT32" {
+	fs := &Reader{r: r, size: size, clusterSize: spc * bps, dataStart: meta * bps, clusterCount: uint32(clusters)}
+	fs.typ = typeForClusters(uint32(clusters))
+	ext := extBPB16
+	if fs.typ == FAT32 {
+		ext = extBPB32
+		fs.rootCluster = p.rootCluster
+	} else {
 		fs.rootStart = (reserved + nfats*fatSz) * bps
 		fs.rootSize = rootSectors * bps
 	}
-	if bs[labelOff-5] == 0x29 { // extended boot signature
-		fs.label = strings.TrimRight(string(bs[labelOff:labelOff+11]), " ")
+	if bs[ext+extBootSig] == extBootSigValue {
+		fs.label = strings.TrimRight(string(bs[ext+extLabel:ext+extLabel+labelLen]), " ")
 	}
 	fatBytes := fatSz * bps
 	if fatBytes > maxFATBytes {
 		return nil, fmt.Errorf("FAT of %d bytes is too large for a boot partition", fatBytes)
 	}
 	need := int64(clusters+2) * 4
-	switch fs.kind {
-	case "FAT12":
+	switch fs.typ {
+	case FAT12:
 		need = (int64(clusters+2)*3+1)/2 + 1
-	case "FAT16":
+	case FAT16:
 		need = int64(clusters+2) * 2
 	}
 	if need > fatBytes {
@@ -126,36 +108,36 @@ func Open(r io.ReaderAt, size int64) (*FS, error) {
 	return fs, nil
 }
 
-// Type is "FAT12", "FAT16" or "FAT32", decided by cluster count as the
+// Type is FAT12, FAT16 or FAT32, decided by cluster count as the
 // specification says.
-func (fs *FS) Type() string { return fs.kind }
+func (fs *Reader) Type() Type { return fs.typ }
 
 // Label is the volume label from the boot sector (e.g. "bootfs").
-func (fs *FS) Label() string { return fs.label }
+func (fs *Reader) Label() string { return fs.label }
 
 // next returns the cluster after c and whether the chain goes on.
-func (fs *FS) next(c uint32) (uint32, bool) {
+func (fs *Reader) next(c uint32) (uint32, bool) {
 	le := binary.LittleEndian
 	var n, eoc uint32
-	switch fs.kind {
-	case "FAT12":
+	switch fs.typ {
+	case FAT12:
 		v := le.Uint16(fs.fat[c+c/2:])
 		if c&1 == 1 {
 			n = uint32(v >> 4)
 		} else {
 			n = uint32(v & 0xFFF)
 		}
-		eoc = 0xFF8
-	case "FAT16":
-		n, eoc = uint32(le.Uint16(fs.fat[c*2:])), 0xFFF8
+		eoc = eocMin12
+	case FAT16:
+		n, eoc = uint32(le.Uint16(fs.fat[c*2:])), eocMin16
 	default:
-		n, eoc = le.Uint32(fs.fat[c*4:])&0x0FFFFFFF, 0x0FFFFFF8
+		n, eoc = le.Uint32(fs.fat[c*4:])&fat32Mask, eocMin32
 	}
 	return n, n < eoc
 }
 
 // chain lists the clusters of a file starting at first.
-func (fs *FS) chain(first uint32, limit int64) ([]uint32, error) {
+func (fs *Reader) chain(first uint32, limit int64) ([]uint32, error) {
 	var out []uint32
 	for c, ok := first, true; ok; c, ok = fs.next(c) {
 		if c < 2 || c >= fs.clusterCount+2 {
@@ -171,7 +153,7 @@ func (fs *FS) chain(first uint32, limit int64) ([]uint32, error) {
 
 // chainReader reads a chain of clusters as one stream.
 type chainReader struct {
-	fs       *FS
+	fs       *Reader
 	clusters []uint32
 	size     int64
 }
@@ -215,7 +197,7 @@ type Entry struct {
 }
 
 // Open returns a reader of a file's contents.
-func (fs *FS) Open(e Entry) (*io.SectionReader, error) {
+func (fs *Reader) Open(e Entry) (*io.SectionReader, error) {
 	if e.Dir {
 		return nil, fmt.Errorf("%s is a directory", e.Path)
 	}
@@ -234,13 +216,13 @@ func (fs *FS) Open(e Entry) (*io.SectionReader, error) {
 
 // maxDirBytes bounds a directory read into memory (65536 entries is FAT's
 // own limit).
-const maxDirBytes = 65536 * 32
+const maxDirBytes = 65536 * dirEntrySize
 
 // Walk calls fn for every file and directory, depth first with each
 // directory's names in byte order (image/tree's path order).
-func (fs *FS) Walk(fn func(Entry) error) error {
+func (fs *Reader) Walk(fn func(Entry) error) error {
 	var root []byte
-	if fs.kind == "FAT32" {
+	if fs.typ == FAT32 {
 		cl, err := fs.chain(fs.rootCluster, maxDirBytes)
 		if err != nil {
 			return fmt.Errorf("root directory: %w", err)
@@ -259,7 +241,7 @@ func (fs *FS) Walk(fn func(Entry) error) error {
 	return fs.walk("", root, 0, map[uint32]bool{}, fn)
 }
 
-func (fs *FS) walk(dir string, data []byte, depth int, seen map[uint32]bool, fn func(Entry) error) error {
+func (fs *Reader) walk(dir string, data []byte, depth int, seen map[uint32]bool, fn func(Entry) error) error {
 	if depth > 64 {
 		return corrupt("directories nested deeper than 64 at %s", dir)
 	}
@@ -295,12 +277,6 @@ func (fs *FS) walk(dir string, data []byte, depth int, seen map[uint32]bool, fn 
 	return nil
 }
 
-const (
-	attrVolume = 0x08
-	attrDir    = 0x10
-	attrLFN    = 0x0F
-)
-
 // parseDir decodes 32-byte directory records, joining long-name records
 // onto the short entry they precede when their checksum matches.
 func parseDir(data []byte) ([]Entry, error) {
@@ -310,38 +286,38 @@ func parseDir(data []byte) ([]Entry, error) {
 	var lfnSum byte
 	lfnOK := false
 	names := map[string]bool{}
-	for off := 0; off+32 <= len(data); off += 32 {
-		r := data[off : off+32]
-		if r[0] == 0 {
+	for off := 0; off+dirEntrySize <= len(data); off += dirEntrySize {
+		r := data[off : off+dirEntrySize]
+		if r[deName] == entryEnd {
 			break
 		}
-		if r[0] == 0xE5 {
+		if r[deName] == entryFree {
 			lfnOK = false
 			continue
 		}
-		if r[11]&0x3F == attrLFN {
+		if r[deAttr]&0x3F == attrLFN {
 			ord := r[0]
-			part := make([]uint16, 0, 13)
-			for _, o := range []int{1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30} {
-				part = append(part, le.Uint16(r[o:]))
+			part := make([]uint16, 0, lfnChars)
+			for i := 0; i < lfnChars; i++ {
+				part = append(part, le.Uint16(r[lfnCharOffset(i):]))
 			}
-			if ord&0x40 != 0 {
-				lfn, lfnSum, lfnOK = part, r[13], true
-			} else if lfnOK && r[13] == lfnSum {
+			if ord&lfnLast != 0 {
+				lfn, lfnSum, lfnOK = part, r[lfnChecksum], true
+			} else if lfnOK && r[lfnChecksum] == lfnSum {
 				lfn = append(part, lfn...)
 			} else {
 				lfnOK = false
 			}
 			continue
 		}
-		attr := r[11]
+		attr := r[deAttr]
 		if attr&attrVolume != 0 {
 			lfnOK = false
 			continue
 		}
-		short := shortName(r)
+		short := decodeShortName(r)
 		name := short
-		if lfnOK && checksum(r[:11]) == lfnSum {
+		if lfnOK && checksum(r[deName:deName+11]) == lfnSum {
 			for i, c := range lfn {
 				if c == 0 {
 					lfn = lfn[:i]
@@ -361,9 +337,9 @@ func parseDir(data []byte) ([]Entry, error) {
 			return nil, corrupt("name %q appears twice", name)
 		}
 		names[name] = true
-		first := uint32(le.Uint16(r[26:])) | uint32(le.Uint16(r[20:]))<<16
-		e := Entry{Path: name, Dir: attr&attrDir != 0, Size: int64(le.Uint32(r[28:])), first: first,
-			ModTime: fatTime(le.Uint16(r[24:]), le.Uint16(r[22:]))}
+		first := uint32(le.Uint16(r[deClusterLo:])) | uint32(le.Uint16(r[deClusterHi:]))<<16
+		e := Entry{Path: name, Dir: attr&attrDir != 0, Size: int64(le.Uint32(r[deSize:])), first: first,
+			ModTime: fatTime(le.Uint16(r[deMDate:]), le.Uint16(r[deMTime:]))}
 		if e.Dir {
 			e.Size = 0
 			if first == 0 {
@@ -376,36 +352,22 @@ func parseDir(data []byte) ([]Entry, error) {
 	return out, nil
 }
 
-func shortName(r []byte) string {
-	base := []byte(strings.TrimRight(string(r[0:8]), " "))
-	ext := []byte(strings.TrimRight(string(r[8:11]), " "))
-	if len(base) > 0 && base[0] == 0x05 {
-		base[0] = 0xE5
+// decodeShortName turns an 8.3 entry into "name.ext", honouring the
+// lower-case flags Windows NT and Linux set for all-lower-case names.
+func decodeShortName(r []byte) string {
+	base := []byte(strings.TrimRight(string(r[deName:deName+8]), " "))
+	ext := []byte(strings.TrimRight(string(r[deName+8:deName+11]), " "))
+	if len(base) > 0 && base[0] == entryKanjiE5 {
+		base[0] = entryFree
 	}
-	if r[12]&0x08 != 0 {
+	if r[deCase]&caseLowerBase != 0 {
 		base = []byte(strings.ToLower(string(base)))
 	}
-	if r[12]&0x10 != 0 {
+	if r[deCase]&caseLowerExt != 0 {
 		ext = []byte(strings.ToLower(string(ext)))
 	}
 	if len(ext) == 0 {
 		return string(base)
 	}
 	return string(base) + "." + string(ext)
-}
-
-func checksum(short []byte) byte {
-	var s byte
-	for _, c := range short {
-		s = (s>>1 | s<<7) + c
-	}
-	return s
-}
-
-func fatTime(date, tm uint16) time.Time {
-	if date == 0 {
-		return time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
-	}
-	return time.Date(1980+int(date>>9), time.Month(date>>5&0xF), int(date&0x1F),
-		int(tm>>11), int(tm>>5&0x3F), int(tm&0x1F)*2, 0, time.UTC)
 }

@@ -1,4 +1,4 @@
-package ext4fs
+package ext4
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package fatr
+package fat
 
 import (
 	"bytes"
@@ -59,11 +59,11 @@ func TestWalkReadsWhatMtoolsWrote(t *testing.T) {
 			}
 			defer f.Close()
 			st, _ := f.Stat()
-			fs, err := Open(f, st.Size())
+			fs, err := NewReader(f, st.Size())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fs.Type() != "FAT"+tc.fatType || fs.Label() != "BOOTFS" {
+			if fs.Type().String() != "FAT"+tc.fatType || fs.Label() != "BOOTFS" {
 				t.Errorf("type %s label %q", fs.Type(), fs.Label())
 			}
 			got := map[string][]byte{}
@@ -102,7 +102,7 @@ func TestWalkReadsWhatMtoolsWrote(t *testing.T) {
 	}
 }
 
-func TestOpenRejects(t *testing.T) {
+func TestNewReaderRejects(t *testing.T) {
 	tiny, err := os.ReadFile("testdata/tiny.fat")
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func TestOpenRejects(t *testing.T) {
 		{"truncated", tiny[:8192], "truncated image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Open(bytes.NewReader(tc.data), int64(len(tc.data)))
+			_, err := NewReader(bytes.NewReader(tc.data), int64(len(tc.data)))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want it to mention %q", err, tc.want)
 			}
@@ -132,7 +132,7 @@ func FuzzReadFAT(f *testing.F) {
 	}
 	f.Add(tiny)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fs, err := Open(bytes.NewReader(data), int64(len(data)))
+		fs, err := NewReader(bytes.NewReader(data), int64(len(data)))
 		if err != nil {
 			return
 		}
