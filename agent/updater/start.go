@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
+	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -232,11 +234,11 @@ func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error 
 
 // checkExt4 checks the system partition carries an ext4 superblock.
 func checkExt4(d Disk, p layout.Partition) error {
-	var magic [2]byte
-	if _, err := d.ReadAt(magic[:], p.Start+1024+56); err != nil {
+	ok, err := ext4.HasSuperblock(io.NewSectionReader(d, p.Start, p.Size))
+	if err != nil {
 		return fmt.Errorf("%s: %w", p.Name, err)
 	}
-	if magic[0] != 0x53 || magic[1] != 0xEF {
+	if !ok {
 		return fmt.Errorf("%s has no ext4 superblock", p.Name)
 	}
 	return nil

@@ -28,6 +28,10 @@
 // corrupt input gives an error wrapping ErrCorrupt, never a panic or an
 // unbounded allocation.
 //
+// Probing: HasSuperblock only looks for the superblock's magic number, for
+// callers (the agent) that must tell a written system partition from an
+// empty or torn one without reading a filesystem.
+//
 // This file holds the on-disk layout both sides share.
 package ext4
 

@@ -25,7 +25,6 @@
 package firmware
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +32,7 @@ import (
 	"strings"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
+	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 )
@@ -214,11 +214,11 @@ func bootSlot(disk io.ReaderAt, plan *layout.Plan, n int, needTrybootTxt bool, o
 		return Boot{}, fmt.Errorf("boot partition %d: cmdline.txt root=PARTUUID=%s is not the slot's system partition %d", n, root, sys)
 	}
 	sp := plan.Part(sys)
-	var magic [2]byte
-	if _, err := disk.ReadAt(magic[:], sp.Start+1024+56); err != nil {
+	ok, err := ext4.HasSuperblock(io.NewSectionReader(disk, sp.Start, sp.Size))
+	if err != nil {
 		return Boot{}, fmt.Errorf("system partition %d: %w", sys, err)
 	}
-	if binary.LittleEndian.Uint16(magic[:]) != 0xEF53 {
+	if !ok {
 		return Boot{}, fmt.Errorf("system partition %d has no ext4 superblock", sys)
 	}
 	return Boot{Slot: slot, Partition: n, Root: sys}, nil
