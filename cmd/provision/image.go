@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/image/base"
-	"github.com/lekiwi/heartbeat/image/blockindex"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
@@ -52,7 +51,7 @@ The agent binary must be built for the robot:
 
 Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes.
 The image is written to OUT.partial and renamed when complete; OUT.bmap
-and OUT.blkidx (block hash index for delta updates) are written next to it.
+(the block map for flashing) is written next to it.
 
 Boot files come from the base's boot partition (Raspberry Pi OS images) or,
 for a root filesystem tarball or OCI base, from --firmware DIR (for example
@@ -114,20 +113,13 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 	return c
 }
 
-// writeSidecars writes IMG.bmap and IMG.blkidx for the image open as f.
+// writeSidecars writes IMG.bmap for the image open as f.
 func writeSidecars(ctx context.Context, f *os.File, img string) error {
 	m, err := bmap.Scan(ctx, f, bmap.ScanOptions{BlockSize: 4096})
 	if err != nil {
 		return err
 	}
-	if err := writeSidecar(bmap.SidecarPath(img), m.WriteXML); err != nil {
-		return err
-	}
-	ix, err := blockindex.Build(ctx, f, 0)
-	if err != nil {
-		return err
-	}
-	return writeSidecar(blockindex.SidecarPath(img), func(w io.Writer) error { _, err := ix.WriteTo(w); return err })
+	return writeSidecar(bmap.SidecarPath(img), m.WriteXML)
 }
 
 func writeSidecar(path string, write func(io.Writer) error) error {
@@ -169,22 +161,19 @@ func newImageCustomize() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "customized %s for robot %s\n", args[0], r.RobotID)
-			// Sidecars made by build describe the image before
-			// customize: a stale .bmap would fail every verified flash.
+			// The .bmap made by build describes the image before
+			// customize: a stale one would fail every verified flash.
 			// Refreshing reads all mapped data (seconds for a 4 GiB
-			// image), so it is asked for; otherwise they are removed.
-			_, errB := os.Stat(bmap.SidecarPath(args[0]))
-			_, errI := os.Stat(blockindex.SidecarPath(args[0]))
-			if errB != nil && errI != nil {
+			// image), so it is asked for; otherwise it is removed.
+			sidecar := bmap.SidecarPath(args[0])
+			if _, err := os.Stat(sidecar); err != nil {
 				return nil
 			}
 			if !refresh {
-				for _, p := range []string{bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0])} {
-					if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-						return fmt.Errorf("remove the stale %s: %w", p, err)
-					}
+				if err := os.Remove(sidecar); err != nil && !os.IsNotExist(err) {
+					return fmt.Errorf("remove the stale %s: %w", sidecar, err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "removed the stale %s and %s (use --refresh-sidecars to rewrite them)\n", bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0]))
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the stale %s (use --refresh-sidecars to rewrite it)\n", sidecar)
 				return nil
 			}
 			ctx := cmd.Context()
@@ -198,9 +187,9 @@ func newImageCustomize() *cobra.Command {
 			defer f.Close()
 			start := time.Now()
 			if err := writeSidecars(ctx, f, args[0]); err != nil {
-				return fmt.Errorf("customize succeeded but refreshing %s failed (delete the sidecars or rerun): %w", bmap.SidecarPath(args[0]), err)
+				return fmt.Errorf("customize succeeded but refreshing %s failed (delete it or rerun): %w", sidecar, err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "refreshed %s and %s in %s\n", bmap.SidecarPath(args[0]), blockindex.SidecarPath(args[0]), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "refreshed %s in %s\n", sidecar, time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
@@ -211,7 +200,7 @@ func newImageCustomize() *cobra.Command {
 	f.StringVar(&key, "key", "", "robot private key (PEM)")
 	f.StringVar(&ca, "ca", "", "fleet CA certificate (PEM)")
 	f.StringVar(&r.EnrollToken, "enroll-token", "", "enrollment token, when the robot enrolls itself on first boot")
-	f.BoolVar(&refresh, "refresh-sidecars", false, "rewrite IMG.bmap and IMG.blkidx for the customized image (reads all its data); without it stale sidecars are removed")
+	f.BoolVar(&refresh, "refresh-sidecars", false, "rewrite IMG.bmap for the customized image (reads all its data); without it the stale one is removed")
 	return c
 }
 

@@ -108,7 +108,7 @@ func newImagePush(lookupEnv func(string) (string, bool)) *cobra.Command {
 registry (control's embedded registry at /v2/, a Docker registry, a cloud
 registry) as an artifact of type application/vnd.lekiwi.image.v1: one
 zstd-compressed layer per partition, one layer with the partition table, and
-IMG.bmap and IMG.blkidx as layers when they exist.
+IMG.bmap as a layer when it exists.
 
 The push is reproducible: the same image, flags and SOURCE_DATE_EPOCH (the
 org.opencontainers.image.created annotation) give the same manifest digest,
@@ -164,7 +164,7 @@ func newImagePull(lookupEnv func(string) (string, bool)) *cobra.Command {
 byte for byte identical to what was pushed, sparsely (zero blocks stay holes).
 It is written to IMG.partial first: every layer's digest and every
 partition's sha256 are checked, and only then is it renamed to IMG. IMG.bmap
-and IMG.blkidx are written next to it when the artifact carries them.
+is written next to it when the artifact carries it.
 
 Credentials are the same as for push; pulling needs any valid token on
 control's registry.`,

@@ -78,7 +78,7 @@ type Options struct {
 	Epoch       time.Time // SOURCE_DATE_EPOCH
 	Sizes       layout.Sizes
 	// Sidecars, if set, runs on the finished image (still at its temporary
-	// path) to write .bmap and block index files next to Out.
+	// path) to write the .bmap next to Out.
 	Sidecars func(ctx context.Context, f *os.File) error
 	Progress io.Writer
 }

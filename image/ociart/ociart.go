@@ -1,7 +1,7 @@
 // Package ociart ships built A/B disk images through OCI registries as
 // artifacts: one zstd layer per GPT partition, one layer for the bytes
 // outside the partitions (protective MBR, primary and backup GPT), the
-// block map and block index sidecars as layers, and a config blob that
+// block map sidecar as a layer, and a config blob that
 // records the partition table. Pull rebuilds the image byte for byte,
 // sparsely, and refuses anything whose digests or checksums do not match.
 //
@@ -28,8 +28,12 @@ const (
 	GPTMediaType       = "application/vnd.lekiwi.image.gpt.v1"
 	PartitionMediaType = "application/vnd.lekiwi.image.partition.v1.raw+zstd"
 	BmapMediaType      = "application/vnd.lekiwi.image.bmap.v2+xml"
-	BlockIndexType     = "application/vnd.lekiwi.image.blockindex.v1"
 	manifestMediaType  = "application/vnd.oci.image.manifest.v1+json"
+	// retiredBlockIndexType is the layer of the 64 KiB block hash index
+	// that pushes carried until nothing was found to read it (OTA deltas
+	// use image/release/cdc). Pull skips it so artifacts already in a
+	// registry stay pullable.
+	retiredBlockIndexType = "application/vnd.lekiwi.image.blockindex.v1"
 )
 
 // Annotation keys.
@@ -45,7 +49,6 @@ const (
 	AnnotationExtents        = "org.lekiwi.image.gpt.extents" // "offset+length,…" of the bytes the GPT layer holds, in order
 	AnnotationTitle          = "org.opencontainers.image.title"
 	bmapSuffix               = ".bmap"
-	blockIndexSuffix         = ".blkidx"
 	maxConfigBytes           = 1 << 20
 	maxManifestLayers        = 256
 	maxGPTExtents            = 4096

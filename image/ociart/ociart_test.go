@@ -112,9 +112,6 @@ func makeImageSizedT(t *testing.T, dir string) string {
 	if err := os.WriteFile(path+".bmap", []byte("<?xml version=\"1.0\"?><bmap version=\"2.0\"></bmap>\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path+".blkidx", pattern(9, 3000), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	return path
 }
 
@@ -193,10 +190,8 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if alloc := allocated(t, out); alloc >= st.Size()/2 {
 		t.Errorf("pulled image allocates %d of %d bytes: holes were written", alloc, st.Size())
 	}
-	for _, s := range []string{".bmap", ".blkidx"} {
-		if fileSHA(t, img+s) != fileSHA(t, out+s) {
-			t.Errorf("sidecar %s differs", s)
-		}
+	if fileSHA(t, img+".bmap") != fileSHA(t, out+".bmap") {
+		t.Errorf("sidecar .bmap differs")
 	}
 	assertAbsent(t, out+".partial")
 
@@ -294,7 +289,38 @@ func testPullCorruptedBlob(t *testing.T, layer int, want string) {
 		t.Errorf("error does not name the partition: %v", err)
 	}
 	t.Logf("corrupted blob: %v", err)
-	assertAbsent(t, out, out+".partial", out+".bmap", out+".blkidx", out+".bmap.partial")
+	assertAbsent(t, out, out+".partial", out+".bmap", out+".bmap.partial")
+}
+
+// Artifacts pushed while images had a block index carry its layer; Pull
+// must still accept them and just leave the layer out.
+func TestPlanPullSkipsRetiredBlockIndexLayer(t *testing.T) {
+	mb, err := os.ReadFile("testdata/lekiwi.manifest.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := os.ReadFile("testdata/lekiwi.config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := parseManifest(mb, manifestMediaType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseConfig(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf.Layers = append(mf.Layers, descriptor{MediaType: retiredBlockIndexType, Size: 3000,
+		Digest:      "sha256:2c509c7407097aa7d11f354da6d4222ced423be80bfdb58f63c290c13d6e0153",
+		Annotations: map[string]string{AnnotationTitle: "image.blkidx"}})
+	p, err := planPull(mf, c)
+	if err != nil {
+		t.Fatalf("an artifact with the retired block index layer: %v", err)
+	}
+	if p.bmap == nil || p.bmap.MediaType != BmapMediaType {
+		t.Errorf("block map layer %+v, want the artifact's", p.bmap)
+	}
 }
 
 func TestPullRefusesOtherArtifacts(t *testing.T) {

@@ -23,10 +23,10 @@ import (
 
 // Pull fetches the image artifact at ref and writes it to imagePath:
 // first to imagePath.partial, sparsely, checking every layer's digest and
-// every partition's sha256, then fsynced and renamed. Sidecars in the
-// artifact are written next to it (imagePath.bmap, imagePath.blkidx); stale
-// sidecars from an earlier image are removed. On error nothing is left at
-// imagePath or its .partial names.
+// every partition's sha256, then fsynced and renamed. The block map in the
+// artifact is written next to it (imagePath.bmap); a stale one from an
+// earlier image is removed. On error nothing is left at imagePath or its
+// .partial names.
 func Pull(ctx context.Context, ref, imagePath string, opts Options) (Meta, error) {
 	r, err := parseRef(ref, opts)
 	if err != nil {
@@ -157,17 +157,17 @@ type pullPart struct {
 }
 
 type pullPlan struct {
-	gpt      descriptor
-	extents  []extent
-	parts    []pullPart
-	sidecars map[string]descriptor // suffix -> layer
+	gpt     descriptor
+	extents []extent
+	parts   []pullPart
+	bmap    *descriptor // the block map layer, if the artifact has one
 }
 
 // planPull checks the layers against the config: one GPT layer whose
 // extents avoid the partitions, one layer per partition at the offset and
-// size the config gives, at most one of each sidecar.
+// size the config gives, at most one block map.
 func planPull(mf *manifest, c *Config) (*pullPlan, error) {
-	p := &pullPlan{sidecars: map[string]descriptor{}}
+	p := &pullPlan{}
 	byName := map[string]Partition{}
 	for _, part := range c.Partitions {
 		byName[part.Name] = part
@@ -210,15 +210,13 @@ func planPull(mf *manifest, c *Config) (*pullPlan, error) {
 				return nil, fmt.Errorf("partition layer %q: %s annotation %q is not a sha256", name, AnnotationPartSHA, sum)
 			}
 			p.parts = append(p.parts, pullPart{d: l, name: name, off: off, len: size, sha256: sum})
-		case BmapMediaType, BlockIndexType:
-			suffix := bmapSuffix
-			if l.MediaType == BlockIndexType {
-				suffix = blockIndexSuffix
-			}
-			if _, dup := p.sidecars[suffix]; dup {
+		case BmapMediaType:
+			if p.bmap != nil {
 				return nil, fmt.Errorf("two %s layers", l.MediaType)
 			}
-			p.sidecars[suffix] = l
+			p.bmap = &l
+		case retiredBlockIndexType:
+			// Nothing reads it any more; see retiredBlockIndexType.
 		default:
 			return nil, fmt.Errorf("unknown layer media type %q: this artifact was made by a newer `provision`; upgrade it", l.MediaType)
 		}
@@ -315,27 +313,21 @@ func writeImage(ctx context.Context, imagePath string, c *Config, p *pullPlan, f
 	}
 	f = nil
 
-	for _, suffix := range []string{bmapSuffix, blockIndexSuffix} {
-		d, ok := p.sidecars[suffix]
-		if !ok {
-			continue
-		}
-		path := imagePath + suffix + ".partial"
-		created = append(created, path)
-		if err := pullFile(path, d, fetch); err != nil {
+	bmapPath := imagePath + bmapSuffix
+	if p.bmap != nil {
+		created = append(created, bmapPath+".partial")
+		if err := pullFile(bmapPath+".partial", *p.bmap, fetch); err != nil {
 			return err
 		}
 	}
-	// Sidecars first, image last: an image at imagePath always has its own
-	// sidecars (or none) next to it.
-	for _, suffix := range []string{bmapSuffix, blockIndexSuffix} {
-		if _, ok := p.sidecars[suffix]; ok {
-			if err := os.Rename(imagePath+suffix+".partial", imagePath+suffix); err != nil {
-				return err
-			}
-		} else if err := os.Remove(imagePath + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale sidecar: %w", err)
+	// Block map first, image last: an image at imagePath always has its
+	// own block map (or none) next to it.
+	if p.bmap != nil {
+		if err := os.Rename(bmapPath+".partial", bmapPath); err != nil {
+			return err
 		}
+	} else if err := os.Remove(bmapPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale sidecar: %w", err)
 	}
 	if err := os.Rename(partial, imagePath); err != nil {
 		return err

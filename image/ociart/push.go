@@ -115,8 +115,8 @@ func (m rawManifest) RawManifest() ([]byte, error)        { return m, nil }
 func (m rawManifest) MediaType() (types.MediaType, error) { return manifestMediaType, nil }
 
 // Push uploads the GPT disk image at imagePath to ref and returns the
-// manifest digest ("sha256:…"). Sidecars imagePath.bmap and
-// imagePath.blkidx are pushed too when they exist.
+// manifest digest ("sha256:…"). The sidecar imagePath.bmap is pushed too
+// when it exists.
 func Push(ctx context.Context, imagePath, ref string, meta Meta, opts Options) (string, error) {
 	r, err := parseRef(ref, opts)
 	if err != nil {
@@ -169,18 +169,15 @@ func Push(ctx context.Context, imagePath, ref string, meta Meta, opts Options) (
 			AnnotationPartSHA:  p.sha256,
 		}))
 	}
-	for _, sc := range []struct{ suffix, mediaType string }{{bmapSuffix, BmapMediaType}, {blockIndexSuffix, BlockIndexType}} {
-		path := imagePath + sc.suffix
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		h, n, err := sha256File(path)
+	bmapPath := imagePath + bmapSuffix
+	if _, err := os.Stat(bmapPath); !errors.Is(err, os.ErrNotExist) {
+		h, n, err := sha256File(bmapPath)
 		if err != nil {
-			return "", fmt.Errorf("sidecar %s: %w", path, err)
+			return "", fmt.Errorf("sidecar %s: %w", bmapPath, err)
 		}
-		l := &fileLayer{path: path, mediaType: sc.mediaType, digest: h, size: n}
+		l := &fileLayer{path: bmapPath, mediaType: BmapMediaType, digest: h, size: n}
 		layers = append(layers, l)
-		descs = append(descs, l.descriptor(map[string]string{AnnotationTitle: "image" + sc.suffix}))
+		descs = append(descs, l.descriptor(map[string]string{AnnotationTitle: "image" + bmapSuffix}))
 	}
 
 	cfgBytes, err := json.Marshal(cfg)
