@@ -9,7 +9,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
-// startDeployEngine runs the deployment engine (issue 8) on every node;
+// startDeployEngine runs the deployment engine on every node;
 // it steps only while this node is the dqlite leader, and continues from
 // the replicated deployment tables after a failover.
 //

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lekiwi/heartbeat/control/leader"
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
@@ -37,29 +38,19 @@ func newRetention(st *store.Store, submit func(context.Context, func(context.Con
 }
 
 func (r *retention) loop(ctx context.Context) {
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.runIfLeader(ctx)
+	runner := leader.Runner{
+		Interval: r.interval, CheckTimeout: leader.CheckTimeout,
+		CheckFailed: func(err error) { r.log.Warn("retention skipped: cluster leader unknown", "err", err) },
 	}
+	_ = runner.Run(ctx, r.store.IsLeader, func(ctx context.Context, _ bool) error {
+		r.run(ctx)
+		return nil
+	})
 }
 
-func (r *retention) runIfLeader(ctx context.Context) {
-	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	leader, _, err := r.store.Cluster(qctx)
-	cancel()
-	if err != nil {
-		r.log.Warn("retention skipped: cluster leader unknown", "err", err)
-		return
-	}
-	if leader != r.store.Address() {
-		return
-	}
+// run makes one retention pass; its failures are logged, and the next pass
+// continues where it stopped.
+func (r *retention) run(ctx context.Context) {
 	p := r.policy
 	p.Submit = r.submit
 	rep, err := r.store.Retain(ctx, time.Now(), p)

@@ -4,14 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lekiwi/heartbeat/control/telemetry"
 )
 
-// startTelemetry runs the telemetry history and alert rules (issue 9) on
+// startTelemetry runs the telemetry history and alert rules on
 // every node; each pass works only while this node is the dqlite leader,
 // and continues from the replicated cursor and alerts table after a
 // failover. The webhook, when configured, runs on every node but only the
@@ -42,13 +41,8 @@ func (n *Node) startTelemetry(ctx context.Context, submit func(context.Context, 
 	alerts := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lekiwi_control_alerts_total", Help: "Alert events recorded by this node (as leader)."}, []string{"type", "rule"})
 	reg.MustRegister(samples, alerts)
 	o := telemetry.RunOptions{
-		Rules: rules.Rules,
-		IsLeader: func(ctx context.Context) bool {
-			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			leader, _, err := n.store.Cluster(qctx)
-			return err == nil && leader == n.store.Address()
-		},
+		Rules:    rules.Rules,
+		IsLeader: n.store.IsLeader,
 		OnPass: func(rep telemetry.IngestReport, fired []telemetry.Alert, _ error) {
 			samples.Add(float64(rep.Samples))
 			for _, a := range fired {
