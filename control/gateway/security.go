@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/logfollow"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -131,49 +131,31 @@ func (g *Gateway) CloseRobot(robotID, reason string) bool {
 // watchRevocations loads the revoked serials, then tails the log for new
 // revocations and cuts the affected sessions on this node.
 func (g *Gateway) watchRevocations(ctx context.Context) {
-	var after int64
-	for {
-		last, err := g.store.LastSeq(ctx)
-		if err == nil {
-			var robots map[string]time.Time
-			if robots, err = g.store.RevokedRobots(ctx); err == nil {
-				for id, at := range robots {
-					g.setRevoked(id, at)
-				}
-				after = last
-				break
+	f := logfollow.Follower{
+		Log: g.store, Types: []string{store.TypeRobotRevoked}, Poll: revocationPoll,
+		Start: func(ctx context.Context) (int64, error) {
+			last, err := g.store.LastSeq(ctx)
+			if err != nil {
+				return 0, err
 			}
-		}
-		g.log.Warn("cannot load revoked certificates yet; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+			robots, err := g.store.RevokedRobots(ctx)
+			if err != nil {
+				return 0, err
+			}
+			for id, at := range robots {
+				g.setRevoked(id, at)
+			}
+			return last, nil
+		},
+		StartFailed: func(err error) { g.log.Warn("cannot load revoked certificates yet; retrying", "err", err) },
+		ReadFailed:  func(err error) { g.log.Warn("cannot read revocations; retrying", "err", err) },
 	}
-	t := time.NewTicker(revocationPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	_ = f.Run(ctx, func(e store.Event) {
+		g.setRevoked(e.RobotID, e.Time)
+		if g.CloseRobot(e.RobotID, "robot identity revoked") {
+			g.log.Info("revoked robot's session closed", "robot", e.RobotID)
 		}
-		evs, err := g.store.EventsOfTypes(ctx, after, 500, store.TypeRobotRevoked)
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				g.log.Warn("cannot read revocations; retrying", "err", err)
-			}
-			continue
-		}
-		for _, e := range evs {
-			after = e.Seq
-			g.setRevoked(e.RobotID, e.Time)
-			if g.CloseRobot(e.RobotID, "robot identity revoked") {
-				g.log.Info("revoked robot's session closed", "robot", e.RobotID)
-			}
-		}
-	}
+	})
 }
 
 // renew signs a new certificate for the robot's new key and records it.
