@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
@@ -29,7 +30,7 @@ func (g *Gateway) watchCommands(ctx context.Context) {
 			return
 		}
 		var c protocol.Command
-		if err := jsonUnmarshal(e.Data, &c); err != nil {
+		if err := json.Unmarshal(e.Data, &c); err != nil {
 			g.log.Error("malformed queued command", "seq", e.Seq, "err", err)
 			return
 		}
@@ -124,7 +125,7 @@ func (s *session) deliver(c protocol.Command) {
 		s.g.log.Warn("robot not reading; command stays queued for its next connection", "robot", s.robotID, "command", c.ID)
 		return
 	}
-	data, _ := jsonMarshal(store.DeliveredData{ID: c.ID, Node: s.g.cfg.NodeID})
+	data, _ := json.Marshal(store.DeliveredData{ID: c.ID, Node: s.g.cfg.NodeID})
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeCommandDelivered, Time: s.g.cfg.Now().UTC(), Data: data, Actor: "control", CorrelationID: c.ID}
 	select {
 	case s.g.commits <- commitReq{event: ev, received: time.Now()}:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -93,7 +94,7 @@ func (g *Gateway) deny(d store.DeniedData, robotID string) {
 	if !g.audit.Allow() {
 		return
 	}
-	data, _ := jsonMarshal(d)
+	data, _ := json.Marshal(d)
 	ev := store.Event{RobotID: robotID, Type: store.TypeAccessDenied, Time: g.cfg.Now().UTC(), Data: data, Actor: "control"}
 	select {
 	case g.commits <- commitReq{event: ev, received: time.Now()}:
@@ -173,7 +174,7 @@ func (s *session) renew(ctx context.Context, env protocol.Envelope) *protocol.Er
 		return protocol.Errorf(protocol.CodeInvalid, env.Sequence, "renewal CSR refused: %v", err)
 	}
 	info := store.CertInfo{Serial: pki.SerialHex(cert), Fingerprint: pki.Fingerprint(cert), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter}
-	data, _ := jsonMarshal(info)
+	data, _ := json.Marshal(info)
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeCertificateIssued, Time: now.UTC(), Data: data, Actor: "robot:" + s.robotID, CorrelationID: s.id}
 	if err := s.g.appendAndWait(ctx, ev); err != nil {
 		return protocol.Errorf(protocol.CodeNotReady, env.Sequence, "could not record the renewed certificate; retry later")
