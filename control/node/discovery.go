@@ -25,26 +25,25 @@ const DefaultDiscoveryGrace = 20 * time.Second
 // advertising, that appearance is then recorded.
 const discoveryRecheck = time.Minute
 
-// startDiscovery browses for robots over mDNS and records
-// DeviceDiscovered for those on the network but not connected. It never
-// fails the node: without a usable mDNS socket (port 5353 refused, no
-// multicast interface) it logs and the node runs without discovery.
-func (n *Node) startDiscovery(ctx context.Context, submit func(context.Context, func(context.Context) error) error, grace time.Duration) {
+// startDiscovery browses for robots over mDNS and records DeviceDiscovered
+// for those on the network but not connected. It never fails the node:
+// without a usable mDNS socket (port 5353 refused, no multicast
+// interface) it logs and the node runs without discovery.
+func (n *Node) startDiscovery(ctx context.Context, grace time.Duration) {
 	log := n.log.With("component", "discovery")
-	rec := newDiscoveryRecorder(n.store, submit, n.cfg.NodeID, grace, log)
+	rec := newDiscoveryRecorder(n.store, n.gateway.Submit, n.cfg.NodeID, grace, log)
 	b, err := discovery.New(discovery.Config{Interfaces: n.cfg.DiscoveryInterfaces, OnChange: rec.observe, Logger: log})
 	if err != nil {
 		log.Warn("mDNS discovery off: robots on the network but not connected are not recorded", "err", err)
 		return
 	}
-	n.wg.Add(2)
-	go func() {
-		defer n.wg.Done()
+	n.run(ctx, func(ctx context.Context) error {
 		if err := b.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("mDNS discovery stopped", "err", err)
 		}
-	}()
-	go func() { defer n.wg.Done(); rec.run(ctx) }()
+		return nil
+	})
+	n.run(ctx, func(ctx context.Context) error { rec.run(ctx); return nil })
 	log.Info("mDNS discovery on", "interfaces", n.cfg.DiscoveryInterfaces, "grace", grace)
 }
 

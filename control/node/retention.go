@@ -25,6 +25,12 @@ type retention struct {
 	lastRun  prometheus.Gauge
 }
 
+// startRetention runs retention every RetentionInterval.
+func (n *Node) startRetention(ctx context.Context, reg prometheus.Registerer) {
+	r := newRetention(n.store, n.gateway.Submit, n.cfg.RetentionInterval, n.log.With("component", "retention"), reg)
+	n.run(ctx, func(ctx context.Context) error { r.loop(ctx); return nil })
+}
+
 func newRetention(st *store.Store, submit func(context.Context, func(context.Context) error) error, interval time.Duration, log *slog.Logger, reg prometheus.Registerer) *retention {
 	r := &retention{
 		store: st, submit: submit, policy: store.DefaultRetentionPolicy(), interval: interval, log: log,
