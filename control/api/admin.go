@@ -15,8 +15,6 @@ import (
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
-func jsonMarshal(v any) (json.RawMessage, error) { return json.Marshal(v) }
-
 // decodeBody reads a JSON request body strictly.
 func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)

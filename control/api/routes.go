@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -175,7 +176,7 @@ func (s *Server) deny(r *http.Request, reason, detail, claimed string) {
 	if !s.audit.Allow() {
 		return
 	}
-	data, _ := jsonMarshal(store.DeniedData{Reason: reason, Remote: r.RemoteAddr, Path: r.Method + " " + r.URL.Path, Detail: detail, Claimed: claimed})
+	data, _ := json.Marshal(store.DeniedData{Reason: reason, Remote: r.RemoteAddr, Path: r.Method + " " + r.URL.Path, Detail: detail, Claimed: claimed})
 	ev := store.Event{RobotID: claimed, Type: store.TypeAccessDenied, Time: s.o.Now().UTC(), Data: data, Actor: "control"}
 	// Detached from the request: the refusal is answered at once, the
 	// audit record follows.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lekiwi/heartbeat/control/leader"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -57,55 +58,54 @@ func New(st *store.Store, o Options) *Engine {
 		o.Actor = "control/deploy"
 	}
 	if o.IsLeader == nil {
-		o.IsLeader = func(ctx context.Context) (bool, error) {
-			leader, _, err := st.Cluster(ctx)
-			return leader == st.Address(), err
-		}
+		o.IsLeader = st.IsLeader
 	}
 	return &Engine{st: st, o: o}
 }
 
+// stepTimeout bounds one round of Run: the leadership check, the sync on
+// taking the lead and the step together.
+const stepTimeout = 30 * time.Second
+
 // Run steps the engine every Interval while this node leads, until ctx
 // ends.
 func (e *Engine) Run(ctx context.Context) error {
-	t := time.NewTicker(e.o.Interval)
-	defer t.Stop()
 	synced := false
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		leader, err := e.o.IsLeader(sctx)
-		switch {
-		case err != nil:
+	r := leader.Runner{
+		Interval: e.o.Interval,
+		// The check shares the round's bound rather than having its own:
+		// Options.IsLeader may be any function, not only a cluster query.
+		RoundTimeout: stepTimeout,
+		CheckFailed: func(err error) {
 			e.o.Logger.Warn("deployment engine idle: cluster leader unknown", "err", err)
+		},
+		JobFailed: func(err error) {
+			if ctx.Err() == nil {
+				e.o.Logger.Warn("deployment engine step failed; the next step retries from the recorded state", "err", err)
+			}
+		},
+	}
+	return r.Run(ctx, e.o.IsLeader, func(ctx context.Context, gained bool) error {
+		if gained {
+			// Another node may have led meanwhile: re-derive everything.
 			e.cursorValid, synced = false, false
-		case !leader:
-			e.cursorValid, synced = false, false
-		case !synced:
+		}
+		if !synced {
 			// On taking the lead: the tables must agree with the log
 			// before anything is decided from them (after a restore they
 			// are rebuilt here, in steps that survive the timeout).
-			rep, err := Sync(sctx, e.st)
+			rep, err := Sync(ctx, e.st)
 			if err != nil {
 				e.o.Logger.Warn("deployment tables do not agree with the event log yet; retrying", "err", err, "replayed", rep.Replayed)
-				break
+				return nil
 			}
 			if !rep.Before.Current() {
 				e.o.Logger.Info("deployment tables rebuilt from the event log", "before", rep.Before.String(), "reset", rep.Reset, "replayed", rep.Replayed)
 			}
 			synced = true
-			fallthrough
-		default:
-			if err := e.Step(sctx); err != nil && ctx.Err() == nil {
-				e.o.Logger.Warn("deployment engine step failed; the next step retries from the recorded state", "err", err)
-			}
 		}
-		cancel()
-	}
+		return e.Step(ctx)
+	})
 }
 
 // Step does one round: record robots' reports and timeouts, then decide

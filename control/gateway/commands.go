@@ -2,10 +2,11 @@ package gateway
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/logfollow"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -17,50 +18,24 @@ const commandPoll = 100 * time.Millisecond
 // their node; commands for robots offline wait in the outbox until the
 // robot says hello to any node.
 func (g *Gateway) watchCommands(ctx context.Context) {
-	var after int64
-	for {
-		last, err := g.store.LastSeq(ctx)
-		if err == nil {
-			after = last
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	f := logfollow.Follower{
+		Log: g.store, Types: []string{store.TypeCommandQueued}, Poll: commandPoll,
+		ReadFailed: func(err error) { g.log.Warn("cannot read queued commands; retrying", "err", err) },
 	}
-	t := time.NewTicker(commandPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	_ = f.Run(ctx, func(e store.Event) {
+		g.mu.Lock()
+		s := g.sessions[e.RobotID]
+		g.mu.Unlock()
+		if s == nil {
 			return
-		case <-t.C:
 		}
-		evs, err := g.store.EventsOfTypes(ctx, after, 500, store.TypeCommandQueued)
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				g.log.Warn("cannot read queued commands; retrying", "err", err)
-			}
-			continue
+		var c protocol.Command
+		if err := json.Unmarshal(e.Data, &c); err != nil {
+			g.log.Error("malformed queued command", "seq", e.Seq, "err", err)
+			return
 		}
-		for _, e := range evs {
-			after = e.Seq
-			g.mu.Lock()
-			s := g.sessions[e.RobotID]
-			g.mu.Unlock()
-			if s == nil {
-				continue
-			}
-			var c protocol.Command
-			if err := jsonUnmarshal(e.Data, &c); err != nil {
-				g.log.Error("malformed queued command", "seq", e.Seq, "err", err)
-				continue
-			}
-			s.deliver(c)
-		}
-	}
+		s.deliver(c)
+	})
 }
 
 // pendingBatch is the most hellos one pending-commands read serves.
@@ -150,7 +125,7 @@ func (s *session) deliver(c protocol.Command) {
 		s.g.log.Warn("robot not reading; command stays queued for its next connection", "robot", s.robotID, "command", c.ID)
 		return
 	}
-	data, _ := jsonMarshal(store.DeliveredData{ID: c.ID, Node: s.g.cfg.NodeID})
+	data, _ := json.Marshal(store.DeliveredData{ID: c.ID, Node: s.g.cfg.NodeID})
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeCommandDelivered, Time: s.g.cfg.Now().UTC(), Data: data, Actor: "control", CorrelationID: c.ID}
 	select {
 	case s.g.commits <- commitReq{event: ev, received: time.Now()}:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -213,7 +214,7 @@ func (g *Gateway) Shutdown(ctx context.Context) {
 
 // connectEvent is the RobotConnected event of a session.
 func (g *Gateway) connectEvent(s *session, at time.Time) store.Event {
-	data, _ := jsonMarshal(s.connected)
+	data, _ := json.Marshal(s.connected)
 	return store.Event{RobotID: s.robotID, Type: store.TypeRobotConnected, Time: at.UTC(), Data: data,
 		Actor: "robot:" + s.robotID, CorrelationID: s.id}
 }

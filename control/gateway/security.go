@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/control/store/logfollow"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -93,7 +94,7 @@ func (g *Gateway) deny(d store.DeniedData, robotID string) {
 	if !g.audit.Allow() {
 		return
 	}
-	data, _ := jsonMarshal(d)
+	data, _ := json.Marshal(d)
 	ev := store.Event{RobotID: robotID, Type: store.TypeAccessDenied, Time: g.cfg.Now().UTC(), Data: data, Actor: "control"}
 	select {
 	case g.commits <- commitReq{event: ev, received: time.Now()}:
@@ -131,49 +132,31 @@ func (g *Gateway) CloseRobot(robotID, reason string) bool {
 // watchRevocations loads the revoked serials, then tails the log for new
 // revocations and cuts the affected sessions on this node.
 func (g *Gateway) watchRevocations(ctx context.Context) {
-	var after int64
-	for {
-		last, err := g.store.LastSeq(ctx)
-		if err == nil {
-			var robots map[string]time.Time
-			if robots, err = g.store.RevokedRobots(ctx); err == nil {
-				for id, at := range robots {
-					g.setRevoked(id, at)
-				}
-				after = last
-				break
+	f := logfollow.Follower{
+		Log: g.store, Types: []string{store.TypeRobotRevoked}, Poll: revocationPoll,
+		Start: func(ctx context.Context) (int64, error) {
+			last, err := g.store.LastSeq(ctx)
+			if err != nil {
+				return 0, err
 			}
-		}
-		g.log.Warn("cannot load revoked certificates yet; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+			robots, err := g.store.RevokedRobots(ctx)
+			if err != nil {
+				return 0, err
+			}
+			for id, at := range robots {
+				g.setRevoked(id, at)
+			}
+			return last, nil
+		},
+		StartFailed: func(err error) { g.log.Warn("cannot load revoked certificates yet; retrying", "err", err) },
+		ReadFailed:  func(err error) { g.log.Warn("cannot read revocations; retrying", "err", err) },
 	}
-	t := time.NewTicker(revocationPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	_ = f.Run(ctx, func(e store.Event) {
+		g.setRevoked(e.RobotID, e.Time)
+		if g.CloseRobot(e.RobotID, "robot identity revoked") {
+			g.log.Info("revoked robot's session closed", "robot", e.RobotID)
 		}
-		evs, err := g.store.EventsOfTypes(ctx, after, 500, store.TypeRobotRevoked)
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				g.log.Warn("cannot read revocations; retrying", "err", err)
-			}
-			continue
-		}
-		for _, e := range evs {
-			after = e.Seq
-			g.setRevoked(e.RobotID, e.Time)
-			if g.CloseRobot(e.RobotID, "robot identity revoked") {
-				g.log.Info("revoked robot's session closed", "robot", e.RobotID)
-			}
-		}
-	}
+	})
 }
 
 // renew signs a new certificate for the robot's new key and records it.
@@ -191,7 +174,7 @@ func (s *session) renew(ctx context.Context, env protocol.Envelope) *protocol.Er
 		return protocol.Errorf(protocol.CodeInvalid, env.Sequence, "renewal CSR refused: %v", err)
 	}
 	info := store.CertInfo{Serial: pki.SerialHex(cert), Fingerprint: pki.Fingerprint(cert), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter}
-	data, _ := jsonMarshal(info)
+	data, _ := json.Marshal(info)
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeCertificateIssued, Time: now.UTC(), Data: data, Actor: "robot:" + s.robotID, CorrelationID: s.id}
 	if err := s.g.appendAndWait(ctx, ev); err != nil {
 		return protocol.Errorf(protocol.CodeNotReady, env.Sequence, "could not record the renewed certificate; retry later")

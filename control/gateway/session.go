@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -139,7 +140,7 @@ func (s *session) start(ctx context.Context) bool {
 func (s *session) finish(parent context.Context, reason string) {
 	s.g.log.Info("robot disconnected", "robot", s.robotID, "session", s.id, "reason", reason)
 	s.g.detach(s)
-	data, _ := jsonMarshal(store.DisconnectedData{Session: s.id, Node: s.g.cfg.NodeID, Reason: reason})
+	data, _ := json.Marshal(store.DisconnectedData{Session: s.id, Node: s.g.cfg.NodeID, Reason: reason})
 	ev := store.Event{RobotID: s.robotID, Type: store.TypeRobotDisconnected, Time: s.g.cfg.Now().UTC(), Data: data, Actor: "control", CorrelationID: s.id}
 	select {
 	case s.g.commits <- commitReq{event: ev, received: time.Now()}:

@@ -9,9 +9,9 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
-// startDeployEngine runs the deployment engine (issue 8) on every node;
-// it steps only while this node is the dqlite leader, and continues from
-// the replicated deployment tables after a failover.
+// startDeployEngine runs the deployment engine on every node; it steps
+// only while this node is the dqlite leader, and continues from the
+// replicated deployment tables after a failover.
 //
 // The deployment tables are a projection of the event log that the store
 // does not rebuild (a restored database has none), so the node first
@@ -28,12 +28,10 @@ func (n *Node) startDeployEngine(ctx context.Context) {
 	}
 	cancel()
 	e := deploy.New(n.store, deploy.Options{Logger: log, Actor: "control/deploy@" + n.cfg.NodeID})
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
+	n.run(ctx, func(ctx context.Context) error {
 		syncDeployments(ctx, n.store, log)
-		_ = e.Run(ctx)
-	}()
+		return e.Run(ctx)
+	})
 }
 
 // syncDeployments runs deploy.Sync until it succeeds, a few times at most

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/discovery"
+	"github.com/lekiwi/heartbeat/control/leader"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -24,26 +25,25 @@ const DefaultDiscoveryGrace = 20 * time.Second
 // advertising, that appearance is then recorded.
 const discoveryRecheck = time.Minute
 
-// startDiscovery browses for robots over mDNS (issue 9) and records
-// DeviceDiscovered for those on the network but not connected. It never
-// fails the node: without a usable mDNS socket (port 5353 refused, no
-// multicast interface) it logs and the node runs without discovery.
-func (n *Node) startDiscovery(ctx context.Context, submit func(context.Context, func(context.Context) error) error, grace time.Duration) {
+// startDiscovery browses for robots over mDNS and records DeviceDiscovered
+// for those on the network but not connected. It never fails the node:
+// without a usable mDNS socket (port 5353 refused, no multicast
+// interface) it logs and the node runs without discovery.
+func (n *Node) startDiscovery(ctx context.Context, grace time.Duration) {
 	log := n.log.With("component", "discovery")
-	rec := newDiscoveryRecorder(n.store, submit, n.cfg.NodeID, grace, log)
+	rec := newDiscoveryRecorder(n.store, n.gateway.Submit, n.cfg.NodeID, grace, log)
 	b, err := discovery.New(discovery.Config{Interfaces: n.cfg.DiscoveryInterfaces, OnChange: rec.observe, Logger: log})
 	if err != nil {
 		log.Warn("mDNS discovery off: robots on the network but not connected are not recorded", "err", err)
 		return
 	}
-	n.wg.Add(2)
-	go func() {
-		defer n.wg.Done()
+	n.run(ctx, func(ctx context.Context) error {
 		if err := b.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("mDNS discovery stopped", "err", err)
 		}
-	}()
-	go func() { defer n.wg.Done(); rec.run(ctx) }()
+		return nil
+	})
+	n.run(ctx, func(ctx context.Context) error { rec.run(ctx); return nil })
 	log.Info("mDNS discovery on", "interfaces", n.cfg.DiscoveryInterfaces, "grace", grace)
 }
 
@@ -64,7 +64,7 @@ type discoveryRecorder struct {
 	recheck  time.Duration
 	log      *slog.Logger
 	now      func() time.Time
-	isLeader func(context.Context) bool
+	isLeader leader.IsLeader
 
 	mu      sync.Mutex
 	present map[string]*appearance // by robot id
@@ -82,17 +82,10 @@ func newDiscoveryRecorder(st *store.Store, submit func(context.Context, func(con
 	if grace <= 0 {
 		grace = DefaultDiscoveryGrace
 	}
-	r := &discoveryRecorder{
+	return &discoveryRecorder{
 		st: st, submit: submit, nodeID: nodeID, grace: grace, recheck: discoveryRecheck, log: log, now: time.Now,
-		present: map[string]*appearance{}, wake: make(chan struct{}, 1),
+		isLeader: st.IsLeader, present: map[string]*appearance{}, wake: make(chan struct{}, 1),
 	}
-	r.isLeader = func(ctx context.Context) bool {
-		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		leader, _, err := st.Cluster(qctx)
-		return err == nil && leader == st.Address()
-	}
-	return r
 }
 
 // observe is the browser's OnChange: it only updates the table (the
@@ -152,7 +145,10 @@ func (r *discoveryRecorder) pass(ctx context.Context) {
 		}
 	}
 	r.mu.Unlock()
-	if len(todo) == 0 || !r.isLeader(ctx) {
+	if len(todo) == 0 {
+		return
+	}
+	if leads, err := leader.Check(ctx, r.isLeader, leader.CheckTimeout); err != nil || !leads {
 		return
 	}
 	for _, t := range todo {

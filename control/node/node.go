@@ -5,49 +5,46 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
-	"golang.org/x/time/rate"
 
 	"github.com/lekiwi/heartbeat/control/admission"
-	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/gateway"
 	"github.com/lekiwi/heartbeat/control/pki"
-	"github.com/lekiwi/heartbeat/control/registry"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/control/stream"
-	"github.com/lekiwi/heartbeat/control/web"
-	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // Node is a running control node.
 type Node struct {
 	cfg       Config
 	log       *slog.Logger
+	ca        *pki.CA
 	store     *store.Store
+	listener  net.Listener
 	gateway   *gateway.Gateway
 	server    *http.Server
-	listener  net.Listener
 	admin     *http.Server
 	adminPath string
-	ca        *pki.CA
 	left      chan struct{}
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closed    sync.Once
+	leftOnce  sync.Once
+	// components are the node's long-running parts (gateway loops, engines,
+	// servers), started by Start and stopped together.
+	components errgroup.Group
+	// undo holds what undoes each step of Start, run last step first by
+	// Close, or by Start itself when a step fails.
+	undo   undoStack
+	closed sync.Once
 }
 
 // Options are start-time knobs that are not user configuration.
@@ -69,7 +66,8 @@ type Options struct {
 
 // Start opens the store (joining the cluster if configured), starts the
 // gateway and serves HTTP. It returns once the node is ready for robots.
-func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
+// When a step fails, the steps before it are undone, last first.
+func Start(ctx context.Context, cfg Config, o Options) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid control configuration: %w", err)
 	}
@@ -80,239 +78,168 @@ func Start(ctx context.Context, cfg Config, o Options) (*Node, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("node", cfg.NodeID)
-	var ca *pki.CA
-	if !cfg.Insecure {
-		var err error
-		if ca, err = loadCA(cfg); err != nil {
-			return nil, err
-		}
-	} else {
-		log.Warn("running --insecure: plain HTTP, robots are not authenticated; never do this outside development")
-	}
-	var oidcVerifier auth.JWTVerifier
-	if cfg.OIDC.Issuer != "" {
-		v, err := auth.NewOIDC(ctx, cfg.OIDC)
+	n := &Node{cfg: cfg, log: log.With("node", cfg.NodeID), left: make(chan struct{})}
+	defer func() {
 		if err != nil {
-			return nil, err
+			_ = n.undo.run(context.Background())
 		}
-		oidcVerifier = v
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	}()
+	oidc, err := n.loadCredentials(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s for HTTP: %w (is another control node running?)", cfg.Listen, err)
+		return nil, err
 	}
-	storeOpts := cfg.storeOptions(log, o.RolesAdjustment)
-	if ca != nil {
-		if storeOpts.ListenTLS, storeOpts.DialTLS, err = peerTLS(ca, cfg.NodeID, cfg.DBAddress); err != nil {
-			ln.Close()
-			return nil, err
-		}
+	if err := n.listen(); err != nil {
+		return nil, err
 	}
-	st, err := store.Open(ctx, storeOpts)
-	if err != nil {
-		ln.Close()
+	if err := n.openStore(ctx, o.RolesAdjustment); err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// Issue 10: a reconnect storm waits in the kernel's accept queue beyond
-	// MaxPendingConnections handshakes and hellos in flight, for at most
-	// MaxQueueWait.
-	// Connections never take the descriptors the database needs.
-	maxOpen := cfg.MaxConnections
+	n.admitConnections(reg)
+	hub := stream.NewHub(stream.Options{Logger: n.log, Registerer: reg}) // live fleet messages for dashboards (/v1/stream)
+	apiServer, err := n.newServers(hub, reg, oidc, o)
+	if err != nil {
+		return nil, err
+	}
+	runCtx := n.startComponents()
+	if err := n.rotateTicketKeys(runCtx); err != nil {
+		return nil, err
+	}
+	adminLn, err := n.listenAdmin(apiServer)
+	if err != nil {
+		return nil, err
+	}
+	n.run(runCtx, n.gateway.Run)
+	n.run(runCtx, hub.Run)
+	n.run(runCtx, func(ctx context.Context) error {
+		return stream.Tail(ctx, n.store, hub, stream.TailOptions{Logger: n.log})
+	})
+	n.startDeployEngine(runCtx)
+	if err := n.startTelemetry(runCtx, reg); err != nil {
+		return nil, err
+	}
+	if cfg.Discovery {
+		n.startDiscovery(runCtx, o.DiscoveryGrace)
+	}
+	if cfg.RetentionInterval > 0 {
+		n.startRetention(runCtx, reg)
+	}
+	n.run(runCtx, n.serveHTTP)
+	n.run(runCtx, func(context.Context) error { return n.serveAdmin(adminLn) })
+	n.undo.push(n.drain)
+	n.log.Info("control node started", "url", n.URL(), "db", cfg.DBAddress, "data_dir", cfg.DataDir, "join", cfg.Join, "admin_socket", n.adminPath)
+	return n, nil
+}
+
+// loadCredentials loads the fleet CA (none with --insecure) and, when
+// configured, the OIDC issuer's keys.
+func (n *Node) loadCredentials(ctx context.Context) (auth.JWTVerifier, error) {
+	if !n.cfg.Insecure {
+		ca, err := loadCA(n.cfg)
+		if err != nil {
+			return nil, err
+		}
+		n.ca = ca
+	} else {
+		n.log.Warn("running --insecure: plain HTTP, robots are not authenticated; never do this outside development")
+	}
+	if n.cfg.OIDC.Issuer == "" {
+		return nil, nil
+	}
+	oidc, err := auth.NewOIDC(ctx, n.cfg.OIDC)
+	if err != nil {
+		return nil, err
+	}
+	return oidc, nil
+}
+
+// listen takes the HTTP port first: a second node started on the same
+// configuration fails here, before it touches the database.
+func (n *Node) listen() error {
+	ln, err := net.Listen("tcp", n.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s for HTTP: %w (is another control node running?)", n.cfg.Listen, err)
+	}
+	n.listener = ln
+	n.undo.push(func(context.Context) error {
+		// Already closed by the HTTP server's Shutdown once it served.
+		_ = n.listener.Close()
+		return nil
+	})
+	return nil
+}
+
+// openStore opens the store, joining the cluster if configured; peers
+// speak TLS with node certificates unless --insecure.
+func (n *Node) openStore(ctx context.Context, rolesAdjustment time.Duration) error {
+	so := n.cfg.storeOptions(n.log, rolesAdjustment)
+	if n.ca != nil {
+		var err error
+		if so.ListenTLS, so.DialTLS, err = peerTLS(n.ca, n.cfg.NodeID, n.cfg.DBAddress); err != nil {
+			return err
+		}
+	}
+	st, err := store.Open(ctx, so)
+	if err != nil {
+		return err
+	}
+	n.store = st
+	n.undo.push(func(context.Context) error { return st.Close() })
+	return nil
+}
+
+// admitConnections puts the HTTP listener behind admission control: a
+// reconnect storm waits in the kernel's accept queue beyond
+// MaxPendingConnections handshakes and hellos in flight, for at most
+// MaxQueueWait, and connections never take the descriptors the database
+// needs.
+func (n *Node) admitConnections(reg prometheus.Registerer) {
+	maxOpen := n.cfg.MaxConnections
 	if maxOpen == 0 {
 		var lim unix.Rlimit
 		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil {
 			maxOpen = admission.ReserveFor(lim.Cur, fdReserve)
 		}
 	}
-	ln = admission.NewListener(ln, admission.Options{MaxPending: cfg.MaxPendingConnections, MaxQueueWait: cfg.MaxQueueWait, MaxOpen: maxOpen, Registerer: reg})
-	var leave func(context.Context) error
-	fail := func(err error) (*Node, error) {
-		st.Close()
-		ln.Close()
-		return nil, err
-	}
-	// Issue 9: live fleet messages for dashboards (/v1/stream).
-	hub := stream.NewHub(stream.Options{Logger: log, Registerer: reg})
-	gw, err := gateway.New(st, gateway.Config{
-		NodeID: cfg.NodeID, HeartbeatInterval: cfg.HeartbeatInterval, OfflineGrace: cfg.OfflineGrace,
-		FlushInterval: o.FlushInterval, Logger: log, Registerer: reg, CA: ca, RobotCertLifetime: cfg.RobotCertLifetime, MaxBatch: o.MaxBatch,
-		OnHeartbeat: func(robotID string, at time.Time, hb protocol.Heartbeat) {
-			// No work for each heartbeat when nobody watches; and none on
-			// this robot's reader (its ack waits) when someone does.
-			if hub.Clients() > 0 {
-				hub.PublishLater(func() stream.Message { return stream.HeartbeatMessage(robotID, cfg.NodeID, at, hb) })
-			}
-		},
-	})
-	if err != nil {
-		return fail(err)
-	}
-	authn := &auth.Authenticator{Tokens: st, OIDC: oidcVerifier}
-	if ca != nil {
-		// Netboot stations call the factory routes with their node certificate.
-		authn.Nodes = ca.VerifyNode
-	}
-	apiServer, err := api.New(st, api.Options{
-		Logger: log, Registerer: reg, Gatherer: reg, CA: ca,
-		Auth:              authn,
-		RobotCertLifetime: cfg.RobotCertLifetime, EnrollmentTTL: cfg.EnrollmentTTL,
-		RateLimit: rate.Limit(cfg.RateLimit), RateBurst: int(2 * cfg.RateLimit),
-		Revoked: func(id string) { gw.CloseRobot(id, "robot identity revoked") },
-		Leave:   func(ctx context.Context) error { return leave(ctx) },
-		Fenced:  gw.Fenced,
-	})
-	if err != nil {
-		return fail(err)
-	}
-	leftCh := make(chan struct{})
-	var leaveOnce sync.Once
-	leave = func(ctx context.Context) error {
-		if err := st.Leave(ctx); err != nil {
-			return err
-		}
-		leaveOnce.Do(func() { close(leftCh) })
-		return nil
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /v1/agent", gw)
-	mux.Handle("GET /v1/stream", streamHandler(apiServer, hub))
-	apiServer.Register(mux)
-	// Issue 9: the web dashboard (control/web) answers every path the API,
-	// agent, stream and registry routes leave.
-	dashboard, err := web.New()
-	if err != nil {
-		return fail(err)
-	}
-	mux.Handle("/", dashboard)
-	if regDir := cfg.RegistryDir; regDir != "off" {
-		if regDir == "" {
-			regDir = filepath.Join(cfg.DataDir, "registry")
-		}
-		images, err := registry.New(regDir, registry.Options{Logger: log})
-		if err != nil {
-			return fail(err)
-		}
-		// Robots (client certificate) and any token may pull; pushing
-		// needs the engineer or admin role.
-		mux.Handle("/v2/", apiServer.Protect(images, auth.PermRead, auth.PermDeploy))
-	}
-	if o.ReadHeaderTimeout <= 0 {
-		o.ReadHeaderTimeout = 10 * time.Second
-	}
-	server := &http.Server{
-		// Robots are admitted by the gateway after hello; any other
-		// request is admitted on arrival.
-		Handler:           admitAPIRequests(mux),
-		ConnContext:       admission.ConnContext,
-		ReadHeaderTimeout: o.ReadHeaderTimeout, // slowloris
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	if ca != nil {
-		sc, err := newServingCert(ca, cfg.NodeID, cfg.Listen, cfg.TLSNames)
-		if err != nil {
-			return fail(err)
-		}
-		server.TLSConfig = tlsConfig(sc, gw.VerifyConnection)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	if server.TLSConfig != nil {
-		if err := rotateTicketKeys(runCtx, server.TLSConfig, ca, log); err != nil {
-			cancel()
-			return fail(err)
-		}
-	}
-	adminPath := cfg.AdminSocket
-	if adminPath == "" {
-		adminPath = filepath.Join(cfg.DataDir, "control.sock")
-	}
-	adminLn, err := listenAdmin(adminPath)
-	if err != nil {
-		cancel()
-		return fail(err)
-	}
-	admin := &http.Server{Handler: adminHandler(apiServer.LocalHandler()), ReadHeaderTimeout: 10 * time.Second}
-	n := &Node{
-		cfg: cfg, log: log, store: st, gateway: gw, listener: ln, cancel: cancel, server: server,
-		admin: admin, adminPath: adminPath, ca: ca, left: leftCh,
-	}
-	n.wg.Add(3)
-	go func() { defer n.wg.Done(); _ = gw.Run(runCtx) }()
-	n.wg.Add(2)
-	go func() { defer n.wg.Done(); _ = hub.Run(runCtx) }()
-	go func() {
-		defer n.wg.Done()
-		_ = stream.Tail(runCtx, st, hub, stream.TailOptions{Logger: log})
-	}()
-	n.startDeployEngine(runCtx) // issue 8: deployment engine, leader only (deploy.go)
-	// Issue 9: telemetry history and alert rules, leader only (telemetry.go).
-	if err := n.startTelemetry(runCtx, gw.Submit, reg); err != nil {
-		cancel()
-		adminLn.Close()
-		return fail(err)
-	}
-	// Issue 9: robots on the network but not connected (discovery.go).
-	if cfg.Discovery {
-		n.startDiscovery(runCtx, gw.Submit, o.DiscoveryGrace)
-	}
-	if cfg.RetentionInterval > 0 {
-		r := newRetention(st, gw.Submit, cfg.RetentionInterval, log.With("component", "retention"), reg)
-		n.wg.Add(1)
-		go func() { defer n.wg.Done(); r.loop(runCtx) }()
-	}
-	go func() {
-		defer n.wg.Done()
-		var err error
-		if server.TLSConfig != nil {
-			err = server.ServeTLS(ln, "", "")
-		} else {
-			err = server.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("HTTP server stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer n.wg.Done()
-		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("admin socket server stopped", "err", err)
-		}
-	}()
-	log.Info("control node started", "url", n.URL(), "db", cfg.DBAddress, "data_dir", cfg.DataDir, "join", cfg.Join, "admin_socket", adminPath)
-	return n, nil
+	n.listener = admission.NewListener(n.listener, admission.Options{MaxPending: n.cfg.MaxPendingConnections, MaxQueueWait: n.cfg.MaxQueueWait, MaxOpen: maxOpen, Registerer: reg})
 }
 
-// streamHandler serves /v1/stream to bearer tokens with read permission.
-// Robots may pull images with their client certificate, but must not watch
-// the fleet: the certificate is hidden from the check, so only a token opens
-// the stream.
-func streamHandler(apiServer *api.Server, hub *stream.Hub) http.Handler {
-	protected := apiServer.Protect(hub, auth.PermRead, auth.PermAdmin)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Issue 9 (web dashboard): a browser's WebSocket carries its token
-		// as a subprotocol; move it into the Authorization header.
-		if r.Header.Get("Authorization") == "" {
-			if token, rest, ok := stream.TokenFromSubprotocols(r.Header); ok {
-				r = r.Clone(r.Context())
-				r.Header.Set("Authorization", "Bearer "+token)
-				r.Header.Del("Sec-WebSocket-Protocol")
-				if len(rest) > 0 {
-					r.Header.Set("Sec-WebSocket-Protocol", strings.Join(rest, ", "))
-				}
-			}
-		}
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			state := *r.TLS
-			state.PeerCertificates, state.VerifiedChains = nil, nil
-			r = r.Clone(r.Context())
-			r.TLS = &state
-		}
-		protected.ServeHTTP(w, r)
+// fdReserve file descriptors are left to the database (client and raft
+// connections), logs and the registry when robots fill the process's limit.
+const fdReserve = 512
+
+// startComponents returns the context the node's components run in; the
+// undo step it pushes cancels it and waits for every component to return.
+func (n *Node) startComponents() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	n.undo.push(func(context.Context) error {
+		cancel()
+		return n.components.Wait()
 	})
+	return ctx
+}
+
+// run starts a component. A component returns once ctx ends; one that
+// fails earlier stops alone (it logs why) and the node goes on without
+// it, so its error only comes back from Close.
+func (n *Node) run(ctx context.Context, component func(context.Context) error) {
+	n.components.Go(func() error {
+		if err := component(ctx); err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+}
+
+// leave takes this node out of the cluster (`control leave`) and closes
+// Left.
+func (n *Node) leave(ctx context.Context) error {
+	if err := n.store.Leave(ctx); err != nil {
+		return err
+	}
+	n.leftOnce.Do(func() { close(n.left) })
+	return nil
 }
 
 // URL is the node's base URL (https unless --insecure).
@@ -333,45 +260,6 @@ func (n *Node) CA() *pki.CA { return n.ca }
 // AdminSocket is the path of the local admin socket.
 func (n *Node) AdminSocket() string { return n.adminPath }
 
-// listenAdmin opens the local admin socket, readable and writable by its
-// owner only: whoever can open it administers the fleet.
-func listenAdmin(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("admin socket directory: %w", err)
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("admin socket %s is in use: is another control node running from this data directory?", path)
-	}
-	_ = os.Remove(path) // stale socket of a node that died
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	return ln, nil
-}
-
-// fdReserve file descriptors are left to the database (client and raft
-// connections), logs and the registry when robots fill the process's limit.
-const fdReserve = 512
-
-// admitAPIRequests admits the connection of every request but a robot's
-// (control/admission): the gateway admits those once hello is recorded.
-func admitAPIRequests(next http.Handler) http.Handler {
-	api := admission.AdmitRequests(next)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/agent" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		api.ServeHTTP(w, r)
-	})
-}
-
 // Store is the node's store handle.
 func (n *Node) Store() *store.Store { return n.store }
 
@@ -382,24 +270,12 @@ func (n *Node) Gateway() *gateway.Gateway { return n.gateway }
 func (n *Node) Config() Config { return n.cfg }
 
 // Close stops the node gracefully: robots are told to go elsewhere, their
-// disconnections are recorded, HTTP drains, and the dqlite node leaves after
-// handing over leadership.
+// disconnections are recorded, HTTP drains, the components stop, and the
+// dqlite node leaves after handing over leadership.
 func (n *Node) Close(ctx context.Context) error {
 	var err error
 	n.closed.Do(func() {
-		n.gateway.Shutdown(ctx)
-		serr := n.server.Shutdown(ctx)
-		if errors.Is(serr, context.DeadlineExceeded) {
-			serr = n.server.Close()
-		}
-		// Graceful: the request that asked this node to leave (over the
-		// admin socket) is still writing its answer when Close starts.
-		if aerr := n.admin.Shutdown(ctx); aerr != nil {
-			_ = n.admin.Close()
-		}
-		n.cancel()
-		n.wg.Wait()
-		err = errors.Join(serr, n.store.Close())
+		err = n.undo.run(ctx)
 		n.log.Info("control node stopped")
 	})
 	return err

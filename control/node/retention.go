@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lekiwi/heartbeat/control/leader"
 	"github.com/lekiwi/heartbeat/control/store"
 )
 
@@ -24,6 +25,12 @@ type retention struct {
 	lastRun  prometheus.Gauge
 }
 
+// startRetention runs retention every RetentionInterval.
+func (n *Node) startRetention(ctx context.Context, reg prometheus.Registerer) {
+	r := newRetention(n.store, n.gateway.Submit, n.cfg.RetentionInterval, n.log.With("component", "retention"), reg)
+	n.run(ctx, func(ctx context.Context) error { r.loop(ctx); return nil })
+}
+
 func newRetention(st *store.Store, submit func(context.Context, func(context.Context) error) error, interval time.Duration, log *slog.Logger, reg prometheus.Registerer) *retention {
 	r := &retention{
 		store: st, submit: submit, policy: store.DefaultRetentionPolicy(), interval: interval, log: log,
@@ -37,29 +44,19 @@ func newRetention(st *store.Store, submit func(context.Context, func(context.Con
 }
 
 func (r *retention) loop(ctx context.Context) {
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.runIfLeader(ctx)
+	runner := leader.Runner{
+		Interval: r.interval, CheckTimeout: leader.CheckTimeout,
+		CheckFailed: func(err error) { r.log.Warn("retention skipped: cluster leader unknown", "err", err) },
 	}
+	_ = runner.Run(ctx, r.store.IsLeader, func(ctx context.Context, _ bool) error {
+		r.run(ctx)
+		return nil
+	})
 }
 
-func (r *retention) runIfLeader(ctx context.Context) {
-	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	leader, _, err := r.store.Cluster(qctx)
-	cancel()
-	if err != nil {
-		r.log.Warn("retention skipped: cluster leader unknown", "err", err)
-		return
-	}
-	if leader != r.store.Address() {
-		return
-	}
+// run makes one retention pass; its failures are logged, and the next pass
+// continues where it stopped.
+func (r *retention) run(ctx context.Context) {
 	p := r.policy
 	p.Submit = r.submit
 	rep, err := r.store.Retain(ctx, time.Now(), p)

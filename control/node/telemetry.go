@@ -4,19 +4,17 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lekiwi/heartbeat/control/telemetry"
 )
 
-// startTelemetry runs the telemetry history and alert rules (issue 9) on
-// every node; each pass works only while this node is the dqlite leader,
-// and continues from the replicated cursor and alerts table after a
-// failover. The webhook, when configured, runs on every node but only the
+// startTelemetry runs the telemetry history and alert rules on every
+// node; each pass works only while this node is the dqlite leader, and
+// continues from the replicated cursor and alerts table after a failover. The webhook, when configured, runs on every node but only the
 // leader's passes feed it.
-func (n *Node) startTelemetry(ctx context.Context, submit func(context.Context, func(context.Context) error) error, reg prometheus.Registerer) error {
+func (n *Node) startTelemetry(ctx context.Context, reg prometheus.Registerer) error {
 	rules := telemetry.DefaultRules()
 	switch path := n.cfg.AlertRules; path {
 	case "":
@@ -34,7 +32,7 @@ func (n *Node) startTelemetry(ctx context.Context, submit func(context.Context, 
 		}
 	}
 	log := n.log.With("component", "telemetry")
-	tel, err := telemetry.New(n.store, telemetry.Options{Logger: log, Submit: submit})
+	tel, err := telemetry.New(n.store, telemetry.Options{Logger: log, Submit: n.gateway.Submit})
 	if err != nil {
 		return err
 	}
@@ -42,13 +40,8 @@ func (n *Node) startTelemetry(ctx context.Context, submit func(context.Context, 
 	alerts := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lekiwi_control_alerts_total", Help: "Alert events recorded by this node (as leader)."}, []string{"type", "rule"})
 	reg.MustRegister(samples, alerts)
 	o := telemetry.RunOptions{
-		Rules: rules.Rules,
-		IsLeader: func(ctx context.Context) bool {
-			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			leader, _, err := n.store.Cluster(qctx)
-			return err == nil && leader == n.store.Address()
-		},
+		Rules:    rules.Rules,
+		IsLeader: n.store.IsLeader,
 		OnPass: func(rep telemetry.IngestReport, fired []telemetry.Alert, _ error) {
 			samples.Add(float64(rep.Samples))
 			for _, a := range fired {
@@ -62,10 +55,8 @@ func (n *Node) startTelemetry(ctx context.Context, submit func(context.Context, 
 			return err
 		}
 		o.Notify = func(a telemetry.Alert) { hook.Enqueue(a) }
-		n.wg.Add(1)
-		go func() { defer n.wg.Done(); _ = hook.Run(ctx) }()
+		n.run(ctx, hook.Run)
 	}
-	n.wg.Add(1)
-	go func() { defer n.wg.Done(); _ = tel.Run(ctx, o) }()
+	n.run(ctx, func(ctx context.Context) error { return tel.Run(ctx, o) })
 	return nil
 }

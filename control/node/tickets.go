@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/pki"
@@ -40,10 +38,16 @@ func ticketKeys(ca *pki.CA, now time.Time) ([][32]byte, error) {
 	return keys, nil
 }
 
-// rotateTicketKeys installs the keys now and at every period boundary.
-func rotateTicketKeys(ctx context.Context, cfg *tls.Config, ca *pki.CA, log *slog.Logger) error {
+// rotateTicketKeys installs the HTTPS server's session-ticket keys now,
+// and runs a component that installs the next ones at every period
+// boundary (nothing to do in --insecure mode).
+func (n *Node) rotateTicketKeys(ctx context.Context) error {
+	cfg := n.server.TLSConfig
+	if cfg == nil {
+		return nil
+	}
 	set := func() error {
-		keys, err := ticketKeys(ca, time.Now())
+		keys, err := ticketKeys(n.ca, time.Now())
 		if err != nil {
 			return err
 		}
@@ -53,18 +57,18 @@ func rotateTicketKeys(ctx context.Context, cfg *tls.Config, ca *pki.CA, log *slo
 	if err := set(); err != nil {
 		return err
 	}
-	go func() {
+	n.run(ctx, func(ctx context.Context) error {
 		for {
 			next := time.Now().Truncate(ticketPeriod).Add(ticketPeriod)
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-time.After(time.Until(next) + time.Second):
 			}
 			if err := set(); err != nil {
-				log.Error("session ticket key rotation failed; resumption keeps the old keys", "err", err)
+				n.log.Error("session ticket key rotation failed; resumption keeps the old keys", "err", err)
 			}
 		}
-	}()
+	})
 	return nil
 }

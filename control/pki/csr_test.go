@@ -16,9 +16,9 @@ func TestParseCSR(t *testing.T) {
 	p256 := newCSR(t, newKey(t, "p256"), nil)
 	tampered := func() []byte {
 		csr := newCSR(t, newKey(t, "p256"), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "aaaaaaaa"}})
-		block, _ := pemDecode(csr)
+		block, _ := pem.Decode(csr)
 		block.Bytes = bytes.Replace(block.Bytes, []byte("aaaaaaaa"), []byte("bbbbbbbb"), 1)
-		return pemEncode(block)
+		return pem.EncodeToMemory(block)
 	}()
 	oldHeader := bytes.ReplaceAll(p256, []byte("CERTIFICATE REQUEST"), []byte("NEW CERTIFICATE REQUEST"))
 	tests := []struct {
@@ -36,7 +36,7 @@ func TestParseCSR(t *testing.T) {
 		{name: "empty", in: nil, wantErr: "no PEM block"},
 		{name: "garbage", in: []byte("\x00\xffhello"), wantErr: "no PEM block"},
 		{name: "wrong PEM type", in: bytes.ReplaceAll(p256, []byte("CERTIFICATE REQUEST"), []byte("CERTIFICATE")), wantErr: `PEM block is "CERTIFICATE"`},
-		{name: "PEM of garbage", in: pemEncode(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte("junk")}), wantErr: "parse CSR"},
+		{name: "PEM of garbage", in: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte("junk")}), wantErr: "parse CSR"},
 		{name: "bad signature", in: tampered, wantErr: "signature does not verify"},
 		{name: "rsa 1024 refused", in: newCSR(t, newKey(t, "rsa1024"), nil), wantErr: "RSA key of 1024 bits is not accepted"},
 		{name: "p224 refused", in: newCSR(t, newKey(t, "p224"), nil), wantErr: "P-224 is not accepted"},

@@ -44,10 +44,10 @@ func (ca *CA) Save(dir string, passphrase []byte) error {
 	}
 	// Key first: if the certificate cannot be written we remove the key, so
 	// a half-written CA never looks complete.
-	if err := writeNewFile(keyPath, keyPEM, 0o600); err != nil {
+	if err := WriteNewFile(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("save CA key: %w", err)
 	}
-	if err := writeNewFile(certPath, ca.CertPEM, 0o644); err != nil {
+	if err := WriteNewFile(certPath, ca.CertPEM, 0o644); err != nil {
 		_ = os.Remove(keyPath)
 		return fmt.Errorf("save CA certificate: %w", err)
 	}
@@ -58,10 +58,6 @@ func (ca *CA) Save(dir string, passphrase []byte) error {
 // the given permissions whatever the umask, and syncs it. Existing files are
 // an error wrapping fs.ErrExist.
 func WriteNewFile(path string, data []byte, perm fs.FileMode) error {
-	return writeNewFile(path, data, perm)
-}
-
-func writeNewFile(path string, data []byte, perm fs.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"encoding/pem"
 	"errors"
 	"io/fs"
 	"os"
@@ -120,9 +121,9 @@ func TestLoadErrors(t *testing.T) {
 			// blocks: the PKCS#8 library would panic on it.
 			ca, _ := Load(dir, []byte(pass))
 			keyPEM := mustKeyPEM(t, ca, []byte(pass))
-			block, _ := pemDecode(keyPEM)
+			block, _ := pem.Decode(keyPEM)
 			block.Bytes = truncateEncrypted(t, block.Bytes)
-			replaceFile(t, filepath.Join(dir, KeyFile), pemEncode(block), 0o600)
+			replaceFile(t, filepath.Join(dir, KeyFile), pem.EncodeToMemory(block), 0o600)
 		}, pass: pass, wantIs: ErrWrongPassphrase, wantMsg: "corrupt"},
 		{name: "key in a foreign format", prepare: func(t *testing.T, dir string) {
 			replaceFile(t, filepath.Join(dir, KeyFile), []byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"), 0o600)

@@ -93,10 +93,6 @@ func parseCert(t testing.TB, pemBytes []byte) *x509.Certificate {
 	return c
 }
 
-func pemDecode(b []byte) (*pem.Block, []byte) { return pem.Decode(b) }
-
-func pemEncode(b *pem.Block) []byte { return pem.EncodeToMemory(b) }
-
 // truncateEncrypted drops the last byte of an EncryptedPrivateKeyInfo's
 // ciphertext, keeping the ASN.1 well-formed.
 func truncateEncrypted(t testing.TB, der []byte) []byte {

@@ -329,8 +329,8 @@ const (
 	FROM json_each(?) WHERE true` + upsertRobotsSuffix
 )
 
-// flushMany upserts the dirty robots, in one statement when it can.
-func (c *robotCache) flushMany(ctx context.Context) error {
+// flush upserts the dirty robots, in one statement when it can.
+func (c *robotCache) flush(ctx context.Context) error {
 	rows := make([][]any, 0, len(c.dirty))
 	for id := range c.dirty {
 		r := c.robots[id]

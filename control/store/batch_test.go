@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/control/store/queryplan"
+	"github.com/lekiwi/heartbeat/control/store/queryplantest"
 )
 
 // Events come back from the log exactly as appended, whether the batch
@@ -124,7 +124,7 @@ func TestAppendRefusesNUL(t *testing.T) {
 
 func TestDuplicatesJSONQuerySearchesTheIndex(t *testing.T) {
 	s := openSingle(t)
-	plan, err := queryplan.Explain(context.Background(), s.DB(), duplicatesJSONQuery, `[["r1","s",1]]`)
+	plan, err := queryplantest.Explain(context.Background(), s.DB(), duplicatesJSONQuery, `[["r1","s",1]]`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -251,8 +251,6 @@ func (c *robotCache) apply(ctx context.Context, e Event) error {
 	return nil
 }
 
-func (c *robotCache) flush(ctx context.Context) error { return c.flushMany(ctx) }
-
 func putRobot(ctx context.Context, tx *sql.Tx, r *Robot) error {
 	doc, err := json.Marshal(r)
 	if err != nil {

@@ -224,6 +224,17 @@ func (s *Store) Cluster(ctx context.Context) (leader string, members []Member, e
 	return leader, members, nil
 }
 
+// IsLeader reports whether this node is the dqlite leader now. It asks the
+// leader (a round trip), so bound ctx; an error means the cluster could not
+// say (no leader elected, no quorum), and callers treat it as not leading.
+func (s *Store) IsLeader(ctx context.Context) (bool, error) {
+	leader, _, err := s.Cluster(ctx)
+	if err != nil {
+		return false, err
+	}
+	return leader == s.Address(), nil
+}
+
 // Ping checks that the database answers a query (a leader exists and is
 // reachable from this node).
 func (s *Store) Ping(ctx context.Context) error {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/control/store/queryplan"
+	"github.com/lekiwi/heartbeat/control/store/queryplantest"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -702,7 +702,7 @@ func TestFleetWideQueriesUseTheirIndexes(t *testing.T) {
 		// One search per key, not a scan of the log per batch.
 		{"resent events", duplicatesQuery(2), []any{"r1", "s", 1, "r2", "s", 2}, "SEARCH e USING COVERING INDEX sqlite_autoindex_events"},
 	} {
-		all, err := queryplan.Explain(context.Background(), s.DB(), c.query, c.args...)
+		all, err := queryplantest.Explain(context.Background(), s.DB(), c.query, c.args...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/store"
-	"github.com/lekiwi/heartbeat/control/store/queryplan"
+	"github.com/lekiwi/heartbeat/control/store/queryplantest"
 )
 
 // alertEvents lists the alert events in the log.
@@ -197,7 +197,7 @@ func robotName(i int) string { return "robot-" + string(rune('a'+i)) }
 // every metric.
 func TestCandidatesQueryUsesIndexes(t *testing.T) {
 	l := newLab(t, Options{})
-	all, err := queryplan.Explain(context.Background(), l.st.DB(), candidatesQuery, string(Temperature), 80.0, "temperature-high")
+	all, err := queryplantest.Explain(context.Background(), l.st.DB(), candidatesQuery, string(Temperature), 80.0, "temperature-high")
 	if err != nil {
 		t.Fatal(err)
 	}

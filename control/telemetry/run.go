@@ -3,6 +3,8 @@ package telemetry
 import (
 	"context"
 	"time"
+
+	"github.com/lekiwi/heartbeat/control/leader"
 )
 
 // RunOptions drive the leader's periodic work.
@@ -11,8 +13,10 @@ type RunOptions struct {
 	Interval time.Duration
 	// PruneInterval between prunes (default 5 min).
 	PruneInterval time.Duration
-	// IsLeader says whether this node should do the work now.
-	IsLeader func(context.Context) bool
+	// IsLeader says whether this node should do the work now (nil: it
+	// always should); store.(*Store).IsLeader in a cluster. Each check is
+	// bounded by leader.CheckTimeout and a failed one skips the pass.
+	IsLeader func(context.Context) (bool, error)
 	Rules    []Rule
 	// Notify, if set, receives every alert committed (the webhook's
 	// Enqueue); it must not block.
@@ -31,18 +35,9 @@ func (s *Store) Run(ctx context.Context, o RunOptions) error {
 	if o.PruneInterval <= 0 {
 		o.PruneInterval = 5 * time.Minute
 	}
-	t := time.NewTicker(o.Interval)
-	defer t.Stop()
 	var lastPrune time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		if o.IsLeader != nil && !o.IsLeader(ctx) {
-			continue
-		}
+	r := leader.Runner{Interval: o.Interval, CheckTimeout: leader.CheckTimeout}
+	return r.Run(ctx, o.IsLeader, func(ctx context.Context, _ bool) error {
 		rep, alerts, err := s.Pass(ctx, o.Rules, o.Notify)
 		if o.OnPass != nil {
 			o.OnPass(rep, alerts, err)
@@ -58,7 +53,8 @@ func (s *Store) Run(ctx context.Context, o RunOptions) error {
 				s.log.Info("telemetry pruned", "raw", rep.Raw, "minute", rep.Minute, "hour", rep.Hour, "truncated", rep.Truncated)
 			}
 		}
-	}
+		return nil
+	})
 }
 
 // Pass ingests what is new, then evaluates the rules and hands each

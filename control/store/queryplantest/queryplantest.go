@@ -1,7 +1,7 @@
-// Package queryplan reads SQLite's EXPLAIN QUERY PLAN for a statement, so
+// Package queryplantest reads SQLite's EXPLAIN QUERY PLAN for a statement, so
 // tests can pin that a query the whole fleet runs often keeps using its
 // index. It does not import the store, so the store's own tests can use it.
-package queryplan
+package queryplantest
 
 import (
 	"context"
