@@ -8,7 +8,7 @@ export CGO_LDFLAGS_ALLOW := -Wl,-z,now
 GO      ?= go
 TAGS    := libsqlite3
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+LDFLAGS := -X github.com/lekiwi/heartbeat/internal/version.linked=$(VERSION)
 RUN_DIR ?= .run
 
 # Debian packages: dqlite 1.11 (and what its headers include) for control,

@@ -7,6 +7,10 @@
 // duplicates by (robot id, stream, sequence). Unknown JSON fields are ignored so
 // that either side can grow; unknown message types are answered with an error.
 //
-// This package imports nothing else of the project: it is the one place agent
-// and control meet.
+// It also holds the JSON bodies of the HTTPS calls programs other than
+// control make to it (enrollment, the factory routes, the error body every
+// answer shares; see rest.go), and of the netboot station's board routes.
+//
+// This package imports nothing else of the project: it is the one place agent,
+// provision, netboot and control meet.
 package protocol

@@ -521,7 +521,7 @@ var probeSeq atomic.Int64
 // work".
 func (m *Member) Write(ctx context.Context) error {
 	id := fmt.Sprintf("chaos-probe-%d", probeSeq.Add(1))
-	return m.Admin().Do(ctx, "POST", "/v1/enrollments", api.EnrollmentRequest{RobotID: id, TTL: "1h"}, nil)
+	return m.Admin().Do(ctx, "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: id, TTL: "1h"}, nil)
 }
 
 // WaitWrite retries Write (each attempt bounded by per) until one succeeds

@@ -37,11 +37,11 @@ import (
 	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/tree"
-	"github.com/lekiwi/heartbeat/netboot/pisim"
 	"github.com/lekiwi/heartbeat/netboot/tftp/tftptest"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/provision/flash"
+	"github.com/lekiwi/heartbeat/testbench/pisim"
 )
 
 // BuildFactoryImage builds a small robot image for profile (a few MiB of

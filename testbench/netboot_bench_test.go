@@ -18,15 +18,15 @@ import (
 
 	"github.com/lekiwi/heartbeat/netboot/dhcp"
 	"github.com/lekiwi/heartbeat/netboot/pi"
-	"github.com/lekiwi/heartbeat/netboot/pisim"
-	"github.com/lekiwi/heartbeat/netboot/pisim/netlab"
 	"github.com/lekiwi/heartbeat/netboot/tftp"
+	"github.com/lekiwi/heartbeat/testbench/pisim"
+	"github.com/lekiwi/heartbeat/testbench/pisim/netlab"
 )
 
 // BenchmarkNetbootConcurrentPiBoots boots 100 simulated Pis (50 Pi 4, 50
 // Pi 5) at once against the station's proxy DHCP and TFTP servers, with
 // busybox udhcpd as the factory's own DHCP server, on a bridge of network
-// namespaces (netboot/pisim/netlab), and prints the station's DHCP
+// namespaces (testbench/pisim/netlab), and prints the station's DHCP
 // response times (DISCOVER → boot OFFER), the time until every Pi has its
 // boot files, and the failures (must be 0).
 //

@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"image"
 	"image/color"
-	"image/png"
 	"math"
 	"slices"
 	"strings"
 	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // summary is one line for the progress log.
@@ -127,30 +132,39 @@ func ints(v []int) string {
 // steps hold any, the cluster's (memory summed over its members).
 func ScalePlot(steps []ScaleStep) ([]byte, error) {
 	single, cluster := plotSteps(steps, "single"), plotSteps(steps, "cluster")
-	const w, h = 960, 420
-	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	fill(img, img.Bounds(), color.RGBA{255, 255, 255, 255})
-	left := image.Rect(60, 40, w/2-20, h-50)
-	right := image.Rect(w/2+60, 40, w-20, h-50)
-	var mem, lat []series
+	xlabel := "Fleet size (robots), mTLS"
+	if all := append(single, cluster...); len(all) > 0 {
+		xlabel += ", heartbeat every " + all[0].Interval.String()
+	}
+	mem := newScalePanel("Control RSS per robot (KiB)", xlabel)
+	lat := newScalePanel("Heartbeat ack latency (ms)", xlabel)
+	perRobot := func(s ScaleStep) float64 { return s.RSSPerConn / 1024 }
+	p50 := func(s ScaleStep) float64 { return float64(s.AckP50) / float64(time.Millisecond) }
+	p99 := func(s ScaleStep) float64 { return float64(s.AckP99) / float64(time.Millisecond) }
 	if len(single) > 0 {
-		mem = append(mem, memSeries(single, plotBlue, "ONE NODE"))
-		lat = append(lat, latSeries(single, false, plotOrange, "P50 ONE NODE"), latSeries(single, true, plotRed, "P99 ONE NODE"))
+		addSeries(mem, "one node", plotBlue, single, perRobot)
+		addSeries(lat, "p50 one node", plotOrange, single, p50)
+		addSeries(lat, "p99 one node", plotRed, single, p99)
 	}
 	if len(cluster) > 0 {
-		mem = append(mem, memSeries(cluster, plotGreen, fmt.Sprintf("%d MEMBERS", cluster[0].Members)))
-		lat = append(lat, latSeries(cluster, false, plotTeal, "P50 CLUSTER"), latSeries(cluster, true, plotPurple, "P99 CLUSTER"))
+		addSeries(mem, fmt.Sprintf("%d members", cluster[0].Members), plotGreen, cluster, perRobot)
+		addSeries(lat, "p50 cluster", plotTeal, cluster, p50)
+		addSeries(lat, "p99 cluster", plotPurple, cluster, p99)
 	}
-	drawPanel(img, left, "CONTROL RSS PER ROBOT (KIB)", mem)
-	drawPanel(img, right, "HEARTBEAT ACK LATENCY (MS)", lat)
-	xlabel := "FLEET SIZE (ROBOTS), MTLS"
-	if all := append(single, cluster...); len(all) > 0 {
-		xlabel += ", HEARTBEAT EVERY " + all[0].Interval.String()
+	for _, p := range []*plot.Plot{mem, lat} {
+		// From zero, with room above the highest point for the legend.
+		p.X.Min, p.Y.Min = 0, 0
+		p.X.Max, p.Y.Max = max(p.X.Max, 1), max(p.Y.Max, 1)*1.3
 	}
-	drawText(img, w/2-4*len(xlabel), h-20, xlabel, color.RGBA{0, 0, 0, 255})
+	const w, h = 960, 420 // pixels, at 96 dpi
+	img := vgimg.NewWith(vgimg.UseWH(w*vg.Inch/96, h*vg.Inch/96), vgimg.UseDPI(96))
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 5}
+	canvases := plot.Align([][]*plot.Plot{{mem, lat}}, tiles, draw.New(img))
+	mem.Draw(canvases[0][0])
+	lat.Draw(canvases[0][1])
 	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, err
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&buf); err != nil {
+		return nil, fmt.Errorf("plot: encode the PNG: %w", err)
 	}
 	if len(single)+len(cluster) == 0 {
 		return buf.Bytes(), errors.New("plot: no cold step with memory per connection yet (single or cluster)")
@@ -181,176 +195,56 @@ func plotSteps(steps []ScaleStep, scenario string) []ScaleStep {
 	return pts
 }
 
-func memSeries(pts []ScaleStep, c color.RGBA, label string) series {
-	sr := series{c: c, label: label}
+// newScalePanel is one empty panel: title, axis label, grid, legend top left.
+func newScalePanel(title, xlabel string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = xlabel
+	p.X.Tick.Marker = plot.TickerFunc(fleetTicks)
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs, p.Legend.YOffs = vg.Millimeter*2, -vg.Millimeter*2
+	for _, f := range []*font.Font{&p.Title.TextStyle.Font, &p.X.Label.TextStyle.Font, &p.X.Tick.Label.Font, &p.Y.Tick.Label.Font, &p.Legend.TextStyle.Font} {
+		f.Variant = "Sans"
+	}
+	grid := plotter.NewGrid()
+	grid.Vertical.Color, grid.Horizontal.Color = color.Gray{Y: 210}, color.Gray{Y: 210}
+	p.Add(grid)
+	return p
+}
+
+// fleetTicks are the default ticks labelled 10K, 20K… once they reach
+// thousands of robots.
+func fleetTicks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i, t := range ticks {
+		if t.Label != "" && hi >= 10000 && t.Value == math.Trunc(t.Value/1000)*1000 {
+			ticks[i].Label = fmt.Sprintf("%.0fK", t.Value/1000)
+			if t.Value == 0 {
+				ticks[i].Label = "0"
+			}
+		}
+	}
+	return ticks
+}
+
+// addSeries adds one line with its points to p, the value of each step
+// against its fleet size; a value that is not a number is left out.
+func addSeries(p *plot.Plot, label string, c color.RGBA, pts []ScaleStep, value func(ScaleStep) float64) {
+	var xys plotter.XYs
 	for _, s := range pts {
-		sr.xs = append(sr.xs, float64(s.Robots))
-		sr.ys = append(sr.ys, s.RSSPerConn/1024)
-	}
-	return sr
-}
-
-func latSeries(pts []ScaleStep, p99 bool, c color.RGBA, label string) series {
-	sr := series{c: c, label: label}
-	for _, s := range pts {
-		d := s.AckP50
-		if p99 {
-			d = s.AckP99
-		}
-		sr.xs = append(sr.xs, float64(s.Robots))
-		sr.ys = append(sr.ys, float64(d)/float64(time.Millisecond))
-	}
-	return sr
-}
-
-type series struct {
-	xs, ys []float64
-	c      color.RGBA
-	label  string
-}
-
-func drawPanel(img *image.RGBA, r image.Rectangle, title string, ss []series) {
-	black, grey := color.RGBA{0, 0, 0, 255}, color.RGBA{220, 220, 220, 255}
-	drawText(img, r.Min.X, r.Min.Y-25, title, black)
-	xmax, ymax := 1.0, 1.0
-	for _, s := range ss {
-		for _, x := range s.xs {
-			xmax = max(xmax, x)
-		}
-		for _, y := range s.ys {
-			if !math.IsNaN(y) && !math.IsInf(y, 0) {
-				ymax = max(ymax, y)
-			}
+		if y := value(s); !math.IsNaN(y) && !math.IsInf(y, 0) {
+			xys = append(xys, plotter.XY{X: float64(s.Robots), Y: y})
 		}
 	}
-	xmax, ymax = niceCeil(xmax), niceCeil(ymax*1.05)
-	px := func(x float64) int { return r.Min.X + int(x/xmax*float64(r.Dx())) }
-	py := func(y float64) int { return r.Max.Y - int(y/ymax*float64(r.Dy())) }
-	for i := 0; i <= 4; i++ {
-		gy := r.Max.Y - i*r.Dy()/4
-		line(img, r.Min.X, gy, r.Max.X, gy, grey)
-		drawText(img, r.Min.X-55, gy-4, fmtTick(ymax*float64(i)/4), black)
-		gx := r.Min.X + i*r.Dx()/4
-		line(img, gx, r.Min.Y, gx, r.Max.Y, grey)
-		drawText(img, gx-12, r.Max.Y+8, fmtTick(xmax*float64(i)/4), black)
+	if len(xys) == 0 {
+		return
 	}
-	line(img, r.Min.X, r.Max.Y, r.Max.X, r.Max.Y, black)
-	line(img, r.Min.X, r.Min.Y, r.Min.X, r.Max.Y, black)
-	for k, s := range ss {
-		drawText(img, r.Max.X-8*len(s.label)-4, r.Min.Y+8+k*14, s.label, s.c)
-		for i := range s.ys {
-			x, y := px(s.xs[i]), py(s.ys[i])
-			fill(img, image.Rect(x-3, y-3, x+4, y+4), s.c)
-			if i > 0 {
-				thick(img, px(s.xs[i-1]), py(s.ys[i-1]), x, y, s.c)
-			}
-		}
+	l, sc, err := plotter.NewLinePoints(xys)
+	if err != nil { // only for NaN or infinite values, left out above
+		return
 	}
-}
-
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
-func niceCeil(v float64) float64 {
-	if v <= 0 {
-		return 1
-	}
-	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
-		if m*p >= v {
-			return m * p
-		}
-	}
-	return 10 * p
-}
-
-func fmtTick(v float64) string {
-	switch {
-	case v >= 1000 && math.Mod(v, 1000) == 0:
-		return fmt.Sprintf("%.0fK", v/1000)
-	case v >= 100 || v == math.Trunc(v):
-		return fmt.Sprintf("%.0f", v)
-	default:
-		return fmt.Sprintf("%.2g", v)
-	}
-}
-
-func fill(img *image.RGBA, r image.Rectangle, c color.RGBA) {
-	r = r.Intersect(img.Bounds())
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			img.SetRGBA(x, y, c)
-		}
-	}
-}
-
-// line draws with Bresenham's algorithm.
-func line(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
-	dx, dy := abs(x1-x0), -abs(y1-y0)
-	sx, sy := 1, 1
-	if x0 > x1 {
-		sx = -1
-	}
-	if y0 > y1 {
-		sy = -1
-	}
-	e := dx + dy
-	for range dx - dy + 1 {
-		if (image.Point{x0, y0}).In(img.Bounds()) {
-			img.SetRGBA(x0, y0, c)
-		}
-		if x0 == x1 && y0 == y1 {
-			return
-		}
-		if e2 := 2 * e; e2 >= dy {
-			e += dy
-			x0 += sx
-		} else {
-			e += dx
-			y0 += sy
-		}
-	}
-}
-
-func thick(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
-	for d := -1; d <= 1; d++ {
-		line(img, x0, y0+d, x1, y1+d, c)
-	}
-}
-
-func abs(v int) int {
-	if v < 0 {
-		return -v
-	}
-	return v
-}
-
-// glyphs is a 3x5 bitmap font for the plot's labels (no font package in
-// the standard library): each glyph is five rows of three bits.
-var glyphs = map[rune][5]uint8{
-	'0': {7, 5, 5, 5, 7}, '1': {2, 6, 2, 2, 7}, '2': {7, 1, 7, 4, 7}, '3': {7, 1, 7, 1, 7}, '4': {5, 5, 7, 1, 1},
-	'5': {7, 4, 7, 1, 7}, '6': {7, 4, 7, 5, 7}, '7': {7, 1, 1, 1, 1}, '8': {7, 5, 7, 5, 7}, '9': {7, 5, 7, 1, 7},
-	'A': {2, 5, 7, 5, 5}, 'B': {6, 5, 6, 5, 6}, 'C': {7, 4, 4, 4, 7}, 'D': {6, 5, 5, 5, 6}, 'E': {7, 4, 6, 4, 7},
-	'F': {7, 4, 6, 4, 4}, 'G': {7, 4, 5, 5, 7}, 'H': {5, 5, 7, 5, 5}, 'I': {7, 2, 2, 2, 7}, 'J': {1, 1, 1, 5, 7},
-	'K': {5, 5, 6, 5, 5}, 'L': {4, 4, 4, 4, 7}, 'M': {5, 7, 7, 5, 5}, 'N': {6, 5, 5, 5, 5}, 'O': {7, 5, 5, 5, 7},
-	'P': {7, 5, 7, 4, 4}, 'Q': {7, 5, 5, 7, 1}, 'R': {7, 5, 6, 5, 5}, 'S': {7, 4, 7, 1, 7}, 'T': {7, 2, 2, 2, 2},
-	'U': {5, 5, 5, 5, 7}, 'V': {5, 5, 5, 5, 2}, 'W': {5, 5, 7, 7, 5}, 'X': {5, 5, 2, 5, 5}, 'Y': {5, 5, 2, 2, 2},
-	'Z': {7, 1, 2, 4, 7}, '.': {0, 0, 0, 0, 2}, ',': {0, 0, 0, 2, 4}, '-': {0, 0, 7, 0, 0}, '/': {1, 1, 2, 4, 4},
-	'(': {1, 2, 2, 2, 1}, ')': {4, 2, 2, 2, 4}, ':': {0, 2, 0, 2, 0}, '%': {5, 1, 2, 4, 5}, '+': {0, 2, 7, 2, 0},
-}
-
-// drawText writes s at (x, y) (top left) at twice the glyph size.
-func drawText(img *image.RGBA, x, y int, s string, c color.RGBA) {
-	const scale = 2
-	for _, ch := range strings.ToUpper(s) {
-		g, ok := glyphs[ch]
-		if ok {
-			for row, bits := range g {
-				for col := range 3 {
-					if bits&(4>>col) != 0 {
-						fill(img, image.Rect(x+col*scale, y+row*scale, x+(col+1)*scale, y+(row+1)*scale), c)
-					}
-				}
-			}
-		}
-		x += 4 * scale
-	}
+	l.LineStyle.Color, l.LineStyle.Width = c, vg.Points(2)
+	sc.GlyphStyle = draw.GlyphStyle{Color: c, Shape: draw.BoxGlyph{}, Radius: vg.Points(3)}
+	p.Add(l, sc)
+	p.Legend.Add(label, l, sc)
 }

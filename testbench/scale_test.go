@@ -193,14 +193,6 @@ func TestScalePlotDrawsThePoints(t *testing.T) {
 	}
 }
 
-func TestNiceCeil(t *testing.T) {
-	for in, want := range map[float64]float64{0: 1, 0.7: 1, 1: 1, 1.1: 2, 19000: 20000, 51: 100, 4.2: 5} {
-		if got := niceCeil(in); got != want {
-			t.Errorf("niceCeil(%v) = %v, want %v", in, got, want)
-		}
-	}
-}
-
 // The robots of any one member must fail over to every other member in
 // equal shares.
 func TestClusterServersSpreadFailover(t *testing.T) {

@@ -189,8 +189,8 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 	dir := t.TempDir()
 	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
 	ctx := context.Background()
-	var en api.EnrollmentCreated
-	if err := admin.New(ctl.AdminSocket()).Do(ctx, "POST", "/v1/enrollments", api.EnrollmentRequest{RobotID: "lekiwi-00000", TTL: "10m"}, &en); err != nil {
+	var en protocol.EnrollmentCreated
+	if err := admin.New(ctl.AdminSocket()).Do(ctx, "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: "lekiwi-00000", TTL: "10m"}, &en); err != nil {
 		t.Fatal(err)
 	}
 	idDir := filepath.Join(dir, "fleet", "lekiwi-00000", "identity")

@@ -17,14 +17,6 @@ import (
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
-// Error codes control answers a refused enrollment with, in the body
-// {"error":{"code":"...","message":"..."}}.
-const (
-	CodeTokenInvalid = "token_invalid" // control knows no such token
-	CodeTokenUsed    = "token_used"    // the token already enrolled a robot
-	CodeTokenExpired = "token_expired" // the token is past its expiry
-)
-
 // DefaultEnrollTimeout bounds one enrollment request when Enroll builds its
 // own HTTP client.
 const DefaultEnrollTimeout = 30 * time.Second
@@ -35,7 +27,7 @@ const maxEnrollResponse = 1 << 20
 // EnrollError is control's answer to an enrollment when it is not 200 OK.
 type EnrollError struct {
 	StatusCode int
-	Code       string // control's error code, like token_used; "" if the body had none
+	Code       string // control's error code, like protocol.EnrollTokenUsed; "" if the body had none
 	Message    string // control's message, or the start of a non-JSON body
 	RobotID    string // the robot that tried to enroll
 }
@@ -61,11 +53,11 @@ func (e *EnrollError) Error() string {
 	}
 	var why string
 	switch e.Code {
-	case CodeTokenUsed:
+	case protocol.EnrollTokenUsed:
 		why = "this enrollment token was already used (a token enrolls one robot, once)"
-	case CodeTokenExpired:
+	case protocol.EnrollTokenExpired:
 		why = "this enrollment token has expired"
-	case CodeTokenInvalid:
+	case protocol.EnrollTokenInvalid:
 		why = "control does not know this enrollment token (mistyped, or made by another fleet's control)"
 	default:
 		return fmt.Sprintf("control refused to enroll robot %s (%s): retrying will not help; check that agent and control versions match and servers points at control, and if the token is the problem %s", e.RobotID, what, newToken)
@@ -192,12 +184,7 @@ func Enroll(ctx context.Context, hc *http.Client, serverBase, token, robotID str
 
 func enrollError(status int, raw []byte, robotID string) *EnrollError {
 	e := &EnrollError{StatusCode: status, RobotID: robotID}
-	var body struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
+	var body protocol.ErrorBody
 	if json.Unmarshal(raw, &body) == nil && body.Error.Code != "" {
 		e.Code, e.Message = body.Error.Code, body.Error.Message
 		return e

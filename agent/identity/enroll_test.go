@@ -198,9 +198,9 @@ func TestEnrollRefused(t *testing.T) {
 		is        error
 		want      []string
 	}{
-		{name: "reused token", token: "used", code: identity.CodeTokenUsed, want: []string{"token_used", "already used", "control enroll create --robot-id " + robot}},
-		{name: "expired token", token: "expired", code: identity.CodeTokenExpired, want: []string{"token_expired", "expired", "control enroll create --robot-id " + robot}},
-		{name: "unknown token", token: "nope", code: identity.CodeTokenInvalid, want: []string{"token_invalid", "does not know", "control enroll create"}},
+		{name: "reused token", token: "used", code: protocol.EnrollTokenUsed, want: []string{"token_used", "already used", "control enroll create --robot-id " + robot}},
+		{name: "expired token", token: "expired", code: protocol.EnrollTokenExpired, want: []string{"token_expired", "expired", "control enroll create --robot-id " + robot}},
+		{name: "unknown token", token: "nope", code: protocol.EnrollTokenInvalid, want: []string{"token_invalid", "does not know", "control enroll create"}},
 		{name: "token made for another robot", token: "other-robot", is: identity.ErrMismatch, want: []string{`names robot "xle-9"`, "another robot id"}},
 		{name: "server not signed by the fleet CA", token: "nope", caPEM: otherCA.PEM, want: []string{"certificate"}},
 		{name: "control failing is temporary", base: down.URL, token: "x", temporary: true, want: []string{"HTTP 503", "upstream database unavailable", "try again later"}},

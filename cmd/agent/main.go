@@ -12,21 +12,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/lekiwi/heartbeat/internal/version"
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/agent/config"
 	"github.com/lekiwi/heartbeat/agent/daemon"
 	"github.com/lekiwi/heartbeat/agent/systemd"
 )
-
-// version is set at link time: -ldflags "-X main.version=1.4.0". Unset, the
-// module version from the build info (or "dev") is used.
-var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -36,16 +32,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		os.Exit(1)
 	}
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 func newRoot(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *cobra.Command {
@@ -175,7 +161,7 @@ once its queue is open and pings the watchdog while its loop is alive.`,
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-			return daemon.Run(cmd.Context(), cfg, buildVersion(), log)
+			return daemon.Run(cmd.Context(), cfg, version.String(), log)
 		},
 	}
 	f := cmd.Flags()
@@ -225,7 +211,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the agent version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), buildVersion())
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), version.String())
 			return err
 		},
 	}

@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/control/admin"
@@ -104,8 +105,8 @@ robot's agent configuration (enrollment_token or enrollment_token_file).`,
 		Example: `  control enroll create --robot-id lekiwi-0042 --ttl 2h`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var out api.EnrollmentCreated
-			if err := f.client().Do(cmd.Context(), "POST", "/v1/enrollments", api.EnrollmentRequest{RobotID: robot, TTL: ttl}, &out); err != nil {
+			var out protocol.EnrollmentCreated
+			if err := f.client().Do(cmd.Context(), "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: robot, TTL: ttl}, &out); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "enrollment token for %s, valid until %s, single use:\n", out.RobotID, out.ExpiresAt.Format(time.RFC3339))

@@ -11,9 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/spf13/cobra"
 
-	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/control/store"
 )
@@ -66,7 +66,7 @@ func runBackup(cmd *cobra.Command, f *adminFlags, path string, force bool) error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var eb api.ErrorBody
+		var eb protocol.ErrorBody
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(body, &eb) == nil && eb.Error.Code != "" {
 			return fmt.Errorf("backup: %s (%s)", eb.Error.Message, eb.Error.Code)

@@ -12,13 +12,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lekiwi/heartbeat/internal/version"
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/control/node"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	if err := newRoot().Execute(); err != nil {
@@ -44,7 +42,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newRun(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the control version",
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.String()) },
 	})
 	return root
 }

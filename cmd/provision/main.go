@@ -10,14 +10,11 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
-)
 
-// version is set at link time: -ldflags "-X main.version=1.4.0". Unset, the
-// module version from the build info (or "dev") is used.
-var version = ""
+	"github.com/lekiwi/heartbeat/internal/version"
+)
 
 func main() {
 	root := newRoot(os.Stdout, os.Stderr, os.LookupEnv)
@@ -25,16 +22,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "provision:", err)
 		os.Exit(1)
 	}
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 // newRoot builds the command tree; output streams and the environment are
@@ -80,7 +67,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version of provision",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "provision %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "provision %s (%s, %s/%s)\n", version.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return err
 		},
 	}

@@ -14,7 +14,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/lekiwi/heartbeat/control/api"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // Client talks to one node's admin socket.
@@ -62,7 +62,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var eb api.ErrorBody
+		var eb protocol.ErrorBody
 		if json.Unmarshal(data, &eb) == nil && eb.Error.Code != "" {
 			return fmt.Errorf("%s %s: %s (%s)", method, path, eb.Error.Message, eb.Error.Code)
 		}

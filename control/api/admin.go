@@ -30,7 +30,8 @@ func decodeBody(r *http.Request, v any) error {
 }
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, principal(r))
+	p := principal(r)
+	writeJSON(w, http.StatusOK, protocol.Whoami{Name: p.Name, Role: string(p.Role), TokenID: p.TokenID, Source: p.Source})
 	return nil
 }
 
@@ -101,19 +102,6 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// EnrollmentRequest is the body of POST /v1/enrollments.
-type EnrollmentRequest struct {
-	RobotID string `json:"robot_id"`
-	TTL     string `json:"ttl,omitempty"` // Go duration; default the node's enrollment TTL
-}
-
-// EnrollmentCreated carries the single-use token (shown once).
-type EnrollmentCreated struct {
-	RobotID   string    `json:"robot_id"`
-	Token     string    `json:"token"`
-	ExpiresAt time.Time `json:"expires_at"`
-}
-
 // EnrollmentTokenPrefix marks enrollment tokens (distinct from API tokens).
 const EnrollmentTokenPrefix = "lke_"
 
@@ -121,7 +109,7 @@ func (s *Server) createEnrollment(w http.ResponseWriter, r *http.Request) error 
 	if s.o.CA == nil {
 		return &apiError{http.StatusConflict, "no_ca", "this control node runs without a CA (--insecure): it cannot enroll robots"}
 	}
-	var req EnrollmentRequest
+	var req protocol.EnrollmentRequest
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
@@ -143,13 +131,8 @@ func (s *Server) createEnrollment(w http.ResponseWriter, r *http.Request) error 
 	if err := s.store.CreateEnrollment(r.Context(), req.RobotID, auth.HashSecret(token), now.Add(ttl), principal(r).Actor(), now); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, EnrollmentCreated{RobotID: req.RobotID, Token: token, ExpiresAt: now.Add(ttl)})
+	writeJSON(w, http.StatusCreated, protocol.EnrollmentCreated{RobotID: req.RobotID, Token: token, ExpiresAt: now.Add(ttl)})
 	return nil
-}
-
-// CACertificate is the answer of GET /v1/ca.
-type CACertificate struct {
-	Certificate string `json:"certificate"` // PEM
 }
 
 // caCertificate serves the fleet CA certificate, which images carry so
@@ -160,7 +143,7 @@ func (s *Server) caCertificate(w http.ResponseWriter, r *http.Request) error {
 	if s.o.CA == nil {
 		return &apiError{http.StatusConflict, "no_ca", "this control node runs without a CA (--insecure): it has no CA certificate to give"}
 	}
-	writeJSON(w, http.StatusOK, CACertificate{Certificate: string(s.o.CA.CertPEM)})
+	writeJSON(w, http.StatusOK, protocol.CACertificate{Certificate: string(s.o.CA.CertPEM)})
 	return nil
 }
 
@@ -175,8 +158,8 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !strings.HasPrefix(req.Token, EnrollmentTokenPrefix) {
-		s.deny(r, "token_invalid", "not an enrollment token", "")
-		return &apiError{http.StatusUnauthorized, "token_invalid", "token is not an enrollment token (lke_…); create one with `control enroll create --robot-id <id>`"}
+		s.deny(r, protocol.EnrollTokenInvalid, "not an enrollment token", "")
+		return &apiError{http.StatusUnauthorized, protocol.EnrollTokenInvalid, "token is not an enrollment token (lke_…); create one with `control enroll create --robot-id <id>`"}
 	}
 	if _, err := pki.ParseCSR([]byte(req.CSR)); err != nil {
 		return &apiError{http.StatusBadRequest, "csr_invalid", err.Error()}
@@ -196,9 +179,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 		code string
 		msg  string
 	}{
-		{store.ErrTokenInvalid, "token_invalid", "unknown enrollment token"},
-		{store.ErrTokenUsed, "token_used", "this enrollment token was already used"},
-		{store.ErrTokenExpired, "token_expired", "this enrollment token has expired"},
+		{store.ErrTokenInvalid, protocol.EnrollTokenInvalid, "unknown enrollment token"},
+		{store.ErrTokenUsed, protocol.EnrollTokenUsed, "this enrollment token was already used"},
+		{store.ErrTokenExpired, protocol.EnrollTokenExpired, "this enrollment token has expired"},
 	} {
 		if errors.Is(err, te.err) {
 			s.deny(r, te.code, te.msg, robotID)

@@ -199,7 +199,7 @@ func TestErrorsAreJSONWithCodes(t *testing.T) {
 		{"/v1/nothing", 404, "not_found"},
 	}
 	for _, tc := range tests {
-		var body ErrorBody
+		var body protocol.ErrorBody
 		if code := get(t, srv, tc.path, &body); code != tc.status || body.Error.Code != tc.code || body.Error.Message == "" {
 			t.Errorf("%s: %d %+v, want %d %s", tc.path, code, body, tc.status, tc.code)
 		}

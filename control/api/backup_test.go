@@ -12,6 +12,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 func TestBackupOverTheAPIAndTheAdminSocket(t *testing.T) {
@@ -95,7 +96,7 @@ func TestStorageUseOverTheAPI(t *testing.T) {
 		rep.Robots[0].TelemetryBytes != int64(len(big)) || rep.Robots[0].DataBytes < rep.Robots[1].DataBytes || rep.DataBytes < rep.Robots[0].DataBytes {
 		t.Fatalf("storage report %+v", rep)
 	}
-	var eb ErrorBody
+	var eb protocol.ErrorBody
 	if code := get(t, ta.srv, "/v1/admin/storage?window=soon", &eb); code != 400 || !strings.Contains(eb.Error.Message, "window") {
 		t.Fatalf("bad window: %d %+v", code, eb)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/pki"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 func TestCACertificateForImages(t *testing.T) {
@@ -19,7 +20,7 @@ func TestCACertificateForImages(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("GET /v1/ca: %d %s", code, body)
 	}
-	var got CACertificate
+	var got protocol.CACertificate
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}

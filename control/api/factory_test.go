@@ -98,7 +98,7 @@ func TestFactoryRoutesNeedANodeCertificate(t *testing.T) {
 		}
 	}
 	// A node may not do what engineers do.
-	code, _ := post(t, nodeClient(t, srv, ca, "station-1"), srv.URL+"/v1/enrollments", EnrollmentRequest{RobotID: "kiwi-1"})
+	code, _ := post(t, nodeClient(t, srv, ca, "station-1"), srv.URL+"/v1/enrollments", protocol.EnrollmentRequest{RobotID: "kiwi-1"})
 	if code != http.StatusForbidden {
 		t.Fatalf("node creating an arbitrary enrollment: %d, want 403", code)
 	}

@@ -176,7 +176,7 @@ func TestEnrollmentOverTheAPI(t *testing.T) {
 	if code != http.StatusCreated {
 		t.Fatalf("create enrollment: %d %s", code, body)
 	}
-	var en EnrollmentCreated
+	var en protocol.EnrollmentCreated
 	json.Unmarshal(body, &en)
 	req := func(token string, csr []byte) (int, []byte) {
 		b, _ := json.Marshal(protocol.EnrollRequest{Token: token, CSR: string(csr)})

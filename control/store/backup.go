@@ -20,7 +20,7 @@ import (
 
 	dqlite "github.com/canonical/go-dqlite"
 	"github.com/canonical/go-dqlite/client"
-	"gopkg.in/yaml.v2"
+	"gopkg.in/yaml.v3"
 )
 
 // Backups.
@@ -861,6 +861,28 @@ func restoreInto(ctx context.Context, br *BackupReader, o RestoreOptions, dir st
 	return rep, nil
 }
 
+// withInfoAddress is go-dqlite app's info.yaml b with Address replaced and
+// every other field left as written. go-dqlite writes the file through
+// ghodss/yaml (sorted keys, plain scalars), which this output keeps, so its
+// own reader takes it back.
+func withInfoAddress(b []byte, address string) ([]byte, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil, errors.New("node identity is not a YAML mapping")
+	}
+	m := doc.Content[0]
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == "Address" {
+			m.Content[i+1].SetString(address)
+			m.Content[i+1].Style = 0 // quoted only if it must be, whatever the old value needed
+		}
+	}
+	return yaml.Marshal(&doc)
+}
+
 // setNodeAddress gives a stopped node its final address: in its identity
 // (go-dqlite app's info.yaml), its raft configuration, and its peer list.
 func setNodeAddress(dir, address string) error {
@@ -870,21 +892,12 @@ func setNodeAddress(dir, address string) error {
 		return fmt.Errorf("restore: read the new node's identity: %w", err)
 	}
 	var info nodeInfo
-	var doc yaml.MapSlice
 	if err := yaml.Unmarshal(b, &info); err != nil || info.ID == 0 {
 		return fmt.Errorf("restore: the new node's identity %s is unreadable: %v", path, err)
 	}
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	for i := range doc {
-		if doc[i].Key == "Address" {
-			doc[i].Value = address
-		}
-	}
-	out, err := yaml.Marshal(doc)
+	out, err := withInfoAddress(b, address)
 	if err != nil {
-		return err
+		return fmt.Errorf("restore: %s: %w", path, err)
 	}
 	if err := os.WriteFile(path+".new", out, 0o600); err != nil {
 		return fmt.Errorf("restore: %w", err)

@@ -13,8 +13,8 @@ import (
 
 // Robot states.
 const (
-	StateOnline  = "online"
-	StateOffline = "offline"
+	StateOnline  = protocol.RobotOnline
+	StateOffline = protocol.RobotOffline
 )
 
 // Robot is the robots projection: everything control knows about one robot,
@@ -37,19 +37,9 @@ type Robot struct {
 	Version int64 `json:"version"`
 }
 
-// RobotStatus is the robot's liveness.
-type RobotStatus struct {
-	State     string `json:"state"` // online | offline
-	Connected bool   `json:"connected"`
-	Node      string `json:"node,omitempty"`
-	Session   string `json:"session,omitempty"`
-	// Since is when State last changed.
-	Since time.Time `json:"since,omitzero"`
-	// LastSeen is the newest of the robot's event times and, when read
-	// through the API, its flushed presence.
-	LastSeen      time.Time `json:"last_seen,omitzero"`
-	UptimeSeconds float64   `json:"uptime_seconds"`
-}
+// RobotStatus is the robot's liveness; the API serves it as is, so it is
+// a wire type (netboot reads it).
+type RobotStatus = protocol.RobotStatus
 
 // Deployment is what software the robot runs.
 type Deployment struct {

@@ -114,11 +114,9 @@ func (c *Client) RequestRobot(ctx context.Context, serial, profile string) (prot
 // or recently seen). A robot control does not know yet is not online.
 func (c *Client) RobotOnline(ctx context.Context, robotID string) (bool, error) {
 	var out struct {
-		Status struct {
-			State string `json:"state"`
-		} `json:"status"`
+		Status protocol.RobotStatus `json:"status"`
 	}
-	err := c.do(ctx, http.MethodGet, "/v1/robots/"+url.PathEscape(robotID), nil, &out)
+	err := c.do(ctx, http.MethodGet, protocol.RobotPath(robotID), nil, &out)
 	var ref *Refused
 	if errors.As(err, &ref) && ref.Status == http.StatusNotFound {
 		return false, nil
@@ -126,7 +124,7 @@ func (c *Client) RobotOnline(ctx context.Context, robotID string) (bool, error) 
 	if err != nil {
 		return false, err
 	}
-	return out.Status.State == "online", nil
+	return out.Status.State == protocol.RobotOnline, nil
 }
 
 func (c *Client) post(ctx context.Context, path string, body, out any) error {
@@ -167,12 +165,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		return nil
 	}
-	var e struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
+	var e protocol.ErrorBody
 	_ = json.Unmarshal(raw, &e)
 	msg := e.Error.Message
 	if msg == "" {

@@ -46,10 +46,6 @@ func (s *Station) Handler() http.Handler {
 	return mux
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -57,7 +53,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, errorBody{Error: fmt.Sprintf(format, args...)})
+	writeJSON(w, code, protocol.StationErrorBody{Error: fmt.Sprintf(format, args...)})
 }
 
 // authBoard returns the serial whose board token the request carries.

@@ -23,15 +23,6 @@ import (
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
-// Control API paths this source uses (control/api; the JSON shapes are
-// repeated here because provision must not import control).
-const (
-	pathWhoami      = "/v1/whoami"
-	pathCA          = "/v1/ca"
-	pathEnrollments = "/v1/enrollments"
-	pathRobot       = "/v1/robots/"
-)
-
 // RequestTimeout bounds each call to control: twice control's own
 // request timeout, so its answer (even an error) arrives first.
 const RequestTimeout = 30 * time.Second
@@ -65,27 +56,13 @@ type Control struct {
 	base    *url.URL
 	client  *http.Client
 	caPEM   []byte
-	who     Principal
+	who     protocol.Whoami
 	mu      sync.Mutex
 	issued  map[string]string
 	journal *Journal // nil: no journal
 }
 
 var _ Source = (*Control)(nil)
-
-// Principal is who control says the token belongs to.
-type Principal struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-}
-
-// apiError is control's error body.
-type apiError struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
 
 // NewControl checks the token with control (it must be allowed to create
 // enrollments) and fetches the fleet CA, so a wrong URL, CA or token
@@ -122,16 +99,14 @@ func NewControl(ctx context.Context, o ControlOptions) (*Control, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
 		c.client = &http.Client{Transport: tr}
 	}
-	if err := c.call(ctx, "GET", pathWhoami, nil, &c.who); err != nil {
+	if err := c.call(ctx, "GET", protocol.WhoamiPath, nil, &c.who); err != nil {
 		return nil, err
 	}
 	if c.who.Role != "engineer" && c.who.Role != "admin" {
 		return nil, fmt.Errorf("control at %s: the token of %s has role %q, which cannot create enrollment tokens; use an engineer's token", o.URL, c.who.Name, c.who.Role)
 	}
-	var ca struct {
-		Certificate string `json:"certificate"`
-	}
-	if err := c.call(ctx, "GET", pathCA, nil, &ca); err != nil {
+	var ca protocol.CACertificate
+	if err := c.call(ctx, "GET", protocol.CAPath, nil, &ca); err != nil {
 		return nil, err
 	}
 	if _, err := CertPool([]byte(ca.Certificate)); err != nil {
@@ -150,7 +125,7 @@ func NewControl(ctx context.Context, o ControlOptions) (*Control, error) {
 func (c *Control) CAPEM() []byte { return append([]byte(nil), c.caPEM...) }
 
 // Who is the token's owner, as control sees it.
-func (c *Control) Who() Principal { return c.who }
+func (c *Control) Who() protocol.Whoami { return c.who }
 
 // Next picks a robot id control does not know and has control mint its
 // enrollment token.
@@ -161,7 +136,7 @@ func (c *Control) Next(ctx context.Context, target string) (customize.Robot, err
 		if id, err = c.newID(); err != nil {
 			return customize.Robot{}, err
 		}
-		err = c.call(ctx, "GET", pathRobot+id, nil, nil)
+		err = c.call(ctx, "GET", protocol.RobotPath(id), nil, nil)
 		if errors.Is(err, errNotFound) {
 			break
 		}
@@ -172,19 +147,12 @@ func (c *Control) Next(ctx context.Context, target string) (customize.Robot, err
 			return customize.Robot{}, fmt.Errorf("identity for %s: three random robot ids in a row already exist in control; is the random source broken?", target)
 		}
 	}
-	req := struct {
-		RobotID string `json:"robot_id"`
-		TTL     string `json:"ttl,omitempty"`
-	}{RobotID: id}
+	req := protocol.EnrollmentRequest{RobotID: id}
 	if c.o.TTL > 0 {
 		req.TTL = c.o.TTL.String()
 	}
-	var out struct {
-		RobotID   string    `json:"robot_id"`
-		Token     string    `json:"token"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
-	if err := c.call(ctx, "POST", pathEnrollments, req, &out); err != nil {
+	var out protocol.EnrollmentCreated
+	if err := c.call(ctx, "POST", protocol.EnrollmentsPath, req, &out); err != nil {
 		return customize.Robot{}, fmt.Errorf("identity for %s: %w", target, err)
 	}
 	if out.RobotID != id || out.Token == "" {
@@ -279,7 +247,7 @@ func (c *Control) once(ctx context.Context, method, path string, data []byte, ou
 		}
 		return 0, nil
 	}
-	var ae apiError
+	var ae protocol.ErrorBody
 	msg := strings.TrimSpace(string(b))
 	if json.Unmarshal(b, &ae) == nil && ae.Error.Message != "" {
 		msg = ae.Error.Code + ": " + ae.Error.Message

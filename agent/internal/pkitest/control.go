@@ -178,7 +178,7 @@ func (c *Control) violate(format string, args ...any) {
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	_ = json.NewEncoder(w).Encode(protocol.ErrorBody{Error: protocol.ErrorDetail{Code: code, Message: msg}})
 }
 
 func (c *Control) enroll(w http.ResponseWriter, r *http.Request) {
@@ -199,11 +199,11 @@ func (c *Control) enroll(w http.ResponseWriter, r *http.Request) {
 	var code, msg string
 	switch {
 	case tok == nil:
-		code, msg = "token_invalid", "unknown enrollment token"
+		code, msg = protocol.EnrollTokenInvalid, "unknown enrollment token"
 	case tok.used:
-		code, msg = "token_used", "enrollment token already used"
+		code, msg = protocol.EnrollTokenUsed, "enrollment token already used"
 	case time.Now().After(tok.expires):
-		code, msg = "token_expired", "enrollment token expired at "+tok.expires.Format(time.RFC3339)
+		code, msg = protocol.EnrollTokenExpired, "enrollment token expired at "+tok.expires.Format(time.RFC3339)
 	default:
 		tok.used = true
 	}

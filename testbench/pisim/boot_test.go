@@ -21,9 +21,9 @@ import (
 
 	"github.com/lekiwi/heartbeat/netboot/dhcp"
 	"github.com/lekiwi/heartbeat/netboot/pi"
-	"github.com/lekiwi/heartbeat/netboot/pisim"
-	"github.com/lekiwi/heartbeat/netboot/pisim/netlab"
 	"github.com/lekiwi/heartbeat/netboot/tftp"
+	"github.com/lekiwi/heartbeat/testbench/pisim"
+	"github.com/lekiwi/heartbeat/testbench/pisim/netlab"
 )
 
 // bootFiles are the fake boot files the station serves to every board.

@@ -2,7 +2,7 @@
 // of Linux network namespaces: the station is the process's own namespace
 // holding a bridge, and two namespaces are plugged into it by veth pairs,
 // one for the factory's own DHCP server and one for the simulated Pis.
-// Tests and the testbench use it with netboot/pisim; it needs root,
+// Tests and the testbench use it with testbench/pisim; it needs root,
 // iproute2's ip and util-linux's unshare.
 //
 // The station is the process's namespace because the station's servers
