@@ -723,6 +723,48 @@ func (cf *ChaosFleet) WaitConnected(ctx context.Context, timeout time.Duration) 
 	return time.Since(start), nil
 }
 
+// WaitConnectedInControl waits until control, read through via's admin
+// socket, lists every robot as connected. The agents' own state is not
+// enough: the gateway answers a hello before the robot's connection record
+// commits, so an agent is connected a moment before control knows it.
+func (cf *ChaosFleet) WaitConnectedInControl(ctx context.Context, via *Member, timeout time.Duration) error {
+	start := time.Now()
+	for {
+		robots, err := RobotsSnapshot(ctx, via)
+		missing := len(cf.Robots)
+		if err == nil {
+			connected := map[string]bool{}
+			for _, raw := range robots {
+				var r struct {
+					ID     string `json:"id"`
+					Status struct {
+						Connected bool `json:"connected"`
+					} `json:"status"`
+				}
+				if json.Unmarshal(raw, &r) == nil {
+					connected[r.ID] = r.Status.Connected
+				}
+			}
+			missing = 0
+			for _, r := range cf.Robots {
+				if !connected[r.ID] {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return nil
+			}
+		}
+		if time.Since(start) > timeout {
+			return fmt.Errorf("%d of %d robots not connected in control (read through %s) after %s (last read error: %v)", missing, len(cf.Robots), via.Name, timeout, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // WaitDrained waits until every robot is connected with nothing left
 // unacknowledged in its queue.
 func (cf *ChaosFleet) WaitDrained(ctx context.Context, timeout time.Duration) (time.Duration, error) {

@@ -130,6 +130,9 @@ func startChaos(t *testing.T, o ProcClusterOptions) *chaosEnv {
 	if _, err := f.WaitConnected(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	if err := f.WaitConnectedInControl(ctx, c.Members[0], time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("%d agents (mTLS) connected in %s", n, time.Since(start).Round(time.Millisecond))
 	return &chaosEnv{cluster: c, fleet: f, agents: n}
 }
