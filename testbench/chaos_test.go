@@ -269,7 +269,7 @@ func TestChaosLeaderKill(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	wasWitness := victim.Witness
 	if !wasWitness {
-		if err := e.cluster.TransferLeadership(ctx, e.cluster.Witness()); err != nil {
+		if err := e.cluster.TransferLeadership(ctx, e.cluster.Witness(), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -691,9 +691,11 @@ func chaosPartition(t *testing.T) {
 	if leader, err = c.Leader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.TransferLeadership(ctx, c2); err != nil {
+	tc := time.Now()
+	if err := c.TransferLeadership(ctx, c2, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("c2's replica caught up and c2 was made leader %s after the log went quiet", time.Since(tc).Round(time.Millisecond))
 	if leader, err = c.Leader(ctx); err != nil || leader != c2 {
 		t.Fatalf("after the transfer the leader is %v (%v), want c2", leader, err)
 	}
