@@ -589,6 +589,14 @@ func (c *ProcCluster) ReplicaLastSeq(ctx context.Context, m *Member) (int64, err
 	return seq, nil
 }
 
+// DqliteDeadPeerTimeout is how long a dqlite node keeps a connection whose
+// peer went silent (packets dropped, no reset): go-dqlite gives every
+// connection it proxies TCP keepalives every 3 s and a 30 s TCP user
+// timeout, and dqlite has no transaction timeout of its own. A member cut
+// off between taking the leader's write lock and committing holds that
+// lock, and stops every other writer, this long.
+const DqliteDeadPeerTimeout = 30 * time.Second
+
 var probeSeq atomic.Int64
 
 // Write makes one small write through the member's admin socket (an

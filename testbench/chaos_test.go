@@ -586,8 +586,12 @@ func chaosPartition(t *testing.T) {
 	})
 	t.Logf("c2 partitioned from c1 and the witness (leader was %s)", leader.Name)
 
-	// The majority serves writes.
-	done, err := c1.WaitWrite(ctx, 2*time.Second, 30*time.Second)
+	// The majority serves writes: at once, unless the cut caught c2 in the
+	// middle of a write transaction on the leader. That transaction keeps
+	// the leader's write lock until the leader drops c2's silent
+	// connection (DqliteDeadPeerTimeout), and every write of the majority
+	// waits for it; the margin is for the commits queued meanwhile.
+	done, err := c1.WaitWrite(ctx, 2*time.Second, DqliteDeadPeerTimeout+15*time.Second)
 	if err != nil {
 		t.Fatalf("majority side: %v", err)
 	}
