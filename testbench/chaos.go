@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	dqclient "github.com/canonical/go-dqlite/client"
+	_ "github.com/mattn/go-sqlite3" // reads a member's dumped replica
 
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/backoff"
@@ -484,14 +486,28 @@ func (c *ProcCluster) WaitInCluster(ctx context.Context, m *Member, timeout time
 	return fmt.Errorf("%s not back in the cluster within %s: %v", m.Name, timeout, last)
 }
 
-// TransferLeadership makes the member with dqlite id `to` the leader.
-func (c *ProcCluster) TransferLeadership(ctx context.Context, to *Member) error {
+// TransferLeadership makes `to` the leader, once its replica has caught
+// up with the leader's (within timeout).
+//
+// Raft hands leadership only to a member whose log is up to date, and the
+// leader gives a transfer one election timeout (15 x the network latency:
+// 900 ms by default) for the target to catch up and win; after that dqlite
+// answers "leadership transfer failed" and the old leader keeps leading.
+// A member that was cut off (a partition, a restart) is far behind when it
+// comes back: what the leader sent it during the outage waits in a TCP
+// connection in exponential retransmission backoff, then arrives one entry
+// per message. So the transfer is asked for only once `to` holds every
+// event the leader held when we looked.
+func (c *ProcCluster) TransferLeadership(ctx context.Context, to *Member, timeout time.Duration) error {
 	leader, err := c.Leader(ctx)
 	if err != nil {
 		return err
 	}
 	if leader == to {
 		return nil
+	}
+	if err := c.WaitCaughtUp(ctx, to, leader, timeout); err != nil {
+		return fmt.Errorf("transfer leadership from %s to %s: %w", leader.Name, to.Name, err)
 	}
 	s, err := c.Status(ctx, c.Controls()[0])
 	if err != nil {
@@ -513,6 +529,73 @@ func (c *ProcCluster) TransferLeadership(ctx context.Context, to *Member) error 
 	}
 	return nil
 }
+
+// WaitCaughtUp waits until m's replica holds every event that of's replica
+// holds now.
+func (c *ProcCluster) WaitCaughtUp(ctx context.Context, m, of *Member, timeout time.Duration) error {
+	want, err := c.ReplicaLastSeq(ctx, of)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := c.ReplicaLastSeq(ctx, m)
+		if err == nil && got >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s's replica not caught up with %s's within %s: it holds events up to %d of %d (%v)", m.Name, of.Name, timeout, got, want, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// ReplicaLastSeq is the newest event sequence in m's own copy of the
+// database. SQL always reads through the leader, so a follower's progress
+// shows only in its local files: dqlite dumps them (the database and its
+// WAL) and SQLite reads them here.
+func (c *ProcCluster) ReplicaLastSeq(ctx context.Context, m *Member) (int64, error) {
+	cli, err := dqliteClient(ctx, c.CA, m.DBAddress)
+	if err != nil {
+		return 0, fmt.Errorf("connect to %s's dqlite node: %w", m.Name, err)
+	}
+	defer cli.Close()
+	files, err := cli.Dump(ctx, store.DatabaseName)
+	if err != nil {
+		return 0, fmt.Errorf("dump %s's replica: %w", m.Name, err)
+	}
+	dir, err := os.MkdirTemp("", "lekiwi-replica-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.Name), f.Data, 0o600); err != nil {
+			return 0, err
+		}
+	}
+	db, err := sql.Open("sqlite3", filepath.Join(dir, store.DatabaseName))
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var seq int64
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM events`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read %s's replica: %w", m.Name, err)
+	}
+	return seq, nil
+}
+
+// DqliteDeadPeerTimeout is how long a dqlite node keeps a connection whose
+// peer went silent (packets dropped, no reset): go-dqlite gives every
+// connection it proxies TCP keepalives every 3 s and a 30 s TCP user
+// timeout, and dqlite has no transaction timeout of its own. A member cut
+// off between taking the leader's write lock and committing holds that
+// lock, and stops every other writer, this long.
+const DqliteDeadPeerTimeout = 30 * time.Second
 
 var probeSeq atomic.Int64
 
@@ -721,6 +804,48 @@ func (cf *ChaosFleet) WaitConnected(ctx context.Context, timeout time.Duration) 
 		time.Sleep(20 * time.Millisecond)
 	}
 	return time.Since(start), nil
+}
+
+// WaitConnectedInControl waits until control, read through via's admin
+// socket, lists every robot as connected. The agents' own state is not
+// enough: the gateway answers a hello before the robot's connection record
+// commits, so an agent is connected a moment before control knows it.
+func (cf *ChaosFleet) WaitConnectedInControl(ctx context.Context, via *Member, timeout time.Duration) error {
+	start := time.Now()
+	for {
+		robots, err := RobotsSnapshot(ctx, via)
+		missing := len(cf.Robots)
+		if err == nil {
+			connected := map[string]bool{}
+			for _, raw := range robots {
+				var r struct {
+					ID     string `json:"id"`
+					Status struct {
+						Connected bool `json:"connected"`
+					} `json:"status"`
+				}
+				if json.Unmarshal(raw, &r) == nil {
+					connected[r.ID] = r.Status.Connected
+				}
+			}
+			missing = 0
+			for _, r := range cf.Robots {
+				if !connected[r.ID] {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return nil
+			}
+		}
+		if time.Since(start) > timeout {
+			return fmt.Errorf("%d of %d robots not connected in control (read through %s) after %s (last read error: %v)", missing, len(cf.Robots), via.Name, timeout, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // WaitDrained waits until every robot is connected with nothing left

@@ -130,6 +130,9 @@ func startChaos(t *testing.T, o ProcClusterOptions) *chaosEnv {
 	if _, err := f.WaitConnected(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	if err := f.WaitConnectedInControl(ctx, c.Members[0], time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("%d agents (mTLS) connected in %s", n, time.Since(start).Round(time.Millisecond))
 	return &chaosEnv{cluster: c, fleet: f, agents: n}
 }
@@ -266,7 +269,7 @@ func TestChaosLeaderKill(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	wasWitness := victim.Witness
 	if !wasWitness {
-		if err := e.cluster.TransferLeadership(ctx, e.cluster.Witness()); err != nil {
+		if err := e.cluster.TransferLeadership(ctx, e.cluster.Witness(), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -583,8 +586,12 @@ func chaosPartition(t *testing.T) {
 	})
 	t.Logf("c2 partitioned from c1 and the witness (leader was %s)", leader.Name)
 
-	// The majority serves writes.
-	done, err := c1.WaitWrite(ctx, 2*time.Second, 30*time.Second)
+	// The majority serves writes: at once, unless the cut caught c2 in the
+	// middle of a write transaction on the leader. That transaction keeps
+	// the leader's write lock until the leader drops c2's silent
+	// connection (DqliteDeadPeerTimeout), and every write of the majority
+	// waits for it; the margin is for the commits queued meanwhile.
+	done, err := c1.WaitWrite(ctx, 2*time.Second, DqliteDeadPeerTimeout+15*time.Second)
 	if err != nil {
 		t.Fatalf("majority side: %v", err)
 	}
@@ -688,9 +695,11 @@ func chaosPartition(t *testing.T) {
 	if leader, err = c.Leader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.TransferLeadership(ctx, c2); err != nil {
+	tc := time.Now()
+	if err := c.TransferLeadership(ctx, c2, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("c2's replica caught up and c2 was made leader %s after the log went quiet", time.Since(tc).Round(time.Millisecond))
 	if leader, err = c.Leader(ctx); err != nil || leader != c2 {
 		t.Fatalf("after the transfer the leader is %v (%v), want c2", leader, err)
 	}

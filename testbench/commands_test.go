@@ -38,13 +38,13 @@ func TestCommandsCrossNodesThroughTheLog(t *testing.T) {
 	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
 	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
 	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
-	waitFor(t, 10*time.Second, "robots on node 2", func() bool { return fleet.Connected() == 2 })
 	ctx := context.Background()
 	eng, err := NewAPIClient(ctx, n1, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}
 	reader := client(t, n3)
+	waitConnectedInControl(t, reader, 10*time.Second, robotIDs(fleet.Robots())...)
 	online, offline := fleet.Robots()[0], fleet.Robots()[1]
 	if err := offline.Stop(); err != nil {
 		t.Fatal(err)

@@ -76,6 +76,7 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 		}
 		return n == 50
 	})
+	waitConnectedInControl(t, client(t, n1), 20*time.Second, ids...)
 	for _, id := range append([]string{teleopCanary}, teleopAlways...) {
 		byID[id].Teleop(ctx, true)
 	}

@@ -115,6 +115,11 @@ func TestOTAEndToEnd(t *testing.T) {
 		}
 		return true
 	})
+	ids := make([]string, 0, len(specs))
+	for _, s := range specs {
+		ids = append(ids, s.id)
+	}
+	waitConnectedInControl(t, engineer, 20*time.Second, ids...)
 	t.Logf("images built in %s; robots connected at %s", built.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 
 	create := func(ids []string, spec deploy.Spec) deploy.Deployment {

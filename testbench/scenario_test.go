@@ -103,6 +103,47 @@ func robotEvents(t *testing.T, c *APIClient, robot string) []store.Event {
 	}
 }
 
+// waitConnectedInControl waits until control's API (through c) lists every
+// robot of ids as connected. An agent counts itself connected as soon as
+// the gateway answers its hello, and the gateway answers before the
+// robot's connection record commits: until then control does not know the
+// robot (a command for it is a 404, a deployment refuses it, a robot
+// listing misses it). A test that goes on to use control waits for this,
+// not for the agents' view.
+func waitConnectedInControl(t *testing.T, c *APIClient, timeout time.Duration, ids ...string) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("%d robots connected in control", len(ids)), func() bool {
+		connected := map[string]bool{}
+		after := ""
+		for {
+			var page api.RobotList
+			getJSON(t, c, "/v1/robots?limit=1000&after="+after, &page)
+			for _, r := range page.Robots {
+				connected[r.ID] = r.Status.Connected
+			}
+			if page.Next == "" {
+				break
+			}
+			after = page.Next
+		}
+		for _, id := range ids {
+			if !connected[id] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// robotIDs lists the ids of robots.
+func robotIDs(robots []*SimRobot) []string {
+	ids := make([]string, len(robots))
+	for i, r := range robots {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -181,7 +222,7 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
-	waitFor(t, 10*time.Second, "fleet connected", func() bool { return fleet.Connected() == 20 })
+	waitConnectedInControl(t, client(t, ctl), 10*time.Second, robotIDs(fleet.Robots())...)
 
 	const perRobot = 60
 	emit := func(from, to int) {
@@ -296,7 +337,7 @@ func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 	fleet := startFleet(t, FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
 		TelemetrySampleInterval: 100 * time.Millisecond, TelemetryMinInterval: 200 * time.Millisecond})
 	api := client(t, ctl)
-	waitFor(t, 10*time.Second, "fleet connected", func() bool { return fleet.Connected() == 30 })
+	waitConnectedInControl(t, api, 10*time.Second, robotIDs(fleet.Robots())...)
 	ctx := context.Background()
 	robots := fleet.Robots()
 	for round := 0; round < 3; round++ {
@@ -355,6 +396,7 @@ func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 		}
 		return true
 	})
+	waitConnectedInControl(t, api, 15*time.Second, robotIDs(robots)...)
 	live := robotsByState(t, api, store.StateOnline)
 	if len(live) != 30 {
 		t.Fatalf("online after workload: %d", len(live))

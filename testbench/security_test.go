@@ -159,7 +159,7 @@ func TestRevocationCutsLiveSessionOnEveryNode(t *testing.T) {
 	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
 	startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
 	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
-	waitFor(t, 10*time.Second, "robots connected to node 2", func() bool { return fleet.Connected() == 2 })
+	waitConnectedInControl(t, client(t, n1), 10*time.Second, robotIDs(fleet.Robots())...)
 	victim, bystander := fleet.Robots()[0], fleet.Robots()[1]
 	ctx := context.Background()
 	var out map[string]any
