@@ -31,6 +31,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/daemon"
 	"github.com/lekiwi/heartbeat/agent/factory"
 	"github.com/lekiwi/heartbeat/agent/servo"
+	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/image/base/ext4r"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/build"
@@ -80,7 +81,7 @@ func BuildFactoryImage(ctx context.Context, dir, profile string, controlURLs []s
 	}
 	img := filepath.Join(dir, profile+".img")
 	if err := build.Build(ctx, build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "testbench factory image"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, ControlURLs: controlURLs, Version: "testbench-" + profile,
+		build.Options{Out: img, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controlURLs, Version: "testbench-" + profile,
 			Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20, Persistent: 16 << 20}}); err != nil {
 		return "", fmt.Errorf("build the %s image: %w", profile, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/image/base"
 	"github.com/lekiwi/heartbeat/image/blockindex"
 	"github.com/lekiwi/heartbeat/image/bmap"
@@ -82,7 +83,7 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 				return err
 			}
 			defer b.Close()
-			o := build.Options{Out: out, Profile: p, AgentPath: agent, ControlURLs: controls, UpdateKeys: keys, Version: version,
+			o := build.Options{Out: out, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controls, UpdateKeys: keys, Version: version,
 				Epoch: time.Unix(sec, 0), Progress: cmd.ErrOrStderr(),
 				Sizes:    layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
 				Sidecars: func(ctx context.Context, f *os.File) error { return writeSidecars(ctx, f, out) }}

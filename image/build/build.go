@@ -23,7 +23,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/ext4fs"
 	"github.com/lekiwi/heartbeat/image/fatfs"
@@ -72,6 +71,7 @@ type Options struct {
 	Out         string // image path; <Out>.partial while writing
 	Profile     *profiles.Profile
 	AgentPath   string   // the arm64 agent binary
+	AgentUnit   string   // its systemd unit file; the agent owns the text (agent/systemd.Unit())
 	ControlURLs []string // agent servers
 	UpdateKeys  []string // public key files trusted for updates
 	Version     string
@@ -109,6 +109,9 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 	}
 	if o.AgentPath == "" {
 		return errors.New("build: no agent binary: build one with `CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent` and pass --agent")
+	}
+	if o.AgentUnit == "" {
+		return errors.New("build: no agent systemd unit: pass the agent's unit file text (agent/systemd.Unit()) in Options.AgentUnit")
 	}
 	agentSum, err := fileSHA256(o.AgentPath)
 	if err != nil {
@@ -388,7 +391,7 @@ func addToRoot(root *tree.Tree, o Options, info Info, plan *layout.Plan, epoch t
 		mode os.FileMode
 	}{
 		{AgentConfig, append([]byte(header), y...), 0o644},
-		{AgentUnit, []byte(systemd.Unit()), 0o644},
+		{AgentUnit, []byte(o.AgentUnit), 0o644},
 		{AgentDropIn, []byte("# Per-robot settings written by `provision image customize` into the persistent partition.\n[Unit]\nRequiresMountsFor=" + PersistentDir + "\n[Service]\nEnvironmentFile=-" + PersistentDir + "/" + RobotEnvFile + "\n"), 0o644},
 	}
 	for _, f := range files {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/lekiwi/heartbeat/agent/identity"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/fatfs"
@@ -132,18 +131,19 @@ func apply(f Target, size int64, name string, r Robot) error {
 	}
 	env := "LEKIWI_AGENT_ROBOT_ID=" + r.RobotID + "\n"
 	robot := map[string]build.RobotFile{}
-	idDir := "agent/" + identity.DirName + "/"
+	idDir := layout.AgentStateDir + "/" + layout.IdentityDir + "/"
 	if r.CertPEM != nil {
-		robot[idDir+identity.CertFile] = build.RobotFile{Data: r.CertPEM, Mode: 0o644}
-		robot[idDir+identity.KeyFile] = build.RobotFile{Data: r.KeyPEM, Mode: 0o600}
+		robot[idDir+layout.IdentityCertFile] = build.RobotFile{Data: r.CertPEM, Mode: 0o644}
+		robot[idDir+layout.IdentityKeyFile] = build.RobotFile{Data: r.KeyPEM, Mode: 0o600}
 	}
 	if r.CAPEM != nil {
-		robot[idDir+identity.CAFile] = build.RobotFile{Data: r.CAPEM, Mode: 0o644}
-		env += "LEKIWI_AGENT_CA_FILE=" + build.PersistentDir + "/" + idDir + identity.CAFile + "\n"
+		robot[idDir+layout.IdentityCAFile] = build.RobotFile{Data: r.CAPEM, Mode: 0o644}
+		env += "LEKIWI_AGENT_CA_FILE=" + build.PersistentDir + "/" + idDir + layout.IdentityCAFile + "\n"
 	}
 	if r.EnrollToken != "" {
-		robot["agent/enrollment-token"] = build.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
-		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + build.PersistentDir + "/agent/enrollment-token\n"
+		token := layout.AgentStateDir + "/" + layout.EnrollmentTokenFile
+		robot[token] = build.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
+		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + build.PersistentDir + "/" + token + "\n"
 	}
 	robot[build.RobotEnvFile] = build.RobotFile{Data: []byte(env), Mode: 0o644}
 	part := plan.Part(layout.Persistent)

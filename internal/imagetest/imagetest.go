@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/tree"
@@ -132,7 +133,7 @@ func Make(dir string, o Options) (Image, error) {
 	}
 	path := filepath.Join(dir, o.Name+".img")
 	err = build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: o.Description},
-		build.Options{Out: path, Profile: p, AgentPath: agent, ControlURLs: o.ControlURLs, Version: o.Version, Epoch: o.Epoch, Sizes: o.Sizes})
+		build.Options{Out: path, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: o.ControlURLs, Version: o.Version, Epoch: o.Epoch, Sizes: o.Sizes})
 	if err != nil {
 		return Image{}, fmt.Errorf("build test image %s: %w", o.Name, err)
 	}
