@@ -12,10 +12,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/base"
 	"github.com/lekiwi/heartbeat/image/blockindex"
 	"github.com/lekiwi/heartbeat/image/bmap"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/inspect"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -83,7 +83,7 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 				return err
 			}
 			defer b.Close()
-			o := build.Options{Out: out, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controls, UpdateKeys: keys, Version: version,
+			o := assemble.Options{Out: out, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controls, UpdateKeys: keys, Version: version,
 				Epoch: time.Unix(sec, 0), Progress: cmd.ErrOrStderr(),
 				Sizes:    layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
 				Sidecars: func(ctx context.Context, f *os.File) error { return writeSidecars(ctx, f, out) }}
@@ -92,7 +92,7 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 					return err
 				}
 			}
-			return build.Build(ctx, build.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
+			return assemble.Build(ctx, assemble.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
 		},
 	}
 	f := c.Flags()

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/cloudinit"
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/fatfs"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -113,7 +113,7 @@ func apply(f Target, size int64, name string, r Robot) error {
 	if err != nil {
 		return err
 	}
-	files, err := build.SeedFiles(s)
+	files, err := assemble.SeedFiles(s)
 	if err != nil {
 		return err
 	}
@@ -130,40 +130,40 @@ func apply(f Target, size int64, name string, r Robot) error {
 		}
 	}
 	env := "LEKIWI_AGENT_ROBOT_ID=" + r.RobotID + "\n"
-	robot := map[string]build.RobotFile{}
+	robot := map[string]assemble.RobotFile{}
 	idDir := layout.AgentStateDir + "/" + layout.IdentityDir + "/"
 	if r.CertPEM != nil {
-		robot[idDir+layout.IdentityCertFile] = build.RobotFile{Data: r.CertPEM, Mode: 0o644}
-		robot[idDir+layout.IdentityKeyFile] = build.RobotFile{Data: r.KeyPEM, Mode: 0o600}
+		robot[idDir+layout.IdentityCertFile] = assemble.RobotFile{Data: r.CertPEM, Mode: 0o644}
+		robot[idDir+layout.IdentityKeyFile] = assemble.RobotFile{Data: r.KeyPEM, Mode: 0o600}
 	}
 	if r.CAPEM != nil {
-		robot[idDir+layout.IdentityCAFile] = build.RobotFile{Data: r.CAPEM, Mode: 0o644}
-		env += "LEKIWI_AGENT_CA_FILE=" + build.PersistentDir + "/" + idDir + layout.IdentityCAFile + "\n"
+		robot[idDir+layout.IdentityCAFile] = assemble.RobotFile{Data: r.CAPEM, Mode: 0o644}
+		env += "LEKIWI_AGENT_CA_FILE=" + assemble.PersistentDir + "/" + idDir + layout.IdentityCAFile + "\n"
 	}
 	if r.EnrollToken != "" {
 		token := layout.AgentStateDir + "/" + layout.EnrollmentTokenFile
-		robot[token] = build.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
-		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + build.PersistentDir + "/" + token + "\n"
+		robot[token] = assemble.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
+		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + assemble.PersistentDir + "/" + token + "\n"
 	}
-	robot[build.RobotEnvFile] = build.RobotFile{Data: []byte(env), Mode: 0o644}
+	robot[assemble.RobotEnvFile] = assemble.RobotFile{Data: []byte(env), Mode: 0o644}
 	part := plan.Part(layout.Persistent)
-	return build.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true)
+	return assemble.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true)
 }
 
 // ReadInfo reads the build metadata from boot_a.
-func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*build.Info, error) {
+func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*assemble.Info, error) {
 	part := plan.Part(layout.BootA)
 	fsys, err := fatfs.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", part.Name, err)
 	}
-	b, err := fsys.ReadFile(build.BootInfoFile)
+	b, err := fsys.ReadFile(assemble.BootInfoFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s has no %s: was the image made by provision image build? (%w)", part.Name, build.BootInfoFile, err)
+		return nil, fmt.Errorf("%s has no %s: was the image made by provision image build? (%w)", part.Name, assemble.BootInfoFile, err)
 	}
-	var info build.Info
+	var info assemble.Info
 	if err := json.Unmarshal(b, &info); err != nil {
-		return nil, fmt.Errorf("%s/%s: %w", part.Name, build.BootInfoFile, err)
+		return nil, fmt.Errorf("%s/%s: %w", part.Name, assemble.BootInfoFile, err)
 	}
 	return &info, nil
 }

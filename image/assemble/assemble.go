@@ -1,10 +1,10 @@
-// Package build assembles a Lekiwi A/B disk image from a base (its boot
+// Package assemble builds a Lekiwi A/B disk image from a base (its boot
 // and root trees), a profile and the agent: it plans the layout, adds the
 // agent, its configuration, unit, update keys, the profile's files, fstab
 // and image metadata to the root tree, renders both boot slots and the
 // bootconfig partition, and writes everything into a sparse file that is
 // renamed into place only when complete. No root, mount or loop device.
-package build
+package assemble
 
 import (
 	"context"
