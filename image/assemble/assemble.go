@@ -66,6 +66,25 @@ type Inputs struct {
 	Description string     // names the base in image.json
 }
 
+// NewestModTime is the latest modification time of any file or directory
+// in the base's boot and root trees: a timestamp that depends on the
+// inputs alone, for builds that are given none (no SOURCE_DATE_EPOCH) and
+// must still be reproducible. It is the zero time when no entry has one.
+func (in Inputs) NewestModTime() time.Time {
+	var newest time.Time
+	for _, t := range []*tree.Tree{in.Boot, in.Root} {
+		if t == nil {
+			continue
+		}
+		for _, e := range t.Entries() {
+			if e.ModTime.After(newest) {
+				newest = e.ModTime
+			}
+		}
+	}
+	return newest
+}
+
 // Options are the build's settings.
 type Options struct {
 	Out         string // image path; <Out>.partial while writing
@@ -75,7 +94,7 @@ type Options struct {
 	ControlURLs []string // agent servers
 	UpdateKeys  []string // public key files trusted for updates
 	Version     string
-	Epoch       time.Time // SOURCE_DATE_EPOCH
+	Epoch       time.Time // every timestamp in the image: SOURCE_DATE_EPOCH, or Inputs.NewestModTime
 	Sizes       layout.Sizes
 	// Sidecars, if set, runs on the finished image (still at its temporary
 	// path) to write .bmap and block index files next to Out.
