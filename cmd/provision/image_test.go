@@ -309,3 +309,48 @@ func TestImageBuildFromRaspberryPiOSImage(t *testing.T) {
 		})
 	}
 }
+
+// Plausible mistakes get messages that say what failed and what to do,
+// never a bare EOF or a "(<nil>)".
+func TestImageMistakesSayWhatToDo(t *testing.T) {
+	dir := t.TempDir()
+	tarPath, fw, _ := tarballInputs(t, dir)
+	amd64 := filepath.Join(dir, "agent-amd64")
+	b := arm64ELF()
+	b[18] = 62 // EM_X86_64
+	os.WriteFile(amd64, b, 0o755)
+	script := filepath.Join(dir, "agent.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755)
+	notImage := filepath.Join(dir, "hostname")
+	os.WriteFile(notImage, []byte("robot\n"), 0o644)
+	build := func(agent string) []string {
+		return []string{"image", "build", "--base", tarPath, "--firmware", fw, "--agent", agent, "--out", filepath.Join(dir, "x.img"), "--temp-dir", dir}
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"amd64 agent", build(amd64), []string{"is built for amd64, profile lekiwi needs arm64", "GOARCH=arm64 go build"}},
+		{"agent not an ELF", build(script), []string{"is not an ELF executable", "GOARCH=arm64 go build"}},
+		{"agent missing", build(filepath.Join(dir, "nope")), []string{"no such file", "GOARCH=arm64 go build"}},
+		{"customize a text file", []string{"image", "customize", notImage, "--robot-id", "lekiwi-1", "--enroll-token", "t"},
+			[]string{"no valid GPT: 6 bytes is too small to hold one", "provision image build"}},
+		{"inspect a text file", []string{"image", "inspect", notImage}, []string{"no valid GPT: 6 bytes is too small to hold one", "provision image build"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, stderr, err := execute(nil, c.args...)
+			if err == nil {
+				t.Fatalf("succeeded:\n%s", stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "<nil>") || strings.HasSuffix(err.Error(), "EOF") {
+				t.Errorf("error %q ends in a nil or bare EOF", err)
+			}
+		})
+	}
+}

@@ -132,12 +132,17 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 	if o.AgentUnit == "" {
 		return errors.New("build: no agent systemd unit: pass the agent's unit file text (agent/systemd.Unit()) in Options.AgentUnit")
 	}
+	buildAgent := fmt.Sprintf("build it with `CGO_ENABLED=0 GOARCH=%s go build -o lekiwi-agent ./cmd/agent` and pass its path with --agent", p.Arch)
 	agentSum, err := fileSHA256(o.AgentPath)
 	if err != nil {
-		return fmt.Errorf("agent binary: %w", err)
+		return fmt.Errorf("agent binary: %w: %s", err, buildAgent)
 	}
-	if arch, err := elfArch(o.AgentPath); err != nil || arch != p.Arch {
-		return fmt.Errorf("agent binary %s is %s, profile %s needs %s: build it with `CGO_ENABLED=0 GOARCH=%s go build ./cmd/agent` (%v)", o.AgentPath, arch, p.Name, p.Arch, p.Arch, err)
+	arch, err := elfArch(o.AgentPath)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w: %s", err, buildAgent)
+	}
+	if arch != p.Arch {
+		return fmt.Errorf("agent binary %s is built for %s, profile %s needs %s: %s", o.AgentPath, arch, p.Name, p.Arch, buildAgent)
 	}
 	epoch := o.Epoch.UTC()
 	// The disk's identity — partition GUIDs (root=PARTUUID in cmdline.txt,
@@ -486,15 +491,16 @@ func elfArch(p string) (string, error) {
 	defer f.Close()
 	h := make([]byte, 20)
 	if _, err := io.ReadFull(f, h); err != nil || string(h[:4]) != "\x7fELF" {
-		return "not an ELF executable", fmt.Errorf("%s is not an ELF executable", p)
+		return "", fmt.Errorf("%s is not an ELF executable", p)
 	}
-	switch uint16(h[18]) | uint16(h[19])<<8 {
+	switch machine := uint16(h[18]) | uint16(h[19])<<8; machine {
 	case 183:
 		return "arm64", nil
 	case 62:
 		return "amd64", nil
 	case 40:
 		return "armhf", nil
+	default:
+		return fmt.Sprintf("an unknown architecture (ELF machine %d)", machine), nil
 	}
-	return "unknown", nil
 }

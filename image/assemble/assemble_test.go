@@ -192,14 +192,16 @@ func TestBuildRefusesBadInputAndLeavesNothing(t *testing.T) {
 			b, _ := os.ReadFile(o.AgentPath)
 			b[18] = 62
 			os.WriteFile(o.AgentPath, b, 0o755)
-		}, "GOARCH=arm64"},
+		}, "is built for amd64, profile lekiwi needs arm64: build it with `CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent` and pass its path with --agent"},
+		{"agent not an ELF", func(in *Inputs, o *Options) { os.WriteFile(o.AgentPath, []byte("#!/bin/sh\n"), 0o755) }, "is not an ELF executable: build it with"},
+		{"no agent file", func(in *Inputs, o *Options) { o.AgentPath = filepath.Join(dir, "nope") }, "no such file or directory: build it with"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, "x.img")
 			in, o := inputs(t), options(t, out)
 			tc.mutate(&in, &o)
 			err := Build(context.Background(), in, o)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "<nil>") {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 			left, _ := filepath.Glob(filepath.Join(dir, "*"))

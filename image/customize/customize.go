@@ -10,6 +10,7 @@ package customize
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -91,6 +92,9 @@ func check(name string, r Robot) error {
 
 func apply(f Target, size int64, name string, r Robot) error {
 	plan, err := layout.ReadGPT(f, size)
+	if errors.Is(err, layout.ErrNotGPT) {
+		return fmt.Errorf("%w: customize an image made by `provision image build`, or a card flashed with one", err)
+	}
 	if err != nil {
 		return err
 	}

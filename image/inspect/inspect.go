@@ -100,6 +100,9 @@ func Inspect(p string) (*Report, error) {
 		}
 	}
 	plan, err := layout.ReadGPT(f, size)
+	if errors.Is(err, layout.ErrNotGPT) {
+		return nil, fmt.Errorf("inspect %s: %w: it is not a Lekiwi image; inspect one made by `provision image build`, or a card flashed with one", p, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", p, err)
 	}
