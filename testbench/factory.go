@@ -31,8 +31,9 @@ import (
 	"github.com/lekiwi/heartbeat/agent/daemon"
 	"github.com/lekiwi/heartbeat/agent/factory"
 	"github.com/lekiwi/heartbeat/agent/servo"
+	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/bmap"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -79,8 +80,8 @@ func BuildFactoryImage(ctx context.Context, dir, profile string, controlURLs []s
 		return "", err
 	}
 	img := filepath.Join(dir, profile+".img")
-	if err := build.Build(ctx, build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "testbench factory image"},
-		build.Options{Out: img, Profile: p, AgentPath: agent, ControlURLs: controlURLs, Version: "testbench-" + profile,
+	if err := assemble.Build(ctx, assemble.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "testbench factory image"},
+		assemble.Options{Out: img, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controlURLs, Version: "testbench-" + profile,
 			Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20, Persistent: 16 << 20}}); err != nil {
 		return "", fmt.Errorf("build the %s image: %w", profile, err)
 	}
@@ -387,7 +388,7 @@ func (b *FactoryBoard) Disk() string {
 
 // InstalledSystem is what the robot finds on its disk when it boots.
 type InstalledSystem struct {
-	Info   *build.Info       // the image's metadata (its profile)
+	Info   *assemble.Info    // the image's metadata (its profile)
 	Config config.Config     // the agent's configuration as the daemon loads it
 	Files  map[string][]byte // the persistent partition's files, by path
 	Root   string            // where the installed files were put
@@ -454,25 +455,25 @@ func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
 		return os.WriteFile(p, data, 0o600)
 	}
 	var agentYML []byte
-	if err := readFS(layout.SystemA, func(n string) bool { return n == build.AgentConfig }, func(n string, data []byte) error {
+	if err := readFS(layout.SystemA, func(n string) bool { return n == assemble.AgentConfig }, func(n string, data []byte) error {
 		agentYML = data
 		return put(n, data)
 	}); err != nil {
 		return nil, err
 	}
 	if agentYML == nil {
-		return nil, fmt.Errorf("board %s: the installed root filesystem has no %s", b.Serial, build.AgentConfig)
+		return nil, fmt.Errorf("board %s: the installed root filesystem has no %s", b.Serial, assemble.AgentConfig)
 	}
-	persistent := strings.TrimPrefix(build.PersistentDir, "/")
+	persistent := strings.TrimPrefix(assemble.PersistentDir, "/")
 	if err := readFS(layout.Persistent, func(n string) bool { return !strings.HasPrefix(n, "lost+found") }, func(n string, data []byte) error {
 		sys.Files[n] = data
 		return put(path.Join(persistent, n), data)
 	}); err != nil {
 		return nil, err
 	}
-	envFile, ok := sys.Files[build.RobotEnvFile]
+	envFile, ok := sys.Files[assemble.RobotEnvFile]
 	if !ok {
-		return nil, fmt.Errorf("board %s: the persistent partition has no %s: the identity was not written", b.Serial, build.RobotEnvFile)
+		return nil, fmt.Errorf("board %s: the persistent partition has no %s: the identity was not written", b.Serial, assemble.RobotEnvFile)
 	}
 	// systemd's EnvironmentFile, with the installed system's absolute
 	// paths moved under Root.
@@ -503,7 +504,7 @@ func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
 	// the host's system bus.
 	env[config.EnvMDNSEnabled], env[config.EnvServicesEnabled] = "false", "false"
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	sys.Config, err = config.Load(config.Sources{File: filepath.Join(sys.Root, build.AgentConfig), LookupEnv: lookup})
+	sys.Config, err = config.Load(config.Sources{File: filepath.Join(sys.Root, assemble.AgentConfig), LookupEnv: lookup})
 	if err != nil {
 		return nil, fmt.Errorf("board %s: the installed agent configuration: %w", b.Serial, err)
 	}

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/image/tree"
@@ -108,8 +109,8 @@ func buildOTAImage(ctx context.Context, dir, version, profile, updateKey string,
 		return "", err
 	}
 	img := filepath.Join(dir, "lekiwi-"+version+".img")
-	err = build.Build(ctx, build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "ota scenario " + version},
-		build.Options{Out: img, Profile: p, AgentPath: agentBin, UpdateKeys: []string{updateKey}, Version: version, Epoch: epoch,
+	err = assemble.Build(ctx, assemble.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: "ota scenario " + version},
+		assemble.Options{Out: img, Profile: p, AgentPath: agentBin, AgentUnit: systemd.Unit(), UpdateKeys: []string{updateKey}, Version: version, Epoch: epoch,
 			Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
 	if err != nil {
 		return "", fmt.Errorf("build %s image %s: %w", profile, version, err)

@@ -27,7 +27,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/updater"
 	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/control/pki"
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -316,17 +316,17 @@ func (b countingBody) Read(p []byte) (int, error) {
 }
 
 // bootedInfo reads image.json from the booted boot partition.
-func (r *OTARobot) bootedInfo(b firmware.Boot) (*build.Info, error) {
+func (r *OTARobot) bootedInfo(b firmware.Boot) (*assemble.Info, error) {
 	part := r.plan.Part(b.Partition)
 	fsys, err := fat.Open(io.NewSectionReader(r.piDisk, part.Start, part.Size), part.Size)
 	if err != nil {
 		return nil, fmt.Errorf("booted partition %d: %w", b.Partition, err)
 	}
-	raw, err := fsys.ReadFile(build.BootInfoFile)
+	raw, err := fsys.ReadFile(assemble.BootInfoFile)
 	if err != nil {
 		return nil, fmt.Errorf("booted partition %d: %w", b.Partition, err)
 	}
-	var info build.Info
+	var info assemble.Info
 	if err := json.Unmarshal(raw, &info); err != nil {
 		return nil, fmt.Errorf("booted partition %d: %w", b.Partition, err)
 	}

@@ -7,15 +7,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/lekiwi/heartbeat/image/layout"
 )
 
-// File and directory names.
+// File and directory names. They are part of the image's disk contract
+// (image/layout): customize writes a robot's identity into the image
+// before its first boot, and Load must find it there.
 const (
 	// DirName is the identity directory under the agent's state directory.
-	DirName  = "identity"
-	KeyFile  = "key.pem"
-	CertFile = "cert.pem"
-	CAFile   = "ca.pem"
+	DirName  = layout.IdentityDir
+	KeyFile  = layout.IdentityKeyFile
+	CertFile = layout.IdentityCertFile
+	CAFile   = layout.IdentityCAFile
 	// StagedSuffix marks a key or certificate written and synced but not yet
 	// switched to (key.pem.new, cert.pem.new).
 	StagedSuffix = ".new"

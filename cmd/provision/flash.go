@@ -67,7 +67,9 @@ Safety: block devices that are mounted, hold the running system or are
 write-protected are refused; so are non-removable disks and disks larger
 than --max-size unless --force. One refusal stops the whole run before
 anything is written. The devices are shown (model, size, serial) and you
-confirm by typing yes, unless --yes.
+confirm by typing yes, unless --yes. The source is described first (size,
+MBR or GPT, partitions); one with no partition table is not a disk image
+and is refused unless --force.
 
 Per-card identity: with --identity-csv each card takes the next unused row of
 a batch file (robot_id, hostname, enroll_token or cert+key) — rows are
@@ -98,7 +100,7 @@ of card readers): removable disks only, each checked like the others.`,
 	fl.StringVarP(&f.output, "output", "o", "table", "table or json")
 	fl.BoolVar(&f.noVerify, "no-verify", false, "skip reading the targets back (not recommended)")
 	fl.BoolVarP(&f.yes, "yes", "y", false, "do not ask before overwriting block devices")
-	fl.BoolVar(&f.force, "force", false, "allow non-removable disks and disks larger than --max-size")
+	fl.BoolVar(&f.force, "force", false, "allow non-removable disks, disks larger than --max-size, and a source with no partition table")
 	fl.StringVar(&f.maxSize, "max-size", "512GB", "largest disk accepted without --force (e.g. 256GB, 1TB; 0 for no limit)")
 	fl.BoolVar(&f.watch, "watch", false, "keep running and flash every card inserted from now on")
 	fl.DurationVar(&f.interval, "watch-interval", time.Second, "how often --watch looks for new cards (uevents wake it sooner)")
@@ -184,7 +186,10 @@ func runFlash(cmd *cobra.Command, f flashFlags, targets []string, lookupEnv func
 		return err
 	}
 	defer src.Close()
-	job.Source, job.Targets = src, targets
+	if job.Source, err = checkSource(stderr, src, f.force); err != nil {
+		return err
+	}
+	job.Targets = targets
 	outs, err := bench.Run(ctx, job)
 	rep.Close()
 	if err != nil {
@@ -221,6 +226,15 @@ func watchFlash(ctx context.Context, cmd *cobra.Command, f flashFlags, job bench
 		return err
 	}
 	defer cleanup()
+	staged, err := flash.OpenImage(local)
+	if err != nil {
+		return err
+	}
+	_, err = checkSource(cmd.ErrOrStderr(), staged, f.force)
+	staged.Close()
+	if err != nil {
+		return err
+	}
 	open := func() (flash.Source, func(), error) {
 		s, err := flash.OpenImage(local)
 		if err != nil {
@@ -246,6 +260,22 @@ func watchFlash(ctx context.Context, cmd *cobra.Command, f flashFlags, job bench
 		return fmt.Errorf("%d of %d cards failed", failed, done)
 	}
 	return nil
+}
+
+// checkSource says what src is and refuses a source that is not a disk
+// image (no MBR or GPT: a wrong file, a single filesystem, a compressed
+// file taken for raw) unless force. The source it returns must be used
+// instead of src, which may be a stream that has moved past its start.
+func checkSource(w io.Writer, src source.Source, force bool) (source.Source, error) {
+	checked, table, err := source.ReadTable(src)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "source: %s\n", table)
+	if table.Scheme == "" && !force {
+		return nil, fmt.Errorf("%s is not a disk image: it has no partition table (%s); flash an image made by `provision image build` or a Raspberry Pi OS .img, or pass --force to write these bytes anyway", src.Name(), table.Problem)
+	}
+	return checked, nil
 }
 
 // stageImage makes ref a local raw image file (with its block map) that can

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,7 @@ func TestFlashCLI(t *testing.T) {
 	dir := t.TempDir()
 	raw := make([]byte, 6<<20)
 	copy(raw, "header")
+	putMBR(raw, [2]uint32{2048, 4096}, [2]uint32{6144, 4096})
 	for i := 2 << 20; i < 3<<20; i++ {
 		raw[i] = byte(i * 7)
 	}
@@ -66,9 +69,60 @@ func TestFlashCLI(t *testing.T) {
 	if _, _, err := execute(nil, "flash", "--image", filepath.Join(dir, "bad.zst"), "--temp-dir", dir, good1); err == nil {
 		t.Fatal("a corrupt compressed image was flashed")
 	}
-	stdout, _, err = execute(nil, "flash", "--image", img, good1)
+	stdout, stderr, err = execute(nil, "flash", "--image", img, good1)
 	if err != nil || !strings.Contains(stdout, "TARGET") || !strings.Contains(stdout, "ok") {
 		t.Fatalf("table output: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(stderr, "source: 6.0 MiB image, MBR with 2 partitions") {
+		t.Errorf("flash did not describe its source:\n%s", stderr)
+	}
+}
+
+// putMBR writes an MBR partition table into the first sector of img, one
+// Linux partition per {start, count} pair, in sectors.
+func putMBR(img []byte, parts ...[2]uint32) {
+	clear(img[446:510])
+	for i, p := range parts {
+		e := img[446+16*i:]
+		e[4] = 0x83
+		binary.LittleEndian.PutUint32(e[8:], p[0])
+		binary.LittleEndian.PutUint32(e[12:], p[1])
+	}
+	img[510], img[511] = 0x55, 0xAA
+}
+
+// A source with no partition table is not a disk image (a wrong file, a
+// lone filesystem): flash says what it found and writes nothing, unless
+// --force, which writes it as it is.
+func TestFlashRefusesASourceWithoutPartitionTable(t *testing.T) {
+	dir := t.TempDir()
+	junk := make([]byte, 100<<10)
+	rand.NewChaCha8([32]byte{'j'}).Read(junk)
+	src := filepath.Join(dir, "firmware.bin")
+	os.WriteFile(src, junk, 0o644)
+	target := filepath.Join(dir, "card.img")
+
+	stdout, stderr, err := execute(nil, "flash", "--image", src, target)
+	if err == nil {
+		t.Fatalf("random bytes were flashed:\n%s%s", stdout, stderr)
+	}
+	for _, want := range []string{src + " is not a disk image", "no partition table", "sector 0 has no MBR signature", "provision image build", "--force"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if !strings.Contains(stderr, "source: 100.0 KiB, no partition table") {
+		t.Errorf("flash did not describe its source:\n%s", stderr)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("the target was touched: %v", err)
+	}
+
+	if _, stderr, err := execute(nil, "flash", "--force", "--image", src, target); err != nil {
+		t.Fatalf("--force: %v\n%s", err, stderr)
+	}
+	if got, err := os.ReadFile(target); err != nil || !bytes.Equal(got, junk) {
+		t.Fatalf("--force did not write the source as it is (%v)", err)
 	}
 }
 
@@ -97,6 +151,7 @@ func TestFlashCLIBlockDevice(t *testing.T) {
 	dir := t.TempDir()
 	raw := make([]byte, 8<<20)
 	copy(raw, "header")
+	putMBR(raw, [2]uint32{2048, 8192})
 	for i := 3 << 20; i < 4<<20; i++ {
 		raw[i] = byte(i * 13)
 	}

@@ -11,9 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/base"
 	"github.com/lekiwi/heartbeat/image/bmap"
-	"github.com/lekiwi/heartbeat/image/build"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/inspect"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -49,7 +50,9 @@ files in the root filesystem and a cloud-init seed on both boot slots.
 The agent binary must be built for the robot:
   CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent
 
-Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes.
+Reproducible: the same inputs give the same bytes. Every timestamp in the
+image is SOURCE_DATE_EPOCH when it is set, otherwise the newest modification
+time of the base's files (and --firmware's); the build prints which.
 The image is written to OUT.partial and renamed when complete; OUT.bmap
 (the block map for flashing) is written next to it.
 
@@ -64,13 +67,13 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 			if ctx == nil {
 				ctx = context.Background()
 			}
-			epochStr, ok := lookupEnv("SOURCE_DATE_EPOCH")
-			if !ok {
-				return fmt.Errorf("SOURCE_DATE_EPOCH is not set: set it (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%%ct)) so the image is reproducible")
-			}
-			sec, err := strconv.ParseInt(epochStr, 10, 64)
-			if err != nil {
-				return fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970: %w", epochStr, err)
+			var epoch time.Time
+			if s, ok := lookupEnv("SOURCE_DATE_EPOCH"); ok && s != "" {
+				sec, err := strconv.ParseInt(s, 10, 64)
+				if err != nil {
+					return fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970 (e.g. $(git log -1 --format=%%ct)), or unset it to use the newest file time in the base: %w", s, err)
+				}
+				epoch = time.Unix(sec, 0)
 			}
 			p, err := profiles.Load(profile)
 			if err != nil {
@@ -81,8 +84,8 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 				return err
 			}
 			defer b.Close()
-			o := build.Options{Out: out, Profile: p, AgentPath: agent, ControlURLs: controls, UpdateKeys: keys, Version: version,
-				Epoch: time.Unix(sec, 0), Progress: cmd.ErrOrStderr(),
+			o := assemble.Options{Out: out, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: controls, UpdateKeys: keys, Version: version,
+				Progress: cmd.ErrOrStderr(),
 				Sizes:    layout.Sizes{Boot: bootMiB << 20, System: systemMiB << 20, Persistent: persistentMiB << 20, Image: imageMiB << 20},
 				Sidecars: func(ctx context.Context, f *os.File) error { return writeSidecars(ctx, f, out) }}
 			if firmware != "" {
@@ -90,7 +93,11 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 					return err
 				}
 			}
-			return build.Build(ctx, build.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}, o)
+			in := assemble.Inputs{Boot: b.Boot, Root: b.Root, Arch: b.Arch, Description: b.Description}
+			if o.Epoch, err = buildTimestamp(cmd.ErrOrStderr(), epoch, in); err != nil {
+				return err
+			}
+			return assemble.Build(ctx, in, o)
 		},
 	}
 	f := c.Flags()
@@ -111,6 +118,23 @@ default one is used (console on serial0 and tty1, ext4 root, rootwait).`,
 	_ = c.MarkFlagRequired("base")
 	_ = c.MarkFlagRequired("out")
 	return c
+}
+
+// buildTimestamp is the time stamped on everything in the image: fromEnv
+// (SOURCE_DATE_EPOCH) when set, else the newest file time in the inputs,
+// so that a build without the variable is reproducible too. It says on w
+// which it used.
+func buildTimestamp(w io.Writer, fromEnv time.Time, in assemble.Inputs) (time.Time, error) {
+	if !fromEnv.IsZero() {
+		fmt.Fprintf(w, "timestamp %s (SOURCE_DATE_EPOCH)\n", fromEnv.UTC().Format(time.RFC3339))
+		return fromEnv, nil
+	}
+	t := in.NewestModTime()
+	if t.IsZero() {
+		return time.Time{}, fmt.Errorf("the base (%s) has no file modification times to derive the image's timestamp from: set SOURCE_DATE_EPOCH (e.g. $(git log -1 --format=%%ct))", in.Description)
+	}
+	fmt.Fprintf(w, "timestamp %s (newest file time in the base; set SOURCE_DATE_EPOCH to override)\n", t.UTC().Format(time.RFC3339))
+	return t, nil
 }
 
 // writeSidecars writes IMG.bmap for the image open as f.

@@ -23,13 +23,11 @@ func arm64ELF() []byte {
 	return b
 }
 
-// The technician's path end to end through the CLI: a root filesystem
-// tarball and a firmware folder become an A/B image with sidecars, which
-// inspect reads back, customize personalises in place, and a second build
-// reproduces byte for byte.
-func TestImageBuildInspectCustomizeCLI(t *testing.T) {
-	dir := t.TempDir()
-	tarPath := filepath.Join(dir, "rootfs.tar")
+// tarballInputs writes a root filesystem tarball (every entry dated
+// 2026-01-01), a firmware folder and an agent binary into dir.
+func tarballInputs(t *testing.T, dir string) (tarPath, firmware, agent string) {
+	t.Helper()
+	tarPath = filepath.Join(dir, "rootfs.tar")
 	f, err := os.Create(tarPath)
 	if err != nil {
 		t.Fatal(err)
@@ -53,12 +51,22 @@ func TestImageBuildInspectCustomizeCLI(t *testing.T) {
 	add(&tar.Header{Name: "etc/hostname", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("debian\n"))
 	tw.Close()
 	f.Close()
-	fw := filepath.Join(dir, "firmware")
-	os.MkdirAll(fw, 0o755)
-	os.WriteFile(filepath.Join(fw, "start4.elf"), []byte(strings.Repeat("F", 5000)), 0o644)
-	os.WriteFile(filepath.Join(fw, "config.txt"), []byte("arm_64bit=1\n"), 0o644)
-	agent := filepath.Join(dir, "lekiwi-agent")
+	firmware = filepath.Join(dir, "firmware")
+	os.MkdirAll(firmware, 0o755)
+	os.WriteFile(filepath.Join(firmware, "start4.elf"), []byte(strings.Repeat("F", 5000)), 0o644)
+	os.WriteFile(filepath.Join(firmware, "config.txt"), []byte("arm_64bit=1\n"), 0o644)
+	agent = filepath.Join(dir, "lekiwi-agent")
 	os.WriteFile(agent, arm64ELF(), 0o755)
+	return tarPath, firmware, agent
+}
+
+// The technician's path end to end through the CLI: a root filesystem
+// tarball and a firmware folder become an A/B image with sidecars, which
+// inspect reads back, customize personalises in place, and a second build
+// reproduces byte for byte.
+func TestImageBuildInspectCustomizeCLI(t *testing.T) {
+	dir := t.TempDir()
+	tarPath, fw, agent := tarballInputs(t, dir)
 
 	env := map[string]string{"SOURCE_DATE_EPOCH": "1767225600"}
 	build := func(out string) {
@@ -138,6 +146,67 @@ func TestImageBuildInspectCustomizeCLI(t *testing.T) {
 		t.Fatal("a tarball base without --firmware built an image with no boot files")
 	} else if _, serr := os.Stat(filepath.Join(dir, "c.img")); serr == nil {
 		t.Fatalf("failed build left its output: %s", stderr)
+	}
+}
+
+// Without SOURCE_DATE_EPOCH the build stamps the newest file time of its
+// inputs, says so, and two builds of the same inputs are identical; with
+// the variable, its value is the image's timestamp.
+func TestImageBuildTimestamp(t *testing.T) {
+	dir := t.TempDir()
+	tarPath, fw, agent := tarballInputs(t, dir)
+	newest := time.Unix(1767300000, 0) // later than every tarball entry
+	for _, name := range []string{"start4.elf", "config.txt"} {
+		if err := os.Chtimes(filepath.Join(fw, name), newest, newest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := func(env map[string]string, out string) string {
+		t.Helper()
+		_, stderr, err := execute(env, "image", "build", "--base", tarPath, "--firmware", fw, "--profile", "lekiwi", "--agent", agent,
+			"--boot-size", "64", "--out", out, "--temp-dir", dir)
+		if err != nil {
+			t.Fatalf("build: %v\n%s", err, stderr)
+		}
+		return stderr
+	}
+	created := func(img string) int64 {
+		t.Helper()
+		stdout, _, err := execute(nil, "image", "inspect", img, "--output", "json")
+		if err != nil {
+			t.Fatalf("inspect: %v\n%s", err, stdout)
+		}
+		var r inspect.Report
+		if err := json.Unmarshal([]byte(stdout), &r); err != nil || len(r.Slots) == 0 || r.Slots[0].Info == nil {
+			t.Fatalf("inspect report: %v\n%s", err, stdout)
+		}
+		return r.Slots[0].Info.Created
+	}
+
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	stderr := build(map[string]string{}, a)
+	if want := "timestamp 2026-01-01T20:40:00Z (newest file time in the base; set SOURCE_DATE_EPOCH to override)"; !strings.Contains(stderr, want) {
+		t.Errorf("build without SOURCE_DATE_EPOCH did not say %q:\n%s", want, stderr)
+	}
+	build(map[string]string{"SOURCE_DATE_EPOCH": ""}, b)
+	if sum(t, a) != sum(t, b) {
+		t.Error("two builds of the same inputs without SOURCE_DATE_EPOCH differ")
+	}
+	if got := created(a); got != newest.Unix() {
+		t.Errorf("image.json created = %d, want the newest input file time %d", got, newest.Unix())
+	}
+
+	c := filepath.Join(dir, "c.img")
+	stderr = build(map[string]string{"SOURCE_DATE_EPOCH": "1700000000"}, c)
+	if !strings.Contains(stderr, "timestamp 2023-11-14T22:13:20Z (SOURCE_DATE_EPOCH)") {
+		t.Errorf("build with SOURCE_DATE_EPOCH did not say so:\n%s", stderr)
+	}
+	if got := created(c); got != 1700000000 {
+		t.Errorf("image.json created = %d, want SOURCE_DATE_EPOCH 1700000000", got)
+	}
+	if _, stderr, err := execute(map[string]string{"SOURCE_DATE_EPOCH": "yesterday"}, "image", "build", "--base", tarPath, "--firmware", fw,
+		"--agent", agent, "--out", filepath.Join(dir, "d.img")); err == nil || !strings.Contains(err.Error(), "want seconds since 1970") {
+		t.Errorf("SOURCE_DATE_EPOCH=yesterday: got %v\n%s", err, stderr)
 	}
 }
 
@@ -234,6 +303,51 @@ func TestImageBuildFromRaspberryPiOSImage(t *testing.T) {
 			link, _ := exec.Command("debugfs", "-R", "stat /bin", part).Output()
 			if !strings.Contains(string(link), `Fast link dest: "usr/bin"`) {
 				t.Fatalf("symlink /bin lost:\n%s", link)
+			}
+		})
+	}
+}
+
+// Plausible mistakes get messages that say what failed and what to do,
+// never a bare EOF or a "(<nil>)".
+func TestImageMistakesSayWhatToDo(t *testing.T) {
+	dir := t.TempDir()
+	tarPath, fw, _ := tarballInputs(t, dir)
+	amd64 := filepath.Join(dir, "agent-amd64")
+	b := arm64ELF()
+	b[18] = 62 // EM_X86_64
+	os.WriteFile(amd64, b, 0o755)
+	script := filepath.Join(dir, "agent.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755)
+	notImage := filepath.Join(dir, "hostname")
+	os.WriteFile(notImage, []byte("robot\n"), 0o644)
+	build := func(agent string) []string {
+		return []string{"image", "build", "--base", tarPath, "--firmware", fw, "--agent", agent, "--out", filepath.Join(dir, "x.img"), "--temp-dir", dir}
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"amd64 agent", build(amd64), []string{"is built for amd64, profile lekiwi needs arm64", "GOARCH=arm64 go build"}},
+		{"agent not an ELF", build(script), []string{"is not an ELF executable", "GOARCH=arm64 go build"}},
+		{"agent missing", build(filepath.Join(dir, "nope")), []string{"no such file", "GOARCH=arm64 go build"}},
+		{"customize a text file", []string{"image", "customize", notImage, "--robot-id", "lekiwi-1", "--enroll-token", "t"},
+			[]string{"no valid GPT: 6 bytes is too small to hold one", "provision image build"}},
+		{"inspect a text file", []string{"image", "inspect", notImage}, []string{"no valid GPT: 6 bytes is too small to hold one", "provision image build"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, stderr, err := execute(nil, c.args...)
+			if err == nil {
+				t.Fatalf("succeeded:\n%s", stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "<nil>") || strings.HasSuffix(err.Error(), "EOF") {
+				t.Errorf("error %q ends in a nil or bare EOF", err)
 			}
 		})
 	}

@@ -10,14 +10,14 @@ package customize
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
-	"github.com/lekiwi/heartbeat/agent/identity"
 	"github.com/lekiwi/heartbeat/cloudinit"
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -92,6 +92,9 @@ func check(name string, r Robot) error {
 
 func apply(f Target, size int64, name string, r Robot) error {
 	plan, err := layout.ReadGPT(f, size)
+	if errors.Is(err, layout.ErrNotGPT) {
+		return fmt.Errorf("%w: customize an image made by `provision image build`, or a card flashed with one", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -114,7 +117,7 @@ func apply(f Target, size int64, name string, r Robot) error {
 	if err != nil {
 		return err
 	}
-	files, err := build.SeedFiles(s)
+	files, err := assemble.SeedFiles(s)
 	if err != nil {
 		return err
 	}
@@ -131,39 +134,40 @@ func apply(f Target, size int64, name string, r Robot) error {
 		}
 	}
 	env := "LEKIWI_AGENT_ROBOT_ID=" + r.RobotID + "\n"
-	robot := map[string]build.RobotFile{}
-	idDir := "agent/" + identity.DirName + "/"
+	robot := map[string]assemble.RobotFile{}
+	idDir := layout.AgentStateDir + "/" + layout.IdentityDir + "/"
 	if r.CertPEM != nil {
-		robot[idDir+identity.CertFile] = build.RobotFile{Data: r.CertPEM, Mode: 0o644}
-		robot[idDir+identity.KeyFile] = build.RobotFile{Data: r.KeyPEM, Mode: 0o600}
+		robot[idDir+layout.IdentityCertFile] = assemble.RobotFile{Data: r.CertPEM, Mode: 0o644}
+		robot[idDir+layout.IdentityKeyFile] = assemble.RobotFile{Data: r.KeyPEM, Mode: 0o600}
 	}
 	if r.CAPEM != nil {
-		robot[idDir+identity.CAFile] = build.RobotFile{Data: r.CAPEM, Mode: 0o644}
-		env += "LEKIWI_AGENT_CA_FILE=" + build.PersistentDir + "/" + idDir + identity.CAFile + "\n"
+		robot[idDir+layout.IdentityCAFile] = assemble.RobotFile{Data: r.CAPEM, Mode: 0o644}
+		env += "LEKIWI_AGENT_CA_FILE=" + assemble.PersistentDir + "/" + idDir + layout.IdentityCAFile + "\n"
 	}
 	if r.EnrollToken != "" {
-		robot["agent/enrollment-token"] = build.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
-		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + build.PersistentDir + "/agent/enrollment-token\n"
+		token := layout.AgentStateDir + "/" + layout.EnrollmentTokenFile
+		robot[token] = assemble.RobotFile{Data: []byte(r.EnrollToken + "\n"), Mode: 0o600}
+		env += "LEKIWI_AGENT_ENROLLMENT_TOKEN_FILE=" + assemble.PersistentDir + "/" + token + "\n"
 	}
-	robot[build.RobotEnvFile] = build.RobotFile{Data: []byte(env), Mode: 0o644}
+	robot[assemble.RobotEnvFile] = assemble.RobotFile{Data: []byte(env), Mode: 0o644}
 	part := plan.Part(layout.Persistent)
-	return build.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true)
+	return assemble.WritePersistent(io.NewOffsetWriter(f, part.Start), part.Size, seed, time.Unix(info.Created, 0), robot, true)
 }
 
 // ReadInfo reads the build metadata from boot_a.
-func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*build.Info, error) {
+func ReadInfo(r io.ReaderAt, plan *layout.Plan) (*assemble.Info, error) {
 	part := plan.Part(layout.BootA)
 	fsys, err := fat.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", part.Name, err)
 	}
-	b, err := fsys.ReadFile(build.BootInfoFile)
+	b, err := fsys.ReadFile(assemble.BootInfoFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s has no %s: was the image made by provision image build? (%w)", part.Name, build.BootInfoFile, err)
+		return nil, fmt.Errorf("%s has no %s: was the image made by provision image build? (%w)", part.Name, assemble.BootInfoFile, err)
 	}
-	var info build.Info
+	var info assemble.Info
 	if err := json.Unmarshal(b, &info); err != nil {
-		return nil, fmt.Errorf("%s/%s: %w", part.Name, build.BootInfoFile, err)
+		return nil, fmt.Errorf("%s/%s: %w", part.Name, assemble.BootInfoFile, err)
 	}
 	return &info, nil
 }

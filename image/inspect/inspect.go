@@ -17,7 +17,7 @@ import (
 	"path"
 	"strings"
 
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -60,12 +60,12 @@ type Autoboot struct {
 
 // Slot is one of the A/B slots.
 type Slot struct {
-	Name      string      `json:"name"` // "a" or "b"
-	Info      *build.Info `json:"info,omitempty"`
-	Cmdline   string      `json:"cmdline,omitempty"`
-	RootOK    bool        `json:"root_partuuid_ok"` // cmdline's root= is this slot's system partition
-	Files     []File      `json:"files"`
-	ReadError string      `json:"read_error,omitempty"`
+	Name      string         `json:"name"` // "a" or "b"
+	Info      *assemble.Info `json:"info,omitempty"`
+	Cmdline   string         `json:"cmdline,omitempty"`
+	RootOK    bool           `json:"root_partuuid_ok"` // cmdline's root= is this slot's system partition
+	Files     []File         `json:"files"`
+	ReadError string         `json:"read_error,omitempty"`
 }
 
 // File is a checksummed file of a slot.
@@ -78,8 +78,8 @@ type File struct {
 
 // bootFiles and systemFiles are checksummed per slot.
 var (
-	bootFiles   = []string{"cmdline.txt", "config.txt", build.BootInfoFile, "user-data", "meta-data", "network-config"}
-	systemFiles = []string{build.AgentBinary, build.AgentConfig, build.AgentUnit, build.ImageInfoPath, "etc/fstab"}
+	bootFiles   = []string{"cmdline.txt", "config.txt", assemble.BootInfoFile, "user-data", "meta-data", "network-config"}
+	systemFiles = []string{assemble.AgentBinary, assemble.AgentConfig, assemble.AgentUnit, assemble.ImageInfoPath, "etc/fstab"}
 )
 
 // Inspect reads the image at p.
@@ -100,6 +100,9 @@ func Inspect(p string) (*Report, error) {
 		}
 	}
 	plan, err := layout.ReadGPT(f, size)
+	if errors.Is(err, layout.ErrNotGPT) {
+		return nil, fmt.Errorf("inspect %s: %w: it is not a Lekiwi image; inspect one made by `provision image build`, or a card flashed with one", p, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", p, err)
 	}
@@ -187,8 +190,8 @@ func readSlot(f io.ReaderAt, plan *layout.Plan, name string, bootN, rootN int) S
 		case "cmdline.txt":
 			s.Cmdline = strings.TrimSpace(string(b))
 			s.RootOK = strings.Contains(" "+s.Cmdline+" ", " root=PARTUUID="+root.GUID.String()+" ")
-		case build.BootInfoFile:
-			var info build.Info
+		case assemble.BootInfoFile:
+			var info assemble.Info
 			if json.Unmarshal(b, &info) == nil {
 				s.Info = &info
 			}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
@@ -68,7 +68,7 @@ func TestInspectBuiltImage(t *testing.T) {
 		}
 		found := false
 		for _, f := range s.Files {
-			if strings.HasSuffix(f.Path, "/"+build.AgentBinary) {
+			if strings.HasSuffix(f.Path, "/"+assemble.AgentBinary) {
 				found = true
 				if f.SHA256 != agentSum {
 					t.Errorf("slot %s agent checksum %s, want %s", s.Name, f.SHA256, agentSum)

@@ -147,6 +147,9 @@ var ErrNotGPT = errors.New("no valid GPT")
 func ReadGPT(r io.ReaderAt, size int64) (*Plan, error) {
 	h := make([]byte, sector)
 	if _, err := r.ReadAt(h, sector); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %d bytes is too small to hold one", ErrNotGPT, size)
+		}
 		return nil, fmt.Errorf("read GPT header: %w", err)
 	}
 	le := binary.LittleEndian

@@ -7,7 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 )
 
@@ -17,10 +18,12 @@ import (
 type meter struct {
 	mu          sync.Mutex
 	w           io.Writer
-	bar         *progressbar.ProgressBar
+	bars        *mpb.Progress // nil when w is not a terminal
+	bar         *mpb.Bar
 	label       string
 	total, done int64
 	last        time.Time
+	stopped     bool
 }
 
 const plainEvery = 5 * time.Second
@@ -30,11 +33,24 @@ func newMeter(w io.Writer, label string, total int64) *meter {
 		return nil
 	}
 	m := &meter{w: w, label: label, total: total, last: time.Now()}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		m.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(label),
-			progressbar.OptionShowBytes(true), progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	if f, ok := w.(*os.File); ok && wideTerminal(f) {
+		m.bars = mpb.New(mpb.WithOutput(w), mpb.WithRefreshRate(100*time.Millisecond))
+		m.bar = m.bars.AddBar(total,
+			mpb.PrependDecorators(decor.Name(label, decor.WCSyncSpaceR), decor.Percentage(decor.WCSyncSpace)),
+			mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.AverageSpeed(decor.SizeB1024(0), "  % .1f")))
 	}
 	return m
+}
+
+// wideTerminal says whether f is a terminal wide enough for a bar. A
+// terminal that reports no size (some CI runners, serial consoles) gets
+// plain lines: mpb would draw nothing there.
+func wideTerminal(f *os.File) bool {
+	if !term.IsTerminal(int(f.Fd())) {
+		return false
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	return err == nil && width >= 40
 }
 
 func (m *meter) Add(n int64) {
@@ -45,7 +61,7 @@ func (m *meter) Add(n int64) {
 	defer m.mu.Unlock()
 	m.done += n
 	if m.bar != nil {
-		_ = m.bar.Add64(n)
+		m.bar.IncrInt64(n)
 		return
 	}
 	if time.Since(m.last) >= plainEvery {
@@ -69,21 +85,35 @@ func (m *meter) Finish() {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stopped {
+		return
+	}
+	m.stopped = true
 	if m.bar != nil {
-		_ = m.bar.Finish()
+		m.bar.SetTotal(-1, true) // complete at what was done, even if the total was a guess
+		m.bars.Wait()
 		return
 	}
 	m.line()
 }
 
-// Note prints one line of text to the progress writer.
-func (m *meter) Note(format string, args ...any) {
+// Stop ends an unfinished bar where it is, so that the terminal is free
+// for the error that follows; defer it after newMeter. It does nothing
+// after Finish, and prints nothing when there is no bar.
+func (m *meter) Stop() {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	fmt.Fprintf(m.w, format+"\n", args...)
+	if m.stopped {
+		return
+	}
+	m.stopped = true
+	if m.bar != nil {
+		m.bar.Abort(false)
+		m.bars.Wait()
+	}
 }
 
 func human(n int64) string {

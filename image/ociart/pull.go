@@ -270,6 +270,7 @@ func writeImage(ctx context.Context, imagePath string, c *Config, p *pullPlan, f
 		total += pp.len
 	}
 	m := newMeter(progress, "pull", total)
+	defer m.Stop()
 
 	// Bytes outside the partitions.
 	rc, err := fetch(p.gpt)

@@ -216,6 +216,7 @@ func Push(ctx context.Context, imagePath, ref string, meta Meta, opts Options) (
 	}
 	var up *meter
 	up = newMeter(opts.Progress, "upload "+r.Context().String(), total)
+	defer up.Stop()
 	for _, l := range append(layers, cfgLayer) {
 		l.meter = &up
 		if err := pusher.Upload(ctx, r.Context(), l); err != nil {
@@ -310,6 +311,7 @@ func compressPartitions(ctx context.Context, f *os.File, t *gptTable, tmp string
 		total += int64(e.LastLBA-e.FirstLBA+1) * t.SectorSize
 	}
 	m := newMeter(progress, "compress", total)
+	defer m.Stop()
 	out := make([]packedPartition, len(t.Entries))
 	errs := make([]error, len(t.Entries))
 	sem := make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))

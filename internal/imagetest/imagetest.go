@@ -1,4 +1,4 @@
-// Package imagetest builds a small Lekiwi A/B disk image with image/build,
+// Package imagetest builds a small Lekiwi A/B disk image with image/assemble,
 // as `provision image build` would from a tiny base, for the tests of code
 // that reads, customizes, flashes, updates or boots such images. The image
 // is real (GPT, FAT boot partitions, ext4 system slots); only the base is
@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lekiwi/heartbeat/image/build"
+	"github.com/lekiwi/heartbeat/agent/systemd"
+	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/tree"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -55,7 +56,7 @@ type Image struct {
 }
 
 // DefaultAgent returns the default stand-in agent binary: an ELF header
-// for EM_AARCH64, which is all image/build checks.
+// for EM_AARCH64, which is all image/assemble checks.
 func DefaultAgent() []byte {
 	elf := make([]byte, 64)
 	copy(elf, "\x7fELF")
@@ -131,8 +132,8 @@ func Make(dir string, o Options) (Image, error) {
 		return Image{}, fmt.Errorf("test image %s: %w", o.Name, err)
 	}
 	path := filepath.Join(dir, o.Name+".img")
-	err = build.Build(context.Background(), build.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: o.Description},
-		build.Options{Out: path, Profile: p, AgentPath: agent, ControlURLs: o.ControlURLs, Version: o.Version, Epoch: o.Epoch, Sizes: o.Sizes})
+	err = assemble.Build(context.Background(), assemble.Inputs{Boot: boot, Root: root, Arch: "arm64", Description: o.Description},
+		assemble.Options{Out: path, Profile: p, AgentPath: agent, AgentUnit: systemd.Unit(), ControlURLs: o.ControlURLs, Version: o.Version, Epoch: o.Epoch, Sizes: o.Sizes})
 	if err != nil {
 		return Image{}, fmt.Errorf("build test image %s: %w", o.Name, err)
 	}

@@ -10,6 +10,9 @@
 // known before the first byte: from a .bmap next to it, else from the
 // compressed file's own metadata (xz index, zstd frame header, gzip ISIZE when
 // plausible), else from Options.Size.
+//
+// ReadTable says what a source is — its size and MBR or GPT partition
+// table, if it has one — without losing a stream's first bytes.
 package source
 
 import (

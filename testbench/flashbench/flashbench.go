@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 		cmd  func(t []string) *exec.Cmd
 	}{
 		{"provision flash, 1 file target, O_DIRECT verify", 1, func(t []string) *exec.Cmd {
-			return exec.CommandContext(ctx, cfg.Provision, append([]string{"flash", "--yes", "--output", "json", "--image", img}, t...)...)
+			return exec.CommandContext(ctx, cfg.Provision, append([]string{"flash", "--yes", "--force", "--output", "json", "--image", img}, t...)...)
 		}},
 		{"bmaptool copy (checks source hashes, no read-back)", 1, func(t []string) *exec.Cmd {
 			return exec.CommandContext(ctx, "bmaptool", "copy", img, t[0])
@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 			return exec.CommandContext(ctx, "dd", "if="+img, "of="+t[0], "bs=4M", "conv=fsync")
 		}},
 		{"provision flash, 4 file targets, O_DIRECT verify", 4, func(t []string) *exec.Cmd {
-			return exec.CommandContext(ctx, cfg.Provision, append([]string{"flash", "--yes", "--output", "json", "--image", img}, t...)...)
+			return exec.CommandContext(ctx, cfg.Provision, append([]string{"flash", "--yes", "--force", "--output", "json", "--image", img}, t...)...)
 		}},
 	}
 	for _, s := range steps {

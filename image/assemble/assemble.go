@@ -1,10 +1,10 @@
-// Package build assembles a Lekiwi A/B disk image from a base (its boot
+// Package assemble builds a Lekiwi A/B disk image from a base (its boot
 // and root trees), a profile and the agent: it plans the layout, adds the
 // agent, its configuration, unit, update keys, the profile's files, fstab
 // and image metadata to the root tree, renders both boot slots and the
 // bootconfig partition, and writes everything into a sparse file that is
 // renamed into place only when complete. No root, mount or loop device.
-package build
+package assemble
 
 import (
 	"context"
@@ -23,7 +23,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/ext4"
 	"github.com/lekiwi/heartbeat/image/fat"
@@ -67,15 +66,35 @@ type Inputs struct {
 	Description string     // names the base in image.json
 }
 
+// NewestModTime is the latest modification time of any file or directory
+// in the base's boot and root trees: a timestamp that depends on the
+// inputs alone, for builds that are given none (no SOURCE_DATE_EPOCH) and
+// must still be reproducible. It is the zero time when no entry has one.
+func (in Inputs) NewestModTime() time.Time {
+	var newest time.Time
+	for _, t := range []*tree.Tree{in.Boot, in.Root} {
+		if t == nil {
+			continue
+		}
+		for _, e := range t.Entries() {
+			if e.ModTime.After(newest) {
+				newest = e.ModTime
+			}
+		}
+	}
+	return newest
+}
+
 // Options are the build's settings.
 type Options struct {
 	Out         string // image path; <Out>.partial while writing
 	Profile     *profiles.Profile
 	AgentPath   string   // the arm64 agent binary
+	AgentUnit   string   // its systemd unit file; the agent owns the text (agent/systemd.Unit())
 	ControlURLs []string // agent servers
 	UpdateKeys  []string // public key files trusted for updates
 	Version     string
-	Epoch       time.Time // SOURCE_DATE_EPOCH
+	Epoch       time.Time // every timestamp in the image: SOURCE_DATE_EPOCH, or Inputs.NewestModTime
 	Sizes       layout.Sizes
 	// Sidecars, if set, runs on the finished image (still at its temporary
 	// path) to write the .bmap next to Out.
@@ -110,12 +129,20 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 	if o.AgentPath == "" {
 		return errors.New("build: no agent binary: build one with `CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent` and pass --agent")
 	}
+	if o.AgentUnit == "" {
+		return errors.New("build: no agent systemd unit: pass the agent's unit file text (agent/systemd.Unit()) in Options.AgentUnit")
+	}
+	buildAgent := fmt.Sprintf("build it with `CGO_ENABLED=0 GOARCH=%s go build -o lekiwi-agent ./cmd/agent` and pass its path with --agent", p.Arch)
 	agentSum, err := fileSHA256(o.AgentPath)
 	if err != nil {
-		return fmt.Errorf("agent binary: %w", err)
+		return fmt.Errorf("agent binary: %w: %s", err, buildAgent)
 	}
-	if arch, err := elfArch(o.AgentPath); err != nil || arch != p.Arch {
-		return fmt.Errorf("agent binary %s is %s, profile %s needs %s: build it with `CGO_ENABLED=0 GOARCH=%s go build ./cmd/agent` (%v)", o.AgentPath, arch, p.Name, p.Arch, p.Arch, err)
+	arch, err := elfArch(o.AgentPath)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w: %s", err, buildAgent)
+	}
+	if arch != p.Arch {
+		return fmt.Errorf("agent binary %s is built for %s, profile %s needs %s: %s", o.AgentPath, arch, p.Name, p.Arch, buildAgent)
 	}
 	epoch := o.Epoch.UTC()
 	// The disk's identity — partition GUIDs (root=PARTUUID in cmdline.txt,
@@ -388,7 +415,7 @@ func addToRoot(root *tree.Tree, o Options, info Info, plan *layout.Plan, epoch t
 		mode os.FileMode
 	}{
 		{AgentConfig, append([]byte(header), y...), 0o644},
-		{AgentUnit, []byte(systemd.Unit()), 0o644},
+		{AgentUnit, []byte(o.AgentUnit), 0o644},
 		{AgentDropIn, []byte("# Per-robot settings written by `provision image customize` into the persistent partition.\n[Unit]\nRequiresMountsFor=" + PersistentDir + "\n[Service]\nEnvironmentFile=-" + PersistentDir + "/" + RobotEnvFile + "\n"), 0o644},
 	}
 	for _, f := range files {
@@ -464,15 +491,16 @@ func elfArch(p string) (string, error) {
 	defer f.Close()
 	h := make([]byte, 20)
 	if _, err := io.ReadFull(f, h); err != nil || string(h[:4]) != "\x7fELF" {
-		return "not an ELF executable", fmt.Errorf("%s is not an ELF executable", p)
+		return "", fmt.Errorf("%s is not an ELF executable", p)
 	}
-	switch uint16(h[18]) | uint16(h[19])<<8 {
+	switch machine := uint16(h[18]) | uint16(h[19])<<8; machine {
 	case 183:
 		return "arm64", nil
 	case 62:
 		return "amd64", nil
 	case 40:
 		return "armhf", nil
+	default:
+		return fmt.Sprintf("an unknown architecture (ELF machine %d)", machine), nil
 	}
-	return "unknown", nil
 }

@@ -1,4 +1,4 @@
-package build
+package assemble
 
 import (
 	"context"
@@ -70,7 +70,7 @@ func options(t *testing.T, out string) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Options{Out: out, Profile: p, AgentPath: fakeAgent(t), ControlURLs: []string{"wss://control.lan:8443"}, Version: "1.0.0", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}
+	return Options{Out: out, Profile: p, AgentPath: fakeAgent(t), AgentUnit: testUnit, ControlURLs: []string{"wss://control.lan:8443"}, Version: "1.0.0", Epoch: epoch, Sizes: layout.Sizes{Boot: 64 << 20}}
 }
 
 func extract(t *testing.T, img string, part layout.Partition) string {
@@ -163,6 +163,7 @@ func TestBuildPassesCheckersAndIsReproducible(t *testing.T) {
 				"cat /etc/fstab":             plan.Part(part.Number-2).GUID.String() + "  /boot/firmware",
 				"cat /etc/lekiwi/agent.yml":  "wss://control.lan:8443",
 				"cat /etc/lekiwi/image.json": "\"profile\": \"lekiwi\"",
+				"cat /" + AgentUnit:          testUnit,
 			} {
 				out, _ := exec.Command("debugfs", "-R", req, p).CombinedOutput()
 				if !strings.Contains(string(out), want) {
@@ -186,18 +187,21 @@ func TestBuildRefusesBadInputAndLeavesNothing(t *testing.T) {
 			o.Sizes.System = 64 << 20
 		}, "--system-size"},
 		{"no boot partition", func(in *Inputs, o *Options) { in.Boot = nil }, "no boot partition"},
+		{"no agent unit", func(in *Inputs, o *Options) { o.AgentUnit = "" }, "no agent systemd unit"},
 		{"amd64 agent", func(in *Inputs, o *Options) {
 			b, _ := os.ReadFile(o.AgentPath)
 			b[18] = 62
 			os.WriteFile(o.AgentPath, b, 0o755)
-		}, "GOARCH=arm64"},
+		}, "is built for amd64, profile lekiwi needs arm64: build it with `CGO_ENABLED=0 GOARCH=arm64 go build -o lekiwi-agent ./cmd/agent` and pass its path with --agent"},
+		{"agent not an ELF", func(in *Inputs, o *Options) { os.WriteFile(o.AgentPath, []byte("#!/bin/sh\n"), 0o755) }, "is not an ELF executable: build it with"},
+		{"no agent file", func(in *Inputs, o *Options) { o.AgentPath = filepath.Join(dir, "nope") }, "no such file or directory: build it with"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, "x.img")
 			in, o := inputs(t), options(t, out)
 			tc.mutate(&in, &o)
 			err := Build(context.Background(), in, o)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "<nil>") {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 			left, _ := filepath.Glob(filepath.Join(dir, "*"))
@@ -276,3 +280,6 @@ func TestUpdateKeysEnableUpdates(t *testing.T) {
 		}
 	}
 }
+
+// testUnit stands in for the agent's unit file, which the caller passes.
+const testUnit = "[Service]\nExecStart=/usr/bin/lekiwi-agent run\n"
