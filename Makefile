@@ -74,13 +74,13 @@ bench: build
 clean:
 	rm -rf bin $(RUN_DIR)
 
-# Issue 6: provision flash vs bmaptool copy vs dd (4 GiB image, 1 GiB data,
+# Provision flash vs bmaptool copy vs dd (4 GiB image, 1 GiB data,
 # file targets with fsync), and 4 vs 1 blkio-throttled loop devices (root).
 .PHONY: bench-flash
 bench-flash: build deps-test
 	$(GO) run ./testbench/cmd/flashbench --provision bin/provision
 
-# HA chaos acceptance (issue 4) at full size: 2 control nodes + witness as
+# HA chaos acceptance at full size: 2 control nodes + witness as
 # real processes, 1,000 simulated agents; kill -9 of the leader, partition
 # (network namespace + iptables, needs root), rolling restart, witness loss.
 # `make test` runs the same tests with 200 agents.
@@ -88,7 +88,7 @@ bench-flash: build deps-test
 chaos: deps-test
 	ulimit -n 20000; $(GO) test -tags $(TAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./testbench -args -chaos.agents=1000
 
-# Issue 10 scale scenarios (unattended; every process, data dir and temp
+# Scale scenarios (unattended; every process, data dir and temp
 # file is removed at the end, the whole run ends within SCALE_BUDGET).
 # One mTLS control node at 1k/5k/10k/19k robots with the heartbeat interval
 # ramped down to saturation, reconnect storms, 100 /v1/stream subscribers;

@@ -2,7 +2,7 @@ package protocol
 
 import "time"
 
-// Over-the-air updates (issue 8): control sends an "update" command; the
+// Over-the-air updates: control sends an "update" command; the
 // agent reports every state change of the update as an Event of Kind
 // EventUpdate whose data is UpdateState.
 

@@ -72,7 +72,7 @@ func adminCmd(dataDir string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// Acceptance 6 of issue 4, and the lifecycle commands: init, join, witness,
+// Recovery from lost quorum, and the lifecycle commands: init, join, witness,
 // cluster status, leave; then two of three members destroyed and the
 // survivor brought back alone, with its data, by `control recover`.
 func TestClusterLifecycleAndLostQuorumRecovery(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// TestBenchImageBuildVsGenimage is issue 5's benchmark (LEKIWI_BENCH=1):
+// TestBenchImageBuildVsGenimage is the image-build benchmark (LEKIWI_BENCH=1):
 // an A/B image from a 1 GiB root filesystem with `provision image build`
 // versus the equivalent standard pipeline — mkfs.ext4 -d for the system
 // filesystem, mkfs.ext4 for persistent, mkfs.vfat + mcopy for the boot and

@@ -218,7 +218,7 @@ func sum(t *testing.T, p string) [32]byte {
 	return sha256.Sum256(b)
 }
 
-// Acceptance 2 of issue 5 end to end: a Raspberry Pi OS-shaped image made
+// Importing a Raspberry Pi OS image end to end: a Raspberry Pi OS-shaped image made
 // with the standard tools (MBR, FAT bootfs and ext4 rootfs, the first
 // partition at sector 8192 or 16384) becomes an A/B image whose system
 // slots hold the original files and whose boot slots hold the original

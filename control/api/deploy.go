@@ -12,7 +12,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/deploy"
 )
 
-// Deployments (issue 8): engineers create and steer them, operators read
+// Deployments: engineers create and steer them, operators read
 // them. The leader's engine (control/deploy) does the rolling out; these
 // handlers only record what was asked.
 

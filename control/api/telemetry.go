@@ -9,7 +9,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/telemetry"
 )
 
-// Telemetry history and alerts (issue 9). The leader's control/telemetry
+// Telemetry history and alerts. The leader's control/telemetry
 // job fills the tables from the event log; these handlers only read.
 //
 //	GET /v1/robots/{id}/telemetry?metric=cpu,temperature&from=&to=&step=

@@ -41,7 +41,7 @@ type Config struct {
 	// memory (store.Options): a snapshot every threshold entries, trailing
 	// entries kept behind it for lagging members. Each entry holds the
 	// pages its transaction wrote, so at a storm's write rate this log,
-	// not the database, is most of a node's memory. Issue 10.
+	// not the database, is most of a node's memory.
 	DBSnapshotThreshold int `yaml:"db_snapshot_threshold"`
 	DBSnapshotTrailing  int `yaml:"db_snapshot_trailing"`
 	// HeartbeatInterval is the interval robots are told to heartbeat at.
@@ -83,12 +83,12 @@ type Config struct {
 	OIDC auth.OIDCConfig `yaml:"oidc"`
 	// AlertRules is a YAML file of alert rules and the alert webhook
 	// (control/telemetry.ParseRules); empty uses telemetry.DefaultRules,
-	// "off" evaluates no rules (telemetry history is still kept). Issue 9.
+	// "off" evaluates no rules (telemetry history is still kept).
 	AlertRules string `yaml:"alert_rules"`
 	// Discovery browses the local network over mDNS for robots
 	// (_lekiwi._tcp, _xle._tcp) and records DeviceDiscovered for those not
 	// connected. Default on; a node that cannot use port 5353 logs it and
-	// runs without. Issue 9.
+	// runs without.
 	Discovery bool `yaml:"discovery"`
 	// DiscoveryInterfaces limits the browse to these interfaces (the
 	// robots' LAN); empty means every up, multicast, non-loopback
@@ -97,17 +97,15 @@ type Config struct {
 	// MaxPendingConnections bounds connections accepted but not yet
 	// admitted (TLS handshake, request, robot hello); a reconnect storm
 	// beyond it waits in the kernel's accept queue (control/admission).
-	// Issue 10.
 	MaxPendingConnections int `yaml:"max_pending_connections"`
 	// MaxQueueWait bounds the time a connection waits in the accept queue
 	// while max_pending_connections are in flight; older ones are reset so
 	// their robots try another member at once (control/admission).
-	// Issue 10.
 	MaxQueueWait time.Duration `yaml:"max_queue_wait"`
 	// MaxConnections bounds connections open at once on the listen port;
 	// 0 takes the process's open-file limit minus 512, which are left for
 	// the database and files: a node out of descriptors cannot reach its
-	// own database. Issue 10.
+	// own database.
 	MaxConnections int `yaml:"max_connections"`
 }
 
@@ -118,7 +116,7 @@ func Defaults() Config {
 		Listen:           "127.0.0.1:8080",
 		DBAddress:        "127.0.0.1:9001",
 		DBNetworkLatency: 60 * time.Millisecond,
-		// Issue 10: a quarter of dqlite's trailing window (8,192).
+		// A quarter of dqlite's trailing window (8,192).
 		DBSnapshotThreshold: store.DefaultSnapshotThreshold,
 		DBSnapshotTrailing:  store.DefaultSnapshotTrailing,
 		HeartbeatInterval:   30 * time.Second,
@@ -181,14 +179,14 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("CA_PASSPHRASE_FILE", &c.CAPassphraseFile)
 	str("ADMIN_SOCKET", &c.AdminSocket)
 	str("REGISTRY_DIR", &c.RegistryDir)
-	str("ALERT_RULES", &c.AlertRules) // issue 9: telemetry alerts
+	str("ALERT_RULES", &c.AlertRules) // telemetry alerts
 	str("OIDC_ISSUER", &c.OIDC.Issuer)
 	str("OIDC_AUDIENCE", &c.OIDC.Audience)
 	str("OIDC_ROLE_CLAIM", &c.OIDC.RoleClaim)
 	if v := getenv(EnvPrefix + "INSECURE"); v != "" {
 		c.Insecure = v == "1" || strings.EqualFold(v, "true")
 	}
-	if v := getenv(EnvPrefix + "DISCOVERY"); v != "" { // issue 9: mDNS discovery
+	if v := getenv(EnvPrefix + "DISCOVERY"); v != "" { // mDNS discovery
 		c.Discovery = v == "1" || strings.EqualFold(v, "true")
 	}
 	if v := getenv(EnvPrefix + "DISCOVERY_INTERFACES"); v != "" {

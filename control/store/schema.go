@@ -96,7 +96,7 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX commands_pending ON commands (robot_id, status)`,
 	}},
-	// Issue 9: control/telemetry owns these tables. Samples are derived
+	// control/telemetry owns these tables. Samples are derived
 	// from TelemetryReported events (the cursor says how far), so they
 	// can be rebuilt from the log; alerts holds the firing alerts.
 	{5, "telemetry samples, aggregates, alerts", []string{
@@ -149,7 +149,7 @@ var migrations = []migration{
 			PRIMARY KEY (robot_id, rule)
 		)`,
 	}},
-	// Issue 10: presence clustered by node. Every presence flush rewrites
+	// Presence clustered by node. Every presence flush rewrites
 	// the pages holding its robots, and dqlite ships and keeps (raft log)
 	// each page a transaction wrote. With rows in connection order, a
 	// node's robots were spread over the whole table and a 512-robot flush
@@ -171,7 +171,7 @@ var migrations = []migration{
 		`ALTER TABLE presence_by_node RENAME TO presence`,
 		`CREATE UNIQUE INDEX presence_robot ON presence (robot_id)`,
 	}},
-	// Issue 10: every member sweeps every few seconds, and the sweep read
+	// Every member sweeps every few seconds, and the sweep read
 	// each online robot's whole row (last_event sits after the JSON doc):
 	// at 40,000 robots that scan was most of the leader's CPU. A covering
 	// index answers it from (status, last_event, id) alone, and lets it
@@ -184,7 +184,7 @@ var migrations = []migration{
 		`CREATE INDEX robots_by_state ON robots (status, id)`,
 		`DROP INDEX robots_by_status`,
 	}},
-	// Issue 10: an alert rule asks, every 10 s on the leader, which robots
+	// An alert rule asks, every 10 s on the leader, which robots
 	// are above its threshold. telemetry_latest is keyed by robot, so that
 	// was a scan of every robot's every metric per rule; by (metric,
 	// value) it is a range of the few above.

@@ -11,8 +11,8 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 )
 
-// Under CPU starvation the leader's dqlite proxy logs "tls: bad record MAC"
-// (issue 10). This pins down what that line means: a peer whose request
+// Under CPU starvation the leader's dqlite proxy logs "tls: bad record MAC".
+// This pins down what that line means: a peer whose request
 // timed out in the middle of a TLS record (its context deadline, while the
 // starved leader was not reading) and who then closed the connection —
 // crypto/tls sends the close alert after the half-written record, and the

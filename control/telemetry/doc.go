@@ -1,5 +1,5 @@
 // Package telemetry keeps the fleet's resource history and raises alerts
-// from it (issue 9).
+// from it.
 //
 // Samples come from the event log, not from the gateway: robots'
 // TelemetryReported events are already durable there, so the dqlite

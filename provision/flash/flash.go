@@ -1,5 +1,5 @@
 // Package flash writes one disk image to many targets at once: the engine behind
-// `provision flash` (issue 6).
+// `provision flash`.
 //
 // Design:
 //
