@@ -1,5 +1,6 @@
-// Package layout is the A/B disk plan of a Lekiwi image: six GPT partitions, every start and size 8 MiB aligned —
-// bootconfig (FAT16, autoboot.txt), boot_a and boot_b (FAT32), system_a and
+// Package layout is the A/B disk plan of a Lekiwi image: six GPT
+// partitions, every start and size 8 MiB aligned — bootconfig (FAT16,
+// autoboot.txt), boot_a and boot_b (FAT32), system_a and
 // system_b (ext4), persistent (ext4). It sizes the plan, derives the disk and
 // partition GUIDs deterministically from a seed, renders autoboot.txt and
 // cmdline.txt, writes the GPT (protective MBR, primary and backup) and reads
