@@ -22,10 +22,10 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/config"
+	"github.com/lekiwi/heartbeat/agent/ota"
+	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/agent/systemd"
-	"github.com/lekiwi/heartbeat/agent/updater"
-	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -102,10 +102,10 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		httpClient, renewer = id.HTTPClient(), id
 	}
 
-	// updates: the OTA updater answers "update" commands (issue 8).
+	// updates: the OTA updater answers "update" commands.
 	var commands map[string]agent.CommandHandler
-	var updateHandler *updates.Handler
-	var upd *updater.Updater
+	var updateHandler *updatecmd.Handler
+	var upd *ota.Updater
 	if cfg.UpdateEnabled {
 		var transport http.RoundTripper
 		if httpClient != nil {
@@ -190,8 +190,8 @@ func hardware(h config.Hardware) protocol.Hardware {
 }
 
 // setupUpdates builds the update handler and the updater on the real
-// Raspberry Pi parts (updates).
-func setupUpdates(cfg config.Config, version string, transport http.RoundTripper, running *atomic.Pointer[agent.Agent], log *slog.Logger) (*updates.Handler, *updater.Updater, func() error, error) {
+// Raspberry Pi parts (ota.OpenPi).
+func setupUpdates(cfg config.Config, version string, transport http.RoundTripper, running *atomic.Pointer[agent.Agent], log *slog.Logger) (*updatecmd.Handler, *ota.Updater, func() error, error) {
 	stateDir := cfg.UpdateStateDir
 	if stateDir == "" {
 		stateDir = filepath.Join(cfg.StateDir, "update")
@@ -200,13 +200,13 @@ func setupUpdates(cfg config.Config, version string, transport http.RoundTripper
 	if cacheDir == "" {
 		cacheDir = filepath.Join(stateDir, "cache")
 	}
-	h, err := updates.New(updates.Options{StateDir: stateDir, Logger: log})
+	h, err := updatecmd.New(updatecmd.Options{StateDir: stateDir, Logger: log})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	u, closeFn, err := updates.Setup(updates.SetupOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
+	u, closeFn, err := ota.OpenPi(ota.PiOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
 		Disk: cfg.UpdateDisk, ImageInfo: cfg.UpdateImageInfo, HealthCommand: cfg.UpdateHealthCommand, AgentVersion: version,
-		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Handler: h,
+		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Report: h.Report,
 		Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected }})
 	if err != nil {
 		return nil, nil, nil, err

@@ -1,21 +1,24 @@
-// Package updates wires the OTA updater (agent/updater) into the agent
-// runtime. It answers "update" commands: arguments checked, accepted at
-// once with a progress response, installed in the background one at a
-// time, answered ok once the trial boot is armed (just before the reboot:
-// the outcome, committed or rolled back, follows as update events) or
-// error. Every update state goes to control as an update Event through the
+// Package updatecmd answers control's "update" commands on the robot by
+// driving the OTA updater (package ota) through the agent runtime: every
+// command is answered once, and every update state reaches control.
+//
+// A command's arguments are checked; it is accepted at once with a
+// progress response, installed in the background one at a time, and
+// answered ok once the trial boot is armed (just before the reboot: the
+// outcome, committed or rolled back, follows as update events) or error.
+// Every update state goes to control as an update Event through the
 // runtime's durable queue, so states survive reconnects and reboots.
 //
-// At start, Run settles what the last reboot left (updater OnStart: commit
-// or roll back a trial, report a trial that never came up) and continues
-// an install a restart interrupted. Until then update commands are
+// At start, Run settles what the last reboot left (ota.Updater.OnStart:
+// commit or roll back a trial, report a trial that never came up) and
+// continues an install a restart interrupted. Until then update commands are
 // refused as busy.
 //
 // Control delivers a command again when it has not seen the final answer
 // (after a reconnect, a reboot, a control failover). The handler keeps the
 // commands it accepted in CommandsFile and answers a repeated ID the way
 // it answered first — never installing twice.
-package updates
+package updatecmd
 
 import (
 	"context"
@@ -27,7 +30,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -37,10 +40,10 @@ type Runtime interface {
 	Respond(ctx context.Context, resp protocol.Response) error
 }
 
-// Installer is the updater: *updater.Updater.
+// Installer is the updater: *ota.Updater.
 type Installer interface {
 	Install(ctx context.Context, args protocol.UpdateArgs) error
-	OnStart(ctx context.Context) (updater.Outcome, error)
+	OnStart(ctx context.Context) (ota.Outcome, error)
 }
 
 // Options configure a Handler.
@@ -87,7 +90,7 @@ func New(o Options) (*Handler, error) {
 		o.Now = time.Now
 	}
 	h := &Handler{o: o, log: o.Logger}
-	rec, err := loadRecords(updater.FileStore{Path: filepath.Join(o.StateDir, CommandsFile)})
+	rec, err := loadRecords(ota.FileStore{Path: filepath.Join(o.StateDir, CommandsFile)})
 	if err != nil {
 		h.log.Warn("update commands record unreadable; starting a new one (a command delivered again may be answered as unknown)", "err", err)
 	}
@@ -151,9 +154,9 @@ func (h *Handler) Handle(cmd protocol.Command) protocol.Response {
 	}
 	switch {
 	case h.rt == nil || !h.settled:
-		return protocol.Response{Status: "error", Message: fmt.Sprintf("update %s: %v: the agent is settling the last update (trial boot health check); send it again later", args.Version, updater.ErrBusy)}
+		return protocol.Response{Status: "error", Message: fmt.Sprintf("update %s: %v: the agent is settling the last update (trial boot health check); send it again later", args.Version, ota.ErrBusy)}
 	case h.job != nil:
-		return protocol.Response{Status: "error", Message: fmt.Sprintf("update %s: %v (command %q, version %s)", args.Version, updater.ErrBusy, h.job.id, h.job.args.Version)}
+		return protocol.Response{Status: "error", Message: fmt.Sprintf("update %s: %v (command %q, version %s)", args.Version, ota.ErrBusy, h.job.id, h.job.args.Version)}
 	}
 	if err := h.rec.put(record{ID: cmd.ID, Args: args, Status: statusAccepted, At: h.o.Now()}); err != nil {
 		return protocol.Response{Status: "error", Message: fmt.Sprintf("update %s: %v", args.Version, err)}

@@ -1,4 +1,4 @@
-package updates
+package updatecmd
 
 import (
 	"fmt"
@@ -6,11 +6,11 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 )
 
 func TestRecordsBoundedAndDurable(t *testing.T) {
-	st := updater.FileStore{Path: filepath.Join(t.TempDir(), CommandsFile)}
+	st := ota.FileStore{Path: filepath.Join(t.TempDir(), CommandsFile)}
 	r, err := loadRecords(st)
 	if err != nil {
 		t.Fatal(err)

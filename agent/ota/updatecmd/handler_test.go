@@ -1,4 +1,4 @@
-package updates_test
+package updatecmd_test
 
 import (
 	"context"
@@ -22,9 +22,9 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
+	"github.com/lekiwi/heartbeat/agent/ota"
+	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
-	"github.com/lekiwi/heartbeat/agent/updater"
-	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
@@ -274,13 +274,13 @@ func (r *robot) start(t *testing.T, c *control) *process {
 	state := filepath.Join(r.dir, "state")
 	q, err := queue.Open(filepath.Join(state, queue.FileName), queue.Options{})
 	must(t, "queue", err)
-	h, err := updates.New(updates.Options{StateDir: state, Logger: log})
+	h, err := updatecmd.New(updatecmd.Options{StateDir: state, Logger: log})
 	must(t, "handler", err)
 	var a *agent.Agent
-	u, err := updater.New(updater.Options{Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: r.keys,
-		Source: updater.DirSource{}, StateDir: state, CacheDir: filepath.Join(state, "cache"), Profile: "lekiwi",
+	u, err := ota.New(ota.Options{Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: r.keys,
+		Source: ota.DirSource{}, StateDir: state, CacheDir: filepath.Join(state, "cache"), Profile: "lekiwi",
 		AgentVersion: "1.2", CurrentVersion: "1", Report: h.Report,
-		Health:        updates.Health(updates.HealthOptions{Connected: func() bool { return a.State() == agent.Connected }}),
+		Health:        ota.RobotHealth(ota.RobotHealthOptions{Connected: func() bool { return a.State() == agent.Connected }}),
 		HealthTimeout: 10 * time.Second, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond})
 	must(t, "updater", err)
 	a, err = agent.New(agent.Options{RobotID: "lekiwi-7", RobotType: protocol.RobotLeKiwi, Servers: []string{c.url()},

@@ -1,4 +1,4 @@
-package updater
+package ota
 
 import (
 	"bytes"
@@ -16,10 +16,10 @@ type Check struct {
 }
 
 // Health composes checks into an Options.Health func: all must pass, in
-// order; the first failure names its check. DESIGN: control reachable with
-// this robot's identity (the agent passes a check on its session),
-// the profile's required services active (SystemdActive) and an optional
-// health command (Command).
+// order; the first failure names its check. The agent's (RobotHealth):
+// control reachable with this robot's identity, the profile's required
+// services active (SystemdActive) and an optional health command
+// (Command).
 func Health(checks ...Check) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
 		for _, c := range checks {

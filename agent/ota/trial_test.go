@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -21,7 +21,7 @@ func installed(t *testing.T, f *fixture) (*robot, *powercut.Device) {
 	r, err := newRobot(dev, f.plan, t.TempDir())
 	must(t, "robot", err)
 	must(t, "power on", r.boot(bootctl.A, false))
-	must(t, "install", r.agent(t, updater.DirSource{}, nil, f.key).Install(context.Background(), f.args()))
+	must(t, "install", r.agent(t, ota.DirSource{}, nil, f.key).Install(context.Background(), f.args()))
 	must(t, "trial boot", r.boot(bootctl.B, true))
 	return r, dev
 }
@@ -37,7 +37,7 @@ func TestTrialOutcomes(t *testing.T) {
 		r, _ := installed(t, f)
 		calls := 0
 		unhealthy := func(context.Context) error { calls++; return errors.New("control unreachable with this identity") }
-		out, err := r.agent(t, updater.DirSource{}, unhealthy, f.key).OnStart(ctx)
+		out, err := r.agent(t, ota.DirSource{}, unhealthy, f.key).OnStart(ctx)
 		must(t, "on start", err)
 		last := r.last()
 		if out.State != protocol.UpdateRolledBack || last.State != protocol.UpdateRolledBack || !out.Rebooted ||
@@ -55,8 +55,8 @@ func TestTrialOutcomes(t *testing.T) {
 		if st := r.status(ctx); st.Default != bootctl.A || st.Booted != bootctl.A {
 			t.Fatalf("status %+v", st)
 		}
-		out, err = r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx)
-		if err != nil || out != (updater.Outcome{}) {
+		out, err = r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
+		if err != nil || out != (ota.Outcome{}) {
 			t.Fatalf("the next start settles again: %+v %v", out, err)
 		}
 		t.Logf("failed trial: %s", last.Reason)
@@ -70,10 +70,10 @@ func TestTrialOutcomes(t *testing.T) {
 		if !reset || err != nil || b.Slot != bootctl.A || b.Trial {
 			t.Fatalf("watchdog: reset %v, boot %+v, %v", reset, b, err)
 		}
-		out, err := r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx)
+		out, err := r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
 		must(t, "on start", err)
 		last := r.last()
-		if out.State != protocol.UpdateRolledBack || last.State != protocol.UpdateRolledBack || last.Reason != updater.ReasonTrialLost || last.Version != "2" {
+		if out.State != protocol.UpdateRolledBack || last.State != protocol.UpdateRolledBack || last.Reason != ota.ReasonTrialLost || last.Version != "2" {
 			t.Fatalf("outcome %+v, last report %+v", out, last)
 		}
 		if st := r.status(ctx); st.Default != bootctl.A || st.Booted != bootctl.A || st.Trial {
@@ -84,8 +84,8 @@ func TestTrialOutcomes(t *testing.T) {
 
 	t.Run("busy and pending trial are refused", func(t *testing.T) {
 		r, _ := installed(t, f)
-		err := r.agent(t, updater.DirSource{}, nil, f.key).Install(ctx, f.args())
-		if !errors.Is(err, updater.ErrTrialPending) {
+		err := r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, f.args())
+		if !errors.Is(err, ota.ErrTrialPending) {
 			t.Fatalf("install during a trial: %v", err)
 		}
 	})
@@ -98,7 +98,7 @@ func TestRollbackCommand(t *testing.T) {
 	f := getFixture(t)
 	ctx := context.Background()
 	r, dev := installed(t, f)
-	out, err := r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx)
+	out, err := r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
 	if err != nil || out.State != protocol.UpdateCommitted {
 		t.Fatalf("commit: %+v %v", out, err)
 	}
@@ -106,12 +106,12 @@ func TestRollbackCommand(t *testing.T) {
 	must(t, "boot b", r.boot(bootctl.B, false))
 
 	rb := protocol.UpdateArgs{DeploymentID: "dep-1", Rollback: true}
-	must(t, "rollback", r.agent(t, updater.DirSource{}, nil, f.key).Install(ctx, rb))
+	must(t, "rollback", r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, rb))
 	if last := r.last(); last.State != protocol.UpdateArmed || last.Slot != "a" || last.Version != "1" {
 		t.Fatalf("rollback report %+v", last)
 	}
 	must(t, "trial of a", r.boot(bootctl.A, true))
-	out, err = r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx)
+	out, err = r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
 	if err != nil || out.State != protocol.UpdateRolledBack || !strings.Contains(out.Reason, "on request") {
 		t.Fatalf("rollback trial: %+v %v", out, err)
 	}
@@ -124,7 +124,7 @@ func TestRollbackCommand(t *testing.T) {
 	r2, err := newRobot(fresh, f.plan, t.TempDir())
 	must(t, "robot", err)
 	must(t, "power on", r2.boot(bootctl.A, false))
-	if err := r2.agent(t, updater.DirSource{}, nil, f.key).Install(ctx, rb); !errors.Is(err, updater.ErrNoRollback) {
+	if err := r2.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, rb); !errors.Is(err, ota.ErrNoRollback) {
 		t.Fatalf("rollback without a previous version: %v", err)
 	}
 	if len(fresh.Writes()) != 0 {

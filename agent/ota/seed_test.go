@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/fatfs"
@@ -46,7 +46,7 @@ func TestUpdateKeepsRobotSeed(t *testing.T) {
 	r, err := newRobot(dev, f.plan, t.TempDir())
 	must(t, "robot", err)
 	must(t, "power on", r.boot(bootctl.A, false))
-	must(t, "install", r.agent(t, updater.DirSource{}, nil, f.key).Install(ctx, f.args()))
+	must(t, "install", r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, f.args()))
 	if got, want := r.states(), []string{"downloading", "writing", "verifying", "armed"}; !slices.Equal(got, want) {
 		t.Fatalf("reported %v, want %v", got, want)
 	}
@@ -63,7 +63,7 @@ func TestUpdateKeepsRobotSeed(t *testing.T) {
 
 	// The trial boots the new slot with the robot's seed and commits.
 	must(t, "trial boot", r.boot(bootctl.B, true))
-	out, err := r.agent(t, updater.DirSource{}, func(context.Context) error { return nil }, f.key).OnStart(ctx)
+	out, err := r.agent(t, ota.DirSource{}, func(context.Context) error { return nil }, f.key).OnStart(ctx)
 	must(t, "on start", err)
 	if out.State != "committed" {
 		t.Fatalf("outcome %+v", out)

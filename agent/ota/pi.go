@@ -1,4 +1,4 @@
-package updates
+package ota
 
 import (
 	"encoding/json"
@@ -11,14 +11,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
-	"github.com/lekiwi/heartbeat/agent/updater"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/profiles"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
-// SetupOptions are what the daemon knows; see config.Update.
-type SetupOptions struct {
+// PiOptions are what the daemon knows; see config.Update.
+type PiOptions struct {
 	KeysDir, StateDir, CacheDir string
 	Disk                        string // "" finds the disk holding the root filesystem
 	ImageInfo                   string // image.json: version and profile
@@ -28,13 +28,19 @@ type SetupOptions struct {
 	// Transport reaches control's registry with the robot's mTLS identity
 	// (control accepts robot certificates for pulls); nil: the default.
 	Transport http.RoundTripper
+	// Connected reports whether the runtime's session with control is up
+	// (see RobotHealthOptions.Connected).
 	Connected func() bool
-	Handler   *Handler
+	// Report receives every update state: the update command handler's
+	// Report (updatecmd.Handler.Report).
+	Report func(protocol.UpdateState)
 }
 
-// Setup opens the real Raspberry Pi parts (bootconfig partition, boot
-// disk) and builds the updater; close releases them.
-func Setup(o SetupOptions) (u *updater.Updater, closeFn func() error, err error) {
+// OpenPi opens the parts of the Raspberry Pi the agent runs on (the boot
+// config partition, the whole boot disk found through sysfs unless
+// o.Disk names it) and builds the updater on them with the image's profile
+// and the robot's health check (RobotHealth); close releases them.
+func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
 	b, err := os.ReadFile(o.ImageInfo)
 	if err != nil {
 		return nil, nil, fmt.Errorf("updates: image metadata: %w", err)
@@ -86,11 +92,11 @@ func Setup(o SetupOptions) (u *updater.Updater, closeFn func() error, err error)
 	if command == "" {
 		command = prof.Health.Command
 	}
-	u, err = updater.New(updater.Options{Boot: ctl, Disk: disk, DiskSize: size, TrustedKeys: keys,
-		Source:   updater.RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: o.Transport}},
+	u, err = New(Options{Boot: ctl, Disk: disk, DiskSize: size, TrustedKeys: keys,
+		Source:   RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: o.Transport}},
 		StateDir: o.StateDir, CacheDir: o.CacheDir, Profile: info.Profile, AgentVersion: o.AgentVersion, CurrentVersion: info.Version,
-		Report: o.Handler.Report,
-		Health: Health(HealthOptions{Connected: o.Connected, RequiredUnits: prof.Services.Required, Command: command, CommandTimeout: prof.Health.Timeout}),
+		Report: o.Report,
+		Health: RobotHealth(RobotHealthOptions{Connected: o.Connected, RequiredUnits: prof.Services.Required, Command: command, CommandTimeout: prof.Health.Timeout}),
 	})
 	if err != nil {
 		bc.Close()

@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -30,7 +30,7 @@ func updateCycle(f *fixture, dir string) powercut.Scenario {
 		if err := r.boot(bootctl.A, false); err != nil {
 			return err
 		}
-		u, err := r.newAgent(updater.DirSource{}, nil, f.key)
+		u, err := r.newAgent(ota.DirSource{}, nil, f.key)
 		if err != nil {
 			return err
 		}
@@ -40,7 +40,7 @@ func updateCycle(f *fixture, dir string) powercut.Scenario {
 		if err := r.boot(bootctl.B, true); err != nil {
 			return err
 		}
-		if u, err = r.newAgent(updater.DirSource{}, func(context.Context) error { return nil }, f.key); err != nil {
+		if u, err = r.newAgent(ota.DirSource{}, func(context.Context) error { return nil }, f.key); err != nil {
 			return err
 		}
 		out, err := u.OnStart(ctx)
@@ -108,7 +108,7 @@ func TestPowerCutSweep(t *testing.T) {
 		if err := r.boot(b.Slot, false); err != nil {
 			return err
 		}
-		u, err := r.newAgent(updater.DirSource{}, nil, f.key)
+		u, err := r.newAgent(ota.DirSource{}, nil, f.key)
 		if err != nil {
 			return err
 		}
@@ -119,7 +119,7 @@ func TestPowerCutSweep(t *testing.T) {
 		kind := out.State
 		switch {
 		case b.Slot == bootctl.B && (out.State == protocol.UpdateCommitted || out.State == ""):
-		case b.Slot == bootctl.A && out.State == protocol.UpdateRolledBack && out.Reason == updater.ReasonTrialLost:
+		case b.Slot == bootctl.A && out.State == protocol.UpdateRolledBack && out.Reason == ota.ReasonTrialLost:
 		case b.Slot == bootctl.A && out.State == "" && out.Resume != nil:
 			kind = "resume"
 		default:
@@ -138,7 +138,7 @@ func TestPowerCutSweep(t *testing.T) {
 		if err := r.boot(bootctl.B, true); err != nil {
 			return fmt.Errorf("resume: %w", err)
 		}
-		if out, err = r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx); err != nil || out.State != protocol.UpdateCommitted {
+		if out, err = r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx); err != nil || out.State != protocol.UpdateCommitted {
 			return fmt.Errorf("resumed update: %+v, %v", out, err)
 		}
 		return slotMatchesRelease(f, dev.Current(), bootctl.B)

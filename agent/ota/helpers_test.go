@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
@@ -184,7 +184,7 @@ type robot struct {
 	cacheDir string
 	reports  []protocol.UpdateState
 	mu       sync.Mutex
-	tweak    func(*updater.Options) // applied to every agent's options
+	tweak    func(*ota.Options) // applied to every agent's options
 }
 
 func newRobot(dev *powercut.Device, plan *layout.Plan, dir string) (*robot, error) {
@@ -216,7 +216,7 @@ func (r *robot) boot(want bootctl.Slot, trial bool) error {
 
 // agent is a freshly started agent's updater (a new process: nothing
 // carried over but the disk and the persistent directories).
-func (r *robot) agent(t testing.TB, src updater.Source, health func(context.Context) error, keys ...ed25519.PrivateKey) *updater.Updater {
+func (r *robot) agent(t testing.TB, src ota.Source, health func(context.Context) error, keys ...ed25519.PrivateKey) *ota.Updater {
 	u, err := r.newAgent(src, health, keys...)
 	if err != nil {
 		t.Fatal(err)
@@ -224,14 +224,14 @@ func (r *robot) agent(t testing.TB, src updater.Source, health func(context.Cont
 	return u
 }
 
-func (r *robot) newAgent(src updater.Source, health func(context.Context) error, keys ...ed25519.PrivateKey) (*updater.Updater, error) {
+func (r *robot) newAgent(src ota.Source, health func(context.Context) error, keys ...ed25519.PrivateKey) (*ota.Updater, error) {
 	var pubs []ed25519.PublicKey
 	for _, k := range keys {
 		pubs = append(pubs, k.Public().(ed25519.PublicKey))
 	}
-	o := updater.Options{
+	o := ota.Options{
 		Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: pubs, Source: src,
-		Store: cutStore{updater.FileStore{Path: filepath.Join(r.stateDir, updater.StateFile)}, r.dev}, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
+		Store: cutStore{ota.FileStore{Path: filepath.Join(r.stateDir, ota.StateFile)}, r.dev}, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
 		Report: func(s protocol.UpdateState) {
 			if r.dev.IsCut() {
 				return // the machine is off: nothing leaves it
@@ -245,7 +245,7 @@ func (r *robot) newAgent(src updater.Source, health func(context.Context) error,
 	if r.tweak != nil {
 		r.tweak(&o)
 	}
-	return updater.New(o)
+	return ota.New(o)
 }
 
 // states lists the reported states in order.
@@ -310,7 +310,7 @@ func slotMatchesRelease(f *fixture, d *powercut.Disk, slot bootctl.Slot) error {
 // cutStore is the state file on the persistent partition of a device that
 // may lose power: once the power is cut nothing more is saved.
 type cutStore struct {
-	updater.FileStore
+	ota.FileStore
 	dev *powercut.Device
 }
 

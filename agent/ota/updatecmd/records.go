@@ -1,4 +1,4 @@
-package updates
+package updatecmd
 
 import (
 	"encoding/json"
@@ -31,7 +31,7 @@ type record struct {
 	At      time.Time           `json:"at"`
 }
 
-// store is updater.FileStore (atomic replace, fsync'd).
+// store is ota.FileStore (atomic replace, fsync'd).
 type store interface {
 	Load() ([]byte, error)
 	Save([]byte) error

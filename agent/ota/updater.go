@@ -1,5 +1,6 @@
-// Package updater is the agent's over-the-air A/B updater (DESIGN.md "A/B
-// disk layout", "Data flows → OTA"; issue 8).
+// Package ota is the agent's over-the-air A/B updater: it installs a
+// signed release into the inactive slot of the boot disk and settles the
+// trial boot of that slot, so that a robot always boots a complete slot.
 //
 // Install takes an update command, verifies the release's signature by a
 // key baked into the image and its metadata (profile, minimum agent
@@ -20,7 +21,10 @@
 // old slot or the new, complete one (see the power-cut sweep in the tests).
 // The small state file (StateFile in Options.StateDir, on the persistent
 // partition) tells the next start which update was in flight.
-package updater
+//
+// OpenPi builds an Updater on the Raspberry Pi the agent runs on; the
+// update command that drives it is answered by package updatecmd.
+package ota
 
 import (
 	"context"

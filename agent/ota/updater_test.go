@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"
@@ -51,7 +51,7 @@ func TestInstallTrialCommit(t *testing.T) {
 	must(t, "power on", r.boot(bootctl.A, false))
 
 	start := time.Now()
-	u := r.agent(t, updater.DirSource{}, nil, f.key)
+	u := r.agent(t, ota.DirSource{}, nil, f.key)
 	must(t, "install", u.Install(ctx, f.args()))
 	installTime := time.Since(start)
 	if got, want := r.states(), []string{"downloading", "writing", "verifying", "armed"}; !slices.Equal(got, want) {
@@ -86,7 +86,7 @@ func TestInstallTrialCommit(t *testing.T) {
 
 	// The trial boot: a fresh agent settles it.
 	must(t, "trial boot", r.boot(bootctl.B, true))
-	u = r.agent(t, updater.DirSource{}, func(context.Context) error { return nil }, f.key)
+	u = r.agent(t, ota.DirSource{}, func(context.Context) error { return nil }, f.key)
 	out, err := u.OnStart(ctx)
 	must(t, "on start", err)
 	if out.State != protocol.UpdateCommitted || r.last().State != protocol.UpdateCommitted || r.last().Slot != "b" {
@@ -98,8 +98,8 @@ func TestInstallTrialCommit(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	// A second start has nothing to settle.
-	out, err = r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx)
-	if err != nil || out != (updater.Outcome{}) {
+	out, err = r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
+	if err != nil || out != (ota.Outcome{}) {
 		t.Fatalf("second start: %+v %v", out, err)
 	}
 	checkSlotMatchesRelease(t, f, dev.Current(), bootctl.B)

@@ -1,15 +1,13 @@
-package updates
+package ota
 
 import (
 	"context"
 	"errors"
 	"time"
-
-	"github.com/lekiwi/heartbeat/agent/updater"
 )
 
-// HealthOptions are the parts of a trial boot's health check.
-type HealthOptions struct {
+// RobotHealthOptions are the parts of a trial boot's health check.
+type RobotHealthOptions struct {
 	// Connected reports whether the runtime's session with control is
 	// established: dialled over mTLS with this robot's identity and the
 	// hello answered (agent.Agent.State() == agent.Connected). Required.
@@ -24,22 +22,22 @@ type HealthOptions struct {
 	CommandTimeout time.Duration
 }
 
-// Health is the updater's Options.Health: control reachable with this
+// RobotHealth is the agent's Options.Health: control reachable with this
 // identity, the required services active, the health command passing — in
 // that order, the first failure naming its check. The updater retries it
 // until it passes or the trial's timeout ends.
-func Health(o HealthOptions) func(ctx context.Context) error {
-	checks := []updater.Check{{Name: "control reachable", Run: func(context.Context) error {
+func RobotHealth(o RobotHealthOptions) func(ctx context.Context) error {
+	checks := []Check{{Name: "control reachable", Run: func(context.Context) error {
 		if o.Connected == nil || !o.Connected() {
 			return errors.New("no session with control established with this robot's identity")
 		}
 		return nil
 	}}}
 	if len(o.RequiredUnits) > 0 {
-		checks = append(checks, updater.SystemdActive(o.Systemctl, o.RequiredUnits...))
+		checks = append(checks, SystemdActive(o.Systemctl, o.RequiredUnits...))
 	}
 	if o.Command != "" {
-		cmd := updater.Command("/bin/sh", "-c", o.Command)
+		cmd := Command("/bin/sh", "-c", o.Command)
 		run := cmd.Run
 		if o.CommandTimeout > 0 {
 			cmd.Run = func(ctx context.Context) error {
@@ -50,5 +48,5 @@ func Health(o HealthOptions) func(ctx context.Context) error {
 		}
 		checks = append(checks, cmd)
 	}
-	return updater.Health(checks...)
+	return Health(checks...)
 }

@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/image/release/cdc"
 )
@@ -18,7 +18,7 @@ import (
 // flakySource serves a release directory, counts the bytes it sends, and
 // drops the link once cutAt bytes have gone out (once).
 type flakySource struct {
-	updater.DirSource
+	ota.DirSource
 	mu    sync.Mutex
 	sent  int64
 	cutAt int64 // 0: never
@@ -121,7 +121,7 @@ func TestResume(t *testing.T) {
 		r, err := newRobot(dev, f.plan, dir)
 		must(t, "robot", err)
 		must(t, "power on", r.boot(bootctl.A, false))
-		r.tweak = func(o *updater.Options) { o.DownloadAttempts = 1 } // the process dies with the power
+		r.tweak = func(o *ota.Options) { o.DownloadAttempts = 1 } // the process dies with the power
 		err = r.agent(t, src, nil, f.key).Install(ctx, f.args())
 		if !errors.Is(err, errLinkDown) {
 			t.Fatalf("first try: %v", err)

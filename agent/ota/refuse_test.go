@@ -1,4 +1,4 @@
-package updater_test
+package ota_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -82,9 +82,9 @@ func TestRefusedBeforeWriting(t *testing.T) {
 		{"signed by an untrusted key", f.wrongKey, release.ErrUntrusted, "does not trust"},
 		{"tampered config", tamperConfig(t, f), release.ErrBadSignature, "does not verify"},
 		{"tampered pack", tamperPack(t, f), nil, "do not match its hash"},
-		{"other profile", otherProfile, updater.ErrRefused, `profile "xle"`},
-		{"needs a newer agent", newAgent, updater.ErrRefused, "needs agent 9.0"},
-		{"not the approved digest", f.signed + "@sha256:" + strings.Repeat("0", 64), updater.ErrRefused, "not the approved one"},
+		{"other profile", otherProfile, ota.ErrRefused, `profile "xle"`},
+		{"needs a newer agent", newAgent, ota.ErrRefused, "needs agent 9.0"},
+		{"not the approved digest", f.signed + "@sha256:" + strings.Repeat("0", 64), ota.ErrRefused, "not the approved one"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			initial := f.disk1(t)
@@ -93,7 +93,7 @@ func TestRefusedBeforeWriting(t *testing.T) {
 			must(t, "robot", err)
 			must(t, "power on", r.boot(bootctl.A, false))
 			args := protocol.UpdateArgs{DeploymentID: "dep-x", Release: c.ref, Version: "2"}
-			err = r.agent(t, updater.DirSource{}, nil, f.key).Install(ctx, args)
+			err = r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, args)
 			if err == nil || c.want != nil && !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.reason) {
 				t.Fatalf("install: %v, want %v (%q)", err, c.want, c.reason)
 			}
@@ -110,7 +110,7 @@ func TestRefusedBeforeWriting(t *testing.T) {
 				t.Fatalf("status %+v", st)
 			}
 			// Nothing is left pending: the next start has nothing to settle.
-			if out, err := r.agent(t, updater.DirSource{}, nil, f.key).OnStart(ctx); err != nil || out != (updater.Outcome{}) {
+			if out, err := r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx); err != nil || out != (ota.Outcome{}) {
 				t.Fatalf("next start: %+v %v", out, err)
 			}
 		})
