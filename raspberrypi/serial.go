@@ -1,4 +1,4 @@
-package pi
+package raspberrypi
 
 import (
 	"fmt"
