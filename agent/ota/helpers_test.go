@@ -241,6 +241,9 @@ func (r *robot) newAgent(src ota.Source, health func(context.Context) error, key
 			r.reports = append(r.reports, s)
 		},
 		Health: health, HealthTimeout: 200 * time.Millisecond, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond,
+		// No timed progress reports: the tests compare the sequence of
+		// states, which a slow machine would otherwise pad with repeats.
+		ProgressInterval: time.Hour,
 	}
 	if r.tweak != nil {
 		r.tweak(&o)

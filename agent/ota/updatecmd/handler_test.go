@@ -281,7 +281,10 @@ func (r *robot) start(t *testing.T, c *control) *process {
 		Source: ota.DirSource{}, StateDir: state, CacheDir: filepath.Join(state, "cache"), Profile: "lekiwi",
 		AgentVersion: "1.2", CurrentVersion: "1", Report: h.Report,
 		Health:        ota.RobotHealth(ota.RobotHealthOptions{Connected: func() bool { return a.State() == agent.Connected }}),
-		HealthTimeout: 10 * time.Second, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond})
+		HealthTimeout: 10 * time.Second, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond,
+		// No timed progress reports: the tests compare the sequence of
+		// states, which a slow machine would otherwise pad with repeats.
+		ProgressInterval: time.Hour})
 	must(t, "updater", err)
 	a, err = agent.New(agent.Options{RobotID: "lekiwi-7", RobotType: protocol.RobotLeKiwi, Servers: []string{c.url()},
 		Queue: q, Collector: collector{}, AgentVersion: "1.2", FirstReconnectJitter: -1, Logger: log,
