@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/control/deploy"
 	"github.com/lekiwi/heartbeat/control/node"

@@ -19,7 +19,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/identity"
@@ -47,7 +47,7 @@ const OTAWatchdog = time.Minute
 // OTARobot is a robot for end-to-end update scenarios, built from real
 // parts: its SD card is a copy of a built image file customized with its
 // identity (image/customize); its hardware is the Pi firmware model
-// (agent/bootctl/firmware) over that file; while booted it runs what the
+// (agent/bootctl/bootctltest/firmware) over that file; while booted it runs what the
 // agent daemon wires for updates — the agent runtime over mTLS, the update
 // handler (agent/ota/updatecmd) and the updater (agent/ota) with the rpi
 // boot controller on the card's bootconfig partition.

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/protocol"
 )

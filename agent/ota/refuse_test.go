@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"

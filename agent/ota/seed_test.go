@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/cloudinit"
 	"github.com/lekiwi/heartbeat/image/customize"

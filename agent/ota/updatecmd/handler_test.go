@@ -19,8 +19,8 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
