@@ -29,7 +29,7 @@
 //
 // Commands: "ping" is answered by the runtime; others by the
 // Options.Commands handler of their name (the OTA updater's "update", see
-// agent/updates), which answers at once and, for long work, later through
+// agent/ota/updatecmd), which answers at once and, for long work, later through
 // Respond. Responses are queued like events.
 //
 // Identity: the runtime itself holds no key. mTLS comes from

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/netboot/dhcp"
-	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/netboot/tftp"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 	"github.com/lekiwi/heartbeat/testbench/pisim"
 	"github.com/lekiwi/heartbeat/testbench/pisim/netlab"
 )
@@ -126,9 +126,9 @@ func BenchmarkNetbootConcurrentPiBoots(b *testing.B) {
 		}
 		pis := make([]pisim.Pi, fleetSize)
 		for j := range pis {
-			p := pisim.Pi{Model: 4, MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x10, byte(j >> 8), byte(j)}, Serial: pi.Serial(0x10000000 + j), Revision: 0xc03111}
+			p := pisim.Pi{Model: 4, MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x10, byte(j >> 8), byte(j)}, Serial: raspberrypi.Serial(0x10000000 + j), Revision: 0xc03111}
 			if j%2 == 1 {
-				p = pisim.Pi{Model: 5, MAC: net.HardwareAddr{0x2c, 0xcf, 0x67, 0x10, byte(j >> 8), byte(j)}, Serial: pi.Serial(0x20000000 + j), Revision: 0xd04170}
+				p = pisim.Pi{Model: 5, MAC: net.HardwareAddr{0x2c, 0xcf, 0x67, 0x10, byte(j >> 8), byte(j)}, Serial: raspberrypi.Serial(0x20000000 + j), Revision: 0xd04170}
 			}
 			pis[j] = p
 		}

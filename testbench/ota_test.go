@@ -18,8 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
-	"github.com/lekiwi/heartbeat/agent/updater"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
+	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/control/deploy"
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/control/store"
@@ -223,8 +223,8 @@ func TestOTAEndToEnd(t *testing.T) {
 	if r := reasons["lekiwi-ota-sick"]; !strings.Contains(r, "health check failed") || !strings.Contains(r, "health command") {
 		t.Errorf("the failed health check's reason in control is %q; want it to name the failed check", r)
 	}
-	if r := reasons["lekiwi-ota-hang"]; !strings.Contains(r, updater.ReasonTrialLost) {
-		t.Errorf("the hung trial's reason in control is %q, want %q", r, updater.ReasonTrialLost)
+	if r := reasons["lekiwi-ota-hang"]; !strings.Contains(r, ota.ReasonTrialLost) {
+		t.Errorf("the hung trial's reason in control is %q, want %q", r, ota.ReasonTrialLost)
 	}
 	for _, id := range []string{"lekiwi-ota-sick", "lekiwi-ota-hang"} {
 		r := robots[id]

@@ -19,13 +19,13 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/identity"
+	"github.com/lekiwi/heartbeat/agent/ota"
+	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
-	"github.com/lekiwi/heartbeat/agent/updater"
-	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/customize"
@@ -47,9 +47,9 @@ const OTAWatchdog = time.Minute
 // OTARobot is a robot for end-to-end update scenarios, built from real
 // parts: its SD card is a copy of a built image file customized with its
 // identity (image/customize); its hardware is the Pi firmware model
-// (agent/bootctl/firmware) over that file; while booted it runs what the
+// (agent/bootctl/bootctltest/firmware) over that file; while booted it runs what the
 // agent daemon wires for updates — the agent runtime over mTLS, the update
-// handler (agent/updates) and the updater (agent/updater) with the rpi
+// handler (agent/ota/updatecmd) and the updater (agent/ota) with the rpi
 // boot controller on the card's bootconfig partition.
 //
 // A reboot is modelled as a process restart: the boot controller's reboot
@@ -388,10 +388,10 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	}
 	var running atomic.Pointer[agent.Agent]
 	// From here the instance mirrors agent/daemon's setupUpdates and
-	// updates.Setup, with the card file for the block devices and the
+	// ota.OpenPi, with the card file for the block devices and the
 	// firmware model for reboot(2).
 	stateDir := filepath.Join(r.stateDir(), "update")
-	h, err := updates.New(updates.Options{StateDir: stateDir, Logger: r.log})
+	h, err := updatecmd.New(updatecmd.Options{StateDir: stateDir, Logger: r.log})
 	if err != nil {
 		return false, err
 	}
@@ -413,11 +413,11 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 		return false, err
 	}
 	transport := countingTransport{next: r.ident.HTTPClient().Transport, n: &r.downloaded}
-	u, err := updater.New(updater.Options{Boot: ctl, Disk: disk, DiskSize: st.Size(), TrustedKeys: keys,
-		Source:   updater.RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: transport}},
+	u, err := ota.New(ota.Options{Boot: ctl, Disk: disk, DiskSize: st.Size(), TrustedKeys: keys,
+		Source:   ota.RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: transport}},
 		StateDir: stateDir, CacheDir: filepath.Join(stateDir, "cache"), Profile: info.Profile, AgentVersion: "1.0.0", CurrentVersion: info.Version,
 		Report: h.Report, HealthRetry: 200 * time.Millisecond, RetryDelay: 200 * time.Millisecond, ProgressInterval: 200 * time.Millisecond,
-		Health: updates.Health(updates.HealthOptions{Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected },
+		Health: ota.RobotHealth(ota.RobotHealthOptions{Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected },
 			RequiredUnits: prof.Services.Required, Systemctl: systemctl, Command: command, CommandTimeout: 5 * time.Second}),
 	})
 	if err != nil {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/firmware"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/firmware"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"

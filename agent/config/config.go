@@ -130,7 +130,7 @@ type Live struct {
 	MDNSPort int `yaml:"mdns_port"`
 }
 
-// Update configures the OTA updater (agent/updater, agent/updates).
+// Update configures the OTA updater (agent/ota, agent/ota/updatecmd).
 type Update struct {
 	// UpdateEnabled answers "update" commands; off, they are refused as
 	// unknown. Needs the A/B disk layout and baked update keys.

@@ -17,15 +17,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/lekiwi/heartbeat/agent"
 	"github.com/lekiwi/heartbeat/agent/backoff"
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/config"
+	"github.com/lekiwi/heartbeat/agent/ota"
+	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/agent/systemd"
-	"github.com/lekiwi/heartbeat/agent/updater"
-	"github.com/lekiwi/heartbeat/agent/updates"
 	"github.com/lekiwi/heartbeat/protocol"
 )
 
@@ -38,20 +40,31 @@ const StuckAfter = 25 * time.Second
 
 // Run runs the agent described by cfg until ctx ends. version is announced
 // in hello. It returns an error only when the agent cannot start.
+//
+// Start-up acquires the parts in order and pushes each one's release onto
+// a cleanup stack: the queue, the systemd watchdog (it runs through a
+// first enrollment), the updater's disk. The runtime and the components
+// that queue through it (update handler, live view) then run under one
+// errgroup until ctx ends. At shutdown they all stop first — update
+// answers and states and live events are in the queue by then — and the
+// cleanups run in reverse: the updater's disk, the watchdog, the queue.
 func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var cleanup cleanupStack
+	defer cleanup.run()
+
 	qpath := filepath.Join(cfg.StateDir, queue.FileName)
 	q, err := queue.Open(qpath, queue.Options{MaxItems: cfg.QueueMaxItems, MaxBytes: cfg.QueueMaxBytes})
 	if err != nil {
 		return fmt.Errorf("open agent state: %w", err)
 	}
-	defer func() {
+	cleanup.push(func() {
 		if err := q.Close(); err != nil {
 			log.Error("close queue", "err", err)
 		}
-	}()
+	})
 
 	// Ready once the state is open, before a first enrollment that may take
 	// a while (network not up yet): systemd must not kill the agent while
@@ -59,29 +72,10 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if _, err := systemd.Ready(); err != nil {
 		log.Warn("systemd readiness notification failed", "err", err)
 	}
+	// The watchdog runs from before a first enrollment to the very end.
 	var running atomic.Pointer[agent.Agent]
-	wctx, stopWatchdog := context.WithCancel(ctx)
-	watchdogDone := make(chan struct{})
-	defer func() {
-		stopWatchdog()
-		<-watchdogDone
-	}()
-	go func() {
-		defer close(watchdogDone)
-		healthy := func() error {
-			a := running.Load()
-			if a == nil {
-				return nil // enrolling: every step has its own timeout
-			}
-			if idle := time.Since(a.LastActive()); idle > StuckAfter {
-				return fmt.Errorf("runtime loop silent for %v (state %s)", idle.Round(time.Second), a.State())
-			}
-			return nil
-		}
-		if err := systemd.Watchdog(wctx, healthy, log); err != nil {
-			log.Warn("systemd watchdog disabled", "err", err)
-		}
-	}()
+	stopWatchdog := background(ctx, func(ctx context.Context) error { return runWatchdog(ctx, &running, log) })
+	cleanup.push(func() { _ = stopWatchdog() }) // runWatchdog returns only nil
 
 	var (
 		httpClient *http.Client
@@ -102,10 +96,10 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		httpClient, renewer = id.HTTPClient(), id
 	}
 
-	// updates: the OTA updater answers "update" commands (issue 8).
+	// updates: the OTA updater answers "update" commands.
 	var commands map[string]agent.CommandHandler
-	var updateHandler *updates.Handler
-	var upd *updater.Updater
+	var updateHandler *updatecmd.Handler
+	var upd *ota.Updater
 	if cfg.UpdateEnabled {
 		var transport http.RoundTripper
 		if httpClient != nil {
@@ -116,7 +110,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		if err != nil {
 			log.Error("over-the-air updates disabled", "err", err)
 		} else {
-			defer closeUpdater()
+			cleanup.push(func() { _ = closeUpdater() })
 			commands = map[string]agent.CommandHandler{protocol.CommandUpdate: updateHandler.Handle}
 		}
 	}
@@ -151,29 +145,50 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version,
 		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending, "mtls", !cfg.Insecure)
 
+	// The runtime until ctx ends, and beside it the components that use
+	// it; Wait returns once they all stopped, so what they queued is in the
+	// queue before it closes.
+	g, runCtx := errgroup.WithContext(ctx)
 	// updates: settle the last update and serve update commands alongside
-	// the runtime; it finishes before the queue closes.
-	updatesDone := make(chan struct{})
+	// the runtime (the trial's health check waits for its connection).
 	if upd != nil {
-		go func() { defer close(updatesDone); updateHandler.Run(ctx, upd, a) }()
-	} else {
-		close(updatesDone)
+		g.Go(func() error { updateHandler.Run(runCtx, upd, a); return nil })
 	}
-	// teleop, services, mdns: the live fleet view's watchers (live.go),
-	// each optional (teleop_enabled, services_enabled, mdns_enabled); they
-	// emit through the runtime's durable queue and stop before it closes.
-	liveCtx, stopLive := context.WithCancel(ctx)
-	watchers := startLive(liveCtx, cfg, version, a, log)
-	err = a.Run(ctx)
-	stopLive()
-	watchers.Wait()
-	<-updatesDone
+	// teleop, services, mdns: the live fleet view's parts (live.go), each
+	// optional (teleop_enabled, services_enabled, mdns_enabled); they emit
+	// through the runtime's durable queue.
+	for _, run := range liveComponents(cfg, version, a, log) {
+		g.Go(func() error { return run(runCtx) })
+	}
+	g.Go(func() error { return a.Run(runCtx) })
+	err = g.Wait()
 	if nerr := systemd.Stopping(); nerr != nil {
 		log.Warn("systemd stopping notification failed", "err", nerr)
 	}
 	s := a.Stats()
 	log.Info("agent stopped", "sent", s.Sent, "acked", s.Acked, "reconnects", s.Reconnects, "pending", s.Queue.Pending)
 	return err
+}
+
+// runWatchdog pings systemd's watchdog until ctx ends while the runtime
+// loop is alive (see StuckAfter); before the runtime exists (enrolling)
+// every step has its own timeout, so the agent counts as alive. A watchdog
+// that cannot run is logged: it never stops the agent.
+func runWatchdog(ctx context.Context, running *atomic.Pointer[agent.Agent], log *slog.Logger) error {
+	healthy := func() error {
+		a := running.Load()
+		if a == nil {
+			return nil
+		}
+		if idle := time.Since(a.LastActive()); idle > StuckAfter {
+			return fmt.Errorf("runtime loop silent for %v (state %s)", idle.Round(time.Second), a.State())
+		}
+		return nil
+	}
+	if err := systemd.Watchdog(ctx, healthy, log); err != nil {
+		log.Warn("systemd watchdog disabled", "err", err)
+	}
+	return nil
 }
 
 // firstReconnectJitter maps the configuration's "0 means none" to the
@@ -190,8 +205,8 @@ func hardware(h config.Hardware) protocol.Hardware {
 }
 
 // setupUpdates builds the update handler and the updater on the real
-// Raspberry Pi parts (updates).
-func setupUpdates(cfg config.Config, version string, transport http.RoundTripper, running *atomic.Pointer[agent.Agent], log *slog.Logger) (*updates.Handler, *updater.Updater, func() error, error) {
+// Raspberry Pi parts (ota.OpenPi).
+func setupUpdates(cfg config.Config, version string, transport http.RoundTripper, running *atomic.Pointer[agent.Agent], log *slog.Logger) (*updatecmd.Handler, *ota.Updater, func() error, error) {
 	stateDir := cfg.UpdateStateDir
 	if stateDir == "" {
 		stateDir = filepath.Join(cfg.StateDir, "update")
@@ -200,13 +215,13 @@ func setupUpdates(cfg config.Config, version string, transport http.RoundTripper
 	if cacheDir == "" {
 		cacheDir = filepath.Join(stateDir, "cache")
 	}
-	h, err := updates.New(updates.Options{StateDir: stateDir, Logger: log})
+	h, err := updatecmd.New(updatecmd.Options{StateDir: stateDir, Logger: log})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	u, closeFn, err := updates.Setup(updates.SetupOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
+	u, closeFn, err := ota.OpenPi(ota.PiOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
 		Disk: cfg.UpdateDisk, ImageInfo: cfg.UpdateImageInfo, HealthCommand: cfg.UpdateHealthCommand, AgentVersion: version,
-		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Handler: h,
+		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Report: h.Report,
 		Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected }})
 	if err != nil {
 		return nil, nil, nil, err

@@ -1,6 +1,6 @@
 package daemon
 
-// The live fleet view's parts that run beside the runtime (issue 9):
+// The live fleet view's parts that run beside the runtime:
 // teleoperation detection, the watch of the profile's systemd units and the
 // mDNS advertisement. Each is optional (config.Live) and none can stop the
 // agent: a part that cannot start is logged and retried with backoff, or
@@ -15,7 +15,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/backoff"
@@ -60,17 +59,6 @@ func loadProfile(cfg config.Config) (*profiles.Profile, error) {
 		return nil, fmt.Errorf("load robot profile %q (from the %s): %w (set profile to one of %v)", name, from, err, profiles.Names())
 	}
 	return p, nil
-}
-
-// live runs the enabled parts until ctx ends; Wait returns once they all
-// stopped emitting (before the queue closes).
-type live struct{ wg sync.WaitGroup }
-
-func (l *live) Wait() { l.wg.Wait() }
-
-func (l *live) goRun(f func()) {
-	l.wg.Add(1)
-	go func() { defer l.wg.Done(); f() }()
 }
 
 // emitLogged queues ev, logging a failure: a lost teleop or service event
@@ -253,10 +241,11 @@ func osVersion(etc string) string {
 	return collect.PrettyOSName(collect.ParseOSRelease(b))
 }
 
-// startLive starts the parts cfg enables, emitting through em; the
-// returned live's Wait blocks until they stopped after ctx ended.
-func startLive(ctx context.Context, cfg config.Config, version string, em emitter, log *slog.Logger) *live {
-	l := &live{}
+// liveComponents are the parts cfg enables, each emitting through em until
+// its ctx ends. None returns an error: a part that fails is logged and
+// retried or left off, and the agent runs on.
+func liveComponents(cfg config.Config, version string, em emitter, log *slog.Logger) []func(ctx context.Context) error {
+	var parts []func(ctx context.Context) error
 	var prof *profiles.Profile
 	if cfg.TeleopEnabled || cfg.ServicesEnabled {
 		var err error
@@ -270,14 +259,20 @@ func startLive(ctx context.Context, cfg config.Config, version string, em emitte
 		tcfg := teleop.FromProfile(prof.Teleop)
 		tcfg.Proc = cfg.Roots.Proc
 		tlog := log.With("component", "teleop")
-		l.goRun(func() { runTeleop(ctx, tcfg, cfg.TeleopInterval, em, tlog) })
+		parts = append(parts, func(ctx context.Context) error {
+			runTeleop(ctx, tcfg, cfg.TeleopInterval, em, tlog)
+			return nil
+		})
 	}
 	// services: the profile's systemd units over D-Bus become
 	// service.changed events; a lost bus is dialled again.
 	if cfg.ServicesEnabled && prof != nil {
 		units := services.UnitsFromProfile(prof.Services)
 		svlog := log.With("component", "services")
-		l.goRun(func() { runServices(ctx, units, dialSystemd, em, svlog) })
+		parts = append(parts, func(ctx context.Context) error {
+			runServices(ctx, units, dialSystemd, em, svlog)
+			return nil
+		})
 	}
 	// mdns: advertise _lekiwi._tcp / _xle._tcp so control (and Avahi)
 	// find robots on the network that are not connected.
@@ -285,7 +280,10 @@ func startLive(ctx context.Context, cfg config.Config, version string, em emitte
 		mlog := log.With("component", "mdns")
 		mcfg := mdns.Config{RobotID: cfg.RobotID, Type: cfg.RobotType, AgentVersion: version,
 			OSVersion: osVersion(cfg.Roots.Etc), Port: cfg.MDNSPort, Logger: mlog}
-		l.goRun(func() { runMDNS(ctx, mcfg, mlog) })
+		parts = append(parts, func(ctx context.Context) error {
+			runMDNS(ctx, mcfg, mlog)
+			return nil
+		})
 	}
-	return l
+	return parts
 }

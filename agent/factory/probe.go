@@ -26,8 +26,8 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/servo"
-	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 // ServoAdapters are the USB IDs (vendor:product) of the serial adapters
@@ -117,7 +117,7 @@ func readBoard(procRoot string) (protocol.BoardInfo, error) {
 	if hw.Revision == "" {
 		return b, fmt.Errorf("board identity: no revision code in %s/cpuinfo or the device tree: not a Raspberry Pi?", procRoot)
 	}
-	rev, err := pi.ParseRevision(hw.Revision)
+	rev, err := raspberrypi.ParseRevision(hw.Revision)
 	if err != nil {
 		return b, fmt.Errorf("board identity: %w", err)
 	}

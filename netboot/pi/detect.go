@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net"
 	"strings"
+
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 // VendorClass is option 60 as every Pi bootloader sends it (3B ROM, Pi 4/5
@@ -14,21 +16,6 @@ const VendorClass = "PXEClient:Arch:00000:UNDI:002001"
 
 // IsPXEClient reports whether option 60 marks a PXE boot ROM (any arch).
 func IsPXEClient(vendorClass string) bool { return strings.HasPrefix(vendorClass, "PXEClient") }
-
-// IsPiOUI reports whether the MAC carries a Raspberry Pi OUI: B8:27:EB
-// (Raspberry Pi Foundation; Pi 1-3), DC:A6:32, E4:5F:01, 28:CD:C1, D8:3A:DD,
-// 2C:CF:67 (Raspberry Pi Trading; Pi 4/5 family).
-func IsPiOUI(mac net.HardwareAddr) bool {
-	if len(mac) < 3 {
-		return false
-	}
-	switch [3]byte{mac[0], mac[1], mac[2]} {
-	case [3]byte{0xb8, 0x27, 0xeb}, [3]byte{0xdc, 0xa6, 0x32}, [3]byte{0xe4, 0x5f, 0x01},
-		[3]byte{0x28, 0xcd, 0xc1}, [3]byte{0xd8, 0x3a, 0xdd}, [3]byte{0x2c, 0xcf, 0x67}:
-		return true
-	}
-	return false
-}
 
 // Signals records which Pi evidence a client showed.
 type Signals struct {
@@ -45,12 +32,12 @@ type Client struct {
 	// GUID is the decoded option 97; nil when absent or malformed.
 	GUID *ClientGUID
 	// Serial and Revision come from the GUID; zero when it does not carry them.
-	Serial    Serial
+	Serial    raspberrypi.Serial
 	HasSerial bool
-	Revision  Revision
+	Revision  raspberrypi.Revision
 	// Board is the decoded Revision; nil when there is no revision or it
 	// does not decode.
-	Board *Board
+	Board *raspberrypi.Board
 	// Pi3 marks a client that needs BootMenuPi3 (the Pi 3 boot ROM GUID, or
 	// a B8:27:EB MAC without a Pi 4/5 GUID).
 	Pi3 bool
@@ -75,7 +62,7 @@ func (c Client) BootMenu() string {
 func Identify(mac net.HardwareAddr, vendorClass string, opt97 []byte) Client {
 	c := Client{MAC: append(net.HardwareAddr(nil), mac...)}
 	c.Signals.VendorClass = vendorClass == VendorClass
-	c.Signals.OUI = IsPiOUI(mac)
+	c.Signals.OUI = raspberrypi.HasOUI(mac)
 	if opt97 != nil {
 		if g, err := ParseClientGUID(opt97); err == nil {
 			c.GUID = &g

@@ -5,22 +5,6 @@ import (
 	"testing"
 )
 
-func TestIsPiOUI(t *testing.T) {
-	for mac, want := range map[string]bool{
-		"b8:27:eb:00:00:01": true, "dc:a6:32:00:00:01": true, "e4:5f:01:00:00:01": true,
-		"28:cd:c1:00:00:01": true, "d8:3a:dd:00:00:01": true, "2c:cf:67:00:00:01": true,
-		"52:54:00:12:34:56": false, "b8:27:ec:00:00:01": false,
-	} {
-		m, _ := net.ParseMAC(mac)
-		if got := IsPiOUI(m); got != want {
-			t.Errorf("IsPiOUI(%s) = %v", mac, got)
-		}
-	}
-	if IsPiOUI(net.HardwareAddr{0xb8, 0x27}) {
-		t.Error("2-byte MAC matched")
-	}
-}
-
 func TestIdentify(t *testing.T) {
 	piMAC := net.HardwareAddr{0xd8, 0x3a, 0xdd, 0x11, 0x22, 0x33}
 	pcMAC := net.HardwareAddr{0x52, 0x54, 0x00, 0x11, 0x22, 0x33}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 // Option 97 (RFC 4578 §2.3, "Client Machine Identifier") is one type byte
@@ -82,9 +84,9 @@ type ClientGUID struct {
 	// trust them only for GUIDFourCC, or after Identify matched MACLow.
 	// For GUIDSerialRepeated, Serial is the repeated word and Revision and
 	// MACLow are zero.
-	Revision Revision
+	Revision raspberrypi.Revision
 	MACLow   [4]byte
-	Serial   Serial
+	Serial   raspberrypi.Serial
 }
 
 // HasSerial reports whether the GUID carries the board serial.
@@ -115,19 +117,19 @@ func ParseClientGUID(b []byte) (ClientGUID, error) {
 		// All-zero and all-ones are what PCs without a UUID send; they are
 		// "repeated" too but carry no serial.
 		g.Format = GUIDSerialRepeated
-		g.Serial = Serial(w0)
+		g.Serial = raspberrypi.Serial(w0)
 		return g, nil
 	}
-	g.Revision = Revision(binary.LittleEndian.Uint32(r[4:8]))
+	g.Revision = raspberrypi.Revision(binary.LittleEndian.Uint32(r[4:8]))
 	copy(g.MACLow[:], r[8:12])
-	g.Serial = Serial(binary.LittleEndian.Uint32(r[12:16]))
+	g.Serial = raspberrypi.Serial(binary.LittleEndian.Uint32(r[12:16]))
 	return g, nil
 }
 
 // EncodeClientGUID builds the option 97 payload a Pi 4/5 bootloader sends
 // (FourCC layout), for simulated clients and tests. prefix is normally
 // FourCCPi4 or FourCCPi5; it must be 4 bytes. mac must be an Ethernet MAC.
-func EncodeClientGUID(prefix string, rev Revision, mac net.HardwareAddr, serial Serial) ([]byte, error) {
+func EncodeClientGUID(prefix string, rev raspberrypi.Revision, mac net.HardwareAddr, serial raspberrypi.Serial) ([]byte, error) {
 	if len(prefix) != 4 {
 		return nil, fmt.Errorf("pi: GUID prefix %q must be 4 bytes", prefix)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 func mustHex(t testing.TB, s string) []byte {
@@ -23,7 +25,7 @@ func TestParseClientGUID(t *testing.T) {
 		opt      string
 		format   GUIDFormat
 		fourcc   string
-		revision Revision
+		revision raspberrypi.Revision
 		macLow   string
 		serial   string
 	}{

@@ -16,9 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lekiwi/heartbeat/netboot/outbox"
-	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 // Paths of the technician's view.
@@ -89,7 +89,7 @@ func (s *Station) handleReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rep.Board.Serial != "" {
-		got, err := pi.ParseSerial(rep.Board.Serial)
+		got, err := raspberrypi.ParseSerial(rep.Board.Serial)
 		if err != nil || got.String() != serial {
 			writeError(w, http.StatusBadRequest, "the report is for board serial %q but the token belongs to board %s", rep.Board.Serial, serial)
 			return

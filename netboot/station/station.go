@@ -21,9 +21,9 @@ import (
 	"github.com/lekiwi/heartbeat/netboot/controlapi"
 	"github.com/lekiwi/heartbeat/netboot/dhcp"
 	"github.com/lekiwi/heartbeat/netboot/outbox"
-	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/netboot/tftp"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 // Control is what the station needs from control; *controlapi.Client is
@@ -435,7 +435,7 @@ func (s *Station) deviceSeen(d dhcp.DeviceSeen) {
 // decodeModel names the board from its revision code, falling back to what
 // DHCP decoded.
 func decodeModel(revision, fallback string) string {
-	r, err := pi.ParseRevision(revision)
+	r, err := raspberrypi.ParseRevision(revision)
 	if err != nil {
 		return fallback
 	}
@@ -448,7 +448,7 @@ func decodeModel(revision, fallback string) string {
 
 // generation is the boot-protocol family of the board (4, 5) or 0.
 func (b *Board) generation() int {
-	r, err := pi.ParseRevision(b.Revision)
+	r, err := raspberrypi.ParseRevision(b.Revision)
 	if err != nil || b.Revision == "" {
 		return 0
 	}

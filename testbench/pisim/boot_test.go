@@ -22,6 +22,7 @@ import (
 	"github.com/lekiwi/heartbeat/netboot/dhcp"
 	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/netboot/tftp"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 	"github.com/lekiwi/heartbeat/testbench/pisim"
 	"github.com/lekiwi/heartbeat/testbench/pisim/netlab"
 )
@@ -56,7 +57,7 @@ type station struct {
 // startStation builds the lab and starts the factory DHCP server (udhcpd),
 // the station's proxy DHCP and its TFTP server: boot files from a
 // directory, config.txt and cmdline.txt generated for known serials.
-func startStation(t *testing.T, subnet uint8, serials ...pi.Serial) *netlab.Lab {
+func startStation(t *testing.T, subnet uint8, serials ...raspberrypi.Serial) *netlab.Lab {
 	t.Helper()
 	if err := netlab.Available(); err != nil {
 		t.Skip(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/lekiwi/heartbeat/internal/netns"
 	"github.com/lekiwi/heartbeat/netboot/pi"
 	"github.com/lekiwi/heartbeat/netboot/tftp/tftptest"
+	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
 const piVendorClass = pi.VendorClass
@@ -22,8 +23,8 @@ const piVendorClass = pi.VendorClass
 type Pi struct {
 	Model    int // 4 (BCM2711: Pi 4, 400, CM4) or 5 (BCM2712: Pi 5, 500, CM5)
 	MAC      net.HardwareAddr
-	Serial   pi.Serial
-	Revision pi.Revision
+	Serial   raspberrypi.Serial
+	Revision raspberrypi.Revision
 }
 
 func (p Pi) String() string { return fmt.Sprintf("Pi %d %s (serial %s)", p.Model, p.MAC, p.Serial) }

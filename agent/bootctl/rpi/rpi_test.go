@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
-	"github.com/lekiwi/heartbeat/agent/bootctl/powercut"
+	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
