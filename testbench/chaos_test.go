@@ -669,6 +669,19 @@ func chaosPartition(t *testing.T) {
 	t.Logf("healed: c2 ready, writing and following the leader %s after the rules went", time.Since(th).Round(time.Millisecond))
 	e.finish(t, load, c1)
 
+	// c2's replica catches up at its own pace (TransferLeadership says
+	// why): wait for it while the agents still run. Waited for after they
+	// stop, it could outlast the offline timeout, and the sweep would
+	// write between the two digests compared below.
+	if leader, err = c.Leader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc := time.Now()
+	if err := c.WaitCaughtUp(ctx, c2, leader, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("c2's replica caught up with %s's %s after the queues drained", leader.Name, time.Since(tc).Round(time.Millisecond))
+
 	// Caught up: with the agents stopped and the log quiet, make c2 the
 	// leader (reads are served by the leader's own replica) and compare.
 	if err := e.fleet.Stop(); err != nil {
@@ -695,11 +708,9 @@ func chaosPartition(t *testing.T) {
 	if leader, err = c.Leader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tc := time.Now()
-	if err := c.TransferLeadership(ctx, c2, 2*time.Minute); err != nil {
+	if err := c.TransferLeadership(ctx, c2, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("c2's replica caught up and c2 was made leader %s after the log went quiet", time.Since(tc).Round(time.Millisecond))
 	if leader, err = c.Leader(ctx); err != nil || leader != c2 {
 		t.Fatalf("after the transfer the leader is %v (%v), want c2", leader, err)
 	}

@@ -131,23 +131,31 @@ func (u *Updater) settleTrial(ctx context.Context, st bootctl.Status, state *Sta
 	return out, nil
 }
 
-// healthy retries the health check until it passes or timeout ends.
+// healthy retries the health check until it passes or timeout ends. The
+// failure reported is the last attempt that ran to its end: an attempt the
+// timeout cut short fails in whatever check it had reached (a killed
+// systemctl reads as every unit "unknown"), which is not why the robot is
+// unhealthy.
 func (u *Updater) healthy(ctx context.Context, timeout time.Duration) error {
 	if u.o.Health == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var failure error
 	for {
 		err := u.o.Health(ctx)
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() == nil || failure == nil {
+			failure = err
+		}
 		t := time.NewTimer(u.o.HealthRetry)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("not healthy within %s: %w", timeout, err)
+			return fmt.Errorf("not healthy within %s: %w", timeout, failure)
 		case <-t.C:
 		}
 	}

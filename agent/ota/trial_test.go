@@ -62,6 +62,26 @@ func TestTrialOutcomes(t *testing.T) {
 		t.Logf("failed trial: %s", last.Reason)
 	})
 
+	t.Run("the reason is the last check that ran to its end", func(t *testing.T) {
+		r, _ := installed(t, f)
+		calls := 0
+		// The first attempt fails in the health command; the next one is
+		// still in an earlier check when the timeout kills it.
+		health := func(ctx context.Context) error {
+			calls++
+			if calls == 1 {
+				return errors.New("health command: exit status 1")
+			}
+			<-ctx.Done()
+			return errors.New("services active: lekiwi-agent.service is unknown")
+		}
+		_, err := r.agent(t, updater.DirSource{}, health, f.key).OnStart(ctx)
+		must(t, "on start", err)
+		if last := r.last(); last.State != protocol.UpdateRolledBack || !strings.Contains(last.Reason, "health command") {
+			t.Fatalf("last report %+v: want the reason to name the health command", last)
+		}
+	})
+
 	t.Run("trial hangs", func(t *testing.T) {
 		r, _ := installed(t, f)
 		// The trial system hangs before the agent runs: nothing kicks the
