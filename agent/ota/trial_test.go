@@ -75,7 +75,7 @@ func TestTrialOutcomes(t *testing.T) {
 			<-ctx.Done()
 			return errors.New("services active: lekiwi-agent.service is unknown")
 		}
-		_, err := r.agent(t, updater.DirSource{}, health, f.key).OnStart(ctx)
+		_, err := r.agent(t, ota.DirSource{}, health, f.key).OnStart(ctx)
 		must(t, "on start", err)
 		if last := r.last(); last.State != protocol.UpdateRolledBack || !strings.Contains(last.Reason, "health command") {
 			t.Fatalf("last report %+v: want the reason to name the health command", last)
