@@ -1,5 +1,5 @@
 // Package bootctl is the agent's boot control for the A/B disk layout
-// (DESIGN.md "A/B disk layout"): which slot is running, whether this boot is
+// (image/layout): which slot is running, whether this boot is
 // a one-shot trial of a freshly written slot, which slot a normal boot
 // selects, and the three operations an update needs — arm a trial of the
 // other slot, reboot (normally or into the trial), and commit the running

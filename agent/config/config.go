@@ -100,9 +100,9 @@ type Config struct {
 
 	LogLevel string `yaml:"log_level"` // debug, info, warn, error
 
-	// Updates (issue 8): over-the-air A/B updates from control's registry.
+	// Updates: over-the-air A/B updates from control's registry.
 	Update `yaml:",inline"`
-	// Live fleet view (issue 9): teleoperation detection, service watch,
+	// Live fleet view: teleoperation detection, service watch,
 	// mDNS advertisement.
 	Live `yaml:",inline"`
 }

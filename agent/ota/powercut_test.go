@@ -57,7 +57,7 @@ func updateCycle(f *fixture, dir string) powercut.Scenario {
 	}
 }
 
-// TestPowerCutSweep (acceptance 1): power fails at every write of a whole
+// TestPowerCutSweep: power fails at every write of a whole
 // update — each data write of slot b and the commit sector (arming writes
 // nothing: autoboot.txt as built already names b under [tryboot]) — with
 // the cut write lost, torn or whole and the write cache lost or partly

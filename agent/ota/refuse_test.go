@@ -63,7 +63,7 @@ func tamperPack(t *testing.T, f *fixture) string {
 	return dir
 }
 
-// TestRefusedBeforeWriting (acceptance 3): unsigned, wrongly signed and
+// TestRefusedBeforeWriting: unsigned, wrongly signed and
 // tampered releases — and ones for another profile, a newer agent or
 // another digest than approved — are refused with the disk byte-identical.
 func TestRefusedBeforeWriting(t *testing.T) {

@@ -87,7 +87,7 @@ func deltaBytes(t *testing.T, f *fixture) int64 {
 	return src.bytes()
 }
 
-// TestResume (acceptance 4): a download cut at 50% resumes and downloads
+// TestResume: a download cut at 50% resumes and downloads
 // only what is missing — within one try (the link comes back) and across
 // a restart of the agent (the cache survives, the state says to resume).
 func TestResume(t *testing.T) {

@@ -26,7 +26,7 @@ func installed(t *testing.T, f *fixture) (*robot, *powercut.Device) {
 	return r, dev
 }
 
-// TestTrialOutcomes (acceptance 2): a trial whose health check fails and
+// TestTrialOutcomes: a trial whose health check fails and
 // one that hangs until the watchdog resets it both end on the old slot,
 // with the reason reported.
 func TestTrialOutcomes(t *testing.T) {

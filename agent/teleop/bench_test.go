@@ -1,6 +1,6 @@
 package teleop
 
-// Cost of teleop detection on a robot (issue 9, acceptance 5). Run:
+// Cost of teleop detection on a robot. Run:
 //
 //	go test ./agent/teleop -run '^$' -bench . -benchmem
 //
