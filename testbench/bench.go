@@ -19,6 +19,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // BenchOptions configure RunBench.
@@ -81,17 +82,17 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
 
-	listen, err := FreeAddr()
+	listen, err := lab.FreeAddr()
 	if err != nil {
 		return res, err
 	}
-	dbAddr, err := FreeAddr()
+	dbAddr, err := lab.FreeAddr()
 	if err != nil {
 		return res, err
 	}
 	base := "https://" + listen
 	caDir := filepath.Join(o.Dir, "ca")
-	ca, err := LabCA(caDir)
+	ca, err := lab.LabCA(caDir)
 	if err != nil {
 		return res, err
 	}
@@ -113,19 +114,19 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 		}
 	}()
 	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13}}}
-	if err := waitReady(ctx, httpc, base, 60*time.Second); err != nil {
+	if err := lab.WaitReady(ctx, httpc, base, 60*time.Second); err != nil {
 		return res, err
 	}
-	token, err := adminToken(ctx, o.ControlBinary, filepath.Join(o.Dir, "control"))
+	token, err := lab.AdminToken(ctx, o.ControlBinary, filepath.Join(o.Dir, "control"))
 	if err != nil {
 		return res, err
 	}
 	scrape := func(series string) (float64, error) { return scrapeCounter(httpc, base, token, series) }
 	time.Sleep(time.Second)
-	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
+	if m, err := lab.ReadProcMemory(ctl.Process.Pid); err == nil {
 		res.ControlRSSBase = m.RSS
 	}
-	say("control pid %d up at %s (RSS %s); starting %d robots", ctl.Process.Pid, base, mib(res.ControlRSSBase), o.Robots)
+	say("control pid %d up at %s (RSS %s); starting %d robots", ctl.Process.Pid, base, lab.MiB(res.ControlRSSBase), o.Robots)
 
 	var measuring atomic.Bool
 	var mu sync.Mutex
@@ -176,9 +177,9 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if err != nil {
 		return res, err
 	}
-	ctlCPU0, _ := ReadProcCPU(ctl.Process.Pid)
-	simCPU0, _ := ReadProcCPU(os.Getpid())
-	agentCPU0, _ := ReadProcCPU(agent.Process.Pid)
+	ctlCPU0, _ := lab.ReadProcCPU(ctl.Process.Pid)
+	simCPU0, _ := lab.ReadProcCPU(os.Getpid())
+	agentCPU0, _ := lab.ReadProcCPU(agent.Process.Pid)
 	measuring.Store(true)
 	t0 := time.Now()
 	say("measuring for %s", o.Duration)
@@ -193,28 +194,28 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if err != nil {
 		return res, err
 	}
-	ctlCPU1, _ := ReadProcCPU(ctl.Process.Pid)
-	simCPU1, _ := ReadProcCPU(os.Getpid())
-	agentCPU1, _ := ReadProcCPU(agent.Process.Pid)
+	ctlCPU1, _ := lab.ReadProcCPU(ctl.Process.Pid)
+	simCPU1, _ := lab.ReadProcCPU(os.Getpid())
+	agentCPU1, _ := lab.ReadProcCPU(agent.Process.Pid)
 	res.HeartbeatsPerSecond = (hb1 - hb0) / elapsed.Seconds()
 	res.ControlCPU = (ctlCPU1 - ctlCPU0).Seconds() / elapsed.Seconds()
 	res.SimulatorCPU = (simCPU1 - simCPU0).Seconds() / elapsed.Seconds()
 	res.AgentCPU = (agentCPU1 - agentCPU0).Seconds() / elapsed.Seconds()
-	if m, err := ReadProcMemory(ctl.Process.Pid); err == nil {
+	if m, err := lab.ReadProcMemory(ctl.Process.Pid); err == nil {
 		res.ControlRSSLoaded = m.RSS
 	}
 	res.ControlHeapInuse, _ = scrape("go_memstats_heap_inuse_bytes")
 	res.ControlStacks, _ = scrape("go_memstats_stack_inuse_bytes")
 	res.ControlGoroutines, _ = scrape("go_goroutines")
-	if m, err := ReadProcMemory(os.Getpid()); err == nil {
+	if m, err := lab.ReadProcMemory(os.Getpid()); err == nil {
 		res.SimulatorRSS = m.RSS
 	}
-	if m, err := ReadProcMemory(agent.Process.Pid); err == nil {
+	if m, err := lab.ReadProcMemory(agent.Process.Pid); err == nil {
 		res.AgentRSS, res.AgentHWM = m.RSS, m.HWM
 	}
 	mu.Lock()
 	res.AckSamples = len(lat)
-	res.AckP50, res.AckP99, res.AckMax = Percentile(lat, 50), Percentile(lat, 99), Percentile(lat, 100)
+	res.AckP50, res.AckP99, res.AckMax = lab.Percentile(lat, 50), lab.Percentile(lat, 99), lab.Percentile(lat, 100)
 	mu.Unlock()
 	if res.AckSamples == 0 {
 		return res, errors.New("no heartbeat was acknowledged during the window")
@@ -226,7 +227,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 // fixture board, like one robot in the field.
 func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *pki.CA) (*exec.Cmd, chan struct{}, error) {
 	dir := filepath.Join(o.Dir, "agent")
-	roots, err := Pi5(999_999, "bench-agent").WriteTree(filepath.Join(dir, "board"))
+	roots, err := lab.Pi5(999_999, "bench-agent").WriteTree(filepath.Join(dir, "board"))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -248,37 +249,6 @@ func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *p
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	return cmd, done, nil
-}
-
-func waitReady(ctx context.Context, c *http.Client, base string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := c.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("control at %s not ready after %s (last error: %v)", base, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// adminToken mints a token through the control binary's admin command, as
-// an operator on the control host would.
-func adminToken(ctx context.Context, controlBinary, dataDir string) (string, error) {
-	out, err := exec.CommandContext(ctx, controlBinary, "token", "create", "--data-dir", dataDir, "--name", "bench", "--role", "admin").Output()
-	if err != nil {
-		return "", fmt.Errorf("create a bench token with %s token create: %w", controlBinary, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // scrapeCounter reads one sample from a Prometheus text endpoint.
@@ -315,15 +285,13 @@ func (r BenchResult) Table() string {
 	row("measurement window", r.Window.String())
 	row("heartbeats ingested per second", fmt.Sprintf("%.0f", r.HeartbeatsPerSecond))
 	row("heartbeat ack latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d samples)", r.AckP50.Round(time.Microsecond), r.AckP99.Round(time.Microsecond), r.AckMax.Round(time.Microsecond), r.AckSamples))
-	row("control RSS idle → loaded", fmt.Sprintf("%s → %s", mib(r.ControlRSSBase), mib(r.ControlRSSLoaded)))
+	row("control RSS idle → loaded", fmt.Sprintf("%s → %s", lab.MiB(r.ControlRSSBase), lab.MiB(r.ControlRSSLoaded)))
 	row("control RSS per connection", fmt.Sprintf("%.1f KiB", r.PerConnection()/1024))
-	row("control Go heap in use / goroutine stacks, loaded", fmt.Sprintf("%s / %s", mib(uint64(r.ControlHeapInuse)), mib(uint64(r.ControlStacks))))
+	row("control Go heap in use / goroutine stacks, loaded", fmt.Sprintf("%s / %s", lab.MiB(uint64(r.ControlHeapInuse)), lab.MiB(uint64(r.ControlStacks))))
 	row("control goroutines per connection", fmt.Sprintf("%.2f", r.ControlGoroutines/float64(r.Robots)))
 	row("control CPU (cores)", fmt.Sprintf("%.3f", r.ControlCPU))
-	row("simulator RSS / CPU (cores)", fmt.Sprintf("%s / %.3f", mib(r.SimulatorRSS), r.SimulatorCPU))
-	row("agent process RSS (peak)", fmt.Sprintf("%s (%s)", mib(r.AgentRSS), mib(r.AgentHWM)))
+	row("simulator RSS / CPU (cores)", fmt.Sprintf("%s / %.3f", lab.MiB(r.SimulatorRSS), r.SimulatorCPU))
+	row("agent process RSS (peak)", fmt.Sprintf("%s (%s)", lab.MiB(r.AgentRSS), lab.MiB(r.AgentHWM)))
 	row("agent process CPU", fmt.Sprintf("%.3f%% of one core", 100*r.AgentCPU))
 	return b.String()
 }
-
-func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

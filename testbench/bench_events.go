@@ -15,6 +15,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // EventsOptions configure RunEventsBench.
@@ -61,7 +62,7 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 	}()
 	var join []string
 	for i := range 3 {
-		n, err := StartControl(ctx, ControlOptions{Dir: filepath.Join(dir, fmt.Sprintf("c%d", i)), Join: join, MaxBatch: o.MaxBatch, HeartbeatInterval: 5 * time.Second,
+		n, err := lab.StartControl(ctx, lab.ControlOptions{Dir: filepath.Join(dir, fmt.Sprintf("c%d", i)), Join: join, MaxBatch: o.MaxBatch, HeartbeatInterval: 5 * time.Second,
 			// The probe polls every 20 ms, above the API's default 20/s per
 			// principal: rate-limited answers retried after 100 ms were
 			// once reported as 100 ms query latency.
@@ -93,7 +94,7 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 	if _, err := waitConnected(ctx, fleet, o.Robots, time.Minute); err != nil {
 		return res, err
 	}
-	api, err := NewAPIClient(ctx, nodes[1], "operator")
+	api, err := lab.NewAPIClient(ctx, nodes[1], "operator")
 	if err != nil {
 		return res, err
 	}
@@ -156,7 +157,7 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 	wg.Wait()
 	res.EventsPerSec = float64(acked.Load()) / elapsed.Seconds()
 	res.Queries = len(lat)
-	res.QueryP50, res.QueryP99 = Percentile(lat, 50), Percentile(lat, 99)
+	res.QueryP50, res.QueryP99 = lab.Percentile(lat, 50), lab.Percentile(lat, 99)
 	return res, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/backoff"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // ReconnectOptions configure RunReconnectBench.
@@ -83,15 +84,15 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
 	caDir := filepath.Join(o.Dir, "ca")
-	ca, err := LabCA(caDir)
+	ca, err := lab.LabCA(caDir)
 	if err != nil {
 		return res, err
 	}
-	listen, err := FreeAddr()
+	listen, err := lab.FreeAddr()
 	if err != nil {
 		return res, err
 	}
-	dbAddr, err := FreeAddr()
+	dbAddr, err := lab.FreeAddr()
 	if err != nil {
 		return res, err
 	}
@@ -104,7 +105,7 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 	if err != nil {
 		return res, err
 	}
-	if err := waitReady(ctx, httpc, base, time.Minute); err != nil {
+	if err := lab.WaitReady(ctx, httpc, base, time.Minute); err != nil {
 		ctl.stop()
 		return res, err
 	}
@@ -139,22 +140,22 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 		return res, err
 	}
 	defer ctl.stop()
-	if err := waitReady(ctx, httpc, base, time.Minute); err != nil {
+	if err := lab.WaitReady(ctx, httpc, base, time.Minute); err != nil {
 		return res, err
 	}
 	ready := time.Now()
-	cpu0, _ := ReadProcCPU(ctl.cmd.Process.Pid)
+	cpu0, _ := lab.ReadProcCPU(ctl.cmd.Process.Pid)
 	if _, err := waitConnected(ctx, fleet, o.Robots, 5*time.Minute); err != nil {
 		return res, err
 	}
 	res.Reconnect = time.Since(ready)
-	cpu1, _ := ReadProcCPU(ctl.cmd.Process.Pid)
+	cpu1, _ := lab.ReadProcCPU(ctl.cmd.Process.Pid)
 	res.ControlCPUSecs = (cpu1 - cpu0).Seconds()
 	res.ControlCores = res.ControlCPUSecs / res.Reconnect.Seconds()
-	if m, err := ReadProcMemory(ctl.cmd.Process.Pid); err == nil {
+	if m, err := lab.ReadProcMemory(ctl.cmd.Process.Pid); err == nil {
 		res.PeakControlRSS = m.HWM
 	}
-	token, err := adminToken(ctx, o.ControlBinary, dataDir)
+	token, err := lab.AdminToken(ctx, o.ControlBinary, dataDir)
 	if err != nil {
 		return res, err
 	}
@@ -192,6 +193,6 @@ func (r ReconnectResult) Table() string {
 	fmt.Fprintf(&b, "| after control restart: node ready → all connected | %s |\n", r.Reconnect.Round(time.Millisecond))
 	fmt.Fprintf(&b, "| control CPU in that window | %.1f s (%.2f cores) |\n", r.ControlCPUSecs, r.ControlCores)
 	fmt.Fprintf(&b, "| handshakes after restart: resumed / full | %.0f / %.0f |\n", r.Resumed, r.Full)
-	fmt.Fprintf(&b, "| control peak RSS | %s |\n", mib(r.PeakControlRSS))
+	fmt.Fprintf(&b, "| control peak RSS | %s |\n", lab.MiB(r.PeakControlRSS))
 	return b.String()
 }

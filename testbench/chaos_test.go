@@ -12,6 +12,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,7 +69,7 @@ func chaosControlBin(t *testing.T) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		chaosBin, chaosBinErr = ControlBinary(ctx, dir)
+		chaosBin, chaosBinErr = lab.ControlBinary(ctx, dir)
 	})
 	if chaosBinErr != nil {
 		t.Fatal(chaosBinErr)
@@ -77,7 +78,7 @@ func chaosControlBin(t *testing.T) string {
 }
 
 type chaosEnv struct {
-	cluster *ProcCluster
+	cluster *lab.ProcCluster
 	fleet   *ChaosFleet
 	agents  int
 }
@@ -86,7 +87,7 @@ type chaosEnv struct {
 // over the two control nodes, and waits for all of them to connect. Every
 // process is killed when the test ends, whatever its outcome; on failure
 // the members' log tails are printed.
-func startChaos(t *testing.T, o ProcClusterOptions) *chaosEnv {
+func startChaos(t *testing.T, o lab.ProcClusterOptions) *chaosEnv {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -97,7 +98,7 @@ func startChaos(t *testing.T, o ProcClusterOptions) *chaosEnv {
 		o.Dir = t.TempDir()
 	}
 	start := time.Now()
-	c, err := StartProcCluster(ctx, o)
+	c, err := lab.StartProcCluster(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +141,7 @@ func startChaos(t *testing.T, o ProcClusterOptions) *chaosEnv {
 // finish stops the load, waits for every queue to drain and checks the
 // event log through via: every emitted and every acknowledged event
 // exactly once.
-func (e *chaosEnv) finish(t *testing.T, load *EventLoad, via *Member) DeliveryReport {
+func (e *chaosEnv) finish(t *testing.T, load *EventLoad, via *lab.Member) DeliveryReport {
 	t.Helper()
 	emitted := load.Stop()
 	if n, err := load.Errors(); n > 0 {
@@ -166,7 +167,7 @@ func (e *chaosEnv) finish(t *testing.T, load *EventLoad, via *Member) DeliveryRe
 	return rep
 }
 
-func otherControl(c *ProcCluster, not *Member) *Member {
+func otherControl(c *lab.ProcCluster, not *lab.Member) *lab.Member {
 	for _, m := range c.Controls() {
 		if m != not && m.Running() {
 			return m
@@ -178,7 +179,7 @@ func otherControl(c *ProcCluster, not *Member) *Member {
 // killLeader kills the leader with SIGKILL and measures how long until a
 // write through a surviving control node succeeds and until every agent
 // that lost its connection is back.
-func killLeader(t *testing.T, e *chaosEnv, watch *ConnWatch) (victim *Member, writeAfter, agentsAfter time.Duration) {
+func killLeader(t *testing.T, e *chaosEnv, watch *ConnWatch) (victim *lab.Member, writeAfter, agentsAfter time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -237,7 +238,7 @@ func TestChaosLeaderKill(t *testing.T) {
 	if !inNetns(t, false) {
 		return
 	}
-	e := startChaos(t, ProcClusterOptions{})
+	e := startChaos(t, lab.ProcClusterOptions{})
 	load := StartEventLoad(e.fleet.Robots, *chaosEvery)
 	defer load.Stop()
 	watch := e.fleet.Watch(20 * time.Millisecond)
@@ -286,7 +287,7 @@ func TestChaosRollingRestart(t *testing.T) {
 	if !inNetns(t, false) {
 		return
 	}
-	e := startChaos(t, ProcClusterOptions{})
+	e := startChaos(t, lab.ProcClusterOptions{})
 	c := e.cluster
 	load := StartEventLoad(e.fleet.Robots, *chaosEvery)
 	defer load.Stop()
@@ -300,7 +301,7 @@ func TestChaosRollingRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	order := slices.DeleteFunc(slices.Clone(c.Members), func(m *Member) bool { return m == leader })
+	order := slices.DeleteFunc(slices.Clone(c.Members), func(m *lab.Member) bool { return m == leader })
 	order = append(order, leader)
 	for _, m := range order {
 		t0 := time.Now()
@@ -344,7 +345,7 @@ func TestChaosWitnessLoss(t *testing.T) {
 	if !inNetns(t, false) {
 		return
 	}
-	e := startChaos(t, ProcClusterOptions{})
+	e := startChaos(t, lab.ProcClusterOptions{})
 	c := e.cluster
 	w := c.Witness()
 	load := StartEventLoad(e.fleet.Robots, *chaosEvery)
@@ -489,10 +490,10 @@ func inNetns(t *testing.T, required bool) bool {
 			}
 		}
 	}
-	var ns *Netns
+	var ns *lab.Netns
 	if missing == "" {
 		var err error
-		if ns, err = NewNetns("lekiwi-chaos"); err != nil {
+		if ns, err = lab.NewNetns("lekiwi-chaos"); err != nil {
 			missing = fmt.Sprintf("a network namespace (%v)", err)
 		}
 	}
@@ -525,7 +526,7 @@ func inNetns(t *testing.T, required bool) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", args...)
-	cmd.Env = append(os.Environ(), envChaosNetns+"="+ns.Name, EnvControlBin+"="+bin)
+	cmd.Env = append(os.Environ(), envChaosNetns+"="+ns.Name, lab.EnvControlBin+"="+bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -558,7 +559,7 @@ func inNetns(t *testing.T, required bool) bool {
 func chaosPartition(t *testing.T) {
 	// A long offline timeout keeps the offline sweep from writing while
 	// the replicas are compared at the end.
-	e := startChaos(t, ProcClusterOptions{Gids: [3]uint32{42001, 42002, 42003}, HeartbeatInterval: 10 * time.Second, OfflineGrace: 30 * time.Second})
+	e := startChaos(t, lab.ProcClusterOptions{Gids: [3]uint32{42001, 42002, 42003}, HeartbeatInterval: 10 * time.Second, OfflineGrace: 30 * time.Second})
 	c := e.cluster
 	c1, c2, w := c.Members[0], c.Members[1], c.Members[2]
 	load := StartEventLoad(e.fleet.Robots, *chaosEvery)
@@ -574,7 +575,7 @@ func chaosPartition(t *testing.T) {
 	}
 
 	t0 := time.Now()
-	p, err := PartitionMember(c2, []*Member{c1, w})
+	p, err := lab.PartitionMember(c2, []*lab.Member{c1, w})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -591,7 +592,7 @@ func chaosPartition(t *testing.T) {
 	// the leader's write lock until the leader drops c2's silent
 	// connection (DqliteDeadPeerTimeout), and every write of the majority
 	// waits for it; the margin is for the commits queued meanwhile.
-	done, err := c1.WaitWrite(ctx, 2*time.Second, DqliteDeadPeerTimeout+15*time.Second)
+	done, err := c1.WaitWrite(ctx, 2*time.Second, lab.DqliteDeadPeerTimeout+15*time.Second)
 	if err != nil {
 		t.Fatalf("majority side: %v", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/node"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // ConnMemSample is one measurement of a control process.
@@ -59,7 +60,7 @@ type connMemReady struct {
 func ConnMemChild(ctx context.Context, dir, caDir string, in io.Reader, out io.Writer) error {
 	// Fine-grained heap profile samples; the buckets live outside the heap.
 	runtime.MemProfileRate = 4096
-	n, err := StartControl(ctx, ControlOptions{Dir: filepath.Join(dir, "control"), CADir: caDir,
+	n, err := lab.StartControl(ctx, lab.ControlOptions{Dir: filepath.Join(dir, "control"), CADir: caDir,
 		HeartbeatInterval: 30 * time.Second, OfflineGrace: 15 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connmem child: start control: %w", err)
@@ -136,7 +137,7 @@ func measureSelf(n *node.Node) ConnMemSample {
 	s.HeapBytes = samples[0].Value.Uint64()
 	s.StackBytes = samples[1].Value.Uint64()
 	s.Goroutines = samples[2].Value.Uint64()
-	if m, err := ReadProcMemory(os.Getpid()); err == nil {
+	if m, err := lab.ReadProcMemory(os.Getpid()); err == nil {
 		s.RSS = m.RSS
 	}
 	return s
@@ -224,7 +225,7 @@ func (r ConnMemResult) Table() string {
 	row("goroutines per connection", fmt.Sprintf("%.2f", r.GoroutinesPerConn()))
 	row("control RSS per connection", fmt.Sprintf("%.1f KiB", r.RSSPerConn()/1024))
 	row("control RSS per connection, robots' retained rows excluded", fmt.Sprintf("%.1f KiB", r.RSSPerConnOnly()/1024))
-	row("control RSS idle → loaded → all disconnected", fmt.Sprintf("%s → %s → %s", mib(r.Base.RSS), mib(r.Loaded.RSS), mib(r.After.RSS)))
+	row("control RSS idle → loaded → all disconnected", fmt.Sprintf("%s → %s → %s", lab.MiB(r.Base.RSS), lab.MiB(r.Loaded.RSS), lab.MiB(r.After.RSS)))
 	return b.String()
 }
 
@@ -286,7 +287,7 @@ func RunConnMem(ctx context.Context, o ConnMemOptions) (ConnMemResult, error) {
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 	caDir := filepath.Join(o.Dir, "ca")
-	ca, err := LabCA(caDir)
+	ca, err := lab.LabCA(caDir)
 	if err != nil {
 		return res, err
 	}

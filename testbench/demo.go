@@ -13,6 +13,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // DemoOptions configure `fleet demo` (what `make run` starts).
@@ -32,7 +33,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		return fmt.Errorf("demo: --robots must be positive, got %d", o.Robots)
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	ctl, err := StartControl(startCtx, ControlOptions{
+	ctl, err := lab.StartControl(startCtx, lab.ControlOptions{
 		Dir: o.DataDir, Listen: o.Listen, DBAddress: o.DBAddress,
 		HeartbeatInterval: o.HeartbeatInterval, OfflineGrace: o.HeartbeatInterval, Logger: o.Logger,
 	})
@@ -48,7 +49,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		}
 	}()
 	url := ctl.URL()
-	api, err := NewAPIClient(ctx, ctl, "admin")
+	api, err := lab.NewAPIClient(ctx, ctl, "admin")
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // Issue 8, acceptance 5: 50 simulated robots on a 3-voter control
@@ -30,9 +31,9 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
-	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
+	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
 	nodes := []*node.Node{n1, n2, n3}
 	waitFor(t, 20*time.Second, "three voters", func() bool {
 		_, members, err := n1.Store().Cluster(ctx)
@@ -85,7 +86,7 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 		return err == nil && r.Teleoperation.Active && r.Status.State == store.StateOnline
 	})
 
-	engineer, err := NewAPIClient(ctx, n1, "engineer")
+	engineer, err := lab.NewAPIClient(ctx, n1, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}

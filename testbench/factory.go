@@ -42,6 +42,7 @@ import (
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/provision/flash"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 	"github.com/lekiwi/heartbeat/testbench/pisim"
 )
 
@@ -520,7 +521,7 @@ func (b *FactoryBoard) robotTree() (struct{ Proc, Sys, Etc string }, error) {
 	if err != nil {
 		return out, err
 	}
-	board := Pi5(0, "robot-"+b.ShortSerial())
+	board := lab.Pi5(0, "robot-"+b.ShortSerial())
 	board.Serial = b.Serial
 	for _, m := range cpuinfoField.FindAllSubmatch(raw, -1) {
 		switch string(m[1]) {

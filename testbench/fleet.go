@@ -26,6 +26,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/queue"
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // FleetOptions describe a simulated fleet. Each robot is the real agent
@@ -85,7 +86,7 @@ type Fleet struct {
 type SimRobot struct {
 	ID    string
 	Type  protocol.RobotType
-	Board Board
+	Board lab.Board
 
 	dir   string
 	roots collect.Roots
@@ -134,7 +135,7 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 	f := &Fleet{}
 	for i := o.FirstIndex; i < o.FirstIndex+o.Robots; i++ {
 		id, typ := RobotID(i)
-		r := &SimRobot{ID: id, Type: typ, Board: Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
+		r := &SimRobot{ID: id, Type: typ, Board: lab.Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
 		switch {
 		case !o.SharedBoard:
 			roots, err := r.Board.WriteTree(filepath.Join(r.dir, "board"))

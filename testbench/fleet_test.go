@@ -9,6 +9,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // countingCollector counts samples; each reports the count as its uptime.
@@ -79,7 +80,7 @@ func TestSharedBoardRobotMatchesItsOwnTree(t *testing.T) {
 // all its robots and no identity files.
 func TestLeanFleetWritesOneBoard(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := LabCA(t.TempDir())
+	ca, err := lab.LabCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +96,7 @@ func TestLeanFleetWritesOneBoard(t *testing.T) {
 		}
 		return nil
 	})
-	want := len(Pi5(0, "x").treeFiles())
+	want := len(lab.Pi5(0, "x").TreeFiles())
 	if len(files) != want {
 		t.Errorf("files %v, want the %d of one shared board", files, want)
 	}

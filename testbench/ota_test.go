@@ -26,6 +26,7 @@ import (
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // Issue 8 end to end, with real parts: a control node (CA, embedded
@@ -57,8 +58,8 @@ func TestOTAEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	built := time.Since(start)
-	n := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
-	engineer, err := NewAPIClient(ctx, n, "engineer")
+	n := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
+	engineer, err := lab.NewAPIClient(ctx, n, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +181,7 @@ func TestOTAEndToEnd(t *testing.T) {
 			t.Errorf("robot %s: a power cycle after the commit boots %+v, want slot B by default", id, b)
 		}
 		dl := r.Downloaded()
-		t.Logf("robot %s downloaded %s of a %s release (%.1f%%)", id, mib(uint64(dl)), mib(uint64(fullSize)), 100*float64(dl)/float64(fullSize))
+		t.Logf("robot %s downloaded %s of a %s release (%.1f%%)", id, lab.MiB(uint64(dl)), lab.MiB(uint64(fullSize)), 100*float64(dl)/float64(fullSize))
 		if dl <= 0 || dl >= fullSize/2 {
 			t.Errorf("robot %s downloaded %d bytes of a %d-byte release: not a delta", id, dl, fullSize)
 		}
@@ -338,6 +339,6 @@ func pushRelease(t *testing.T, ctx context.Context, n *node.Node, token, dir str
 		size += l.Size
 	}
 	ref := fmt.Sprintf("%s/lekiwi/os@%s", host, digest)
-	t.Logf("pushed %s (%s)", ref, mib(uint64(size)))
+	t.Logf("pushed %s (%s)", ref, lab.MiB(uint64(size)))
 	return ref, size
 }

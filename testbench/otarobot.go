@@ -38,6 +38,7 @@ import (
 	"github.com/lekiwi/heartbeat/protocol"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // OTAWatchdog is the hardware watchdog timeout of an OTARobot's modelled
@@ -127,7 +128,7 @@ func NewOTARobot(ctx context.Context, o OTARobotOptions) (*OTARobot, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := customize.Apply(r.Disk, customize.Robot{RobotID: o.ID, Hostname: Hostname(o.ID), CertPEM: certPEM, KeyPEM: keyPEM, CAPEM: o.CA.CertPEM}); err != nil {
+	if err := customize.Apply(r.Disk, customize.Robot{RobotID: o.ID, Hostname: lab.Hostname(o.ID), CertPEM: certPEM, KeyPEM: keyPEM, CAPEM: o.CA.CertPEM}); err != nil {
 		return nil, fmt.Errorf("customize the card of %s: %w", o.ID, err)
 	}
 	if r.piDisk, err = os.Open(r.Disk); err != nil {
@@ -343,7 +344,7 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	// What the booted root filesystem provides: /etc/lekiwi/image.json and
 	// /etc/os-release.
 	sys := filepath.Join(r.Dir, "booted")
-	board := Pi5(len(r.ID), Hostname(r.ID))
+	board := lab.Pi5(len(r.ID), lab.Hostname(r.ID))
 	board.OSPretty = fmt.Sprintf("Lekiwi OS %s (slot %s)", info.Version, b.Slot)
 	roots, err := board.WriteTree(sys)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/control/pki"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 	"github.com/lekiwi/heartbeat/testbench/sqlprof"
 )
 
@@ -241,7 +242,7 @@ func RunScale(ctx context.Context, o ScaleOptions) ([]ScaleStep, error) {
 		fmt.Fprintf(o.Out, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
 	var err error
-	if r.ca, err = LabCA(r.caDir); err != nil {
+	if r.ca, err = lab.LabCA(r.caDir); err != nil {
 		return nil, err
 	}
 	r.httpc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
@@ -384,7 +385,7 @@ func (s *simulators) snapshotAt() (connected int, hist LatencyHist, errs []strin
 
 func (s *simulators) cpu() (total time.Duration) {
 	for _, p := range s.procs {
-		c, _ := ReadProcCPU(p.pid())
+		c, _ := lab.ReadProcCPU(p.pid())
 		total += c
 	}
 	return
@@ -392,7 +393,7 @@ func (s *simulators) cpu() (total time.Duration) {
 
 func (s *simulators) rss() (total uint64) {
 	for _, p := range s.procs {
-		if m, err := ReadProcMemory(p.pid()); err == nil {
+		if m, err := lab.ReadProcMemory(p.pid()); err == nil {
 			total += m.RSS
 		}
 	}
@@ -466,7 +467,7 @@ func (s *simulators) waitConnected(ctx context.Context, want int, timeout time.D
 func cpuOf(pids []int) (total time.Duration) {
 	for _, pid := range pids {
 		if pid > 0 {
-			c, _ := ReadProcCPU(pid)
+			c, _ := lab.ReadProcCPU(pid)
 			total += c
 		}
 	}
@@ -475,12 +476,12 @@ func cpuOf(pids []int) (total time.Duration) {
 
 // node is a control process of a scenario.
 type scaleNode struct {
-	m     *Member
+	m     *lab.Member
 	token string
 }
 
-func (r *scaleRun) newMember(name, dir string) (*Member, error) {
-	m := &Member{Name: name, DataDir: filepath.Join(dir, name), LogPath: filepath.Join(r.o.OutDir, filepath.Base(dir)+"-"+name+".log"), bin: r.o.ControlBinary, ca: r.ca}
+func (r *scaleRun) newMember(name, dir string) (*lab.Member, error) {
+	m := &lab.Member{Name: name, DataDir: filepath.Join(dir, name), LogPath: filepath.Join(r.o.OutDir, filepath.Base(dir)+"-"+name+".log"), Binary: r.o.ControlBinary, CA: r.ca}
 	var err error
 	if r.o.SQLProfile {
 		if r.sqlprof == "" {
@@ -490,17 +491,17 @@ func (r *scaleRun) newMember(name, dir string) (*Member, error) {
 		}
 		m.Env = sqlprof.Env(r.sqlprof, filepath.Join(r.o.OutDir, filepath.Base(dir)+"-"+name+".sqlprof.tsv"))
 	}
-	if m.Listen, err = FreeAddr(); err != nil {
+	if m.Listen, err = lab.FreeAddr(); err != nil {
 		return nil, err
 	}
-	if m.DBAddress, err = FreeAddr(); err != nil {
+	if m.DBAddress, err = lab.FreeAddr(); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
 // nodeArgs is the command line of a control node after its subcommand.
-func (r *scaleRun) nodeArgs(m *Member, interval time.Duration) []string {
+func (r *scaleRun) nodeArgs(m *lab.Member, interval time.Duration) []string {
 	args := []string{"--ca-dir", r.caDir, "--data-dir", m.DataDir, "--db-address", m.DBAddress, "--node-id", m.Name,
 		"--listen", m.Listen, "--heartbeat-interval", interval.String(), "--offline-grace", "10s", "--log-level", "warn",
 		"--registry-dir", "off", "--retention-interval", "0"}
@@ -511,14 +512,14 @@ func (r *scaleRun) nodeArgs(m *Member, interval time.Duration) []string {
 }
 
 // waitReady waits for /readyz on m.
-func (r *scaleRun) waitReady(ctx context.Context, m *Member, timeout time.Duration) error {
+func (r *scaleRun) waitReady(ctx context.Context, m *lab.Member, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		if !m.Running() {
 			return fmt.Errorf("%s exited while starting; see %s", m.Name, m.LogPath)
 		}
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := waitReady(rctx, r.httpc, m.URL(), 2*time.Second)
+		err := lab.WaitReady(rctx, r.httpc, m.URL(), 2*time.Second)
 		cancel()
 		if err == nil {
 			return nil
@@ -558,7 +559,7 @@ func (r *scaleRun) window(ctx context.Context, s *ScaleStep, sims *simulators, n
 	_, hist0, _ := sims.snapshot()
 	memberCPU0 := make([]time.Duration, len(nodes))
 	for i, n := range nodes {
-		memberCPU0[i], _ = ReadProcCPU(n.m.Pid())
+		memberCPU0[i], _ = lab.ReadProcCPU(n.m.Pid())
 	}
 	ctl0, sim0 := cpuOf(pids()), sims.cpu()
 	t0 := time.Now()
@@ -631,17 +632,17 @@ func (r *scaleRun) window(ctx context.Context, s *ScaleStep, sims *simulators, n
 	s.SimCPU = (sim1 - sim0).Seconds() / elapsed.Seconds()
 	w := hist1.Since(hist0)
 	s.AckP50, s.AckP99, s.AckMax, s.AckSamples = w.Quantile(50), w.Quantile(99), w.Max, w.Count()
-	s.GetP50, s.GetP99 = Percentile(get, 50), Percentile(get, 99)
-	s.ListP50, s.ListP99 = Percentile(list, 50), Percentile(list, 99)
+	s.GetP50, s.GetP99 = lab.Percentile(get, 50), lab.Percentile(get, 99)
+	s.ListP50, s.ListP99 = lab.Percentile(list, 50), lab.Percentile(list, 99)
 	s.Queries, s.QueryErrors = len(get)+len(list), qerr
 	s.ControlRSS = 0
 	s.MemberRSS, s.MemberCPU = nil, nil
 	for i, n := range nodes {
-		if m, err := ReadProcMemory(n.m.Pid()); err == nil {
+		if m, err := lab.ReadProcMemory(n.m.Pid()); err == nil {
 			s.ControlRSS += m.RSS
 			s.MemberRSS = append(s.MemberRSS, m.RSS)
 		}
-		c, _ := ReadProcCPU(n.m.Pid())
+		c, _ := lab.ReadProcCPU(n.m.Pid())
 		s.MemberCPU = append(s.MemberCPU, (c-memberCPU0[i]).Seconds()/elapsed.Seconds())
 	}
 	s.HeapInuse, _ = scrapeAll("go_memstats_heap_inuse_bytes")
@@ -682,13 +683,13 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 	if err := r.waitReady(ctx, m, time.Minute); err != nil {
 		return err
 	}
-	token, err := adminToken(ctx, r.o.ControlBinary, m.DataDir)
+	token, err := lab.AdminToken(ctx, r.o.ControlBinary, m.DataDir)
 	if err != nil {
 		return err
 	}
 	node := &scaleNode{m: m, token: token}
 	time.Sleep(time.Second)
-	base, err := ReadProcMemory(m.Pid())
+	base, err := lab.ReadProcMemory(m.Pid())
 	if err != nil {
 		return err
 	}
@@ -788,12 +789,12 @@ func (r *scaleRun) subscribersStep(ctx context.Context, base ScaleStep, sims *si
 	time.Sleep(2 * time.Second)
 	p.status(&st)
 	st0 := st
-	cpu0, _ := ReadProcCPU(p.pid())
+	cpu0, _ := lab.ReadProcCPU(p.pid())
 	step := ScaleStep{Scenario: "single+subscribers", Robots: base.Robots, Members: 1, Interval: base.Interval, ControlRSSBase: base.ControlRSSBase}
 	if err := r.window(ctx, &step, sims, []*scaleNode{node}, ids); err != nil {
 		return err
 	}
-	cpu1, _ := ReadProcCPU(p.pid())
+	cpu1, _ := lab.ReadProcCPU(p.pid())
 	// A fresh value: decoding into st would reuse the slice st0 shares.
 	st = SubscribersStatus{}
 	p.status(&st)
@@ -813,7 +814,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	o := r.o
 	dir := filepath.Join(o.Dir, "cluster")
 	defer os.RemoveAll(dir)
-	var members []*Member
+	var members []*lab.Member
 	defer func() {
 		for i := len(members) - 1; i >= 0; i-- {
 			members[i].Stop(time.Minute)
@@ -837,7 +838,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 		if err := r.waitReady(ctx, m, 2*time.Minute); err != nil {
 			return err
 		}
-		token, err := adminToken(ctx, o.ControlBinary, m.DataDir)
+		token, err := lab.AdminToken(ctx, o.ControlBinary, m.DataDir)
 		if err != nil {
 			return err
 		}
@@ -846,7 +847,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	r.say("cluster of %d members ready; connecting %d robots at %.0f/s", len(members), o.ClusterRobots, o.ClusterConnectRate)
 	var base uint64
 	for _, m := range members {
-		if mem, err := ReadProcMemory(m.Pid()); err == nil {
+		if mem, err := lab.ReadProcMemory(m.Pid()); err == nil {
 			base += mem.RSS
 		}
 	}
@@ -937,7 +938,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 
 // clusterServers is simulator i's server list: member i mod M first, the
 // others rotated by i / M.
-func clusterServers(members []*Member, i int) []string {
+func clusterServers(members []*lab.Member, i int) []string {
 	M := len(members)
 	p := i % M
 	var others []string
@@ -1098,7 +1099,7 @@ func loadAvg() string {
 // OutDir/name.pprof through the admin socket's profiler: what the node
 // spends a storm or a window on. stop waits for the profile (the profiler
 // writes nothing when its request is cancelled).
-func (r *scaleRun) profile(ctx context.Context, m *Member, name string, d time.Duration) (stop func()) {
+func (r *scaleRun) profile(ctx context.Context, m *lab.Member, name string, d time.Duration) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lekiwi/heartbeat/testbench/lab"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
@@ -21,8 +22,8 @@ import (
 // summary is one line for the progress log.
 func (s ScaleStep) summary() string {
 	b := fmt.Sprintf("%s %d robots @%s: %.0f hb/s (offered %.0f), ack p50/p99 %s/%s, control %.2f cores %s, sim %.2f cores %s, load %s",
-		s.Scenario, s.Robots, s.Interval, s.HeartbeatPerSec, s.OfferedPerSec, ms(s.AckP50), ms(s.AckP99), s.ControlCPU, mib(s.ControlRSS), s.SimCPU, mib(s.SimRSS), s.LoadAvg)
-	b += fmt.Sprintf(" (Go heap %s, stacks %s, idle heap not returned %s)", mib(uint64(s.HeapInuse)), mib(uint64(s.StackInuse)), mib(uint64(s.HeapUnreleased)))
+		s.Scenario, s.Robots, s.Interval, s.HeartbeatPerSec, s.OfferedPerSec, lab.Millis(s.AckP50), lab.Millis(s.AckP99), s.ControlCPU, lab.MiB(s.ControlRSS), s.SimCPU, lab.MiB(s.SimRSS), s.LoadAvg)
+	b += fmt.Sprintf(" (Go heap %s, stacks %s, idle heap not returned %s)", lab.MiB(uint64(s.HeapInuse)), lab.MiB(uint64(s.StackInuse)), lab.MiB(uint64(s.HeapUnreleased)))
 	if s.RSSPerConn > 0 {
 		b += fmt.Sprintf(", %.1f KiB/conn", s.RSSPerConn/1024)
 	}
@@ -36,10 +37,6 @@ func (s ScaleStep) summary() string {
 		b += ", " + s.Note
 	}
 	return b
-}
-
-func ms(d time.Duration) string {
-	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
 }
 
 // ScaleTable renders the steps as Markdown: one table for the measurements,
@@ -62,9 +59,9 @@ func ScaleTable(steps []ScaleStep) string {
 		}
 		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.0f | %.0f | %s / %s / %s (n=%d) | %.2f | %.1f | %s | %s | %s / %s | %.2f | %s | %s | %d, %s, %.2f | %s | %s |\n",
 			s.Scenario, s.Robots, s.Interval, s.OfferedPerSec, s.HeartbeatPerSec, s.MessagesPerSec,
-			ms(s.AckP50), ms(s.AckP99), ms(s.AckMax), s.AckSamples, s.ControlCPU, s.CPUPer1000Msgs,
-			mib(s.ControlRSS), perConn, mib(uint64(s.HeapInuse)), mib(uint64(s.StackInuse)), gpc,
-			ms(s.GetP99), ms(s.ListP99), s.SimProcs, mib(s.SimRSS), s.SimCPU, s.LoadAvg, orDash(s.Saturated))
+			lab.Millis(s.AckP50), lab.Millis(s.AckP99), lab.Millis(s.AckMax), s.AckSamples, s.ControlCPU, s.CPUPer1000Msgs,
+			lab.MiB(s.ControlRSS), perConn, lab.MiB(uint64(s.HeapInuse)), lab.MiB(uint64(s.StackInuse)), gpc,
+			lab.Millis(s.GetP99), lab.Millis(s.ListP99), s.SimProcs, lab.MiB(s.SimRSS), s.SimCPU, s.LoadAvg, orDash(s.Saturated))
 	}
 	var storms, subs, cluster []ScaleStep
 	for _, s := range steps {
@@ -91,7 +88,7 @@ func ScaleTable(steps []ScaleStep) string {
 		b.WriteString("| robots | interval | subscribers | frames/s delivered | delivery p50 / p99 | subscriber process cores | errors | note |\n|---|---|---|---|---|---|---|---|\n")
 		for _, s := range subs {
 			fmt.Fprintf(&b, "| %d | %s | %d | %.0f | %s / %s | %.2f | %d %s | %s |\n", s.Robots, s.Interval, s.Subscribers, s.SubFramesSec,
-				ms(s.SubP50), ms(s.SubP99), s.SubCPU, s.SubErrors, s.SubLastError, orDash(s.Note))
+				lab.Millis(s.SubP50), lab.Millis(s.SubP99), s.SubCPU, s.SubErrors, s.SubLastError, orDash(s.Note))
 		}
 	}
 	if len(cluster) > 0 {
@@ -99,7 +96,7 @@ func ScaleTable(steps []ScaleStep) string {
 		for _, s := range cluster {
 			var rss []string
 			for _, v := range s.MemberRSS {
-				rss = append(rss, mib(v))
+				rss = append(rss, lab.MiB(v))
 			}
 			var cpu []string
 			for _, v := range s.MemberCPU {

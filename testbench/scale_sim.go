@@ -24,6 +24,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/backoff"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // The scale scenarios run their load in child processes: simulated robots
@@ -63,7 +64,7 @@ type WorkerStatus struct {
 
 // RunScaleWorker runs one simulator process's fleet until ctx ends.
 func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
-	ca, err := LabCA(o.CADir)
+	ca, err := lab.LabCA(o.CADir)
 	if err != nil {
 		return fmt.Errorf("scale worker: load fleet CA from %s: %w", o.CADir, err)
 	}
@@ -184,7 +185,7 @@ type SubscribersStatus struct {
 
 // RunScaleSubscribers keeps o.N subscribers on /v1/stream until ctx ends.
 func RunScaleSubscribers(ctx context.Context, o ScaleSubscribersOptions) error {
-	ca, err := LabCA(o.CADir)
+	ca, err := lab.LabCA(o.CADir)
 	if err != nil {
 		return fmt.Errorf("subscribers: load fleet CA from %s: %w", o.CADir, err)
 	}

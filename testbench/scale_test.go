@@ -3,6 +3,7 @@ package testbench
 import (
 	"bytes"
 	"errors"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 	"image/color"
 	"image/png"
 	"math/rand/v2"
@@ -25,7 +26,7 @@ func TestLatencyHistQuantileWithinBucketOfExact(t *testing.T) {
 		t.Fatalf("Count = %d, want 20000", h.Count())
 	}
 	for _, p := range []float64{1, 50, 90, 99, 100} {
-		got, want := h.Quantile(p), Percentile(exact, p)
+		got, want := h.Quantile(p), lab.Percentile(exact, p)
 		// The bucket's upper bound: never below the exact value, at most
 		// one bucket (8 %) above it.
 		if got < want || float64(got) > float64(want)*histGrowth*1.0001 {
@@ -197,9 +198,9 @@ func TestScalePlotDrawsThePoints(t *testing.T) {
 // equal shares.
 func TestClusterServersSpreadFailover(t *testing.T) {
 	const M = 4
-	var members []*Member
+	var members []*lab.Member
 	for i := range M {
-		members = append(members, &Member{Listen: string(rune('a' + i))})
+		members = append(members, &lab.Member{Listen: string(rune('a' + i))})
 	}
 	nproc := M * (M - 1)
 	second := map[string]map[string]int{}

@@ -24,6 +24,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // robotTLS is a TLS client presenting a certificate for robotID signed by
@@ -82,7 +83,7 @@ func hello(robotID string) []byte {
 // and an audit record.
 func TestRobotLinkRefusals(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
 	ca, trust := ctl.CA(), ctl.CA().Pool()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -155,9 +156,9 @@ func TestRobotLinkRefusals(t *testing.T) {
 // certificate afterwards, even with a resumed TLS session.
 func TestRevocationCutsLiveSessionOnEveryNode(t *testing.T) {
 	dir := t.TempDir()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
-	startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
+	startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
 	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
 	waitConnectedInControl(t, client(t, n1), 10*time.Second, robotIDs(fleet.Robots())...)
 	victim, bystander := fleet.Robots()[0], fleet.Robots()[1]
@@ -187,7 +188,7 @@ func sessionHere(n *node.Node, robotID string) bool { return n.Gateway().HasSess
 // restart on the stored identity.
 func TestEnrollConnectRenewRestart(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
 	ctx := context.Background()
 	var en protocol.EnrollmentCreated
 	if err := admin.New(ctl.AdminSocket()).Do(ctx, "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: "lekiwi-00000", TTL: "10m"}, &en); err != nil {
@@ -245,7 +246,7 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 // header timeout instead of holding a connection forever.
 func TestSlowHeadersAreCutOff(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), ReadHeaderTimeout: 300 * time.Millisecond})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control"), ReadHeaderTimeout: 300 * time.Millisecond})
 	conn, err := tls.Dial("tcp", strings.TrimPrefix(ctl.URL(), "https://"), &tls.Config{RootCAs: ctl.CA().Pool(), MinVersion: tls.VersionTLS13})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/stream"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // Knobs of BenchmarkStreamFanout (environment, so `make`-style runs can
@@ -97,7 +98,7 @@ func runStreamFanout(b *testing.B, robots, subscribers int, interval, duration t
 	for i := range ids {
 		ids[i], _ = RobotID(i)
 	}
-	cpu0, _ := ReadProcCPU(os.Getpid())
+	cpu0, _ := lab.ReadProcCPU(os.Getpid())
 	start := time.Now()
 	published := 0
 	// Paced by the clock, not by ticks: a late tick publishes what is owed.
@@ -114,7 +115,7 @@ func runStreamFanout(b *testing.B, robots, subscribers int, interval, duration t
 	}
 	tick.Stop()
 	elapsed := time.Since(start)
-	cpu1, _ := ReadProcCPU(os.Getpid())
+	cpu1, _ := lab.ReadProcCPU(os.Getpid())
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("subscriber process: %v\n%s", err, out.String())
 	}
@@ -184,7 +185,7 @@ func TestStreamBenchSubscribers(t *testing.T) {
 		errs   int
 		wg     sync.WaitGroup
 	)
-	cpu0, _ := ReadProcCPU(os.Getpid())
+	cpu0, _ := lab.ReadProcCPU(os.Getpid())
 	stop := time.Now().Add(dur + 2*time.Second)
 	for range n {
 		wg.Add(1)
@@ -229,11 +230,11 @@ func TestStreamBenchSubscribers(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	cpu1, _ := ReadProcCPU(os.Getpid())
+	cpu1, _ := lab.ReadProcCPU(os.Getpid())
 	res := streamClientResult{Frames: frames, Errors: errs, CPUSecond: (cpu1 - cpu0).Seconds()}
 	if len(lat) > 0 {
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		res.P50, res.P99, res.Max = ms(Percentile(lat, 50)), ms(Percentile(lat, 99)), ms(Percentile(lat, 100))
+		res.P50, res.P99, res.Max = ms(lab.Percentile(lat, 50)), ms(lab.Percentile(lat, 99)), ms(lab.Percentile(lat, 100))
 	}
 	b, _ := json.Marshal(res)
 	fmt.Printf("STREAM_BENCH_RESULT %s\n", b)

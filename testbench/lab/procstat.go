@@ -1,4 +1,4 @@
-package testbench
+package lab
 
 import (
 	"bufio"
@@ -83,4 +83,12 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(ds)
 	rank := int(p/100*float64(len(ds))+0.5) - 1
 	return ds[max(0, min(rank, len(ds)-1))]
+}
+
+// MiB formats a byte count in mebibytes for reports.
+func MiB(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// Millis formats a duration in milliseconds with two decimals for reports.
+func Millis(d time.Duration) string {
+	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
 }

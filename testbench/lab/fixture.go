@@ -1,4 +1,4 @@
-package testbench
+package lab
 
 import (
 	"fmt"
@@ -47,7 +47,7 @@ func Pi5(n int, hostname string) Board {
 // changed values rewrites the files (a board "aging").
 func (b Board) WriteTree(dir string) (collect.Roots, error) {
 	roots := collect.Roots{Proc: filepath.Join(dir, "proc"), Sys: filepath.Join(dir, "sys"), Etc: filepath.Join(dir, "etc")}
-	files := b.treeFiles()
+	files := b.TreeFiles()
 	for name, content := range files {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -71,8 +71,8 @@ func (b Board) Hardware() protocol.Hardware {
 	return protocol.Hardware{Serial: b.Serial, Model: b.Model, Revision: b.Revision}
 }
 
-// treeFiles are the board's fixture files by path under the tree.
-func (b Board) treeFiles() map[string]string {
+// TreeFiles are the board's fixture files by path under the tree.
+func (b Board) TreeFiles() map[string]string {
 	user, system := b.CPUBusy*3/4, b.CPUBusy/4
 	return map[string]string{
 		"proc/cpuinfo": fmt.Sprintf("processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\n"+
