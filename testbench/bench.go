@@ -20,6 +20,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // BenchOptions configure RunBench.
@@ -131,11 +132,11 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	var measuring atomic.Bool
 	var mu sync.Mutex
 	var lat []time.Duration
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, Servers: []string{base}, Dir: filepath.Join(o.Dir, "fleet"), CA: ca,
 		TelemetrySampleInterval: 5 * time.Second, TelemetryMinInterval: 30 * time.Second,
 		FirstReconnectJitter: time.Second,
-		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, d time.Duration) {
+		OnAck: func(_ *robotsim.Robot, _ uint64, t protocol.Type, d time.Duration) {
 			if t == protocol.TypeHeartbeat && measuring.Load() {
 				mu.Lock()
 				lat = append(lat, d)
@@ -232,7 +233,7 @@ func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *p
 		return nil, nil, err
 	}
 	// As if enrolled: the daemon finds its identity in the state dir.
-	if _, err := simIdentity(ca, "bench-agent", 0, filepath.Join(dir, "state", "identity")); err != nil {
+	if _, err := robotsim.NewIdentity(ca, "bench-agent", 0, filepath.Join(dir, "state", "identity")); err != nil {
 		return nil, nil, err
 	}
 	cfg := fmt.Sprintf("robot_id: bench-agent\nrobot_type: lekiwi\nservers: [%q]\nstate_dir: %q\nlog_level: warn\nmdns_enabled: false\nservices_enabled: false\nroots:\n  proc: %q\n  sys: %q\n  etc: %q\n",

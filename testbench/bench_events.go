@@ -16,6 +16,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // EventsOptions configure RunEventsBench.
@@ -75,10 +76,10 @@ func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) 
 	}
 	var acked atomic.Int64
 	var measuring atomic.Bool
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, Servers: []string{nodes[0].URL()}, Dir: filepath.Join(dir, "fleet"), CA: nodes[0].CA(),
 		TelemetrySampleInterval: time.Minute, TelemetryMinInterval: time.Hour,
-		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, _ time.Duration) {
+		OnAck: func(_ *robotsim.Robot, _ uint64, t protocol.Type, _ time.Duration) {
 			if t == protocol.TypeEvent && measuring.Load() {
 				acked.Add(1)
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/backoff"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // ReconnectOptions configure RunReconnectBench.
@@ -109,7 +110,7 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 		ctl.stop()
 		return res, err
 	}
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, Servers: []string{base}, Dir: filepath.Join(o.Dir, "fleet"), CA: ca,
 		TelemetrySampleInterval: 30 * time.Second, TelemetryMinInterval: time.Minute,
 		// Everyone comes back at once: no first-reconnect jitter, short
@@ -165,7 +166,7 @@ func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult
 	return res, nil
 }
 
-func waitConnected(ctx context.Context, f *Fleet, n int, timeout time.Duration) (time.Duration, error) {
+func waitConnected(ctx context.Context, f *robotsim.Fleet, n int, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
 	for f.Connected() < n {
 		if time.Since(start) > timeout {

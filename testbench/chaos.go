@@ -27,14 +27,15 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // ChaosFleet is simulated robots split over the control nodes: robot i
 // lists the servers rotated by i, so each node starts with its share and
 // every robot can fail over to every node.
 type ChaosFleet struct {
-	Fleets  []*Fleet
-	Robots  []*SimRobot
+	Fleets  []*robotsim.Fleet
+	Robots  []*robotsim.Robot
 	LogPath string // the agents' warnings
 
 	logFile *os.File
@@ -64,7 +65,7 @@ func NewChaosFleet(n int, servers []string, ca *pki.CA, dir string) (*ChaosFleet
 			continue
 		}
 		rot := append(slices.Clone(servers[i:]), servers[:i]...)
-		f, err := NewFleet(FleetOptions{
+		f, err := robotsim.NewFleet(robotsim.FleetOptions{
 			Robots: count, FirstIndex: len(cf.Robots), Servers: rot, Dir: dir, CA: ca, Seed: uint64(i) << 20,
 			// Telemetry stays quiet: the load is the numbered events.
 			TelemetrySampleInterval: 30 * time.Second, TelemetryMinInterval: time.Minute,
@@ -84,7 +85,7 @@ func NewChaosFleet(n int, servers []string, ca *pki.CA, dir string) (*ChaosFleet
 	return cf, nil
 }
 
-func (cf *ChaosFleet) onAck(r *SimRobot, seq uint64, t protocol.Type, _ time.Duration) {
+func (cf *ChaosFleet) onAck(r *robotsim.Robot, seq uint64, t protocol.Type, _ time.Duration) {
 	if t != protocol.TypeEvent {
 		return
 	}
@@ -356,7 +357,7 @@ const ChaosEventKind = "chaos.tick"
 
 // StartEventLoad starts one emitter per robot, each emitting every period
 // (first one at a random offset so the fleet's events spread evenly).
-func StartEventLoad(robots []*SimRobot, every time.Duration) *EventLoad {
+func StartEventLoad(robots []*robotsim.Robot, every time.Duration) *EventLoad {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &EventLoad{cancel: cancel, emitted: map[string]int{}}
 	for _, r := range robots {

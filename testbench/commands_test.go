@@ -12,6 +12,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 func postJSON(t *testing.T, c *lab.APIClient, path string, body any, into any) int {
@@ -38,7 +39,7 @@ func TestCommandsCrossNodesThroughTheLog(t *testing.T) {
 	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
 	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
 	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
-	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
 	ctx := context.Background()
 	eng, err := lab.NewAPIClient(ctx, n1, "engineer")
 	if err != nil {

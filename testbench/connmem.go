@@ -25,6 +25,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // ConnMemSample is one measurement of a control process.
@@ -305,7 +306,7 @@ func RunConnMem(ctx context.Context, o ConnMemOptions) (ConnMemResult, error) {
 	if err := child.request("measure", &res.Base); err != nil {
 		return res, err
 	}
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, Servers: []string{"https://" + ready.Listen}, Dir: filepath.Join(o.Dir, "fleet"), CA: ca,
 		TelemetrySampleInterval: time.Minute, TelemetryMinInterval: 10 * time.Minute,
 		FirstReconnectJitter: 200 * time.Millisecond,

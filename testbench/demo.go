@@ -14,6 +14,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // DemoOptions configure `fleet demo` (what `make run` starts).
@@ -60,7 +61,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	fmt.Fprintf(o.Out, "dashboard: %s/ (trust %s, or accept the warning; log in with the admin token)\n", url, caFile)
 	fmt.Fprintf(o.Out, "data: %s · heartbeat every %s · admin socket %s\n", o.DataDir, o.HeartbeatInterval, ctl.AdminSocket())
 
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, Servers: []string{url}, Dir: filepath.Join(filepath.Dir(o.DataDir), "robots"), CA: ctl.CA(),
 		TelemetrySampleInterval: 2 * time.Second, TelemetryMinInterval: 10 * time.Second, Logger: o.Logger,
 	})

@@ -15,6 +15,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // Issue 8, acceptance 5: 50 simulated robots on a 3-voter control
@@ -46,11 +47,11 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 		return err == nil && voters == 3
 	})
 
-	bots, err := NewUpdateBots(50, []string{n1.URL(), n2.URL(), n3.URL()}, n1.CA(), filepath.Join(dir, "bots"))
+	bots, err := robotsim.NewUpdateBots(50, []string{n1.URL(), n2.URL(), n3.URL()}, n1.CA(), filepath.Join(dir, "bots"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	byID := map[string]*UpdateBot{}
+	byID := map[string]*robotsim.UpdateBot{}
 	var ids []string
 	for _, b := range bots {
 		byID[b.ID] = b
@@ -62,11 +63,11 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 	teleopCanary, teleopAlways := ids[1], []string{ids[10], ids[20]}
 	var hangers []string
 	for i := 6; i < 50; i += 3 {
-		byID[ids[i]].Behaviour = UpdateHangs
+		byID[ids[i]].Behaviour = robotsim.UpdateHangs
 		hangers = append(hangers, ids[i])
 	}
 	botCtx, stopBots := context.WithCancel(ctx)
-	wait := StartUpdateBots(botCtx, bots)
+	wait := robotsim.StartUpdateBots(botCtx, bots)
 	t.Cleanup(func() { stopBots(); wait() })
 	waitFor(t, 20*time.Second, "50 robots connected", func() bool {
 		n := 0

@@ -27,6 +27,7 @@ import (
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // Issue 8 end to end, with real parts: a control node (CA, embedded
@@ -53,7 +54,7 @@ func TestOTAEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 
-	imgs, err := BuildOTAImages(ctx, filepath.Join(dir, "build"), 8<<20, 2<<20)
+	imgs, err := robotsim.BuildOTAImages(ctx, filepath.Join(dir, "build"), 8<<20, 2<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,9 +78,9 @@ func TestOTAEndToEnd(t *testing.T) {
 	}
 	specs := []robotSpec{{id: "lekiwi-ota-1"}, {id: "lekiwi-ota-2"}, {id: "lekiwi-ota-3"},
 		{id: "lekiwi-ota-sick", health: "false"}, {id: "lekiwi-ota-hang", hang: true}}
-	robots := map[string]*OTARobot{}
+	robots := map[string]*robotsim.OTARobot{}
 	for _, s := range specs {
-		r, err := NewOTARobot(ctx, OTARobotOptions{ID: s.id, Type: protocol.RobotLeKiwi, Dir: filepath.Join(dir, "robots", s.id), Image: imgs.V1,
+		r, err := robotsim.NewOTARobot(ctx, robotsim.OTARobotOptions{ID: s.id, Type: protocol.RobotLeKiwi, Dir: filepath.Join(dir, "robots", s.id), Image: imgs.V1,
 			Servers: []string{n.URL()}, CA: n.CA(), KeysDir: imgs.KeysDir, HealthCommand: s.health, HangTrial: s.hang, Logger: logger})
 		if err != nil {
 			t.Fatal(err)
@@ -292,7 +293,7 @@ func checkBoots(t *testing.T, id string, got []firmware.Boot, want []bootExpect)
 
 // powerCycle asks the firmware model what a power-on would boot now,
 // without disturbing the robot's running instance.
-func powerCycle(t *testing.T, r *OTARobot) firmware.Boot {
+func powerCycle(t *testing.T, r *robotsim.OTARobot) firmware.Boot {
 	t.Helper()
 	f, err := os.Open(r.Disk)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 	"github.com/lekiwi/heartbeat/testbench/sqlprof"
 )
 
@@ -708,7 +709,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 		return err
 	}
 	r.say("%d robots connected in %s", n, took.Round(time.Millisecond))
-	ids := func() string { id, _ := RobotID(rand.IntN(n)); return id }
+	ids := func() string { id, _ := robotsim.RobotID(rand.IntN(n)); return id }
 	for i, iv := range r.o.Intervals {
 		step := ScaleStep{Scenario: "single", Robots: n, Members: 1, Interval: iv, ControlRSSBase: base.RSS, Connect: took}
 		if i > 0 {
@@ -885,7 +886,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	}
 	r.say("%d robots connected to the cluster in %s", o.ClusterRobots, took.Round(time.Second))
 	time.Sleep(o.Settle)
-	ids := func() string { id, _ := RobotID(rand.IntN(o.ClusterRobots)); return id }
+	ids := func() string { id, _ := robotsim.RobotID(rand.IntN(o.ClusterRobots)); return id }
 	step := ScaleStep{Scenario: "cluster", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval, Connect: took, ControlRSSBase: base}
 	if err := r.window(ctx, &step, sims, nodes, ids); err != nil {
 		return err
@@ -990,7 +991,7 @@ func (r *scaleRun) visibility(ctx context.Context, nodes []*scaleNode, want, sam
 		}
 		found := 0
 		for i := range sample {
-			id, _ := RobotID(i * want / sample)
+			id, _ := robotsim.RobotID(i * want / sample)
 			if apiGet(ctx, r.httpc, n.m.URL(), n.token, "/v1/robots/"+id, nil) == nil {
 				found++
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/backoff"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // The scale scenarios run their load in child processes: simulated robots
@@ -81,7 +82,7 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 	if jitter == 0 {
 		jitter = -1 // FleetOptions: 0 means the lab default, negative none
 	}
-	fleet, err := NewFleet(FleetOptions{
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{
 		Robots: o.Robots, FirstIndex: o.FirstIndex, Servers: o.Servers, Dir: o.Dir, CA: ca, LocalAddr: o.LocalAddr,
 		// Heartbeats are the load under study; telemetry is kept to what a
 		// quiet fleet sends (sampled every 10 s, reported at most every
@@ -90,7 +91,7 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 		// their kernel caches would otherwise take gigabytes at 50,000.
 		TelemetrySampleInterval: 10 * time.Second, TelemetryMinInterval: time.Minute, SharedBoard: true, MemoryIdentity: true,
 		FirstReconnectJitter: jitter, Backoff: backoff.Policy{Base: 250 * time.Millisecond, Cap: 5 * time.Second},
-		OnAck: func(_ *SimRobot, _ uint64, t protocol.Type, d time.Duration) {
+		OnAck: func(_ *robotsim.Robot, _ uint64, t protocol.Type, d time.Duration) {
 			if t == protocol.TypeHeartbeat {
 				mu.Lock()
 				hist.Add(d)

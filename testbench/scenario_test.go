@@ -14,6 +14,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 func startControl(t *testing.T, o lab.ControlOptions) *node.Node {
@@ -36,9 +37,9 @@ func closeControl(t *testing.T, n *node.Node) {
 	}
 }
 
-func startFleet(t *testing.T, o FleetOptions) *Fleet {
+func startFleet(t *testing.T, o robotsim.FleetOptions) *robotsim.Fleet {
 	t.Helper()
-	f, err := NewFleet(o)
+	f, err := robotsim.NewFleet(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +138,7 @@ func waitConnectedInControl(t *testing.T, c *lab.APIClient, timeout time.Duratio
 }
 
 // robotIDs lists the ids of robots.
-func robotIDs(robots []*SimRobot) []string {
+func robotIDs(robots []*robotsim.Robot) []string {
 	ids := make([]string, len(robots))
 	for i, r := range robots {
 		ids[i] = r.ID
@@ -167,7 +168,7 @@ func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	// robots before (a board tree and an identity signed by control's CA
 	// each) is the bench's setup, not the robots coming online.
 	setup := time.Now()
-	fleet, err := NewFleet(FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	waitConnectedInControl(t, client(t, ctl), 10*time.Second, robotIDs(fleet.Robots())...)
 
 	const perRobot = 60
@@ -310,9 +311,9 @@ func TestThreeControlNodesShareState(t *testing.T) {
 	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{db1}})
 	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{db1, n2.Config().DBAddress}})
 	nodes := []*node.Node{n1, n2, n3}
-	var fleets []*Fleet
+	var fleets []*robotsim.Fleet
 	for i, n := range nodes {
-		f, err := NewFleet(FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i)), CA: n.CA()})
+		f, err := robotsim.NewFleet(robotsim.FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i)), CA: n.CA()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +352,7 @@ func TestThreeControlNodesShareState(t *testing.T) {
 func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 	dir := t.TempDir()
 	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: 300 * time.Millisecond, OfflineGrace: 200 * time.Millisecond, FlushInterval: 100 * time.Millisecond})
-	fleet := startFleet(t, FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
 		TelemetrySampleInterval: 100 * time.Millisecond, TelemetryMinInterval: 200 * time.Millisecond})
 	api := client(t, ctl)
 	waitConnectedInControl(t, api, 10*time.Second, robotIDs(fleet.Robots())...)

@@ -19,6 +19,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/stream"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // Knobs of BenchmarkStreamFanout (environment, so `make`-style runs can
@@ -96,7 +97,7 @@ func runStreamFanout(b *testing.B, robots, subscribers int, interval, duration t
 	// The fleet: robot i beats at i/robots of the interval, every interval.
 	ids := make([]string, robots)
 	for i := range ids {
-		ids[i], _ = RobotID(i)
+		ids[i], _ = robotsim.RobotID(i)
 	}
 	cpu0, _ := lab.ReadProcCPU(os.Getpid())
 	start := time.Now()

@@ -1,4 +1,4 @@
-package testbench
+package robotsim
 
 import (
 	"context"
@@ -54,7 +54,7 @@ func NewUpdateBots(n int, servers []string, ca *pki.CA, dir string) ([]*UpdateBo
 	var bots []*UpdateBot
 	for i := range n {
 		id, typ := RobotID(i)
-		ident, err := simIdentity(ca, id, 0, filepath.Join(dir, id))
+		ident, err := NewIdentity(ca, id, 0, filepath.Join(dir, id))
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package testbench
+package robotsim
 
 import (
 	"context"
@@ -58,7 +58,7 @@ type FleetOptions struct {
 	FirstReconnectJitter time.Duration
 	Backoff              backoff.Policy
 	// OnAck, if set, sees every acknowledged sequence of every robot.
-	OnAck  func(robot *SimRobot, seq uint64, t protocol.Type, latency time.Duration)
+	OnAck  func(robot *Robot, seq uint64, t protocol.Type, latency time.Duration)
 	Logger *slog.Logger
 	Seed   uint64
 	// CA, when set, gives every robot a key and a certificate signed by it
@@ -78,12 +78,12 @@ type FleetOptions struct {
 
 // Fleet is a set of simulated robots.
 type Fleet struct {
-	robots []*SimRobot
+	robots []*Robot
 	shared *sharedSampler // with SharedBoard
 }
 
-// SimRobot is one simulated robot.
-type SimRobot struct {
+// Robot is one simulated robot.
+type Robot struct {
 	ID    string
 	Type  protocol.RobotType
 	Board lab.Board
@@ -135,7 +135,7 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 	f := &Fleet{}
 	for i := o.FirstIndex; i < o.FirstIndex+o.Robots; i++ {
 		id, typ := RobotID(i)
-		r := &SimRobot{ID: id, Type: typ, Board: lab.Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
+		r := &Robot{ID: id, Type: typ, Board: lab.Pi5(i, id), dir: filepath.Join(o.Dir, id), opts: &o, seed: o.Seed + uint64(i)}
 		switch {
 		case !o.SharedBoard:
 			roots, err := r.Board.WriteTree(filepath.Join(r.dir, "board"))
@@ -157,7 +157,7 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 				idDir = ""
 			}
 			var err error
-			if r.identity, err = simIdentity(o.CA, id, o.CertLifetime, idDir); err != nil {
+			if r.identity, err = NewIdentity(o.CA, id, o.CertLifetime, idDir); err != nil {
 				return nil, err
 			}
 		}
@@ -167,7 +167,7 @@ func NewFleet(o FleetOptions) (*Fleet, error) {
 }
 
 // Robots lists the fleet.
-func (f *Fleet) Robots() []*SimRobot { return f.robots }
+func (f *Fleet) Robots() []*Robot { return f.robots }
 
 // Start starts every robot, spreading connections over spread so the
 // control node sees a ramp rather than a single burst.
@@ -207,7 +207,7 @@ func (f *Fleet) Connected() int {
 }
 
 // Start opens the robot's queue and runs its agent until Stop.
-func (r *SimRobot) Start(ctx context.Context) error {
+func (r *Robot) Start(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.agent != nil {
@@ -270,7 +270,7 @@ func (r *SimRobot) Start(ctx context.Context) error {
 
 // Stop ends the robot's agent and closes its queue; its state stays on
 // disk so Start continues where it left off (like a reboot).
-func (r *SimRobot) Stop() error {
+func (r *Robot) Stop() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.agent == nil {
@@ -287,7 +287,7 @@ func (r *SimRobot) Stop() error {
 }
 
 // Emit queues an event on the robot (durably; sent when connected).
-func (r *SimRobot) Emit(ctx context.Context, ev protocol.Event) error {
+func (r *Robot) Emit(ctx context.Context, ev protocol.Event) error {
 	r.mu.Lock()
 	a := r.agent
 	r.mu.Unlock()
@@ -298,7 +298,7 @@ func (r *SimRobot) Emit(ctx context.Context, ev protocol.Event) error {
 }
 
 // State is the agent's state (Stopped when not running).
-func (r *SimRobot) State() agent.State {
+func (r *Robot) State() agent.State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.agent == nil {
@@ -308,7 +308,7 @@ func (r *SimRobot) State() agent.State {
 }
 
 // Stats returns the agent's counters (zero when stopped).
-func (r *SimRobot) Stats() agent.Stats {
+func (r *Robot) Stats() agent.Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.agent == nil {
@@ -370,14 +370,14 @@ func newSimCollector(roots collect.Roots, ifs staticInterfaces) *collect.Collect
 
 // interfaces is the robot's one network interface, its MAC and address
 // derived from its seed.
-func (r *SimRobot) interfaces() staticInterfaces {
+func (r *Robot) interfaces() staticInterfaces {
 	ip := netip.AddrFrom4([4]byte{10, 42, byte(r.seed >> 8), byte(r.seed)})
 	return staticInterfaces{{Name: "eth0", MAC: fmt.Sprintf("2c:cf:67:%02x:%02x:%02x", byte(r.seed>>16), byte(r.seed>>8), byte(r.seed)), IPs: []netip.Addr{ip}}}
 }
 
 // network is what the robot's telemetry says about its network, as its own
 // board would report it.
-func (r *SimRobot) network() protocol.Network {
+func (r *Robot) network() protocol.Network {
 	mac, ips := collect.Addresses(r.interfaces())
 	return protocol.Network{Hostname: r.Board.Hostname, MAC: mac, IPs: ips}
 }
@@ -421,10 +421,10 @@ type staticInterfaces []collect.Interface
 
 func (s staticInterfaces) Interfaces() ([]collect.Interface, error) { return s, nil }
 
-// simIdentity gives a simulated robot what enrollment would: a key made
+// NewIdentity gives a simulated robot what enrollment would: a key made
 // for it and a certificate from the fleet CA, saved in dir (kept in memory
 // only when dir is empty).
-func simIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string) (*identity.Identity, error) {
+func NewIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string) (*identity.Identity, error) {
 	if dir != "" {
 		if id, err := identity.Load(dir); err == nil {
 			return id, nil
@@ -453,4 +453,4 @@ func simIdentity(ca *pki.CA, robotID string, lifetime time.Duration, dir string)
 }
 
 // Identity is the robot's identity (nil without a CA).
-func (r *SimRobot) Identity() *identity.Identity { return r.identity }
+func (r *Robot) Identity() *identity.Identity { return r.identity }

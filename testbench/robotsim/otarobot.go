@@ -1,4 +1,4 @@
-package testbench
+package robotsim
 
 import (
 	"context"
@@ -119,7 +119,7 @@ func NewOTARobot(ctx context.Context, o OTARobotOptions) (*OTARobot, error) {
 	if err := copySparse(ctx, o.Image, r.Disk); err != nil {
 		return nil, err
 	}
-	ident, err := simIdentity(o.CA, o.ID, 0, filepath.Join(r.stateDir(), "identity"))
+	ident, err := NewIdentity(o.CA, o.ID, 0, filepath.Join(r.stateDir(), "identity"))
 	if err != nil {
 		return nil, err
 	}
