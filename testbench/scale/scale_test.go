@@ -1,4 +1,4 @@
-package testbench
+package scale
 
 import (
 	"bytes"
@@ -124,8 +124,8 @@ func FuzzSumSeries(f *testing.F) {
 	})
 }
 
-func scaleSteps() []ScaleStep {
-	return []ScaleStep{
+func scaleSteps() []Step {
+	return []Step{
 		{Scenario: "single", Robots: 1000, Interval: 30 * time.Second, RSSPerConn: 90 << 10, AckP50: time.Millisecond, AckP99: 5 * time.Millisecond, Connected: 1000, Goroutines: 2000},
 		{Scenario: "single", Robots: 1000, Interval: time.Second, StormFromReady: 3 * time.Second, StormPeakCPU: 1.2, AckP99: 40 * time.Millisecond, Saturated: "ack p99"},
 		{Scenario: "single+subscribers", Robots: 1000, Interval: 30 * time.Second, Subscribers: 100, SubFramesSec: 3300},
@@ -138,7 +138,7 @@ func scaleSteps() []ScaleStep {
 }
 
 func TestScaleTableHasEveryScenario(t *testing.T) {
-	md := ScaleTable(scaleSteps())
+	md := Table(scaleSteps())
 	for _, want := range []string{
 		"| single | 1000 | 30s |", "| 90.0 |", "| 2.00 |", // KiB per connection, goroutines per connection
 		"| single | 1000 | 0s | 3s | 1.20 |", // storm row
@@ -152,9 +152,9 @@ func TestScaleTableHasEveryScenario(t *testing.T) {
 }
 
 func TestScalePlotDrawsThePoints(t *testing.T) {
-	count := func(t *testing.T, steps []ScaleStep) map[color.RGBA]int {
+	count := func(t *testing.T, steps []Step) map[color.RGBA]int {
 		t.Helper()
-		b, err := ScalePlot(steps)
+		b, err := Plot(steps)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +179,7 @@ func TestScalePlotDrawsThePoints(t *testing.T) {
 			t.Errorf("%s series missing (%d px)", name, px[c])
 		}
 	}
-	var clusterOnly []ScaleStep
+	var clusterOnly []Step
 	for _, s := range scaleSteps() {
 		if s.Scenario == "cluster" {
 			clusterOnly = append(clusterOnly, s)
@@ -189,7 +189,7 @@ func TestScalePlotDrawsThePoints(t *testing.T) {
 	if px[plotGreen] < 100 || px[plotBlue] > 0 {
 		t.Errorf("cluster-only plot: cluster memory %d px, one node's %d px (want none, not even a legend)", px[plotGreen], px[plotBlue])
 	}
-	if _, err := ScalePlot(nil); err == nil {
+	if _, err := Plot(nil); err == nil {
 		t.Error("a plot without points must say so")
 	}
 }

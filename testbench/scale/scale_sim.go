@@ -1,4 +1,4 @@
-package testbench
+package scale
 
 import (
 	"bufio"
@@ -29,15 +29,15 @@ import (
 )
 
 // The scale scenarios run their load in child processes: simulated robots
-// (ScaleWorker) and dashboard subscribers (ScaleSubscribers). Each process
+// (RunWorker) and dashboard subscribers (RunSubscribers). Each process
 // stays under the per-process open-file limit, and its CPU and memory are
 // measured on its own, apart from control's. A child reports a status line
 // of JSON on stdout every second with cumulative counters; the parent
 // subtracts two snapshots to get a window. A child exits when its stdin
 // closes (the parent is gone) or on SIGTERM/SIGINT.
 
-// ScaleWorkerOptions describe one simulator process.
-type ScaleWorkerOptions struct {
+// WorkerOptions describe one simulator process.
+type WorkerOptions struct {
 	FirstIndex, Robots int
 	Servers            []string
 	CADir              string // fleet CA (the robots' certificates are signed with it)
@@ -63,8 +63,8 @@ type WorkerStatus struct {
 	Err       string      `json:"error,omitempty"`
 }
 
-// RunScaleWorker runs one simulator process's fleet until ctx ends.
-func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
+// RunWorker runs one simulator process's fleet until ctx ends.
+func RunWorker(ctx context.Context, o WorkerOptions) error {
 	ca, err := lab.LabCA(o.CADir)
 	if err != nil {
 		return fmt.Errorf("scale worker: load fleet CA from %s: %w", o.CADir, err)
@@ -164,8 +164,8 @@ func RunScaleWorker(ctx context.Context, o ScaleWorkerOptions) error {
 	}
 }
 
-// ScaleSubscribersOptions describe a dashboard-subscriber process.
-type ScaleSubscribersOptions struct {
+// SubscribersOptions describe a dashboard-subscriber process.
+type SubscribersOptions struct {
 	URL   string // wss://host:port/v1/stream
 	Token string
 	CADir string
@@ -184,8 +184,8 @@ type SubscribersStatus struct {
 	LastError string      `json:"last_error,omitempty"`
 }
 
-// RunScaleSubscribers keeps o.N subscribers on /v1/stream until ctx ends.
-func RunScaleSubscribers(ctx context.Context, o ScaleSubscribersOptions) error {
+// RunSubscribers keeps o.N subscribers on /v1/stream until ctx ends.
+func RunSubscribers(ctx context.Context, o SubscribersOptions) error {
 	ca, err := lab.LabCA(o.CADir)
 	if err != nil {
 		return fmt.Errorf("subscribers: load fleet CA from %s: %w", o.CADir, err)
@@ -354,7 +354,7 @@ func (p *childProc) stop(timeout time.Duration) {
 }
 
 // workerArgs is the command line of a simulator child (see cmd/scalebench).
-func workerArgs(o ScaleWorkerOptions) []string {
+func workerArgs(o WorkerOptions) []string {
 	args := []string{"sim", "--first-index", strconv.Itoa(o.FirstIndex), "--robots", strconv.Itoa(o.Robots),
 		"--ca-dir", o.CADir, "--dir", o.Dir, "--connect-rate", strconv.FormatFloat(o.ConnectRate, 'f', -1, 64),
 		"--reconnect-jitter", o.ReconnectJitter.String()}

@@ -1,4 +1,4 @@
-package testbench
+package scale
 
 import (
 	"math"

@@ -1,4 +1,4 @@
-package testbench
+package scale
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 )
 
 // summary is one line for the progress log.
-func (s ScaleStep) summary() string {
+func (s Step) summary() string {
 	b := fmt.Sprintf("%s %d robots @%s: %.0f hb/s (offered %.0f), ack p50/p99 %s/%s, control %.2f cores %s, sim %.2f cores %s, load %s",
 		s.Scenario, s.Robots, s.Interval, s.HeartbeatPerSec, s.OfferedPerSec, lab.Millis(s.AckP50), lab.Millis(s.AckP99), s.ControlCPU, lab.MiB(s.ControlRSS), s.SimCPU, lab.MiB(s.SimRSS), s.LoadAvg)
 	b += fmt.Sprintf(" (Go heap %s, stacks %s, idle heap not returned %s)", lab.MiB(uint64(s.HeapInuse)), lab.MiB(uint64(s.StackInuse)), lab.MiB(uint64(s.HeapUnreleased)))
@@ -39,9 +39,9 @@ func (s ScaleStep) summary() string {
 	return b
 }
 
-// ScaleTable renders the steps as Markdown: one table for the measurements,
+// Table renders the steps as Markdown: one table for the measurements,
 // one for the reconnect storms, subscriber and cluster details below.
-func ScaleTable(steps []ScaleStep) string {
+func Table(steps []Step) string {
 	var b strings.Builder
 	b.WriteString("| scenario | robots | interval | offered hb/s | hb/s | msgs/s | ack p50 / p99 / max | control cores | CPU ms / 1k msgs | control RSS | KiB / conn | heap / stacks | goroutines / conn | GET p99 | list p99 | simulators: procs, RSS, cores | load avg | saturated |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -63,7 +63,7 @@ func ScaleTable(steps []ScaleStep) string {
 			lab.MiB(s.ControlRSS), perConn, lab.MiB(uint64(s.HeapInuse)), lab.MiB(uint64(s.StackInuse)), gpc,
 			lab.Millis(s.GetP99), lab.Millis(s.ListP99), s.SimProcs, lab.MiB(s.SimRSS), s.SimCPU, s.LoadAvg, orDash(s.Saturated))
 	}
-	var storms, subs, cluster []ScaleStep
+	var storms, subs, cluster []Step
 	for _, s := range steps {
 		if s.StormFromReady > 0 || s.Scenario == "cluster restart" {
 			storms = append(storms, s)
@@ -124,10 +124,10 @@ func ints(v []int) string {
 	return orDash(strings.Join(s, ", "))
 }
 
-// ScalePlot draws control memory per robot and heartbeat ack latency (p50,
+// Plot draws control memory per robot and heartbeat ack latency (p50,
 // p99) against fleet size, as a PNG: one node's cold steps and, when the
 // steps hold any, the cluster's (memory summed over its members).
-func ScalePlot(steps []ScaleStep) ([]byte, error) {
+func Plot(steps []Step) ([]byte, error) {
 	single, cluster := plotSteps(steps, "single"), plotSteps(steps, "cluster")
 	xlabel := "Fleet size (robots), mTLS"
 	if all := append(single, cluster...); len(all) > 0 {
@@ -135,9 +135,9 @@ func ScalePlot(steps []ScaleStep) ([]byte, error) {
 	}
 	mem := newScalePanel("Control RSS per robot (KiB)", xlabel)
 	lat := newScalePanel("Heartbeat ack latency (ms)", xlabel)
-	perRobot := func(s ScaleStep) float64 { return s.RSSPerConn / 1024 }
-	p50 := func(s ScaleStep) float64 { return float64(s.AckP50) / float64(time.Millisecond) }
-	p99 := func(s ScaleStep) float64 { return float64(s.AckP99) / float64(time.Millisecond) }
+	perRobot := func(s Step) float64 { return s.RSSPerConn / 1024 }
+	p50 := func(s Step) float64 { return float64(s.AckP50) / float64(time.Millisecond) }
+	p99 := func(s Step) float64 { return float64(s.AckP99) / float64(time.Millisecond) }
 	if len(single) > 0 {
 		addSeries(mem, "one node", plotBlue, single, perRobot)
 		addSeries(lat, "p50 one node", plotOrange, single, p50)
@@ -181,14 +181,14 @@ var (
 
 // plotSteps are a scenario's cold steps (connect from nothing, memory per
 // connection measured), by fleet size.
-func plotSteps(steps []ScaleStep, scenario string) []ScaleStep {
-	var pts []ScaleStep
+func plotSteps(steps []Step, scenario string) []Step {
+	var pts []Step
 	for _, s := range steps {
 		if s.Scenario == scenario && s.RSSPerConn > 0 {
 			pts = append(pts, s)
 		}
 	}
-	slices.SortFunc(pts, func(a, b ScaleStep) int { return a.Robots - b.Robots })
+	slices.SortFunc(pts, func(a, b Step) int { return a.Robots - b.Robots })
 	return pts
 }
 
@@ -226,7 +226,7 @@ func fleetTicks(lo, hi float64) []plot.Tick {
 
 // addSeries adds one line with its points to p, the value of each step
 // against its fleet size; a value that is not a number is left out.
-func addSeries(p *plot.Plot, label string, c color.RGBA, pts []ScaleStep, value func(ScaleStep) float64) {
+func addSeries(p *plot.Plot, label string, c color.RGBA, pts []Step, value func(Step) float64) {
 	var xys plotter.XYs
 	for _, s := range pts {
 		if y := value(s); !math.IsNaN(y) && !math.IsInf(y, 0) {

@@ -1,4 +1,4 @@
-package testbench
+package scale
 
 import (
 	"context"
@@ -27,11 +27,11 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/sqlprof"
 )
 
-// ScaleOptions configure RunScale (issue 10): one control node under a
+// Options configure Run: one control node under a
 // growing mTLS fleet with the heartbeat interval ramped down until the node
 // saturates, a reconnect storm after each restart, 100 dashboard
 // subscribers, and a dqlite cluster holding a large fleet.
-type ScaleOptions struct {
+type Options struct {
 	ControlBinary string
 	// WorkerBinary runs `sim` and `subs` children (cmd/scalebench).
 	WorkerBinary string
@@ -95,7 +95,7 @@ type ScaleOptions struct {
 	SimNice int
 }
 
-func (o *ScaleOptions) defaults() {
+func (o *Options) defaults() {
 	if len(o.Sizes) == 0 {
 		o.Sizes = []int{1000, 5000, 10000, 19000}
 	}
@@ -138,8 +138,8 @@ func (o *ScaleOptions) defaults() {
 	}
 }
 
-// ScaleStep is one measured step.
-type ScaleStep struct {
+// Step is one measured step.
+type Step struct {
 	Scenario  string        `json:"scenario"` // single, single+subscribers, cluster
 	Robots    int           `json:"robots"`
 	Members   int           `json:"members"`
@@ -198,9 +198,9 @@ type ScaleStep struct {
 	MemberConnect []int         `json:"member_connections,omitempty"`
 }
 
-// scaleRun is the state shared by the scenarios of one RunScale.
+// scaleRun is the state shared by the scenarios of one Run.
 type scaleRun struct {
-	o     ScaleOptions
+	o     Options
 	ca    *pki.CA
 	caDir string
 	httpc *http.Client
@@ -209,12 +209,12 @@ type scaleRun struct {
 	sqlprof string
 
 	mu    sync.Mutex
-	steps []ScaleStep
+	steps []Step
 }
 
-// RunScale runs the scenarios and writes results to o.OutDir as each step
+// Run runs the scenarios and writes results to o.OutDir as each step
 // completes, so an interrupted run keeps what it measured.
-func RunScale(ctx context.Context, o ScaleOptions) ([]ScaleStep, error) {
+func Run(ctx context.Context, o Options) ([]Step, error) {
 	o.defaults()
 	if o.SimNice < -20 || o.SimNice > 19 {
 		return nil, fmt.Errorf("simulator nice value %d: want -20 to 19 (see nice(1))", o.SimNice)
@@ -269,7 +269,7 @@ func RunScale(ctx context.Context, o ScaleOptions) ([]ScaleStep, error) {
 	return r.steps, errors.Join(append(errs, r.write())...)
 }
 
-func (r *scaleRun) record(s ScaleStep) {
+func (r *scaleRun) record(s Step) {
 	r.mu.Lock()
 	r.steps = append(r.steps, s)
 	r.mu.Unlock()
@@ -282,7 +282,7 @@ func (r *scaleRun) record(s ScaleStep) {
 // write saves the table, the JSON and the plot.
 func (r *scaleRun) write() error {
 	r.mu.Lock()
-	steps := append([]ScaleStep(nil), r.steps...)
+	steps := append([]Step(nil), r.steps...)
 	r.mu.Unlock()
 	b, err := json.MarshalIndent(steps, "", "  ")
 	if err != nil {
@@ -290,9 +290,9 @@ func (r *scaleRun) write() error {
 	}
 	var errs []error
 	errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.json"), b, 0o644))
-	errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.md"), []byte(ScaleTable(steps)), 0o644))
+	errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.md"), []byte(Table(steps)), 0o644))
 	// No plot before the first single-node step (or with --skip-single).
-	if png, err := ScalePlot(steps); err == nil {
+	if png, err := Plot(steps); err == nil {
 		errs = append(errs, os.WriteFile(filepath.Join(r.o.OutDir, "scale.png"), png, 0o644))
 	}
 	return errors.Join(errs...)
@@ -319,7 +319,7 @@ func (r *scaleRun) startSimulators(tag string, first, n int, rate float64, multi
 		if count <= 0 {
 			break
 		}
-		w := ScaleWorkerOptions{FirstIndex: first + i*per, Robots: count, Servers: serversFor(i), CADir: r.caDir,
+		w := WorkerOptions{FirstIndex: first + i*per, Robots: count, Servers: serversFor(i), CADir: r.caDir,
 			Dir: filepath.Join(r.o.Dir, tag, fmt.Sprintf("sim%d", i)), ConnectRate: rate / float64(nproc),
 			ReconnectJitter: r.o.ReconnectJitter}
 		if r.o.SimProfile {
@@ -533,7 +533,7 @@ func (r *scaleRun) waitReady(ctx context.Context, m *lab.Member, timeout time.Du
 
 // window measures one step: counters of control (pids, scraped at bases)
 // and of the simulators over r.o.Window, with state queries running.
-func (r *scaleRun) window(ctx context.Context, s *ScaleStep, sims *simulators, nodes []*scaleNode, ids func() string) error {
+func (r *scaleRun) window(ctx context.Context, s *Step, sims *simulators, nodes []*scaleNode, ids func() string) error {
 	scrapeAll := func(series string) (float64, error) {
 		var sum float64
 		for _, n := range nodes {
@@ -711,7 +711,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 	r.say("%d robots connected in %s", n, took.Round(time.Millisecond))
 	ids := func() string { id, _ := robotsim.RobotID(rand.IntN(n)); return id }
 	for i, iv := range r.o.Intervals {
-		step := ScaleStep{Scenario: "single", Robots: n, Members: 1, Interval: iv, ControlRSSBase: base.RSS, Connect: took}
+		step := Step{Scenario: "single", Robots: n, Members: 1, Interval: iv, ControlRSSBase: base.RSS, Connect: took}
 		if i > 0 {
 			// A new interval reaches robots in the hello reply: restart the
 			// node, which is also the reconnect storm under measurement.
@@ -767,7 +767,7 @@ func (r *scaleRun) single(ctx context.Context, n int) error {
 }
 
 // subscribersStep repeats the window of base with dashboard subscribers.
-func (r *scaleRun) subscribersStep(ctx context.Context, base ScaleStep, sims *simulators, node *scaleNode, ids func() string) error {
+func (r *scaleRun) subscribersStep(ctx context.Context, base Step, sims *simulators, node *scaleNode, ids func() string) error {
 	sub := `{"type":"subscribe","id":"hb","topics":["robot.*.heartbeat"]}`
 	if r.o.SubscriberThrottle != "" {
 		sub = `{"type":"subscribe","id":"hb","topics":["robot.*.heartbeat"],"throttle":` + r.o.SubscriberThrottle + `}`
@@ -791,7 +791,7 @@ func (r *scaleRun) subscribersStep(ctx context.Context, base ScaleStep, sims *si
 	p.status(&st)
 	st0 := st
 	cpu0, _ := lab.ReadProcCPU(p.pid())
-	step := ScaleStep{Scenario: "single+subscribers", Robots: base.Robots, Members: 1, Interval: base.Interval, ControlRSSBase: base.ControlRSSBase}
+	step := Step{Scenario: "single+subscribers", Robots: base.Robots, Members: 1, Interval: base.Interval, ControlRSSBase: base.ControlRSSBase}
 	if err := r.window(ctx, &step, sims, []*scaleNode{node}, ids); err != nil {
 		return err
 	}
@@ -880,14 +880,14 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	took, _, _, err := sims.waitConnected(ctx, o.ClusterRobots, timeout, pids)
 	if err != nil {
 		c, _, _ := sims.snapshot()
-		r.record(ScaleStep{Scenario: "cluster", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval,
+		r.record(Step{Scenario: "cluster", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval,
 			Connected: c, Connect: took, LoadAvg: loadAvg(), Note: "incomplete: " + err.Error(), SimProcs: len(sims.procs), SimRSS: sims.rss()})
 		return err
 	}
 	r.say("%d robots connected to the cluster in %s", o.ClusterRobots, took.Round(time.Second))
 	time.Sleep(o.Settle)
 	ids := func() string { id, _ := robotsim.RobotID(rand.IntN(o.ClusterRobots)); return id }
-	step := ScaleStep{Scenario: "cluster", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval, Connect: took, ControlRSSBase: base}
+	step := Step{Scenario: "cluster", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval, Connect: took, ControlRSSBase: base}
 	if err := r.window(ctx, &step, sims, nodes, ids); err != nil {
 		return err
 	}
@@ -901,7 +901,7 @@ func (r *scaleRun) cluster(ctx context.Context) error {
 	// again.
 	victim := members[min(1, len(members)-1)]
 	r.say("restarting %s under %d robots", victim.Name, o.ClusterRobots)
-	storm := ScaleStep{Scenario: "cluster restart", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval}
+	storm := Step{Scenario: "cluster restart", Robots: o.ClusterRobots, Members: len(members), Interval: o.ClusterInterval}
 	t0 := time.Now()
 	stopHogs := startHogs(o.StormHogs, sims)
 	defer stopHogs()
