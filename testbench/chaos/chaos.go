@@ -1,8 +1,12 @@
-package testbench
-
-// Chaos helpers: simulated fleets that fail over between the control nodes
-// of a lab.ProcCluster; an event load whose every event is numbered, and the
-// exactly-once check of the event log that ends each scenario.
+// Package chaos is the failure scenarios of a control cluster (the
+// TestChaos* tests, `make chaos`): members of a lab.ProcCluster are killed,
+// stopped, restarted and partitioned while a Fleet of simulated robots,
+// each listing every control node, fails over between them under an
+// EventLoad whose every event is numbered. Each scenario ends with
+// VerifyDelivery: the event log holds every acknowledged event exactly
+// once. The -chaos.agents and -chaos.every test flags size the fleet and
+// the load.
+package chaos
 
 import (
 	"context"
@@ -30,10 +34,10 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// ChaosFleet is simulated robots split over the control nodes: robot i
+// Fleet is simulated robots split over the control nodes: robot i
 // lists the servers rotated by i, so each node starts with its share and
 // every robot can fail over to every node.
-type ChaosFleet struct {
+type Fleet struct {
 	Fleets  []*robotsim.Fleet
 	Robots  []*robotsim.Robot
 	LogPath string // the agents' warnings
@@ -45,10 +49,10 @@ type ChaosFleet struct {
 	lastAck map[string]time.Time       // when each robot last had an event acknowledged
 }
 
-// NewChaosFleet prepares n robots (mTLS identities from ca) under dir; the
+// NewFleet prepares n robots (mTLS identities from ca) under dir; the
 // agents' warnings go to dir/agents.log.
-func NewChaosFleet(n int, servers []string, ca *pki.CA, dir string) (*ChaosFleet, error) {
-	cf := &ChaosFleet{acked: map[string]map[uint64]bool{}, lastAck: map[string]time.Time{}, LogPath: filepath.Join(dir, "agents.log")}
+func NewFleet(n int, servers []string, ca *pki.CA, dir string) (*Fleet, error) {
+	cf := &Fleet{acked: map[string]map[uint64]bool{}, lastAck: map[string]time.Time{}, LogPath: filepath.Join(dir, "agents.log")}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -85,7 +89,7 @@ func NewChaosFleet(n int, servers []string, ca *pki.CA, dir string) (*ChaosFleet
 	return cf, nil
 }
 
-func (cf *ChaosFleet) onAck(r *robotsim.Robot, seq uint64, t protocol.Type, _ time.Duration) {
+func (cf *Fleet) onAck(r *robotsim.Robot, seq uint64, t protocol.Type, _ time.Duration) {
 	if t != protocol.TypeEvent {
 		return
 	}
@@ -101,7 +105,7 @@ func (cf *ChaosFleet) onAck(r *robotsim.Robot, seq uint64, t protocol.Type, _ ti
 }
 
 // Unserved lists robots that have had no event acknowledged since t.
-func (cf *ChaosFleet) Unserved(t time.Time) []string {
+func (cf *Fleet) Unserved(t time.Time) []string {
 	cf.mu.Lock()
 	defer cf.mu.Unlock()
 	var ids []string
@@ -114,7 +118,7 @@ func (cf *ChaosFleet) Unserved(t time.Time) []string {
 }
 
 // Acked is how many events control acknowledged, over all robots.
-func (cf *ChaosFleet) Acked() int {
+func (cf *Fleet) Acked() int {
 	cf.mu.Lock()
 	defer cf.mu.Unlock()
 	n := 0
@@ -125,7 +129,7 @@ func (cf *ChaosFleet) Acked() int {
 }
 
 // Start starts every robot.
-func (cf *ChaosFleet) Start(ctx context.Context) error {
+func (cf *Fleet) Start(ctx context.Context) error {
 	for _, f := range cf.Fleets {
 		if err := f.Start(ctx, 0); err != nil {
 			return err
@@ -135,7 +139,7 @@ func (cf *ChaosFleet) Start(ctx context.Context) error {
 }
 
 // Stop stops every robot.
-func (cf *ChaosFleet) Stop() error {
+func (cf *Fleet) Stop() error {
 	var errs []error
 	for _, f := range cf.Fleets {
 		errs = append(errs, f.Stop())
@@ -144,7 +148,7 @@ func (cf *ChaosFleet) Stop() error {
 }
 
 // LogTail is the last n lines of the agents' warnings.
-func (cf *ChaosFleet) LogTail(n int) string {
+func (cf *Fleet) LogTail(n int) string {
 	data, _ := os.ReadFile(cf.LogPath)
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	if len(lines) > n {
@@ -154,7 +158,7 @@ func (cf *ChaosFleet) LogTail(n int) string {
 }
 
 // Connected counts robots in state Connected.
-func (cf *ChaosFleet) Connected() int {
+func (cf *Fleet) Connected() int {
 	n := 0
 	for _, f := range cf.Fleets {
 		n += f.Connected()
@@ -163,7 +167,7 @@ func (cf *ChaosFleet) Connected() int {
 }
 
 // States counts robots by agent state ("connected: 998, reconnecting: 2").
-func (cf *ChaosFleet) States() string {
+func (cf *Fleet) States() string {
 	counts := map[string]int{}
 	for _, r := range cf.Robots {
 		counts[r.State().String()]++
@@ -181,7 +185,7 @@ func (cf *ChaosFleet) States() string {
 }
 
 // WaitConnected waits until every robot is connected.
-func (cf *ChaosFleet) WaitConnected(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+func (cf *Fleet) WaitConnected(ctx context.Context, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
 	for cf.Connected() < len(cf.Robots) {
 		if time.Since(start) > timeout {
@@ -199,7 +203,7 @@ func (cf *ChaosFleet) WaitConnected(ctx context.Context, timeout time.Duration) 
 // socket, lists every robot as connected. The agents' own state is not
 // enough: the gateway answers a hello before the robot's connection record
 // commits, so an agent is connected a moment before control knows it.
-func (cf *ChaosFleet) WaitConnectedInControl(ctx context.Context, via *lab.Member, timeout time.Duration) error {
+func (cf *Fleet) WaitConnectedInControl(ctx context.Context, via *lab.Member, timeout time.Duration) error {
 	start := time.Now()
 	for {
 		robots, err := RobotsSnapshot(ctx, via)
@@ -239,7 +243,7 @@ func (cf *ChaosFleet) WaitConnectedInControl(ctx context.Context, via *lab.Membe
 
 // WaitDrained waits until every robot is connected with nothing left
 // unacknowledged in its queue.
-func (cf *ChaosFleet) WaitDrained(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+func (cf *Fleet) WaitDrained(ctx context.Context, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
 	for {
 		pending, down := 0, 0
@@ -280,7 +284,7 @@ type Outage struct {
 }
 
 // Watch starts sampling every period.
-func (cf *ChaosFleet) Watch(period time.Duration) *ConnWatch {
+func (cf *Fleet) Watch(period time.Duration) *ConnWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &ConnWatch{cancel: cancel, done: make(chan struct{}), down: map[string]time.Time{}}
 	go func() {
@@ -352,8 +356,8 @@ type EventLoad struct {
 	lastErr error
 }
 
-// ChaosEventKind is the kind of the load's events.
-const ChaosEventKind = "chaos.tick"
+// EventKind is the kind of the load's events.
+const EventKind = "chaos.tick"
 
 // StartEventLoad starts one emitter per robot, each emitting every period
 // (first one at a random offset so the fleet's events spread evenly).
@@ -373,7 +377,7 @@ func StartEventLoad(robots []*robotsim.Robot, every time.Duration) *EventLoad {
 			defer t.Stop()
 			for n := 0; ; {
 				data, _ := json.Marshal(map[string]int{"n": n})
-				if err := r.Emit(ctx, protocol.Event{Kind: ChaosEventKind, Data: data}); err != nil {
+				if err := r.Emit(ctx, protocol.Event{Kind: EventKind, Data: data}); err != nil {
 					if ctx.Err() != nil {
 						return
 					}
@@ -452,7 +456,7 @@ func (r DeliveryReport) String() string {
 // VerifyDelivery reads the whole event log through a control node's API
 // (admin socket: no rate limit) and checks that every event the load
 // emitted, and every event control acknowledged, is there exactly once.
-func VerifyDelivery(ctx context.Context, via *lab.Member, emitted map[string]int, cf *ChaosFleet) (DeliveryReport, error) {
+func VerifyDelivery(ctx context.Context, via *lab.Member, emitted map[string]int, cf *Fleet) (DeliveryReport, error) {
 	var rep DeliveryReport
 	type key struct {
 		robot string
@@ -479,7 +483,7 @@ func VerifyDelivery(ctx context.Context, via *lab.Member, emitted map[string]int
 			var d struct {
 				N *int `json:"n"`
 			}
-			if json.Unmarshal(e.Data, &ev) != nil || ev.Kind != ChaosEventKind || json.Unmarshal(ev.Data, &d) != nil || d.N == nil {
+			if json.Unmarshal(e.Data, &ev) != nil || ev.Kind != EventKind || json.Unmarshal(ev.Data, &d) != nil || d.N == nil {
 				continue
 			}
 			rep.Stored++

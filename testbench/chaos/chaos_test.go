@@ -1,11 +1,11 @@
-package testbench
+package chaos
 
 // Chaos acceptance of the HA issue, with real processes: a cluster of two
 // control nodes and a witness (bin/control, mTLS from a lab CA) under load
 // from simulated agents, each emitting numbered events.
 //
-//	go test -tags libsqlite3 -run Chaos ./testbench                       # 200 agents
-//	go test -tags libsqlite3 -run Chaos ./testbench -args -chaos.agents=1000  # make chaos
+//	go test -tags libsqlite3 -run Chaos ./testbench/chaos                       # 200 agents
+//	go test -tags libsqlite3 -run Chaos ./testbench/chaos -args -chaos.agents=1000  # make chaos
 
 import (
 	"bufio"
@@ -79,7 +79,7 @@ func chaosControlBin(t *testing.T) string {
 
 type chaosEnv struct {
 	cluster *lab.ProcCluster
-	fleet   *ChaosFleet
+	fleet   *Fleet
 	agents  int
 }
 
@@ -112,7 +112,7 @@ func startChaos(t *testing.T, o lab.ProcClusterOptions) *chaosEnv {
 		c.Members[0].Listen, c.Members[0].DBAddress, c.Members[1].Listen, c.Members[1].DBAddress, c.Members[2].DBAddress)
 	n := chaosAgentCount(t)
 	start = time.Now()
-	f, err := NewChaosFleet(n, []string{c.Members[0].URL(), c.Members[1].URL()}, c.CA, filepath.Join(o.Dir, "fleet"))
+	f, err := NewFleet(n, []string{c.Members[0].URL(), c.Members[1].URL()}, c.CA, filepath.Join(o.Dir, "fleet"))
 	if err != nil {
 		t.Fatal(err)
 	}
