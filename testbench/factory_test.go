@@ -26,6 +26,7 @@ import (
 	"github.com/lekiwi/heartbeat/netboot/station"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/factory"
 	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
@@ -42,9 +43,9 @@ func idRange(first, last int) []int {
 
 // floorBoard is one board of a test and what it should become.
 type floorBoard struct {
-	*FactoryBoard
+	*factory.Board
 	profile string // "" for a board the station must hold
-	sys     *InstalledSystem
+	sys     *factory.InstalledSystem
 	stop    func() error
 }
 
@@ -54,8 +55,8 @@ func (b *floorBoard) robotID() string { return protocol.FactoryRobotID(b.profile
 // (buses answering 1–8 and 1–9, plus a leader arm answering 1–6 that does
 // not count) or, for kind "unknown", a LeKiwi whose bus answers only 1–8.
 func newFloorBoard(dir string, i int, kind string, log io.Writer) *floorBoard {
-	fb := &FactoryBoard{Serial: fmt.Sprintf("10000000fac7%04x", i), Dir: filepath.Join(dir, fmt.Sprintf("board%02d", i)), Log: log}
-	b := &floorBoard{FactoryBoard: fb, profile: kind}
+	fb := &factory.Board{Serial: fmt.Sprintf("10000000fac7%04x", i), Dir: filepath.Join(dir, fmt.Sprintf("board%02d", i)), Log: log}
+	b := &floorBoard{Board: fb, profile: kind}
 	switch kind {
 	case "lekiwi":
 		fb.Fixture, fb.Buses = filepath.Join(factoryFixtures, "lekiwi-pi5"), map[string][]int{"ttyACM0": idRange(1, 9)}
@@ -107,7 +108,7 @@ func newFactoryLab(t *testing.T) *factoryLab {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			img, err := BuildFactoryImage(ctx, filepath.Join(dir, "images"), p, []string{l.ctl.URL()})
+			img, err := factory.BuildImage(ctx, filepath.Join(dir, "images"), p, []string{l.ctl.URL()})
 			if err != nil {
 				errs <- err
 				return
@@ -210,7 +211,7 @@ func (l *factoryLab) provision(ctx context.Context, b *floorBoard) error {
 	if err != nil {
 		return err
 	}
-	if err := b.Provision(ctx, cmdline, FactoryRunOptions{DiskSize: l.diskSize}); err != nil {
+	if err := b.Provision(ctx, cmdline, factory.RunOptions{DiskSize: l.diskSize}); err != nil {
 		return fmt.Errorf("board %s: %w", b.Serial, err)
 	}
 	if b.sys, err = b.ReadInstalled(); err != nil {
@@ -417,7 +418,7 @@ func TestFactoryFloor(t *testing.T) {
 			heldDone <- err
 			return
 		}
-		heldDone <- unknown.Provision(heldCtx, cmdline, FactoryRunOptions{DiskSize: l.diskSize})
+		heldDone <- unknown.Provision(heldCtx, cmdline, factory.RunOptions{DiskSize: l.diskSize})
 	}()
 
 	if err := l.provisionAll(ctx, good, 5); err != nil {

@@ -1,6 +1,4 @@
-package testbench
-
-// The factory floor, simulated end to end: a bare Raspberry Pi netboots
+// Package factory simulates the factory floor end to end: a bare Raspberry Pi netboots
 // from the station (TFTP, as the bootloader does it), its provisioning
 // environment runs the real `agent factory run` on fixture /proc and /sys
 // trees with simulated servo buses, writing onto a file that stands in for
@@ -8,6 +6,11 @@ package testbench
 // agent's configuration is read out of the installed image (the root
 // filesystem's agent.yml, the persistent partition's robot.env, enrollment
 // token and CA) and the real agent daemon enrolls with control and connects.
+//
+// A Board is one such Pi; BuildImage makes the image the station serves.
+// The scenarios that drive boards through a station and a control node are
+// TestFactory* in package testbench.
+package factory
 
 import (
 	"bufio"
@@ -46,11 +49,11 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/pisim"
 )
 
-// BuildFactoryImage builds a small robot image for profile (a few MiB of
+// BuildImage builds a small robot image for profile (a few MiB of
 // data in a sparse file) whose agent connects to controlURLs, with its
 // .bmap next to it, as `provision image build` would; it returns the
 // image's path.
-func BuildFactoryImage(ctx context.Context, dir, profile string, controlURLs []string) (string, error) {
+func BuildImage(ctx context.Context, dir, profile string, controlURLs []string) (string, error) {
 	p, err := profiles.Load(profile)
 	if err != nil {
 		return "", err
@@ -105,8 +108,8 @@ func BuildFactoryImage(ctx context.Context, dir, profile string, controlURLs []s
 	return img, nil
 }
 
-// FactoryBoard is one bare board on the factory floor.
-type FactoryBoard struct {
+// Board is one bare board on the factory floor.
+type Board struct {
 	// Serial is the board's 16-hex-digit serial (/proc/cpuinfo); the
 	// station and control know it by its last 8 digits.
 	Serial string
@@ -129,25 +132,25 @@ type FactoryBoard struct {
 
 // ShortSerial is the serial as the bootloader, the station and control
 // name the board: its last 8 hex digits.
-func (b *FactoryBoard) ShortSerial() string {
+func (b *Board) ShortSerial() string {
 	return b.Serial[len(b.Serial)-8:]
 }
 
-func (b *FactoryBoard) log() io.Writer {
+func (b *Board) log() io.Writer {
 	if b.Log == nil {
 		return io.Discard
 	}
 	return b.Log
 }
 
-func (b *FactoryBoard) fixtureRoot() string { return filepath.Join(b.Dir, "board") }
+func (b *Board) fixtureRoot() string { return filepath.Join(b.Dir, "board") }
 
 // Netboot fetches the boot files the station serves this board over TFTP
 // the way a Pi 5 bootloader does (each file probed with tsize first, then
 // read at blksize 1468; config.txt decides the kernel and initramfs) and
 // returns cmdline.txt: the kernel command line of the provisioning
 // environment.
-func (b *FactoryBoard) Netboot(ctx context.Context, server netip.AddrPort) (string, error) {
+func (b *Board) Netboot(ctx context.Context, server netip.AddrPort) (string, error) {
 	if len(b.Serial) != 16 {
 		return "", fmt.Errorf("board serial %q: want 16 hex digits", b.Serial)
 	}
@@ -200,7 +203,7 @@ var (
 
 // prepare copies the fixture with the board's serial and the kernel
 // command line, and makes the disk files the fixture's block devices name.
-func (b *FactoryBoard) prepare(cmdline string, diskSize int64) error {
+func (b *Board) prepare(cmdline string, diskSize int64) error {
 	root := b.fixtureRoot()
 	if err := os.RemoveAll(root); err != nil {
 		return err
@@ -283,8 +286,8 @@ func copyTree(src, dst string) error {
 	})
 }
 
-// FactoryRunOptions tune Provision.
-type FactoryRunOptions struct {
+// RunOptions tune Provision.
+type RunOptions struct {
 	// DiskSize is the size of each of the board's disks; it must hold the
 	// image.
 	DiskSize int64
@@ -303,7 +306,7 @@ type FactoryRunOptions struct {
 // reboots into its installed system. The station's URL and the board's
 // token come from cmdline, as on a real board. A board the station holds
 // keeps waiting (and re-probing) until ctx ends.
-func (b *FactoryBoard) Provision(ctx context.Context, cmdline string, o FactoryRunOptions) error {
+func (b *Board) Provision(ctx context.Context, cmdline string, o RunOptions) error {
 	if o.PingTimeout <= 0 {
 		o.PingTimeout = 3 * time.Millisecond
 	}
@@ -374,14 +377,14 @@ type fileTarget struct{ *os.File }
 func (t fileTarget) Name() string { return t.File.Name() }
 
 // Rebooted reports whether the factory run rebooted the board.
-func (b *FactoryBoard) Rebooted() bool {
+func (b *Board) Rebooted() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.rebooted
 }
 
 // Disk is the disk the factory run installed onto ("" before).
-func (b *FactoryBoard) Disk() string {
+func (b *Board) Disk() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.disk
@@ -401,7 +404,7 @@ type InstalledSystem struct {
 // under Dir/installed as if mounted there, and loads the agent's
 // configuration from them as the daemon would under systemd (robot.env
 // is the unit's EnvironmentFile).
-func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
+func (b *Board) ReadInstalled() (*InstalledSystem, error) {
 	disk := b.Disk()
 	if disk == "" {
 		return nil, fmt.Errorf("board %s has nothing installed", b.Serial)
@@ -515,7 +518,7 @@ func (b *FactoryBoard) ReadInstalled() (*InstalledSystem, error) {
 // robotTree writes the running robot's /proc, /sys and /etc (the
 // installed system's, not the provisioning environment's) for the agent's
 // collector, with the board's serial, revision and model.
-func (b *FactoryBoard) robotTree() (struct{ Proc, Sys, Etc string }, error) {
+func (b *Board) robotTree() (struct{ Proc, Sys, Etc string }, error) {
 	var out struct{ Proc, Sys, Etc string }
 	raw, err := os.ReadFile(filepath.Join(b.fixtureRoot(), "proc", "cpuinfo"))
 	if err != nil {
@@ -542,7 +545,7 @@ func (b *FactoryBoard) robotTree() (struct{ Proc, Sys, Etc string }, error) {
 // Boot starts the installed robot: the agent daemon with the installed
 // configuration, until ctx ends or the returned stop is called. The daemon
 // enrolls with the token on the disk first, then connects over mTLS.
-func (b *FactoryBoard) Boot(ctx context.Context, sys *InstalledSystem) (stop func() error) {
+func (b *Board) Boot(ctx context.Context, sys *InstalledSystem) (stop func() error) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(b.log(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("board", b.Serial)
