@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"context"
@@ -59,7 +59,7 @@ type streamClientResult struct {
 // (30× the real load: 1,000 heartbeats/s in, 100,000 frames/s out).
 // Latency is publish → frame decoded by a subscriber (same host clock).
 //
-//	go test -tags libsqlite3 -run '^$' -bench StreamFanout -benchtime 1x ./testbench/
+//	go test -tags libsqlite3 -run '^$' -bench StreamFanout -benchtime 1x ./testbench/bench
 func BenchmarkStreamFanout(b *testing.B) {
 	robots, subscribers, interval, duration := streamBenchKnobs()
 	for range b.N {

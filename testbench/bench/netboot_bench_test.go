@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ import (
 // response times (DISCOVER → boot OFFER), the time until every Pi has its
 // boot files, and the failures (must be 0).
 //
-//	go test -tags libsqlite3 -run '^$' -bench NetbootConcurrentPiBoots -benchtime 1x ./testbench
+//	go test -tags libsqlite3 -run '^$' -bench NetbootConcurrentPiBoots -benchtime 1x ./testbench/bench
 //
 // Needs root, ip, unshare and busybox; it runs itself again inside a
 // private network namespace, so the host's network is never touched.

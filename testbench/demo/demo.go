@@ -1,4 +1,8 @@
-package testbench
+// Package demo is `make run` (cmd/fleet demo): one control node in this
+// process and a simulated fleet (robotsim) for a person to watch through
+// the API, with a live online count until the context ends. It measures
+// and asserts nothing.
+package demo
 
 import (
 	"context"
@@ -17,8 +21,8 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// DemoOptions configure `fleet demo` (what `make run` starts).
-type DemoOptions struct {
+// Options configure `fleet demo` (what `make run` starts).
+type Options struct {
 	Robots            int
 	DataDir           string // control's dqlite data; robots' state goes beside it
 	Listen, DBAddress string
@@ -27,9 +31,9 @@ type DemoOptions struct {
 	Logger            *slog.Logger
 }
 
-// RunDemo starts one control node and a simulated fleet, prints the API URL
+// Run starts one control node and a simulated fleet, prints the API URL
 // and a live online count until ctx ends, then stops both cleanly.
-func RunDemo(ctx context.Context, o DemoOptions) error {
+func Run(ctx context.Context, o Options) error {
 	if o.Robots <= 0 {
 		return fmt.Errorf("demo: --robots must be positive, got %d", o.Robots)
 	}

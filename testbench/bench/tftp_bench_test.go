@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ import (
 // server (Debian dnsmasq-base), alternately within each iteration, over
 // loopback, and reports both throughputs and their ratio (goal ≥ 1).
 //
-//	go test -tags libsqlite3 -run '^$' -bench TFTPThroughputVsDnsmasq -benchtime 3x ./testbench
+//	go test -tags libsqlite3 -run '^$' -bench TFTPThroughputVsDnsmasq -benchtime 3x ./testbench/bench
 //
 // dnsmasq cannot move its TFTP server off port 69, hence root; it listens on
 // a loopback address of its own.

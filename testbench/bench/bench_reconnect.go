@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// ReconnectOptions configure RunReconnectBench.
+// ReconnectOptions configure RunReconnect.
 type ReconnectOptions struct {
 	Robots        int
 	ControlBinary string
@@ -70,10 +70,10 @@ func (p *controlProc) stop() {
 	fmt.Fprintf(os.Stderr, "control pid %d stopped %s after SIGINT\n", p.cmd.Process.Pid, time.Since(start).Round(time.Millisecond))
 }
 
-// RunReconnectBench connects a fleet with mTLS, restarts the control node
+// RunReconnect connects a fleet with mTLS, restarts the control node
 // under it and measures how long the whole fleet takes to come back, and
 // what it costs the node.
-func RunReconnectBench(ctx context.Context, o ReconnectOptions) (ReconnectResult, error) {
+func RunReconnect(ctx context.Context, o ReconnectOptions) (ReconnectResult, error) {
 	res := ReconnectResult{Robots: o.Robots, NoResumption: o.NoResumption}
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "lekiwi-reconnect-")

@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// EventsOptions configure RunEventsBench.
+// EventsOptions configure RunEvents.
 type EventsOptions struct {
 	Robots   int
 	Duration time.Duration
@@ -43,10 +43,10 @@ type EventsResult struct {
 	Queries      int
 }
 
-// RunEventsBench starts a three-node cluster in this process, has every
+// RunEvents starts a three-node cluster in this process, has every
 // robot emit events as fast as its window allows, and measures durable
 // events per second and GET /v1/robots/{id} latency on another node.
-func RunEventsBench(ctx context.Context, o EventsOptions) (EventsResult, error) {
+func RunEvents(ctx context.Context, o EventsOptions) (EventsResult, error) {
 	res := EventsResult{Robots: o.Robots, MaxBatch: o.MaxBatch, Rate: o.Rate, Window: o.Duration}
 	dir, err := os.MkdirTemp("", "lekiwi-events-")
 	if err != nil {

@@ -1,11 +1,11 @@
-package testbench
+package bench
 
-// Regression guard for control's memory per idle mTLS robot connection
-// (issue 10, acceptance 3). Memory, not time: the figures come from the Go
+// Regression guard for control's memory per idle mTLS robot connection.
+// Memory, not time: the figures come from the Go
 // runtime after full collections, which are stable from run to run.
 //
-//	go test -tags libsqlite3 -run '^TestConnMemPerConnection$' -v ./testbench
-//	go test -tags libsqlite3 -run '^TestConnMemPerConnection$' -v ./testbench -args -connmem.robots=5000 -connmem.profile=/tmp/connmem
+//	go test -tags libsqlite3 -run '^TestConnMemPerConnection$' -v ./testbench/bench
+//	go test -tags libsqlite3 -run '^TestConnMemPerConnection$' -v ./testbench/bench -args -connmem.robots=5000 -connmem.profile=/tmp/connmem
 
 import (
 	"context"
@@ -25,7 +25,7 @@ var (
 
 // Baselines recorded on the machine of docs/BENCHMARKS.md (2 vCPU Xeon,
 // Go 1.26.8) with 1,000 robots, 2026-11-27; the guard fails at twice these.
-// Before issue 10's gateway changes the same run gave 51 KiB of Go heap and
+// Before the gateway kept less per idle connection, the same run gave 51 KiB of Go heap and
 // stacks, 93 KiB of RSS and 2.0 goroutines per connection.
 const (
 	// connMemGoBaseline is Go heap + goroutine stacks per connection

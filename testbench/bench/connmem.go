@@ -1,6 +1,6 @@
-package testbench
+package bench
 
-// Memory per idle mTLS agent connection (issue 10). A control node runs in a
+// Memory per idle mTLS agent connection. A control node runs in a
 // child process so that the simulated robots — the real agent runtime,
 // which costs about as much as the server side — stay out of its numbers;
 // the child answers "measure" requests with the Go runtime's own figures

@@ -1,4 +1,4 @@
-package testbench
+package bench
 
 import (
 	"bufio"
@@ -23,8 +23,8 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// BenchOptions configure RunBench.
-type BenchOptions struct {
+// Options configure Run.
+type Options struct {
 	Robots            int
 	Duration          time.Duration // measurement window
 	HeartbeatInterval time.Duration
@@ -34,8 +34,8 @@ type BenchOptions struct {
 	Out               io.Writer
 }
 
-// BenchResult holds the figures of one run.
-type BenchResult struct {
+// Result holds the figures of one run.
+type Result struct {
 	Robots              int
 	HeartbeatInterval   time.Duration
 	Window              time.Duration
@@ -58,13 +58,13 @@ type BenchResult struct {
 }
 
 // PerConnection is control's memory per robot connection.
-func (r BenchResult) PerConnection() float64 {
+func (r Result) PerConnection() float64 {
 	return float64(int64(r.ControlRSSLoaded)-int64(r.ControlRSSBase)) / float64(r.Robots)
 }
 
-// RunBench runs the benchmark described on BenchOptions.
-func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
-	res := BenchResult{Robots: o.Robots, HeartbeatInterval: o.HeartbeatInterval, Window: o.Duration}
+// Run runs the benchmark described on Options.
+func Run(ctx context.Context, o Options) (Result, error) {
+	res := Result{Robots: o.Robots, HeartbeatInterval: o.HeartbeatInterval, Window: o.Duration}
 	if o.Robots <= 0 || o.Duration <= 0 || o.HeartbeatInterval <= 0 {
 		return res, errors.New("bench: robots, duration and heartbeat interval must be positive")
 	}
@@ -226,7 +226,7 @@ func RunBench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 
 // startAgentProcess runs the real agent binary against control with a
 // fixture board, like one robot in the field.
-func startAgentProcess(ctx context.Context, o BenchOptions, server string, ca *pki.CA) (*exec.Cmd, chan struct{}, error) {
+func startAgentProcess(ctx context.Context, o Options, server string, ca *pki.CA) (*exec.Cmd, chan struct{}, error) {
 	dir := filepath.Join(o.Dir, "agent")
 	roots, err := lab.Pi5(999_999, "bench-agent").WriteTree(filepath.Join(dir, "board"))
 	if err != nil {
@@ -276,7 +276,7 @@ func scrapeCounter(c *http.Client, base, token, series string) (float64, error) 
 }
 
 // Table renders the result as Markdown.
-func (r BenchResult) Table() string {
+func (r Result) Table() string {
 	var b strings.Builder
 	row := func(k, v string) { fmt.Fprintf(&b, "| %s | %s |\n", k, v) }
 	b.WriteString("| metric | value |\n|---|---|\n")
