@@ -1,10 +1,10 @@
 package chaos
 
-// Chaos acceptance of the HA issue, with real processes: a cluster of two
+// Chaos acceptance of high availability, with real processes: a cluster of two
 // control nodes and a witness (bin/control, mTLS from a lab CA) under load
 // from simulated agents, each emitting numbered events.
 //
-//	go test -tags libsqlite3 -run Chaos ./testbench/chaos                       # 200 agents
+//	go test -tags libsqlite3 -run Chaos ./testbench/chaos                           # 200 agents
 //	go test -tags libsqlite3 -run Chaos ./testbench/chaos -args -chaos.agents=1000  # make chaos
 
 import (
@@ -12,7 +12,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/lekiwi/heartbeat/testbench/lab"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 var (

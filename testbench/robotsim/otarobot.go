@@ -36,9 +36,9 @@ import (
 	"github.com/lekiwi/heartbeat/image/sparse"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // OTAWatchdog is the hardware watchdog timeout of an OTARobot's modelled

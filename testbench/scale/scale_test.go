@@ -3,13 +3,14 @@ package scale
 import (
 	"bytes"
 	"errors"
-	"github.com/lekiwi/heartbeat/testbench/lab"
 	"image/color"
 	"image/png"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 func TestLatencyHistQuantileWithinBucketOfExact(t *testing.T) {
