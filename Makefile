@@ -86,7 +86,7 @@ bench-flash: build deps-test
 # `make test` runs the same tests with 200 agents.
 .PHONY: chaos
 chaos: deps-test
-	ulimit -n 20000; $(GO) test -tags $(TAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./testbench -args -chaos.agents=1000
+	ulimit -n 20000; $(GO) test -tags $(TAGS) -run '^TestChaos' -count=1 -timeout 30m -v ./testbench/chaos -args -chaos.agents=1000
 
 # Scale scenarios (unattended; every process, data dir and temp
 # file is removed at the end, the whole run ends within SCALE_BUDGET).

@@ -11,9 +11,11 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-func postJSON(t *testing.T, c *APIClient, path string, body any, into any) int {
+func postJSON(t *testing.T, c *lab.APIClient, path string, body any, into any) int {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest("POST", c.Base+path, bytes.NewReader(b))
@@ -34,12 +36,12 @@ func postJSON(t *testing.T, c *APIClient, path string, body any, into any) int {
 // offline robot waits for it to connect.
 func TestCommandsCrossNodesThroughTheLog(t *testing.T) {
 	dir := t.TempDir()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
-	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
-	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
+	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
 	ctx := context.Background()
-	eng, err := NewAPIClient(ctx, n1, "engineer")
+	eng, err := lab.NewAPIClient(ctx, n1, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // Issue 8, acceptance 5: 50 simulated robots on a 3-voter control
@@ -30,9 +32,9 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
-	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
+	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
 	nodes := []*node.Node{n1, n2, n3}
 	waitFor(t, 20*time.Second, "three voters", func() bool {
 		_, members, err := n1.Store().Cluster(ctx)
@@ -45,11 +47,11 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 		return err == nil && voters == 3
 	})
 
-	bots, err := NewUpdateBots(50, []string{n1.URL(), n2.URL(), n3.URL()}, n1.CA(), filepath.Join(dir, "bots"))
+	bots, err := robotsim.NewUpdateBots(50, []string{n1.URL(), n2.URL(), n3.URL()}, n1.CA(), filepath.Join(dir, "bots"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	byID := map[string]*UpdateBot{}
+	byID := map[string]*robotsim.UpdateBot{}
 	var ids []string
 	for _, b := range bots {
 		byID[b.ID] = b
@@ -61,11 +63,11 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 	teleopCanary, teleopAlways := ids[1], []string{ids[10], ids[20]}
 	var hangers []string
 	for i := 6; i < 50; i += 3 {
-		byID[ids[i]].Behaviour = UpdateHangs
+		byID[ids[i]].Behaviour = robotsim.UpdateHangs
 		hangers = append(hangers, ids[i])
 	}
 	botCtx, stopBots := context.WithCancel(ctx)
-	wait := StartUpdateBots(botCtx, bots)
+	wait := robotsim.StartUpdateBots(botCtx, bots)
 	t.Cleanup(func() { stopBots(); wait() })
 	waitFor(t, 20*time.Second, "50 robots connected", func() bool {
 		n := 0
@@ -85,7 +87,7 @@ func TestDeploymentCanaryRollingThresholdRollbackFailover(t *testing.T) {
 		return err == nil && r.Teleoperation.Active && r.Status.State == store.StateOnline
 	})
 
-	engineer, err := NewAPIClient(ctx, n1, "engineer")
+	engineer, err := lab.NewAPIClient(ctx, n1, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}

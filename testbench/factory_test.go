@@ -26,6 +26,8 @@ import (
 	"github.com/lekiwi/heartbeat/netboot/station"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/factory"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 const factoryFixtures = "../agent/factory/testdata"
@@ -41,9 +43,9 @@ func idRange(first, last int) []int {
 
 // floorBoard is one board of a test and what it should become.
 type floorBoard struct {
-	*FactoryBoard
+	*factory.Board
 	profile string // "" for a board the station must hold
-	sys     *InstalledSystem
+	sys     *factory.InstalledSystem
 	stop    func() error
 }
 
@@ -53,8 +55,8 @@ func (b *floorBoard) robotID() string { return protocol.FactoryRobotID(b.profile
 // (buses answering 1–8 and 1–9, plus a leader arm answering 1–6 that does
 // not count) or, for kind "unknown", a LeKiwi whose bus answers only 1–8.
 func newFloorBoard(dir string, i int, kind string, log io.Writer) *floorBoard {
-	fb := &FactoryBoard{Serial: fmt.Sprintf("10000000fac7%04x", i), Dir: filepath.Join(dir, fmt.Sprintf("board%02d", i)), Log: log}
-	b := &floorBoard{FactoryBoard: fb, profile: kind}
+	fb := &factory.Board{Serial: fmt.Sprintf("10000000fac7%04x", i), Dir: filepath.Join(dir, fmt.Sprintf("board%02d", i)), Log: log}
+	b := &floorBoard{Board: fb, profile: kind}
 	switch kind {
 	case "lekiwi":
 		fb.Fixture, fb.Buses = filepath.Join(factoryFixtures, "lekiwi-pi5"), map[string][]int{"ttyACM0": idRange(1, 9)}
@@ -72,7 +74,7 @@ func newFloorBoard(dir string, i int, kind string, log io.Writer) *floorBoard {
 type factoryLab struct {
 	t        *testing.T
 	dir      string
-	ctlOpts  ControlOptions
+	ctlOpts  lab.ControlOptions
 	ctl      *node.Node
 	station  *station.Station
 	stopSt   func()
@@ -86,13 +88,13 @@ func newFactoryLab(t *testing.T) *factoryLab {
 		t.Skipf("board fixtures not found: %v", err)
 	}
 	dir := t.TempDir()
-	listen, _ := FreeAddr()
-	dbAddr, _ := FreeAddr()
+	listen, _ := lab.FreeAddr()
+	dbAddr, _ := lab.FreeAddr()
 	l := &factoryLab{t: t, dir: dir, log: io.Discard}
 	if testing.Verbose() && os.Getenv("FACTORY_LOG") != "" {
 		l.log = os.Stderr
 	}
-	l.ctlOpts = ControlOptions{Dir: filepath.Join(dir, "control"), Listen: listen, DBAddress: dbAddr}
+	l.ctlOpts = lab.ControlOptions{Dir: filepath.Join(dir, "control"), Listen: listen, DBAddress: dbAddr}
 	l.ctl = startControl(t, l.ctlOpts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -106,7 +108,7 @@ func newFactoryLab(t *testing.T) *factoryLab {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			img, err := BuildFactoryImage(ctx, filepath.Join(dir, "images"), p, []string{l.ctl.URL()})
+			img, err := factory.BuildImage(ctx, filepath.Join(dir, "images"), p, []string{l.ctl.URL()})
 			if err != nil {
 				errs <- err
 				return
@@ -209,7 +211,7 @@ func (l *factoryLab) provision(ctx context.Context, b *floorBoard) error {
 	if err != nil {
 		return err
 	}
-	if err := b.Provision(ctx, cmdline, FactoryRunOptions{DiskSize: l.diskSize}); err != nil {
+	if err := b.Provision(ctx, cmdline, factory.RunOptions{DiskSize: l.diskSize}); err != nil {
 		return fmt.Errorf("board %s: %w", b.Serial, err)
 	}
 	if b.sys, err = b.ReadInstalled(); err != nil {
@@ -264,7 +266,7 @@ func (l *factoryLab) statusOf(serial string) (station.BoardStatus, error) {
 }
 
 // robots lists every robot control knows, through its API.
-func robotsOf(ctx context.Context, t *testing.T, c *APIClient) map[string]store.Robot {
+func robotsOf(ctx context.Context, t *testing.T, c *lab.APIClient) map[string]store.Robot {
 	t.Helper()
 	var list api.RobotList
 	if err := c.Get(ctx, "/v1/robots?limit=1000", &list); err != nil {
@@ -278,7 +280,7 @@ func robotsOf(ctx context.Context, t *testing.T, c *APIClient) map[string]store.
 }
 
 // factorySteps is every FactoryStep control stored, by board serial.
-func factorySteps(ctx context.Context, t *testing.T, c *APIClient) map[string][]protocol.FactoryStep {
+func factorySteps(ctx context.Context, t *testing.T, c *lab.APIClient) map[string][]protocol.FactoryStep {
 	t.Helper()
 	out := map[string][]protocol.FactoryStep{}
 	after := int64(0)
@@ -309,7 +311,7 @@ func hasFactoryStep(steps []protocol.FactoryStep, step, status string) bool {
 // checkRobots checks that every board in want is online in control as the
 // robot its profile and serial make, with a certificate of its own that
 // is the one on its disk.
-func checkRobots(ctx context.Context, t *testing.T, c *APIClient, want []*floorBoard) {
+func checkRobots(ctx context.Context, t *testing.T, c *lab.APIClient, want []*floorBoard) {
 	t.Helper()
 	var robots map[string]store.Robot
 	waitFor(t, 30*time.Second, fmt.Sprintf("%d robots online in control", len(want)), func() bool {
@@ -416,14 +418,14 @@ func TestFactoryFloor(t *testing.T) {
 			heldDone <- err
 			return
 		}
-		heldDone <- unknown.Provision(heldCtx, cmdline, FactoryRunOptions{DiskSize: l.diskSize})
+		heldDone <- unknown.Provision(heldCtx, cmdline, factory.RunOptions{DiskSize: l.diskSize})
 	}()
 
 	if err := l.provisionAll(ctx, good, 5); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("19 boards installed and rebooted after %s", time.Since(start).Round(time.Millisecond))
-	admin, err := NewAPIClient(ctx, l.ctl, "admin")
+	admin, err := lab.NewAPIClient(ctx, l.ctl, "admin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -577,7 +579,7 @@ func TestFactoryControlOutage(t *testing.T) {
 	t.Logf("6 boards waiting for control, %d events queued, after %s", l.station.Outbox().Pending, time.Since(start).Round(time.Millisecond))
 
 	restart, rcancel := context.WithTimeout(ctx, time.Minute)
-	ctl, err := StartControl(restart, l.ctlOpts)
+	ctl, err := lab.StartControl(restart, l.ctlOpts)
 	rcancel()
 	if err != nil {
 		t.Fatal(err)
@@ -589,7 +591,7 @@ func TestFactoryControlOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("6 boards installed %s after control came back", time.Since(back).Round(time.Millisecond))
-	admin, err := NewAPIClient(ctx, ctl, "admin")
+	admin, err := lab.NewAPIClient(ctx, ctl, "admin")
 	if err != nil {
 		t.Fatal(err)
 	}

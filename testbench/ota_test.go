@@ -26,6 +26,8 @@ import (
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // Issue 8 end to end, with real parts: a control node (CA, embedded
@@ -52,13 +54,13 @@ func TestOTAEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 
-	imgs, err := BuildOTAImages(ctx, filepath.Join(dir, "build"), 8<<20, 2<<20)
+	imgs, err := robotsim.BuildOTAImages(ctx, filepath.Join(dir, "build"), 8<<20, 2<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	built := time.Since(start)
-	n := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
-	engineer, err := NewAPIClient(ctx, n, "engineer")
+	n := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
+	engineer, err := lab.NewAPIClient(ctx, n, "engineer")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,9 +78,9 @@ func TestOTAEndToEnd(t *testing.T) {
 	}
 	specs := []robotSpec{{id: "lekiwi-ota-1"}, {id: "lekiwi-ota-2"}, {id: "lekiwi-ota-3"},
 		{id: "lekiwi-ota-sick", health: "false"}, {id: "lekiwi-ota-hang", hang: true}}
-	robots := map[string]*OTARobot{}
+	robots := map[string]*robotsim.OTARobot{}
 	for _, s := range specs {
-		r, err := NewOTARobot(ctx, OTARobotOptions{ID: s.id, Type: protocol.RobotLeKiwi, Dir: filepath.Join(dir, "robots", s.id), Image: imgs.V1,
+		r, err := robotsim.NewOTARobot(ctx, robotsim.OTARobotOptions{ID: s.id, Type: protocol.RobotLeKiwi, Dir: filepath.Join(dir, "robots", s.id), Image: imgs.V1,
 			Servers: []string{n.URL()}, CA: n.CA(), KeysDir: imgs.KeysDir, HealthCommand: s.health, HangTrial: s.hang, Logger: logger})
 		if err != nil {
 			t.Fatal(err)
@@ -180,7 +182,7 @@ func TestOTAEndToEnd(t *testing.T) {
 			t.Errorf("robot %s: a power cycle after the commit boots %+v, want slot B by default", id, b)
 		}
 		dl := r.Downloaded()
-		t.Logf("robot %s downloaded %s of a %s release (%.1f%%)", id, mib(uint64(dl)), mib(uint64(fullSize)), 100*float64(dl)/float64(fullSize))
+		t.Logf("robot %s downloaded %s of a %s release (%.1f%%)", id, lab.MiB(uint64(dl)), lab.MiB(uint64(fullSize)), 100*float64(dl)/float64(fullSize))
 		if dl <= 0 || dl >= fullSize/2 {
 			t.Errorf("robot %s downloaded %d bytes of a %d-byte release: not a delta", id, dl, fullSize)
 		}
@@ -291,7 +293,7 @@ func checkBoots(t *testing.T, id string, got []firmware.Boot, want []bootExpect)
 
 // powerCycle asks the firmware model what a power-on would boot now,
 // without disturbing the robot's running instance.
-func powerCycle(t *testing.T, r *OTARobot) firmware.Boot {
+func powerCycle(t *testing.T, r *robotsim.OTARobot) firmware.Boot {
 	t.Helper()
 	f, err := os.Open(r.Disk)
 	if err != nil {
@@ -338,6 +340,6 @@ func pushRelease(t *testing.T, ctx context.Context, n *node.Node, token, dir str
 		size += l.Size
 	}
 	ref := fmt.Sprintf("%s/lekiwi/os@%s", host, digest)
-	t.Logf("pushed %s (%s)", ref, mib(uint64(size)))
+	t.Logf("pushed %s (%s)", ref, lab.MiB(uint64(size)))
 	return ref, size
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/lekiwi/heartbeat/control/auth"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/image/ociart"
+	"github.com/lekiwi/heartbeat/testbench/lab"
 )
 
 // status is the HTTP status of a registry error, 0 if err is not one.
@@ -38,7 +39,7 @@ func TestControlRegistry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	base := t.TempDir()
-	n, err := StartControl(ctx, ControlOptions{Dir: filepath.Join(base, "node")})
+	n, err := lab.StartControl(ctx, lab.ControlOptions{Dir: filepath.Join(base, "node")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,13 +13,15 @@ import (
 	"github.com/lekiwi/heartbeat/control/node"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-func startControl(t *testing.T, o ControlOptions) *node.Node {
+func startControl(t *testing.T, o lab.ControlOptions) *node.Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n, err := StartControl(ctx, o)
+	n, err := lab.StartControl(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,9 +37,9 @@ func closeControl(t *testing.T, n *node.Node) {
 	}
 }
 
-func startFleet(t *testing.T, o FleetOptions) *Fleet {
+func startFleet(t *testing.T, o robotsim.FleetOptions) *robotsim.Fleet {
 	t.Helper()
-	f, err := NewFleet(o)
+	f, err := robotsim.NewFleet(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,16 +55,16 @@ func startFleet(t *testing.T, o FleetOptions) *Fleet {
 }
 
 // client returns an operator's API client for n.
-func client(t *testing.T, n *node.Node) *APIClient {
+func client(t *testing.T, n *node.Node) *lab.APIClient {
 	t.Helper()
-	c, err := NewAPIClient(context.Background(), n, "operator")
+	c, err := lab.NewAPIClient(context.Background(), n, "operator")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-func getJSON(t *testing.T, c *APIClient, path string, into any) {
+func getJSON(t *testing.T, c *lab.APIClient, path string, into any) {
 	t.Helper()
 	if err := c.Get(context.Background(), path, into); err != nil {
 		t.Fatal(err)
@@ -70,7 +72,7 @@ func getJSON(t *testing.T, c *APIClient, path string, into any) {
 }
 
 // robotsByState lists robot ids in a state through the REST API.
-func robotsByState(t *testing.T, c *APIClient, state string) []string {
+func robotsByState(t *testing.T, c *lab.APIClient, state string) []string {
 	t.Helper()
 	var ids []string
 	after := ""
@@ -88,7 +90,7 @@ func robotsByState(t *testing.T, c *APIClient, state string) []string {
 }
 
 // robotEvents lists a robot's events through the REST API.
-func robotEvents(t *testing.T, c *APIClient, robot string) []store.Event {
+func robotEvents(t *testing.T, c *lab.APIClient, robot string) []store.Event {
 	t.Helper()
 	var out []store.Event
 	var after int64
@@ -110,7 +112,7 @@ func robotEvents(t *testing.T, c *APIClient, robot string) []store.Event {
 // robot (a command for it is a 404, a deployment refuses it, a robot
 // listing misses it). A test that goes on to use control waits for this,
 // not for the agents' view.
-func waitConnectedInControl(t *testing.T, c *APIClient, timeout time.Duration, ids ...string) {
+func waitConnectedInControl(t *testing.T, c *lab.APIClient, timeout time.Duration, ids ...string) {
 	t.Helper()
 	waitFor(t, timeout, fmt.Sprintf("%d robots connected in control", len(ids)), func() bool {
 		connected := map[string]bool{}
@@ -136,7 +138,7 @@ func waitConnectedInControl(t *testing.T, c *APIClient, timeout time.Duration, i
 }
 
 // robotIDs lists the ids of robots.
-func robotIDs(robots []*SimRobot) []string {
+func robotIDs(robots []*robotsim.Robot) []string {
 	ids := make([]string, len(robots))
 	for i, r := range robots {
 		ids[i] = r.ID
@@ -160,13 +162,13 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // the timeout, with their events in the log and both states in the API.
 func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: time.Second, OfflineGrace: 500 * time.Millisecond})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: time.Second, OfflineGrace: 500 * time.Millisecond})
 	api := client(t, ctl)
 	// The clock starts when the agents do. Provisioning the simulated
 	// robots before (a board tree and an identity signed by control's CA
 	// each) is the bench's setup, not the robots coming online.
 	setup := time.Now()
-	fleet, err := NewFleet(FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
+	fleet, err := robotsim.NewFleet(robotsim.FleetOptions{Robots: 100, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,16 +230,16 @@ func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 // after it restarts on the same data every event is in the log exactly once.
 func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	dir := t.TempDir()
-	listen, _ := FreeAddr()
-	dbAddr, _ := FreeAddr()
-	opts := ControlOptions{Dir: filepath.Join(dir, "control"), Listen: listen, DBAddress: dbAddr}
+	listen, _ := lab.FreeAddr()
+	dbAddr, _ := lab.FreeAddr()
+	opts := lab.ControlOptions{Dir: filepath.Join(dir, "control"), Listen: listen, DBAddress: dbAddr}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ctl, err := StartControl(ctx, opts)
+	ctl, err := lab.StartControl(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet := startFleet(t, FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 20, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	waitConnectedInControl(t, client(t, ctl), 10*time.Second, robotIDs(fleet.Robots())...)
 
 	const perRobot = 60
@@ -255,7 +257,7 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	emit(0, 20)
 	closeControl(t, ctl) // robots lose the server mid-stream
 	emit(20, 40)         // produced while control is down: queued on the robots
-	ctl, err = StartControl(ctx, opts)
+	ctl, err = lab.StartControl(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,14 +306,14 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 // write through one node is read from the others.
 func TestThreeControlNodesShareState(t *testing.T) {
 	dir := t.TempDir()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
 	db1 := n1.Config().DBAddress
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{db1}})
-	n3 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{db1, n2.Config().DBAddress}})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{db1}})
+	n3 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{db1, n2.Config().DBAddress}})
 	nodes := []*node.Node{n1, n2, n3}
-	var fleets []*Fleet
+	var fleets []*robotsim.Fleet
 	for i, n := range nodes {
-		f, err := NewFleet(FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i)), CA: n.CA()})
+		f, err := robotsim.NewFleet(robotsim.FleetOptions{Robots: 3, FirstIndex: 3 * i, Servers: []string{n.URL()}, Dir: filepath.Join(dir, fmt.Sprintf("fleet%d", i)), CA: n.CA()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -321,7 +323,7 @@ func TestThreeControlNodesShareState(t *testing.T) {
 		t.Cleanup(func() { f.Stop() })
 		fleets = append(fleets, f)
 	}
-	clients := []*APIClient{client(t, n1), client(t, n2), client(t, n3)}
+	clients := []*lab.APIClient{client(t, n1), client(t, n2), client(t, n3)}
 	for i, c := range clients {
 		waitFor(t, 15*time.Second, fmt.Sprintf("node %d sees 9 online robots", i+1), func() bool {
 			return len(robotsByState(t, c, store.StateOnline)) == 9
@@ -349,8 +351,8 @@ func TestThreeControlNodesShareState(t *testing.T) {
 // rebuilt from the event log equals the live one.
 func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: 300 * time.Millisecond, OfflineGrace: 200 * time.Millisecond, FlushInterval: 100 * time.Millisecond})
-	fleet := startFleet(t, FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control"), HeartbeatInterval: 300 * time.Millisecond, OfflineGrace: 200 * time.Millisecond, FlushInterval: 100 * time.Millisecond})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 30, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(),
 		TelemetrySampleInterval: 100 * time.Millisecond, TelemetryMinInterval: 200 * time.Millisecond})
 	api := client(t, ctl)
 	waitConnectedInControl(t, api, 10*time.Second, robotIDs(fleet.Robots())...)

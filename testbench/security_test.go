@@ -24,6 +24,8 @@ import (
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/control/store"
 	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/lab"
+	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
 // robotTLS is a TLS client presenting a certificate for robotID signed by
@@ -82,7 +84,7 @@ func hello(robotID string) []byte {
 // and an audit record.
 func TestRobotLinkRefusals(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
 	ca, trust := ctl.CA(), ctl.CA().Pool()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -155,10 +157,10 @@ func TestRobotLinkRefusals(t *testing.T) {
 // certificate afterwards, even with a resumed TLS session.
 func TestRevocationCutsLiveSessionOnEveryNode(t *testing.T) {
 	dir := t.TempDir()
-	n1 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c1")})
-	n2 := startControl(t, ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
-	startControl(t, ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
-	fleet := startFleet(t, FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
+	n1 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c1")})
+	n2 := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c2"), Join: []string{n1.Config().DBAddress}})
+	startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "c3"), Join: []string{n1.Config().DBAddress, n2.Config().DBAddress}})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 2, Servers: []string{n2.URL()}, Dir: filepath.Join(dir, "fleet"), CA: n2.CA()})
 	waitConnectedInControl(t, client(t, n1), 10*time.Second, robotIDs(fleet.Robots())...)
 	victim, bystander := fleet.Robots()[0], fleet.Robots()[1]
 	ctx := context.Background()
@@ -187,7 +189,7 @@ func sessionHere(n *node.Node, robotID string) bool { return n.Gateway().HasSess
 // restart on the stored identity.
 func TestEnrollConnectRenewRestart(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control")})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control")})
 	ctx := context.Background()
 	var en protocol.EnrollmentCreated
 	if err := admin.New(ctl.AdminSocket()).Do(ctx, "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: "lekiwi-00000", TTL: "10m"}, &en); err != nil {
@@ -210,7 +212,7 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 	// does) and connects with mTLS; its clock runs 70 days ahead, past two
 	// thirds of the 90-day certificate, so it renews over the connection.
 	clock := func() time.Time { return time.Now().Add(70 * 24 * time.Hour) }
-	fleet := startFleet(t, FleetOptions{Robots: 1, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(), Now: clock})
+	fleet := startFleet(t, robotsim.FleetOptions{Robots: 1, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA(), Now: clock})
 	r := fleet.Robots()[0]
 	if got := r.Identity().Certificate().SerialNumber; got.Cmp(first.SerialNumber) != 0 {
 		t.Fatalf("simulator did not reuse the enrolled identity")
@@ -234,7 +236,7 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 	if err != nil || reloaded.Certificate().SerialNumber.Cmp(renewed.SerialNumber) != 0 {
 		t.Fatalf("stored identity after renewal: %v", err)
 	}
-	restarted := startFleet(t, FleetOptions{Robots: 1, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
+	restarted := startFleet(t, robotsim.FleetOptions{Robots: 1, Servers: []string{ctl.URL()}, Dir: filepath.Join(dir, "fleet"), CA: ctl.CA()})
 	waitFor(t, 10*time.Second, "restarted robot connected on its stored identity", func() bool { return sessionHere(ctl, "lekiwi-00000") })
 	if restarted.Robots()[0].Identity().Certificate().SerialNumber.Cmp(renewed.SerialNumber) != 0 {
 		t.Fatal("restarted robot did not use the renewed identity")
@@ -245,7 +247,7 @@ func TestEnrollConnectRenewRestart(t *testing.T) {
 // header timeout instead of holding a connection forever.
 func TestSlowHeadersAreCutOff(t *testing.T) {
 	dir := t.TempDir()
-	ctl := startControl(t, ControlOptions{Dir: filepath.Join(dir, "control"), ReadHeaderTimeout: 300 * time.Millisecond})
+	ctl := startControl(t, lab.ControlOptions{Dir: filepath.Join(dir, "control"), ReadHeaderTimeout: 300 * time.Millisecond})
 	conn, err := tls.Dial("tcp", strings.TrimPrefix(ctl.URL(), "https://"), &tls.Config{RootCAs: ctl.CA().Pool(), MinVersion: tls.VersionTLS13})
 	if err != nil {
 		t.Fatal(err)

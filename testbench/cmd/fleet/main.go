@@ -14,7 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lekiwi/heartbeat/testbench"
+	"github.com/lekiwi/heartbeat/testbench/bench"
+	"github.com/lekiwi/heartbeat/testbench/demo"
 )
 
 func main() {
@@ -30,7 +31,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 }
 
 func newDemo() *cobra.Command {
-	o := testbench.DemoOptions{Out: os.Stdout}
+	o := demo.Options{Out: os.Stdout}
 	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -50,7 +51,7 @@ the API URL and a live online count. Ctrl-C stops robots, then the node.`,
 			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signalContext()
 			defer stop()
-			return testbench.RunDemo(ctx, o)
+			return demo.Run(ctx, o)
 		},
 	}
 	f := cmd.Flags()
@@ -64,7 +65,7 @@ the API URL and a live online count. Ctrl-C stops robots, then the node.`,
 }
 
 func newBench() *cobra.Command {
-	o := testbench.BenchOptions{Out: os.Stdout}
+	o := bench.Options{Out: os.Stdout}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure heartbeat ingest, ack latency and memory with N simulated robots",
@@ -78,7 +79,7 @@ docs/BENCHMARKS.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext()
 			defer stop()
-			res, err := testbench.RunBench(ctx, o)
+			res, err := bench.Run(ctx, o)
 			if err != nil {
 				return err
 			}
@@ -96,7 +97,7 @@ docs/BENCHMARKS.md.`,
 }
 
 func newReconnect() *cobra.Command {
-	o := testbench.ReconnectOptions{Out: os.Stdout}
+	o := bench.ReconnectOptions{Out: os.Stdout}
 	cmd := &cobra.Command{
 		Use:   "bench-reconnect",
 		Short: "Restart a control node under N mTLS robots and time the reconnect storm",
@@ -110,7 +111,7 @@ node, with TLS session resumption on (default) or off.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext()
 			defer stop()
-			res, err := testbench.RunReconnectBench(ctx, o)
+			res, err := bench.RunReconnect(ctx, o)
 			if err != nil {
 				return err
 			}
@@ -144,9 +145,9 @@ load instead of at the throughput limit.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext()
 			defer stop()
-			var rs []testbench.EventsResult
+			var rs []bench.EventsResult
 			for _, batch := range []int{1, 64} {
-				r, err := testbench.RunEventsBench(ctx, testbench.EventsOptions{Robots: robots, Duration: duration, MaxBatch: batch, Out: os.Stdout})
+				r, err := bench.RunEvents(ctx, bench.EventsOptions{Robots: robots, Duration: duration, MaxBatch: batch, Out: os.Stdout})
 				if err != nil {
 					return err
 				}
@@ -154,14 +155,14 @@ load instead of at the throughput limit.`,
 				rs = append(rs, r)
 			}
 			if rate > 0 {
-				r, err := testbench.RunEventsBench(ctx, testbench.EventsOptions{Robots: robots, Duration: duration, MaxBatch: 64, Rate: rate, Out: os.Stdout})
+				r, err := bench.RunEvents(ctx, bench.EventsOptions{Robots: robots, Duration: duration, MaxBatch: 64, Rate: rate, Out: os.Stdout})
 				if err != nil {
 					return err
 				}
 				fmt.Printf("paced at %.0f/s: %.0f events/s\n", rate, r.EventsPerSec)
 				rs = append(rs, r)
 			}
-			fmt.Println(testbench.EventsTable(rs...))
+			fmt.Println(bench.EventsTable(rs...))
 			if rs[0].EventsPerSec > 0 {
 				fmt.Printf("group commit / one transaction per event: %.1fx\n", rs[1].EventsPerSec/rs[0].EventsPerSec)
 			}

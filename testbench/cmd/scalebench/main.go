@@ -23,7 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lekiwi/heartbeat/testbench"
+	"github.com/lekiwi/heartbeat/testbench/scale"
 )
 
 func main() {
@@ -49,7 +49,7 @@ func raiseFileLimit() (uint64, error) {
 }
 
 func newRun() *cobra.Command {
-	o := testbench.ScaleOptions{Out: os.Stdout}
+	o := scale.Options{Out: os.Stdout}
 	var sizes, intervals string
 	var budget time.Duration
 	cmd := &cobra.Command{
@@ -88,8 +88,8 @@ Everything runs under --dir (removed after) and ends within --budget.`,
 			ctx, cancel := context.WithTimeout(ctx, budget)
 			defer cancel()
 			fmt.Printf("open-file limit per process %d; %d cores; writing to %s\n", limit, runtime.NumCPU(), o.OutDir)
-			steps, err := testbench.RunScale(ctx, o)
-			fmt.Println(testbench.ScaleTable(steps))
+			steps, err := scale.Run(ctx, o)
+			fmt.Println(scale.Table(steps))
 			return err
 		},
 	}
@@ -131,13 +131,13 @@ func newReport() *cobra.Command {
 		Example: `  scalebench report --out merged run-1k/scale.json run-19k/scale.json`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var steps []testbench.ScaleStep
+			var steps []scale.Step
 			for _, path := range args {
 				b, err := os.ReadFile(path)
 				if err != nil {
 					return err
 				}
-				var s []testbench.ScaleStep
+				var s []scale.Step
 				if err := json.Unmarshal(b, &s); err != nil {
 					return fmt.Errorf("%s: not a scale.json: %w", path, err)
 				}
@@ -146,11 +146,11 @@ func newReport() *cobra.Command {
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				return err
 			}
-			md := testbench.ScaleTable(steps)
+			md := scale.Table(steps)
 			if err := os.WriteFile(filepath.Join(out, "scale.md"), []byte(md), 0o644); err != nil {
 				return err
 			}
-			png, err := testbench.ScalePlot(steps)
+			png, err := scale.Plot(steps)
 			if err != nil {
 				return err
 			}
@@ -163,7 +163,7 @@ func newReport() *cobra.Command {
 }
 
 func newSim() *cobra.Command {
-	var o testbench.ScaleWorkerOptions
+	var o scale.WorkerOptions
 	var local string
 	cmd := &cobra.Command{
 		Use:    "sim",
@@ -186,8 +186,8 @@ func newSim() *cobra.Command {
 			defer stop()
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			testbench.WatchStdin(cancel)
-			return testbench.RunScaleWorker(ctx, o)
+			scale.WatchStdin(cancel)
+			return scale.RunWorker(ctx, o)
 		},
 	}
 	f := cmd.Flags()
@@ -204,7 +204,7 @@ func newSim() *cobra.Command {
 }
 
 func newSubs() *cobra.Command {
-	var o testbench.ScaleSubscribersOptions
+	var o scale.SubscribersOptions
 	cmd := &cobra.Command{
 		Use:    "subs",
 		Short:  "Subscriber child: hold N /v1/stream subscribers and report status lines on stdout until stdin closes",
@@ -219,8 +219,8 @@ func newSubs() *cobra.Command {
 			defer stop()
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			testbench.WatchStdin(cancel)
-			return testbench.RunScaleSubscribers(ctx, o)
+			scale.WatchStdin(cancel)
+			return scale.RunSubscribers(ctx, o)
 		},
 	}
 	f := cmd.Flags()
