@@ -18,7 +18,7 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// Issue 8, acceptance 5: 50 simulated robots on a 3-voter control
+// 50 simulated robots on a 3-voter control
 // cluster. A canary deployment pauses after its canary batch, then rolls
 // on in batches; 30% of the robots hang in their trial boot; the
 // deployment stops at its failure threshold and rolls back the failed and

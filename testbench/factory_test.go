@@ -379,7 +379,7 @@ func checkRobots(ctx context.Context, t *testing.T, c *lab.APIClient, want []*fl
 	}
 }
 
-// Issue 7, acceptance 3: 20 bare boards — 10 LeKiwi, 9 XLE and one whose
+// 20 bare boards — 10 LeKiwi, 9 XLE and one whose
 // servo bus answers only 8 motors — go through the station; 19 come out
 // as registered robots online with their profile and a certificate of
 // their own, the 20th is held with the matcher's reason, and control has
@@ -525,7 +525,7 @@ func TestFactoryFloor(t *testing.T) {
 	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
 }
 
-// Issue 7: while control is unreachable, boards wait at the identity step
+// While control is unreachable, boards wait at the identity step
 // with a visible status, the station queues their events, and once
 // control is back they finish by themselves and every queued event
 // reaches control.

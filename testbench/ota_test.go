@@ -30,7 +30,7 @@ import (
 	"github.com/lekiwi/heartbeat/testbench/robotsim"
 )
 
-// Issue 8 end to end, with real parts: a control node (CA, embedded
+// Over-the-air updates end to end, with real parts: a control node (CA, embedded
 // registry, deployment engine), the v2 release built from a v2 image,
 // signed and pushed to control's registry by an engineer, and robots
 // flashed with the v1 image, each running the agent's runtime, update
@@ -42,7 +42,7 @@ import (
 // commits; control shows the deployment completed and every robot
 // committed, and the robots report the new OS version.
 //
-// Deployment 2 (acceptance 2) updates a robot whose health command fails
+// Deployment 2 updates a robot whose health command fails
 // and one whose trial boot hangs until the watchdog resets it: both end on
 // slot A, and control shows each rolled back with its reason.
 func TestOTAEndToEnd(t *testing.T) {

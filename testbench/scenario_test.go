@@ -158,7 +158,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return time.Since(start)
 }
 
-// Acceptance 2: 100 robots online within 5 s; stopped ones go offline after
+// 100 robots online within 5 s; stopped ones go offline after
 // the timeout, with their events in the log and both states in the API.
 func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	dir := t.TempDir()
@@ -226,7 +226,7 @@ func TestFleetComesOnlineAndStoppedRobotsGoOffline(t *testing.T) {
 	}
 }
 
-// Acceptance 3: control goes away while robots keep producing events;
+// Control goes away while robots keep producing events;
 // after it restarts on the same data every event is in the log exactly once.
 func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	dir := t.TempDir()
@@ -302,7 +302,7 @@ func TestControlRestartLosesNothingAndDuplicatesNothing(t *testing.T) {
 	}
 }
 
-// Acceptance 4: three control nodes in one dqlite cluster; what robots
+// Three control nodes in one dqlite cluster; what robots
 // write through one node is read from the others.
 func TestThreeControlNodesShareState(t *testing.T) {
 	dir := t.TempDir()
@@ -346,7 +346,7 @@ func TestThreeControlNodesShareState(t *testing.T) {
 	}
 }
 
-// Acceptance 5: after a mixed workload — connects, telemetry changes,
+// After a mixed workload — connects, telemetry changes,
 // teleoperation, disconnects, offline sweeps, reconnects — the projection
 // rebuilt from the event log equals the live one.
 func TestRebuiltProjectionEqualsLiveAfterMixedWorkload(t *testing.T) {

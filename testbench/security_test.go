@@ -80,7 +80,7 @@ func hello(robotID string) []byte {
 	return b
 }
 
-// Acceptance 1 (issue 3): each refusal with the right status or close code
+// Each refusal with the right status or close code
 // and an audit record.
 func TestRobotLinkRefusals(t *testing.T) {
 	dir := t.TempDir()
@@ -152,7 +152,7 @@ func TestRobotLinkRefusals(t *testing.T) {
 	})
 }
 
-// Acceptance 1 (revoked) on every node: a robot connected to node 2 is
+// A revoked robot is refused on every node: a robot connected to node 2 is
 // revoked through node 1; node 2 cuts it within a second and refuses its
 // certificate afterwards, even with a resumed TLS session.
 func TestRevocationCutsLiveSessionOnEveryNode(t *testing.T) {
@@ -184,7 +184,7 @@ func TestRevocationCutsLiveSessionOnEveryNode(t *testing.T) {
 
 func sessionHere(n *node.Node, robotID string) bool { return n.Gateway().HasSession(robotID) }
 
-// Acceptance 2: enrollment end to end with the real agent identity code,
+// Enrollment end to end with the real agent identity code,
 // refusal of a reused token, renewal with the clock moved forward, and a
 // restart on the stored identity.
 func TestEnrollConnectRenewRestart(t *testing.T) {

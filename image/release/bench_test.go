@@ -18,7 +18,7 @@ import (
 	"github.com/lekiwi/heartbeat/image/sparse"
 )
 
-// TestDeltaBenchmark is acceptance 6's comparison (docs/BENCHMARKS.md): an
+// TestDeltaBenchmark is the delta-update comparison (docs/BENCHMARKS.md): an
 // ext4 root file system of 1 GiB holding ~600 MB of files, of which ~50 MB
 // change between two versions (20 files rewritten, 5 added); bytes a robot
 // on version 1 downloads to get version 2 with our release, casync,

@@ -14,7 +14,7 @@ import (
 )
 
 // Third-party TFTP clients against the server over loopback: tftp-hpa (the
-// issue's reference client; its 5.2 client negotiates no options, so it gets
+// reference client; its 5.2 client negotiates no options, so it gets
 // 512-byte blocks), busybox tftp and curl (both ask for blksize 1468).
 
 func lookTool(t *testing.T, name, pkg string) string {

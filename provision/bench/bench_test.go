@@ -90,7 +90,7 @@ func debugfsCat(t *testing.T, part []byte, file string) string {
 	return string(out)
 }
 
-// Acceptance 1: four file targets at once. Without identities every target
+// Four file targets at once. Without identities every target
 // equals the source byte for byte; with a CSV batch every card also carries
 // its own robot id and token, in the persistent partition, and every other
 // partition still equals the source.

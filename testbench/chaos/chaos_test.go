@@ -229,7 +229,7 @@ func killLeader(t *testing.T, e *chaosEnv, watch *ConnWatch) (victim *lab.Member
 	return victim, writeAfter, agentsAfter
 }
 
-// Acceptance 1: kill -9 the leader under load. Writes succeed again within
+// Kill -9 the leader under load. Writes succeed again within
 // 5 s, every agent is reconnected within 15 s, and no event is lost or
 // stored twice. Two rounds: whatever member leads first (the control node
 // that started the cluster, as a rule; control nodes hold the agents), then,
@@ -282,7 +282,7 @@ func TestChaosLeaderKill(t *testing.T) {
 	e.finish(t, load, otherControl(e.cluster, victim))
 }
 
-// Acceptance 3: rolling restart of all three members (SIGTERM, wait,
+// Rolling restart of all three members (SIGTERM, wait,
 // start with the same arguments) under load, leader last: no event lost.
 func TestChaosRollingRestart(t *testing.T) {
 	if !inNetns(t, false) {
@@ -339,7 +339,7 @@ func TestChaosRollingRestart(t *testing.T) {
 	e.finish(t, load, c.Members[0])
 }
 
-// Acceptance 4: the witness is killed; the two control nodes keep serving
+// The witness is killed; the two control nodes keep serving
 // writes. Restarted, it rejoins as a voter — and its vote counts: with one
 // control node stopped, the other still writes.
 func TestChaosWitnessLoss(t *testing.T) {
@@ -364,7 +364,7 @@ func TestChaosWitnessLoss(t *testing.T) {
 	t0 := time.Now()
 	w.Kill()
 	// Both control nodes keep writing. If the witness led, the first
-	// writes wait for an election (as in acceptance 1).
+	// writes wait for an election (as when the leader is killed).
 	var first time.Time
 	var writes, slow int
 	var slowest time.Duration
@@ -441,7 +441,7 @@ func TestChaosWitnessLoss(t *testing.T) {
 	e.finish(t, load, keep)
 }
 
-// Acceptance 2: one control node is cut off from the other two members
+// One control node is cut off from the other two members
 // (iptables in a network namespace made for the test). The majority keeps
 // serving writes; the minority refuses them with a clear error and its
 // agents move to the majority; once healed it catches up: made leader, it

@@ -1,4 +1,4 @@
-// Package flashbench is issue 6's benchmark: the real `provision flash`
+// Package flashbench is the flash benchmark: the real `provision flash`
 // binary against `bmaptool copy` and `dd bs=4M conv=fsync` on the same image
 // and the same kind of target, in one run, and 4 targets against 1 when the
 // targets are the bottleneck (loop devices throttled with the blkio cgroup

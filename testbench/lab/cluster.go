@@ -10,13 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -584,13 +584,11 @@ func (c *ProcCluster) ReplicaLastSeq(ctx context.Context, m *Member) (int64, err
 // lock, and stops every other writer, this long.
 const DqliteDeadPeerTimeout = 30 * time.Second
 
-var probeSeq atomic.Int64
-
 // Write makes one small write through the member's admin socket (an
 // enrollment token, which is an event plus a row): the probe of "writes
 // work".
 func (m *Member) Write(ctx context.Context) error {
-	id := fmt.Sprintf("chaos-probe-%d", probeSeq.Add(1))
+	id := fmt.Sprintf("chaos-probe-%016x", rand.Uint64())
 	return m.Admin().Do(ctx, "POST", protocol.EnrollmentsPath, protocol.EnrollmentRequest{RobotID: id, TTL: "1h"}, nil)
 }
 

@@ -24,9 +24,9 @@ const (
 
 // UpdateBot is a simulated robot speaking the wire protocol directly (mTLS
 // WebSocket, hello, heartbeats, events, command responses) that answers
-// update commands the way an agent's updater reports them. The agent
-// runtime has no updater yet; this stands in for it in deployment
-// scenarios. Unacknowledged messages are resent after a reconnect, as the
+// update commands the way an agent's updater reports them, without
+// writing a disk: deployment scenarios need many of them, and the real
+// updater is proven on its own (agent/ota) and end to end (TestOTAEndToEnd). Unacknowledged messages are resent after a reconnect, as the
 // agent's queue does, so a control node's death loses nothing.
 type UpdateBot struct {
 	ID        string

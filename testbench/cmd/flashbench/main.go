@@ -1,4 +1,4 @@
-// Command flashbench runs issue 6's flash benchmark (see package
+// Command flashbench runs the flash benchmark (see package
 // testbench/flashbench): `make bench-flash`.
 package main
 

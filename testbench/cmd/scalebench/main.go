@@ -1,4 +1,4 @@
-// Command scalebench runs the scale scenarios of issue 10 (`make
+// Command scalebench runs the scale scenarios (`make
 // bench-scale`): `scalebench run` orchestrates control processes and
 // re-executes itself as `scalebench sim` (simulated robots) and
 // `scalebench subs` (dashboard subscribers) child processes, so that no
@@ -27,7 +27,7 @@ import (
 )
 
 func main() {
-	root := &cobra.Command{Use: "scalebench", Short: "Lekiwi Heartbeat scale scenarios (issue 10)", SilenceUsage: true}
+	root := &cobra.Command{Use: "scalebench", Short: "Lekiwi Heartbeat scale scenarios", SilenceUsage: true}
 	root.AddCommand(newRun(), newReport(), newSim(), newSubs())
 	if err := root.Execute(); err != nil {
 		os.Exit(1)
