@@ -221,21 +221,9 @@ func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error 
 	if err := saveState(u.o.Store, state); err != nil {
 		return fail(err)
 	}
-	abandon := func(err error) error {
-		state.Pending = nil
-		if serr := saveState(u.o.Store, state); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		return fail(err)
-	}
-	if err := u.o.Boot.ArmTryboot(ctx, prev); err != nil {
-		return abandon(fmt.Errorf("arm a trial boot of slot %s: %w", prev, err))
-	}
-	s := base
-	s.State = protocol.UpdateArmed
-	u.report(s)
-	if err := u.o.Boot.Reboot(ctx, true); err != nil {
-		return abandon(fmt.Errorf("reboot into the trial of slot %s: %w", prev, err))
+	abandon := u.abandonWith(state, fail)
+	if err := u.armAndReboot(ctx, prev, base); err != nil {
+		return abandon(err)
 	}
 	return nil
 }

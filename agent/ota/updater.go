@@ -204,13 +204,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	if err := saveState(u.o.Store, state); err != nil {
 		return fail(err)
 	}
-	abandon := func(err error) error {
-		state.Pending = nil
-		if serr := saveState(u.o.Store, state); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		return fail(err)
-	}
+	abandon := u.abandonWith(state, fail)
 
 	hashes, err := u.download(ctx, rel, args, plan, st.Booted, target, base)
 	if err != nil {
@@ -230,16 +224,37 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	if err := saveState(u.o.Store, state); err != nil {
 		return abandon(err)
 	}
-	if err := u.o.Boot.ArmTryboot(ctx, target); err != nil {
-		return abandon(fmt.Errorf("arm a trial boot of slot %s: %w", target, err))
+	if err := u.armAndReboot(ctx, target, base); err != nil {
+		return abandon(err)
+	}
+	return nil
+}
+
+// abandonWith returns fail preceded by dropping the pending update from
+// the saved state: for failures after the state named a pending update
+// and before the trial reboot, which leave the default slot as it was.
+func (u *Updater) abandonWith(state *State, fail func(error) error) func(error) error {
+	return func(err error) error {
+		state.Pending = nil
+		if serr := saveState(u.o.Store, state); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		return fail(err)
+	}
+}
+
+// armAndReboot arms a one-shot trial boot of slot, reports the update
+// armed and asks for the trial reboot. Armed but not rebooted is harmless
+// (a normal boot selects the default), but the update has then failed.
+func (u *Updater) armAndReboot(ctx context.Context, slot bootctl.Slot, base protocol.UpdateState) error {
+	if err := u.o.Boot.ArmTryboot(ctx, slot); err != nil {
+		return fmt.Errorf("arm a trial boot of slot %s: %w", slot, err)
 	}
 	s := base
 	s.State = protocol.UpdateArmed
 	u.report(s)
 	if err := u.o.Boot.Reboot(ctx, true); err != nil {
-		// Armed but not rebooted: harmless (a normal boot selects the
-		// default), but this update has failed.
-		return abandon(fmt.Errorf("reboot into the trial of slot %s: %w", target, err))
+		return fmt.Errorf("reboot into the trial of slot %s: %w", slot, err)
 	}
 	return nil
 }

@@ -261,8 +261,9 @@ func TestHTTPBlockMap(t *testing.T) {
 	}
 }
 
-// Cancelling the context stops a download that waits for a slow server.
-func TestHTTPContextCancel(t *testing.T) {
+// stallingServer serves a 2 MiB image (and no block map) that sends its
+// first 4 KiB and then nothing until the request or the test ends.
+func stallingServer(t *testing.T) *httptest.Server {
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, ".bmap") {
@@ -278,8 +279,14 @@ func TestHTTPContextCancel(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	defer srv.Close()
-	defer close(release)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	return srv
+}
+
+// Cancelling the context stops a download that waits for a slow server.
+func TestHTTPContextCancel(t *testing.T) {
+	srv := stallingServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	src, err := Open(ctx, srv.URL+"/slow.img", fastRetry())
 	if err != nil {
@@ -302,23 +309,7 @@ func TestHTTPContextCancel(t *testing.T) {
 // Close ends a read that waits for a slow server, and releases the
 // connection.
 func TestHTTPCloseDuringRead(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, ".bmap") {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(2*mib))
-		w.WriteHeader(http.StatusOK)
-		w.Write(make([]byte, 4096))
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer srv.Close()
-	defer close(release)
+	srv := stallingServer(t)
 	src, err := Open(context.Background(), srv.URL+"/slow.img", fastRetry())
 	if err != nil {
 		t.Fatal(err)

@@ -83,11 +83,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
 
-	listen, err := lab.FreeAddr()
-	if err != nil {
-		return res, err
-	}
-	dbAddr, err := lab.FreeAddr()
+	listen, dbAddr, err := lab.FreeNodeAddrs()
 	if err != nil {
 		return res, err
 	}

@@ -89,11 +89,7 @@ func RunReconnect(ctx context.Context, o ReconnectOptions) (ReconnectResult, err
 	if err != nil {
 		return res, err
 	}
-	listen, err := lab.FreeAddr()
-	if err != nil {
-		return res, err
-	}
-	dbAddr, err := lab.FreeAddr()
+	listen, dbAddr, err := lab.FreeNodeAddrs()
 	if err != nil {
 		return res, err
 	}

@@ -24,6 +24,18 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// FreeNodeAddrs returns a free loopback address for a control node's
+// listener and another for its database.
+func FreeNodeAddrs() (listen, db string, err error) {
+	if listen, err = FreeAddr(); err != nil {
+		return "", "", err
+	}
+	if db, err = FreeAddr(); err != nil {
+		return "", "", err
+	}
+	return listen, db, nil
+}
+
 // ControlOptions describe a control node for a lab.
 type ControlOptions struct {
 	Dir               string // data directory (required)

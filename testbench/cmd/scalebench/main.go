@@ -182,11 +182,8 @@ func newSim() *cobra.Command {
 				o.LocalAddr = a
 			}
 			o.Status = os.Stdout
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			ctx, cancel := context.WithCancel(ctx)
+			ctx, cancel := childContext()
 			defer cancel()
-			scale.WatchStdin(cancel)
 			return scale.RunWorker(ctx, o)
 		},
 	}
@@ -215,11 +212,8 @@ func newSubs() *cobra.Command {
 				return errors.New("subs: --url and --n > 0 are required")
 			}
 			o.Status = os.Stdout
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			ctx, cancel := context.WithCancel(ctx)
+			ctx, cancel := childContext()
 			defer cancel()
-			scale.WatchStdin(cancel)
 			return scale.RunSubscribers(ctx, o)
 		},
 	}
@@ -263,4 +257,13 @@ func parseDurations(s string) ([]time.Duration, error) {
 		return nil, errors.New("--intervals: at least one interval")
 	}
 	return out, nil
+}
+
+// childContext is a child process's lifetime: it ends on SIGINT or SIGTERM,
+// or when the parent closes the child's stdin (the parent died or is done).
+func childContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(ctx)
+	scale.WatchStdin(cancel)
+	return ctx, func() { cancel(); stop() }
 }
