@@ -53,13 +53,12 @@ type machine struct {
 }
 
 func newMachine(dev *powercut.Device, plan *layout.Plan, dt string) (*machine, error) {
-	pi := firmware.NewPi(dev, dev.Size(), firmware.PiOptions{DeviceTree: dt, Watchdog: time.Minute})
 	bc := plan.Part(layout.BootConfig)
 	sec, err := dev.Section(bc.Start, bc.Size)
 	if err != nil {
 		return nil, err
 	}
-	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: sec, Reboot: pi.Reboot})
+	pi, ctl, err := firmware.NewControlledPi(dev, dev.Size(), sec, dt)
 	if err != nil {
 		return nil, err
 	}
@@ -254,11 +253,7 @@ func (fx *updateFixture) check(ctx context.Context, c powercut.Cut) error {
 	}
 	for _, n := range []int{b.Partition, b.Root} {
 		p := fx.plan.Part(n)
-		old, err := powercut.EqualRegion(c.Disk, c.Initial, p.Start, p.Size)
-		if err != nil {
-			return err
-		}
-		upd, err := powercut.EqualRegion(c.Disk, c.Final, p.Start, p.Size)
+		old, upd, err := c.Region(p.Start, p.Size)
 		if err != nil {
 			return err
 		}

@@ -189,13 +189,12 @@ type robot struct {
 
 func newRobot(dev *powercut.Device, plan *layout.Plan, dir string) (*robot, error) {
 	dt := filepath.Join(dir, "dt")
-	pi := firmware.NewPi(dev, dev.Size(), firmware.PiOptions{DeviceTree: dt, Watchdog: time.Minute})
 	bc := plan.Part(layout.BootConfig)
 	sec, err := dev.Section(bc.Start, bc.Size)
 	if err != nil {
 		return nil, err
 	}
-	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: sec, Reboot: pi.Reboot})
+	pi, ctl, err := firmware.NewControlledPi(dev, dev.Size(), sec, dt)
 	if err != nil {
 		return nil, err
 	}

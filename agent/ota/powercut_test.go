@@ -87,11 +87,7 @@ func TestPowerCutSweep(t *testing.T) {
 		}
 		for _, n := range []int{b.Partition, b.Root} {
 			p := f.plan.Part(n)
-			old, err := powercut.EqualRegion(c.Disk, c.Initial, p.Start, p.Size)
-			if err != nil {
-				return err
-			}
-			upd, err := powercut.EqualRegion(c.Disk, c.Final, p.Start, p.Size)
+			old, upd, err := c.Region(p.Start, p.Size)
 			if err != nil {
 				return err
 			}

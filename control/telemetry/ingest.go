@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -195,67 +197,61 @@ func advanceCursor(ctx context.Context, tx *sql.Tx, from, to int64) error {
 }
 
 func insertRaw(ctx context.Context, tx *sql.Tx, raw []Sample) error {
-	const width = 4
-	for len(raw) > 0 {
-		chunk := raw[:min(len(raw), maxParams/width)]
-		raw = raw[len(chunk):]
-		args := make([]any, 0, width*len(chunk))
-		for _, x := range chunk {
-			args = append(args, x.RobotID, string(x.Metric), x.Time.UnixNano(), x.Value)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO telemetry_raw (robot_id, metric, t, value) VALUES `+placeholders(len(chunk), width), args...); err != nil {
-			return fmt.Errorf("insert %d raw samples: %w", len(chunk), err)
-		}
+	n, err := execRows(ctx, tx, raw, 4, `INSERT INTO telemetry_raw (robot_id, metric, t, value) VALUES `, ``,
+		func(args []any, x Sample) []any {
+			return append(args, x.RobotID, string(x.Metric), x.Time.UnixNano(), x.Value)
+		})
+	if err != nil {
+		return fmt.Errorf("insert %d raw samples: %w", n, err)
 	}
 	return nil
 }
 
 // upsertAggregates adds a batch's partial aggregates to table's buckets.
 func upsertAggregates(ctx context.Context, tx *sql.Tx, table string, aggs map[bucketKey]*agg) error {
-	const width = 7
-	keys := make([]bucketKey, 0, len(aggs))
-	for k := range aggs {
-		keys = append(keys, k)
-	}
-	for len(keys) > 0 {
-		chunk := keys[:min(len(keys), maxParams/width)]
-		keys = keys[len(chunk):]
-		args := make([]any, 0, width*len(chunk))
-		for _, k := range chunk {
-			a := aggs[k]
-			args = append(args, k.robot, string(k.metric), k.bucket, a.count, a.sum, a.min, a.max)
-		}
-		q := `INSERT INTO ` + table + ` (robot_id, metric, bucket, count, sum, min, max) VALUES ` + placeholders(len(chunk), width) + `
+	n, err := execRows(ctx, tx, slices.Collect(maps.Keys(aggs)), 7, `INSERT INTO `+table+` (robot_id, metric, bucket, count, sum, min, max) VALUES `, `
 			ON CONFLICT (robot_id, metric, bucket) DO UPDATE SET
 				count = count + excluded.count, sum = sum + excluded.sum,
-				min = min(min, excluded.min), max = max(max, excluded.max)`
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return fmt.Errorf("upsert %d buckets of %s: %w", len(chunk), table, err)
-		}
+				min = min(min, excluded.min), max = max(max, excluded.max)`,
+		func(args []any, k bucketKey) []any {
+			a := aggs[k]
+			return append(args, k.robot, string(k.metric), k.bucket, a.count, a.sum, a.min, a.max)
+		})
+	if err != nil {
+		return fmt.Errorf("upsert %d buckets of %s: %w", n, table, err)
 	}
 	return nil
 }
 
 func upsertLatest(ctx context.Context, tx *sql.Tx, last map[seriesKey]latest) error {
-	const width = 4
-	keys := make([]seriesKey, 0, len(last))
-	for k := range last {
-		keys = append(keys, k)
-	}
-	for len(keys) > 0 {
-		chunk := keys[:min(len(keys), maxParams/width)]
-		keys = keys[len(chunk):]
-		args := make([]any, 0, width*len(chunk))
-		for _, k := range chunk {
-			args = append(args, k.robot, string(k.metric), last[k].t, last[k].value)
-		}
-		q := `INSERT INTO telemetry_latest (robot_id, metric, t, value) VALUES ` + placeholders(len(chunk), width) + `
-			ON CONFLICT (robot_id, metric) DO UPDATE SET t = excluded.t, value = excluded.value WHERE excluded.t >= t`
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return fmt.Errorf("upsert %d latest values: %w", len(chunk), err)
-		}
+	n, err := execRows(ctx, tx, slices.Collect(maps.Keys(last)), 4, `INSERT INTO telemetry_latest (robot_id, metric, t, value) VALUES `, `
+			ON CONFLICT (robot_id, metric) DO UPDATE SET t = excluded.t, value = excluded.value WHERE excluded.t >= t`,
+		func(args []any, k seriesKey) []any {
+			return append(args, k.robot, string(k.metric), last[k].t, last[k].value)
+		})
+	if err != nil {
+		return fmt.Errorf("upsert %d latest values: %w", n, err)
 	}
 	return nil
+}
+
+// execRows runs head + "(?,…),(?,…)…" + tail over rows, as many rows per
+// statement as dqlite's parameter limit allows (maxParams / width); row
+// appends one row's width arguments. On failure it returns the number of
+// rows in the statement that failed.
+func execRows[T any](ctx context.Context, tx *sql.Tx, rows []T, width int, head, tail string, row func([]any, T) []any) (int, error) {
+	for len(rows) > 0 {
+		chunk := rows[:min(len(rows), maxParams/width)]
+		rows = rows[len(chunk):]
+		args := make([]any, 0, width*len(chunk))
+		for _, x := range chunk {
+			args = row(args, x)
+		}
+		if _, err := tx.ExecContext(ctx, head+placeholders(len(chunk), width)+tail, args...); err != nil {
+			return len(chunk), err
+		}
+	}
+	return 0, nil
 }
 
 // PruneReport says what one Prune call deleted.

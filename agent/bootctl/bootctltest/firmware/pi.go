@@ -39,6 +39,19 @@ type Pi struct {
 }
 
 // NewPi makes a powered-off Pi with the disk.
+// NewControlledPi is a Pi booting disk (size bytes) with the device tree at
+// dt and a one-minute watchdog, and the agent's rpi.Controller for it on
+// bootConfig (the disk's bootconfig partition): the pair an update runs
+// against.
+func NewControlledPi(disk io.ReaderAt, size int64, bootConfig rpi.Device, dt string) (*Pi, *rpi.Controller, error) {
+	pi := NewPi(disk, size, PiOptions{DeviceTree: dt, Watchdog: time.Minute})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: bootConfig, Reboot: pi.Reboot})
+	if err != nil {
+		return nil, nil, err
+	}
+	return pi, ctl, nil
+}
+
 func NewPi(disk io.ReaderAt, size int64, o PiOptions) *Pi {
 	return &Pi{disk: disk, size: size, o: o}
 }

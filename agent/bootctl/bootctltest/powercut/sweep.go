@@ -29,6 +29,20 @@ type Cut struct {
 	Initial, Final *Disk
 }
 
+// Region reports whether the powered-on disk holds, in [off, off+n), the
+// bytes it held before the scenario (asInitial) and those of the uncut
+// run (asFinal): "each slot is either as before or as updated" is
+// asInitial || asFinal for every partition of a slot.
+func (c Cut) Region(off, n int64) (asInitial, asFinal bool, err error) {
+	if asInitial, err = EqualRegion(c.Disk, c.Initial, off, n); err != nil {
+		return false, false, err
+	}
+	if asFinal, err = EqualRegion(c.Disk, c.Final, off, n); err != nil {
+		return false, false, err
+	}
+	return asInitial, asFinal, nil
+}
+
 func (c Cut) String() string {
 	if c.Write == 0 {
 		return fmt.Sprintf("uncut run (%d writes)", c.Writes)
