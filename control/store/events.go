@@ -219,6 +219,20 @@ func (s *Store) Events(ctx context.Context, after int64, limit int, robotID stri
 	if err != nil {
 		return nil, fmt.Errorf("list events after %d: %w", after, err)
 	}
+	return scanEvents(rows)
+}
+
+// LastSeq is the newest global sequence in the log (0 when empty).
+func (s *Store) LastSeq(ctx context.Context) (int64, error) {
+	var seq sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read last event sequence: %w", err)
+	}
+	return seq.Int64, nil
+}
+
+// scanEvents reads every row of rows as an event and closes rows.
+func scanEvents(rows *sql.Rows) ([]Event, error) {
 	defer rows.Close()
 	var out []Event
 	for rows.Next() {
@@ -229,15 +243,6 @@ func (s *Store) Events(ctx context.Context, after int64, limit int, robotID stri
 		out = append(out, e)
 	}
 	return out, rows.Err()
-}
-
-// LastSeq is the newest global sequence in the log (0 when empty).
-func (s *Store) LastSeq(ctx context.Context) (int64, error) {
-	var seq sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT max(seq) FROM events`).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("read last event sequence: %w", err)
-	}
-	return seq.Int64, nil
 }
 
 func scanEvent(rows *sql.Rows) (Event, error) {
@@ -279,14 +284,5 @@ func (s *Store) EventsOfTypes(ctx context.Context, after int64, limit int, types
 	if err != nil {
 		return nil, fmt.Errorf("list %v events after %d: %w", types, after, err)
 	}
-	defer rows.Close()
-	var out []Event
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return scanEvents(rows)
 }
