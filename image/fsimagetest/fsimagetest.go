@@ -1,0 +1,96 @@
+// Package fsimagetest holds what the tests of the filesystem and disk image
+// code share: skipping when a Debian tool that builds or checks a fixture is
+// missing, running a filesystem writer on a fresh file, opening an image
+// with its size, loading a testdata fixture, fuzzing a reader from a seed,
+// and checking that a refusal says why. Every helper fails the test itself
+// instead of returning an error, so that the tests read as what they check.
+package fsimagetest
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lekiwi/heartbeat/image/tree"
+)
+
+// NeedTools skips the test unless every one of bins is on PATH; debianPkg
+// names the Debian package(s) that provide them, for the skip message.
+func NeedTools(t testing.TB, debianPkg string, bins ...string) {
+	t.Helper()
+	for _, b := range bins {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (Debian %s): cannot check the filesystem", b, debianPkg)
+		}
+	}
+}
+
+// WriteFS runs a filesystem writer (ext4.Write, fat.Write) with tr and p on
+// a file of size bytes in a new temporary directory, as the image builder
+// runs it on a partition, and returns the file's path.
+func WriteFS[P any](t testing.TB, write func(io.WriterAt, int64, *tree.Tree, P) error, size int64, tr *tree.Tree, p P) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "fs.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := write(f, size, tr, p); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// Open opens the image at path for reading until the test ends and returns
+// it with its size: the two arguments every image reader here takes.
+func Open(t testing.TB, path string) (*os.File, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, st.Size()
+}
+
+// ReadFixture returns the contents of the file at path (a testdata fixture).
+func ReadFixture(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzImage seeds f with the fixture at seed and hands every input to read
+// as a reader and its size. read opens the bytes and goes through what it
+// finds; it must never panic or hang, whatever the bytes.
+func FuzzImage(f *testing.F, seed string, read func(r io.ReaderAt, size int64)) {
+	f.Helper()
+	f.Add(ReadFixture(f, seed))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		read(bytes.NewReader(data), int64(len(data)))
+	})
+}
+
+// WantErrorMentioning fails the test unless err is an error whose message
+// contains want: a refusal must say what is wrong.
+func WantErrorMentioning(t testing.TB, err error, want string) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want it to mention %q", err, want)
+	}
+}
