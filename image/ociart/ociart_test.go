@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 	"github.com/lekiwi/heartbeat/internal/registrytest"
 )
 
@@ -385,14 +386,8 @@ func TestPushRefusesBadImages(t *testing.T) {
 }
 
 func TestReadGPTMatchesTable(t *testing.T) {
-	img := makeImage(t, t.TempDir())
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	tab, err := readGPT(f, st.Size())
+	f, size := fsimagetest.Open(t, makeImage(t, t.TempDir()))
+	tab, err := readGPT(f, size)
 	if err != nil {
 		t.Fatal(err)
 	}
