@@ -1,8 +1,8 @@
 // Package fsimagetest holds what the tests of the filesystem and disk image
 // code share: skipping when a Debian tool that builds or checks a fixture is
-// missing, running a filesystem writer on a fresh file, opening an image
-// with its size, loading a testdata fixture, fuzzing a reader from a seed,
-// and checking that a refusal says why. Every helper fails the test itself
+// missing, running a filesystem writer on a fresh file, making a GPT disk
+// to fill, opening an image with its size, loading a testdata fixture,
+// fuzzing a reader from a seed, and checking that a refusal says why. Every helper fails the test itself
 // instead of returning an error, so that the tests read as what they check.
 package fsimagetest
 
@@ -14,6 +14,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/lekiwi/heartbeat/image/tree"
 )
@@ -47,6 +50,33 @@ func WriteFS[P any](t testing.TB, write func(io.WriterAt, int64, *tree.Tree, P) 
 		t.Fatal(err)
 	}
 	return img
+}
+
+// DiskGUID is the GPT disk GUID GPTDisk writes, for tests that check what a
+// reader found.
+const DiskGUID = "5B1E6A4C-1C8E-4F55-9D2A-0A0B0C0D0E0F"
+
+// GPTDisk creates a disk image of size bytes at path with go-diskfs: a
+// protective MBR and a GPT of 512-byte sectors holding parts under
+// DiskGUID. It returns the image open for writing the partitions' contents;
+// the file is closed when the test ends, if the test has not closed it.
+func GPTDisk(t testing.TB, path string, size int64, parts ...*gpt.Partition) *os.File {
+	t.Helper()
+	d, err := diskfs.Create(path, size, diskfs.SectorSize512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: DiskGUID, Partitions: parts})
+	d.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }
 
 // Open opens the image at path for reading until the test ends and returns
