@@ -209,14 +209,9 @@ func TestOpenRejects(t *testing.T) {
 // does: walk, read every file, link and attribute. It must never panic or
 // hang.
 func FuzzReadExt4(f *testing.F) {
-	fsimagetest.FuzzImage(f, "testdata/tiny.ext4", func(r io.ReaderAt, size int64) {
-		fs, err := Open(r, size)
-		if err != nil {
-			return
-		}
-		n := 0
+	fsimagetest.FuzzImage(f, "testdata/tiny.ext4", Open, func(fs *FS, enough func() bool) {
 		_ = fs.Walk(func(p string, in *Inode) error {
-			if n++; n > 10000 {
+			if enough() {
 				return io.EOF
 			}
 			_, _ = fs.Xattrs(in)

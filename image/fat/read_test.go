@@ -118,14 +118,9 @@ func TestNewReaderRejects(t *testing.T) {
 }
 
 func FuzzReadFAT(f *testing.F) {
-	fsimagetest.FuzzImage(f, "testdata/tiny.fat", func(r io.ReaderAt, size int64) {
-		fs, err := NewReader(r, size)
-		if err != nil {
-			return
-		}
-		n := 0
+	fsimagetest.FuzzImage(f, "testdata/tiny.fat", NewReader, func(fs *Reader, enough func() bool) {
 		_ = fs.Walk(func(e Entry) error {
-			if n++; n > 10000 {
+			if enough() {
 				return io.EOF
 			}
 			if r, err := fs.Open(e); err == nil {

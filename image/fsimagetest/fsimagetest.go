@@ -105,14 +105,25 @@ func ReadFixture(t testing.TB, path string) []byte {
 	return b
 }
 
-// FuzzImage seeds f with the fixture at seed and hands every input to read
-// as a reader and its size. read opens the bytes and goes through what it
-// finds; it must never panic or hang, whatever the bytes.
-func FuzzImage(f *testing.F, seed string, read func(r io.ReaderAt, size int64)) {
+// FuzzImage seeds f with the fixture at seed and opens every input with
+// open, a reader's constructor for untrusted bytes; what opens is handed to
+// walk, which goes through what it finds. Neither may panic or hang,
+// whatever the bytes. walk calls enough once per entry and stops when it
+// says true: a corrupt directory can loop forever, and the budget (10000
+// entries) is far more than any seed holds.
+func FuzzImage[FS any](f *testing.F, seed string, open func(io.ReaderAt, int64) (FS, error), walk func(fs FS, enough func() bool)) {
 	f.Helper()
 	f.Add(ReadFixture(f, seed))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		read(bytes.NewReader(data), int64(len(data)))
+		fs, err := open(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			return
+		}
+		entries := 0
+		walk(fs, func() bool {
+			entries++
+			return entries > 10000
+		})
 	})
 }
 
