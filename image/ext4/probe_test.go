@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"os"
 	"testing"
+
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 )
 
 func TestHasSuperblock(t *testing.T) {
-	img, err := os.ReadFile(writeImage(t, sampleTree(t), 16<<20, Params{Time: epoch}))
+	img, err := os.ReadFile(fsimagetest.WriteFS(t, Write, 16<<20, sampleTree(t), Params{Time: epoch}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 )
 
 // stage builds a directory with one of every kind of inode the reader must
@@ -85,14 +87,8 @@ func TestWalkMatchesStagedDirectory(t *testing.T) {
 		{"inline data", []string{"-O", "inline_data"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			img := mkfs(t, dir, tc.args...)
-			f, err := os.Open(img)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			st, _ := f.Stat()
-			fs, err := Open(f, st.Size())
+			f, size := fsimagetest.Open(t, mkfs(t, dir, tc.args...))
+			fs, err := Open(f, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,10 +183,7 @@ func unixMajor(dev uint64) uint32 { return uint32((dev >> 8) & 0xfff) }
 func unixMinor(dev uint64) uint32 { return uint32((dev & 0xff) | ((dev >> 12) & 0xfff00)) }
 
 func TestOpenRejects(t *testing.T) {
-	tiny, err := os.ReadFile("testdata/tiny.ext4")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tiny := fsimagetest.ReadFixture(t, "testdata/tiny.ext4")
 	recover := append([]byte(nil), tiny...)
 	recover[1024+0x60] |= incompatRecover
 	for _, tc := range []struct {
@@ -207,9 +200,7 @@ func TestOpenRejects(t *testing.T) {
 			if err == nil {
 				err = fs.Walk(func(string, *Inode) error { return nil })
 			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error %v, want it to mention %q", err, tc.want)
-			}
+			fsimagetest.WantErrorMentioning(t, err, tc.want)
 		})
 	}
 }
@@ -218,19 +209,9 @@ func TestOpenRejects(t *testing.T) {
 // does: walk, read every file, link and attribute. It must never panic or
 // hang.
 func FuzzReadExt4(f *testing.F) {
-	tiny, err := os.ReadFile("testdata/tiny.ext4")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(tiny)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		fs, err := Open(bytes.NewReader(data), int64(len(data)))
-		if err != nil {
-			return
-		}
-		n := 0
+	fsimagetest.FuzzImage(f, "testdata/tiny.ext4", Open, func(fs *FS, enough func() bool) {
 		_ = fs.Walk(func(p string, in *Inode) error {
-			if n++; n > 10000 {
+			if enough() {
 				return io.EOF
 			}
 			_, _ = fs.Xattrs(in)

@@ -13,19 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 	"github.com/lekiwi/heartbeat/image/tree"
 )
 
 var epoch = time.Unix(1700000000, 0).UTC()
-
-func need(t *testing.T, bins ...string) {
-	t.Helper()
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (Debian e2fsprogs): cannot check the filesystem", b)
-		}
-	}
-}
 
 // sampleTree has every kind of entry a root filesystem holds.
 func sampleTree(t *testing.T) *tree.Tree {
@@ -64,23 +56,6 @@ func itoa(i int) string {
 	return strings.TrimSpace(strings.Replace(string(rune('0'+i/100))+string(rune('0'+i/10%10))+string(rune('0'+i%10)), " ", "", -1))
 }
 
-func writeImage(t *testing.T, tr *tree.Tree, size int64, p Params) string {
-	t.Helper()
-	img := filepath.Join(t.TempDir(), "fs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	if err := Write(f, size, tr, p); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
 func debugfs(t *testing.T, img, req string) string {
 	t.Helper()
 	out, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
@@ -91,7 +66,7 @@ func debugfs(t *testing.T, img, req string) string {
 }
 
 func TestWritePassesE2fsckAndKeepsMetadata(t *testing.T) {
-	need(t, "e2fsck", "debugfs")
+	fsimagetest.NeedTools(t, "e2fsprogs", "e2fsck", "debugfs")
 	for _, tc := range []struct {
 		name    string
 		size    int64
@@ -102,7 +77,7 @@ func TestWritePassesE2fsckAndKeepsMetadata(t *testing.T) {
 		{"multi-group", 300 << 20, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			img := writeImage(t, sampleTree(t), tc.size, Params{Label: "system_a", UUID: [16]byte{1, 2, 3}, Time: epoch, Journal: tc.journal, ReservedPercent: 5})
+			img := fsimagetest.WriteFS(t, Write, tc.size, sampleTree(t), Params{Label: "system_a", UUID: [16]byte{1, 2, 3}, Time: epoch, Journal: tc.journal, ReservedPercent: 5})
 			out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput()
 			if err != nil {
 				t.Fatalf("e2fsck -fn: %v\n%s", err, out)
@@ -142,7 +117,7 @@ func TestWritePassesE2fsckAndKeepsMetadata(t *testing.T) {
 
 func TestWriteIsReproducible(t *testing.T) {
 	sum := func() [32]byte {
-		b, err := os.ReadFile(writeImage(t, sampleTree(t), 32<<20, Params{UUID: [16]byte{9}, Time: epoch, Journal: true}))
+		b, err := os.ReadFile(fsimagetest.WriteFS(t, Write, 32<<20, sampleTree(t), Params{UUID: [16]byte{9}, Time: epoch, Journal: true}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,8 +148,8 @@ func TestWriteRefusesWhatDoesNotFit(t *testing.T) {
 }
 
 func TestZeroMetadataRewritesInPlace(t *testing.T) {
-	need(t, "e2fsck")
-	img := writeImage(t, sampleTree(t), 64<<20, Params{Time: epoch, Journal: true})
+	fsimagetest.NeedTools(t, "e2fsprogs", "e2fsck")
+	img := fsimagetest.WriteFS(t, Write, 64<<20, sampleTree(t), Params{Time: epoch, Journal: true})
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

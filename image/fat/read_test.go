@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 )
 
 func run(t *testing.T, name string, args ...string) {
@@ -53,13 +55,8 @@ func TestWalkReadsWhatMtoolsWrote(t *testing.T) {
 				}
 				run(t, "mcopy", "-m", "-i", img, src, "::"+name)
 			}
-			f, err := os.Open(img)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			st, _ := f.Stat()
-			fs, err := NewReader(f, st.Size())
+			f, size := fsimagetest.Open(t, img)
+			fs, err := NewReader(f, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,10 +100,7 @@ func TestWalkReadsWhatMtoolsWrote(t *testing.T) {
 }
 
 func TestNewReaderRejects(t *testing.T) {
-	tiny, err := os.ReadFile("testdata/tiny.fat")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tiny := fsimagetest.ReadFixture(t, "testdata/tiny.fat")
 	for _, tc := range []struct {
 		name string
 		data []byte
@@ -118,27 +112,15 @@ func TestNewReaderRejects(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := NewReader(bytes.NewReader(tc.data), int64(len(tc.data)))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("error %v, want it to mention %q", err, tc.want)
-			}
+			fsimagetest.WantErrorMentioning(t, err, tc.want)
 		})
 	}
 }
 
 func FuzzReadFAT(f *testing.F) {
-	tiny, err := os.ReadFile("testdata/tiny.fat")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(tiny)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		fs, err := NewReader(bytes.NewReader(data), int64(len(data)))
-		if err != nil {
-			return
-		}
-		n := 0
+	fsimagetest.FuzzImage(f, "testdata/tiny.fat", NewReader, func(fs *Reader, enough func() bool) {
 		_ = fs.Walk(func(e Entry) error {
-			if n++; n > 10000 {
+			if enough() {
 				return io.EOF
 			}
 			if r, err := fs.Open(e); err == nil {

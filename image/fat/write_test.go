@@ -9,19 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 	"github.com/lekiwi/heartbeat/image/tree"
 )
 
 var epoch = time.Date(2024, 5, 6, 7, 8, 10, 0, time.UTC)
-
-func need(t *testing.T, bins ...string) {
-	t.Helper()
-	for _, b := range bins {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Skipf("%s not installed (Debian dosfstools/mtools): cannot check the filesystem", b)
-		}
-	}
-}
 
 func bootTree(t *testing.T) *tree.Tree {
 	t.Helper()
@@ -45,32 +37,15 @@ func bootTree(t *testing.T) *tree.Tree {
 	return tr
 }
 
-func write(t *testing.T, tr *tree.Tree, size int64, p Params) string {
-	t.Helper()
-	img := filepath.Join(t.TempDir(), "fat.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	if err := Write(f, size, tr, p); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
 func TestWritePassesFsckAndMtools(t *testing.T) {
-	need(t, "fsck.fat", "mtype", "mdir")
+	fsimagetest.NeedTools(t, "dosfstools/mtools", "fsck.fat", "mtype", "mdir")
 	for _, tc := range []struct {
 		name string
 		typ  Type
 		size int64
 	}{{"fat16-32MiB", FAT16, 32 << 20}, {"fat32-256MiB", FAT32, 256 << 20}, {"fat32-64MiB", FAT32, 64 << 20}} {
 		t.Run(tc.name, func(t *testing.T) {
-			img := write(t, bootTree(t), tc.size, Params{Type: tc.typ, Label: "BOOT_A", VolumeID: 0x1234abcd, Time: epoch})
+			img := fsimagetest.WriteFS(t, Write, tc.size, bootTree(t), Params{Type: tc.typ, Label: "BOOT_A", VolumeID: 0x1234abcd, Time: epoch})
 			out, err := exec.Command("fsck.fat", "-n", "-V", img).CombinedOutput()
 			if err != nil || strings.Contains(string(out), "Reclaim") || strings.Contains(string(out), "differences") {
 				t.Fatalf("fsck.fat -n: %v\n%s", err, out)

@@ -11,6 +11,7 @@
 package ociart
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // Media types of the artifact.
@@ -82,6 +85,35 @@ type Options struct {
 	// TempDir holds the compressed layers while pushing; empty means
 	// os.TempDir().
 	TempDir string
+}
+
+// ParseReference parses ref, a kind ("image", "release") of artifact's
+// registry/repository:tag, allowing plain HTTP when o.Insecure.
+func (o Options) ParseReference(ref, kind string) (name.Reference, error) {
+	var no []name.Option
+	if o.Insecure {
+		no = append(no, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, no...)
+	if err != nil {
+		return nil, fmt.Errorf("%s reference %q: %w (want registry/repository:tag, e.g. control.local:8443/lekiwi/%s:1.2.0)", kind, ref, err, kind)
+	}
+	return r, nil
+}
+
+// RemoteOptions are the registry client options for o, sent as userAgent:
+// o.Auth, else the Docker keychain, and o.Transport when set.
+func (o Options) RemoteOptions(ctx context.Context, userAgent string) []remote.Option {
+	ro := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent(userAgent)}
+	if o.Auth != nil {
+		ro = append(ro, remote.WithAuth(o.Auth))
+	} else {
+		ro = append(ro, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+	}
+	if o.Transport != nil {
+		ro = append(ro, remote.WithTransport(o.Transport))
+	}
+	return ro
 }
 
 // Config is the artifact's config blob.

@@ -16,12 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 	"github.com/lekiwi/heartbeat/internal/registrytest"
 )
 
@@ -52,39 +52,18 @@ func makeImage(t *testing.T, dir string) string {
 // partition.
 func makeImageSized(f *testing.F, dir string) string {
 	path := filepath.Join(dir, "small.img")
-	d, err := diskfs.Create(path, mib, diskfs.SectorSize512)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "5B1E6A4C-1C8E-4F55-9D2A-0A0B0C0D0E0F",
-		Partitions: []*gpt.Partition{{Index: 1, Start: 64, End: 1900, Type: gpt.LinuxFilesystem, Name: "p", GUID: "11111111-2222-4333-8444-555555555551"}}}); err != nil {
-		f.Fatal(err)
-	}
+	fsimagetest.GPTDisk(f, path, mib,
+		&gpt.Partition{Index: 1, Start: 64, End: 1900, Type: gpt.LinuxFilesystem, Name: "p", GUID: "11111111-2222-4333-8444-555555555551"})
 	return path
 }
 
 func makeImageSizedT(t *testing.T, dir string) string {
 	path := filepath.Join(dir, "robot.img")
-	d, err := diskfs.Create(path, 48*mib, diskfs.SectorSize512)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "5B1E6A4C-1C8E-4F55-9D2A-0A0B0C0D0E0F",
-		Partitions: []*gpt.Partition{
-			{Index: 1, Start: 2048, End: 2048 + 8*2048 - 1, Type: gpt.MicrosoftBasicData, Name: "boot_a", GUID: "11111111-2222-4333-8444-555555555551"},
-			{Index: 2, Start: 20480, End: 20480 + 16*2048 - 1, Type: gpt.LinuxFilesystem, Name: "system_a", GUID: "11111111-2222-4333-8444-555555555552"},
-			{Index: 3, Start: 53248, End: 53248 + 4*2048 - 1, Type: gpt.LinuxFilesystem, Name: "empty", GUID: "11111111-2222-4333-8444-555555555553"},
-			{Index: 4, Start: 63488, End: 63488 + 8*2048 - 1, Type: gpt.LinuxFilesystem, Name: "persistent", GUID: "11111111-2222-4333-8444-555555555554", Attributes: 1<<60 | 1},
-		}}
-	if err := d.Partition(tab); err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := fsimagetest.GPTDisk(t, path, 48*mib,
+		&gpt.Partition{Index: 1, Start: 2048, End: 2048 + 8*2048 - 1, Type: gpt.MicrosoftBasicData, Name: "boot_a", GUID: "11111111-2222-4333-8444-555555555551"},
+		&gpt.Partition{Index: 2, Start: 20480, End: 20480 + 16*2048 - 1, Type: gpt.LinuxFilesystem, Name: "system_a", GUID: "11111111-2222-4333-8444-555555555552"},
+		&gpt.Partition{Index: 3, Start: 53248, End: 53248 + 4*2048 - 1, Type: gpt.LinuxFilesystem, Name: "empty", GUID: "11111111-2222-4333-8444-555555555553"},
+		&gpt.Partition{Index: 4, Start: 63488, End: 63488 + 8*2048 - 1, Type: gpt.LinuxFilesystem, Name: "persistent", GUID: "11111111-2222-4333-8444-555555555554", Attributes: 1<<60 | 1})
 	defer f.Close()
 	pattern := func(seed byte, n int) []byte {
 		b := make([]byte, n)
@@ -385,14 +364,8 @@ func TestPushRefusesBadImages(t *testing.T) {
 }
 
 func TestReadGPTMatchesTable(t *testing.T) {
-	img := makeImage(t, t.TempDir())
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	tab, err := readGPT(f, st.Size())
+	f, size := fsimagetest.Open(t, makeImage(t, t.TempDir()))
+	tab, err := readGPT(f, size)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,27 +80,32 @@ func (m *meter) line() {
 
 // Finish prints the final state.
 func (m *meter) Finish() {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.stopped {
-		return
-	}
-	m.stopped = true
-	if m.bar != nil {
-		m.bar.SetTotal(-1, true) // complete at what was done, even if the total was a guess
-		m.bars.Wait()
-		return
-	}
-	m.line()
+	m.end(func() {
+		if m.bar != nil {
+			m.bar.SetTotal(-1, true) // complete at what was done, even if the total was a guess
+			m.bars.Wait()
+			return
+		}
+		m.line()
+	})
 }
 
 // Stop ends an unfinished bar where it is, so that the terminal is free
 // for the error that follows; defer it after newMeter. It does nothing
 // after Finish, and prints nothing when there is no bar.
 func (m *meter) Stop() {
+	m.end(func() {
+		if m.bar != nil {
+			m.bar.Abort(false)
+			m.bars.Wait()
+		}
+	})
+}
+
+// end runs last under the lock for whichever of Finish and Stop comes
+// first: a bar can be completed or aborted only once, and the deferred
+// Stop must not undo a Finish.
+func (m *meter) end(last func()) {
 	if m == nil {
 		return
 	}
@@ -110,10 +115,7 @@ func (m *meter) Stop() {
 		return
 	}
 	m.stopped = true
-	if m.bar != nil {
-		m.bar.Abort(false)
-		m.bars.Wait()
-	}
+	last()
 }
 
 func human(n int64) string {

@@ -28,11 +28,11 @@ import (
 // earlier image is removed. On error nothing is left at imagePath or its
 // .partial names.
 func Pull(ctx context.Context, ref, imagePath string, opts Options) (Meta, error) {
-	r, err := parseRef(ref, opts)
+	r, err := opts.ParseReference(ref, "image")
 	if err != nil {
 		return Meta{}, err
 	}
-	puller, err := remote.NewPuller(remoteOptions(ctx, opts)...)
+	puller, err := remote.NewPuller(opts.RemoteOptions(ctx, "lekiwi-provision")...)
 	if err != nil {
 		return Meta{}, fmt.Errorf("registry client for %s: %w", ref, err)
 	}

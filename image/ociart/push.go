@@ -16,8 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -33,31 +31,6 @@ import (
 func newEncoder(w io.Writer) (*zstd.Encoder, error) {
 	return zstd.NewWriter(w, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault),
 		zstd.WithEncoderCRC(true), zstd.WithWindowSize(1<<22), zstd.WithZeroFrames(true))
-}
-
-func remoteOptions(ctx context.Context, o Options) []remote.Option {
-	ro := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("lekiwi-provision")}
-	if o.Auth != nil {
-		ro = append(ro, remote.WithAuth(o.Auth))
-	} else {
-		ro = append(ro, remote.WithAuthFromKeychain(authn.DefaultKeychain))
-	}
-	if o.Transport != nil {
-		ro = append(ro, remote.WithTransport(o.Transport))
-	}
-	return ro
-}
-
-func parseRef(ref string, o Options) (name.Reference, error) {
-	var no []name.Option
-	if o.Insecure {
-		no = append(no, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, no...)
-	if err != nil {
-		return nil, fmt.Errorf("image reference %q: %w (want registry/repository:tag, e.g. control.local:8443/lekiwi/image:1.2.0)", ref, err)
-	}
-	return r, nil
 }
 
 // fileLayer is a blob stored in a local file whose digest is already known.
@@ -118,7 +91,7 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return manifestMedia
 // manifest digest ("sha256:…"). The sidecar imagePath.bmap is pushed too
 // when it exists.
 func Push(ctx context.Context, imagePath, ref string, meta Meta, opts Options) (string, error) {
-	r, err := parseRef(ref, opts)
+	r, err := opts.ParseReference(ref, "image")
 	if err != nil {
 		return "", err
 	}
@@ -206,7 +179,7 @@ func Push(ctx context.Context, imagePath, ref string, meta Meta, opts Options) (
 		return "", err
 	}
 
-	pusher, err := remote.NewPusher(remoteOptions(ctx, opts)...)
+	pusher, err := remote.NewPusher(opts.RemoteOptions(ctx, "lekiwi-provision")...)
 	if err != nil {
 		return "", fmt.Errorf("registry client for %s: %w", ref, err)
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -21,33 +20,9 @@ import (
 	"github.com/lekiwi/heartbeat/image/ociart"
 )
 
-// Registry access takes ociart.Options (Insecure, Auth, Transport), so the
-// CLI's registry flags serve images and releases alike.
-
-func parseRef(ref string, o ociart.Options) (name.Reference, error) {
-	var no []name.Option
-	if o.Insecure {
-		no = append(no, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, no...)
-	if err != nil {
-		return nil, fmt.Errorf("release reference %q: %w (want registry/repository:tag, e.g. control.local:8443/lekiwi/release:1.2.0)", ref, err)
-	}
-	return r, nil
-}
-
-func remoteOptions(ctx context.Context, o ociart.Options) []remote.Option {
-	ro := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("lekiwi-release")}
-	if o.Auth != nil {
-		ro = append(ro, remote.WithAuth(o.Auth))
-	} else {
-		ro = append(ro, remote.WithAuthFromKeychain(authn.DefaultKeychain))
-	}
-	if o.Transport != nil {
-		ro = append(ro, remote.WithTransport(o.Transport))
-	}
-	return ro
-}
+// Registry access goes through ociart.Options (Insecure, Auth, Transport)
+// and its ParseReference and RemoteOptions, so the CLI's registry flags
+// serve images and releases alike.
 
 // blobFile is a layout blob uploaded by remote.Pusher.
 type blobFile struct {
@@ -74,7 +49,7 @@ func (m rawManifest) MediaType() (types.MediaType, error) { return manifestMedia
 // robots check) and returns the manifest digest. Blobs the registry has
 // already are not uploaded again.
 func Push(ctx context.Context, dir, ref string, o ociart.Options) (string, error) {
-	r, err := parseRef(ref, o)
+	r, err := o.ParseReference(ref, "release")
 	if err != nil {
 		return "", err
 	}
@@ -86,7 +61,7 @@ func Push(ctx context.Context, dir, ref string, o ociart.Options) (string, error
 	if err != nil {
 		return "", err
 	}
-	pusher, err := remote.NewPusher(remoteOptions(ctx, o)...)
+	pusher, err := remote.NewPusher(o.RemoteOptions(ctx, "lekiwi-release")...)
 	if err != nil {
 		return "", fmt.Errorf("registry client for %s: %w", ref, err)
 	}
@@ -109,11 +84,11 @@ func Push(ctx context.Context, dir, ref string, o ociart.Options) (string, error
 // Pull fetches a release's manifest and config blob from a registry,
 // checking both against their digests (not the signature: call Verify).
 func Pull(ctx context.Context, ref string, o ociart.Options) (rawManifest, config []byte, err error) {
-	r, err := parseRef(ref, o)
+	r, err := o.ParseReference(ref, "release")
 	if err != nil {
 		return nil, nil, err
 	}
-	puller, err := remote.NewPuller(remoteOptions(ctx, o)...)
+	puller, err := remote.NewPuller(o.RemoteOptions(ctx, "lekiwi-release")...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry client for %s: %w", ref, err)
 	}
@@ -163,7 +138,7 @@ type RegistrySource struct {
 // NewRegistrySource connects to ref's registry (authenticating for pull)
 // and serves blobs of ref's repository.
 func NewRegistrySource(ctx context.Context, ref string, o ociart.Options) (*RegistrySource, error) {
-	r, err := parseRef(ref, o)
+	r, err := o.ParseReference(ref, "release")
 	if err != nil {
 		return nil, err
 	}

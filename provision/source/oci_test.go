@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/lekiwi/heartbeat/image/fsimagetest"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/internal/registrytest"
 )
@@ -22,23 +22,9 @@ import (
 func makeGPTImage(t *testing.T, dir string) (string, []byte) {
 	t.Helper()
 	path := filepath.Join(dir, "lekiwi.img")
-	d, err := diskfs.Create(path, 16*mib, diskfs.SectorSize512)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: "5B1E6A4C-1C8E-4F55-9D2A-0A0B0C0D0E0F",
-		Partitions: []*gpt.Partition{
-			{Index: 1, Start: 2048, End: 2048 + 4*2048 - 1, Type: gpt.MicrosoftBasicData, Name: "boot_a", GUID: "11111111-2222-4333-8444-555555555551"},
-			{Index: 2, Start: 12288, End: 12288 + 8*2048 - 1, Type: gpt.LinuxFilesystem, Name: "system_a", GUID: "11111111-2222-4333-8444-555555555552"},
-		}}
-	if err := d.Partition(tab); err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := fsimagetest.GPTDisk(t, path, 16*mib,
+		&gpt.Partition{Index: 1, Start: 2048, End: 2048 + 4*2048 - 1, Type: gpt.MicrosoftBasicData, Name: "boot_a", GUID: "11111111-2222-4333-8444-555555555551"},
+		&gpt.Partition{Index: 2, Start: 12288, End: 12288 + 8*2048 - 1, Type: gpt.LinuxFilesystem, Name: "system_a", GUID: "11111111-2222-4333-8444-555555555552"})
 	rng := rand.New(rand.NewPCG(31, 1))
 	for _, w := range []struct{ off, n int64 }{{1 * mib, 2 * mib}, {6*mib + 512, 1000}, {9 * mib, mib}} {
 		b := make([]byte, w.n)
