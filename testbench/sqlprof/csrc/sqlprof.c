@@ -112,8 +112,18 @@ int sqlite3_step(sqlite3_stmt *stmt) {
 	return rc;
 }
 
+/* ms is a time as the profile prints it: whole milliseconds, rounded. */
+static uint64_t ms(uint64_t ns) { return (ns + 500000) / 1000000; }
+
+/* by_time orders the profile by the total it shows (step + prepare, each
+ * rounded to milliseconds), then by the exact total, empty slots last. Sorting
+ * by the exact total alone let a line show a larger total than the one above
+ * it once both fields were rounded. */
 static int by_time(const void *a, const void *b) {
 	const struct entry *x = a, *y = b;
+	if (!x->hash || !y->hash) return !x->hash - !y->hash;
+	uint64_t sx = ms(x->step_ns) + ms(x->prepare_ns), sy = ms(y->step_ns) + ms(y->prepare_ns);
+	if (sx != sy) return sx < sy ? 1 : -1;
 	uint64_t tx = x->step_ns + x->prepare_ns, ty = y->step_ns + y->prepare_ns;
 	return tx < ty ? 1 : tx > ty ? -1 : 0;
 }
@@ -131,7 +141,7 @@ static void dump(void) {
 	fprintf(f, "step_cpu_ms\tprepare_cpu_ms\tsteps\trows\tprepares\tsql\n");
 	for (int i = 0; i < SLOTS && copy[i].hash; i++) {
 		struct entry *e = &copy[i];
-		fprintf(f, "%.0f\t%.0f\t%llu\t%llu\t%llu\t%s\n", e->step_ns / 1e6, e->prepare_ns / 1e6,
+		fprintf(f, "%llu\t%llu\t%llu\t%llu\t%llu\t%s\n", (unsigned long long)ms(e->step_ns), (unsigned long long)ms(e->prepare_ns),
 			(unsigned long long)e->steps, (unsigned long long)e->rows, (unsigned long long)e->prepares, e->key);
 	}
 	fclose(f);
