@@ -54,14 +54,18 @@ run: build
 	./bin/fleet demo --robots 50 --data-dir $(RUN_DIR)/control
 
 # Pure-Go packages run first under the race detector; then every package
-# (cgo/dqlite included) once more without it.
+# (cgo/dqlite included) once more without it, the chaos scenarios last and
+# alone: they time failovers of a 3-process cluster on this 2-core machine,
+# and beside another package's tests (as -p 2 ran them once testbench was
+# split) a killed leader's writes came back after 5-7.6 s instead of ~2 s.
 test: deps-test
 	$(GO) vet -tags $(TAGS) ./...
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provision
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/netboot
 	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/... ./control/pki/... ./control/auth/... ./cmd/provision/...
-	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 ./...
+	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 $$($(GO) list -tags $(TAGS) ./... | grep -v '/testbench/chaos$$')
+	$(GO) test -tags $(TAGS) -count=1 -timeout 10m ./testbench/chaos
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
