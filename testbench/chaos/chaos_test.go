@@ -339,6 +339,38 @@ func TestChaosRollingRestart(t *testing.T) {
 	e.finish(t, load, c.Members[0])
 }
 
+// writeStats is what writeRound saw.
+type writeStats struct {
+	writes  int
+	first   time.Time // end of the first successful write
+	slowest time.Duration
+}
+
+// writeRound writes through every control node in turn, every 100 ms, for
+// 5 s from t0 (and at least until one write succeeded, at most 30 s).
+func writeRound(ctx context.Context, t *testing.T, c *lab.ProcCluster, t0 time.Time, phase string) writeStats {
+	t.Helper()
+	var st writeStats
+	for time.Since(t0) < 5*time.Second || st.first.IsZero() {
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("no write within 30 s %s", phase)
+		}
+		for _, m := range c.Controls() {
+			s := time.Now()
+			if err := m.Write(ctx); err != nil {
+				t.Fatalf("write through %s %s: %v", m.Name, phase, err)
+			}
+			if st.first.IsZero() {
+				st.first = time.Now()
+			}
+			st.writes++
+			st.slowest = max(st.slowest, time.Since(s))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return st
+}
+
 // The witness is killed; the two control nodes keep serving
 // writes. Restarted, it rejoins as a voter — and its vote counts: with one
 // control node stopped, the other still writes.
@@ -361,38 +393,24 @@ func TestChaosWitnessLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same write loop before the kill is the baseline: under a busy
+	// machine a write can take a second with every member alive (the
+	// API's transaction and both committers take turns at the leader's
+	// write lock), and that is not the witness's doing.
+	before := writeRound(ctx, t, c, time.Now(), "with every member up")
 	t0 := time.Now()
 	w.Kill()
 	// Both control nodes keep writing. If the witness led, the first
 	// writes wait for an election (as when the leader is killed).
-	var first time.Time
-	var writes, slow int
-	var slowest time.Duration
-	for time.Since(t0) < 5*time.Second || first.IsZero() {
-		if time.Since(t0) > 30*time.Second {
-			t.Fatalf("no write within 30 s of the witness's death")
-		}
-		for _, m := range c.Controls() {
-			s := time.Now()
-			if err := m.Write(ctx); err != nil {
-				t.Fatalf("write through %s with the witness dead: %v", m.Name, err)
-			}
-			if first.IsZero() {
-				first = time.Now()
-			}
-			writes++
-			if d := time.Since(s); d > time.Second {
-				slow++
-			}
-			slowest = max(slowest, time.Since(s))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	after := writeRound(ctx, t, c, t0, "with the witness dead")
 	robots, _, _, _ := watch.Since(t0)
-	t.Logf("witness killed (it led: %v): %d writes through both control nodes over %s, first %s after the kill, slowest %s (%d over 1 s); %d agents lost their connection",
-		leader == w, writes, time.Since(t0).Round(time.Millisecond), first.Sub(t0).Round(time.Millisecond), slowest.Round(time.Millisecond), slow, robots)
-	if leader != w && (slow > 0 || robots > 0) {
-		t.Errorf("losing a follower witness disturbed the cluster: %d writes over 1 s, %d agents disconnected", slow, robots)
+	limit := max(time.Second, 2*before.slowest)
+	t.Logf("witness killed (it led: %v): %d writes through both control nodes over %s, first %s after the kill, slowest %s (before the kill: %d writes, slowest %s); %d agents lost their connection",
+		leader == w, after.writes, time.Since(t0).Round(time.Millisecond), after.first.Sub(t0).Round(time.Millisecond), after.slowest.Round(time.Millisecond),
+		before.writes, before.slowest.Round(time.Millisecond), robots)
+	if leader != w && (after.slowest > limit || robots > 0) {
+		t.Errorf("losing a follower witness disturbed the cluster: slowest write %s (limit %s: 1 s or twice the slowest before the kill), %d agents disconnected",
+			after.slowest.Round(time.Millisecond), limit, robots)
 	}
 	if n := e.fleet.Connected(); n != e.agents {
 		t.Errorf("%d of %d agents connected with the witness dead", n, e.agents)
