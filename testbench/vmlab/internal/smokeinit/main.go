@@ -51,6 +51,9 @@ func main() {
 		say("error: %v", err)
 		return
 	}
+	// Kernel messages below errors stay off the console: printed in the
+	// middle of one of ours, a message would split it.
+	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("3"), 0)
 	out = activeConsoles()
 	say("start uptime=%s", uptime())
 
