@@ -24,9 +24,9 @@
 // What it is not: a Pi. There is no VideoCore, no Pi device tree (QEMU
 // generates a virt one: PL011 UART, PCIe, GICv2), no SD card or eMMC, no
 // GPIO, no EEPROM, and the Pi firmware is emulated only as far as choosing
-// the files to boot. Under TCG a guest runs some 10-50 times slower than a
-// Pi: timing-sensitive code (servo ping timeouts) sees QEMU's USB latency,
-// not a real FT232's.
+// the files to boot. Under TCG a guest runs many times slower than a Pi, and
+// timing-sensitive code (servo ping timeouts) sees QEMU's USB emulation
+// latency (10-50 ms measured), not a real FT232's.
 //
 // Everything needs root for namespaces and taps; QEMU
 // (qemu-system-aarch64, Debian qemu-system-arm) and dtc (Debian

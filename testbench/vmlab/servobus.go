@@ -52,8 +52,8 @@ type servoLink struct {
 }
 
 // dialServo connects to QEMU's listening chardev socket at path, waiting
-// for QEMU to create it.
-func dialServo(path string, sim *servo.Sim, deadline time.Time) (*servoLink, error) {
+// for QEMU to create it (or to exit, closing qemuExited).
+func dialServo(path string, sim *servo.Sim, deadline time.Time, qemuExited <-chan struct{}) (*servoLink, error) {
 	var conn net.Conn
 	for {
 		c, err := net.Dial("unix", path)
@@ -64,7 +64,11 @@ func dialServo(path string, sim *servo.Sim, deadline time.Time) (*servoLink, err
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("vmlab: connecting the servo bus to QEMU's socket %s: %w", path, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-qemuExited:
+			return nil, fmt.Errorf("vmlab: QEMU exited before opening the servo bus socket %s", path)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	l := &servoLink{sim: sim, conn: conn, done: make(chan struct{})}
 	go l.fromGuest()

@@ -267,8 +267,15 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 	}()
 	deadline := time.Now().Add(15 * time.Second)
 	for i, sock := range sockets {
-		l, err := dialServo(sock, v.sims[i], deadline)
+		l, err := dialServo(sock, v.sims[i], deadline, v.exited)
 		if err != nil {
+			select {
+			case <-v.exited: // QEMU's own reason is the better error
+				if v.exitErr != nil {
+					return nil, v.exitErr
+				}
+			default: // the deferred Close kills it
+			}
 			return nil, err
 		}
 		v.links = append(v.links, l)
