@@ -365,15 +365,17 @@ func (v *VM) Close() error {
 	return v.closeErr
 }
 
-// StartTest starts a VM for a test: Dir defaults to a fresh t.TempDir, the
-// VM is closed when the test ends, and a failed test logs the console's
-// last lines and the command line.
+// StartTest starts a VM for a test: the VM is closed when the test ends,
+// and a failed test logs the console's last lines and the command line.
+// Dir defaults to a fresh t.TempDir, whose logs a failed test keeps: they
+// are copied to a directory under os.TempDir that the failure names.
 func StartTest(t testing.TB, ctx context.Context, cfg Config) *VM {
 	t.Helper()
 	if err := Available(); err != nil {
 		t.Skip(err)
 	}
-	if cfg.Dir == "" {
+	temporary := cfg.Dir == ""
+	if temporary {
 		cfg.Dir = t.TempDir()
 	}
 	v, err := Start(ctx, cfg)
@@ -381,14 +383,33 @@ func StartTest(t testing.TB, ctx context.Context, cfg Config) *VM {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("VM %s\nlogs in %s; console ends:\n%s", v.CommandLine(), v.Dir, v.Console.tailText(TailLines))
-		}
 		if err := v.Close(); err != nil {
 			t.Error(err)
 		}
+		if !t.Failed() {
+			return
+		}
+		logs := v.Dir
+		if temporary {
+			logs = keepLogs(t, v.Dir)
+		}
+		t.Logf("VM %s\nlogs in %s; console ends:\n%s", v.CommandLine(), logs, v.Console.tailText(TailLines))
 	})
 	return v
+}
+
+// keepLogs copies a VM's logs out of a directory the test will remove.
+func keepLogs(t testing.TB, dir string) string {
+	keep, err := os.MkdirTemp("", "vmlab-"+strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"-")
+	if err != nil {
+		return dir + " (removed: " + err.Error() + ")"
+	}
+	for _, name := range []string{"console.log", "qemu.log", "pi.dts"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+			_ = os.WriteFile(filepath.Join(keep, name), b, 0o644)
+		}
+	}
+	return keep
 }
 
 func fileTail(path string, n int) string {
