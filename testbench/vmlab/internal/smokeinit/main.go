@@ -9,7 +9,7 @@
 // MAC, the NVMe disk's size, each USB serial port's driver and USB ids; and
 // pings servo IDs 1-10 on each port with the agent's servo package at
 // 1 Mbaud. Kernel arguments: smokeinit.buses=N (USB serial ports to wait
-// for, default 1), smokeinit.ping_timeout=DURATION (default 200ms: under
+// for, default 1), smokeinit.ping_timeout=DURATION (default 500ms: under
 // TCG the emulated FTDI's round trip is far above a real one's).
 //
 // Its lines go to every console the kernel lists as active, not to
@@ -90,7 +90,7 @@ func main() {
 	if s, ok := args["smokeinit.buses"]; ok {
 		buses, _ = strconv.Atoi(s)
 	}
-	timeout := 200 * time.Millisecond
+	timeout := 500 * time.Millisecond
 	if s, ok := args["smokeinit.ping_timeout"]; ok {
 		if d, err := time.ParseDuration(s); err == nil {
 			timeout = d
