@@ -17,7 +17,7 @@ DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
 DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables \
              e2fsprogs dosfstools mtools fdisk bmap-tools docker-registry genimage xz-utils zstd cloud-init \
              mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus \
-             chromium
+             chromium qemu-system-arm device-tree-compiler cpio
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -83,6 +83,14 @@ clean:
 .PHONY: bench-flash
 bench-flash: build deps-test
 	$(GO) run ./testbench/cmd/flashbench --provision bin/provision
+
+# The VM lab's long tests: the smoke tests of `make test` plus the XLE's
+# two servo buses and boot time per emulated CPU model (minutes of TCG).
+# VM_LOGS keeps every VM's console and QEMU logs.
+VM_LOGS ?= $(RUN_DIR)/vmlab
+.PHONY: vm-test
+vm-test: deps-test
+	$(GO) test -count=1 -timeout 20m -v ./testbench/vmlab/ -args -vmlab.long -vmlab.logdir=$(abspath $(VM_LOGS))
 
 # HA chaos acceptance at full size: 2 control nodes + witness as
 # real processes, 1,000 simulated agents; kill -9 of the leader, partition

@@ -39,6 +39,10 @@ type Config struct {
 	// TFTPTimeout and TFTPRetries are per packet; defaults 1 s and 5.
 	TFTPTimeout time.Duration
 	TFTPRetries int
+	// KeepContent keeps every transferred file's bytes in File.Content,
+	// for a caller that boots them (testbench/vmlab/piboot); off, a fleet
+	// of simulated Pis holds only sizes.
+	KeepContent bool
 }
 
 func (c Config) withDefaults() Config {

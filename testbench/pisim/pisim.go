@@ -94,6 +94,7 @@ type File struct {
 	Bytes     int64         // bytes received in the real read
 	BlockSize int           // negotiated blksize
 	Duration  time.Duration // probe + read
+	Content   []byte        // the bytes received, with Config.KeepContent
 }
 
 // Result is one complete simulated boot.
@@ -146,7 +147,7 @@ func (f *Fleet) Boot(ctx context.Context, p Pi) (Result, error) {
 	// TFTP sockets are created by tftptest per transfer, on this thread:
 	// run the sequence inside the Pis' namespace.
 	err = netns.Run(f.cfg.Netns, func() error {
-		s := &sequence{p: p, res: &res, c: tftptest.Client{
+		s := &sequence{p: p, res: &res, keep: f.cfg.KeepContent, c: tftptest.Client{
 			Server:    netip.AddrPortFrom(d.TFTPServer, uint16(f.cfg.TFTPPort)),
 			BlockSize: f.cfg.BlockSize, Timeout: f.cfg.TFTPTimeout, Retries: f.cfg.TFTPRetries,
 		}}
@@ -161,9 +162,10 @@ func (f *Fleet) Boot(ctx context.Context, p Pi) (Result, error) {
 
 // sequence is the TFTP part of one boot.
 type sequence struct {
-	p   Pi
-	c   tftptest.Client
-	res *Result
+	p    Pi
+	c    tftptest.Client
+	res  *Result
+	keep bool // File.Content
 }
 
 func isNotFound(err error) bool {
@@ -206,6 +208,9 @@ func (s *sequence) fetch(ctx context.Context, stage, name string, required bool)
 		return nil, false, fmt.Errorf("pisim: %s fetching %q: %w", s.p, name, err)
 	}
 	f.Found = true
+	if s.keep {
+		f.Content = data
+	}
 	s.res.Files = append(s.res.Files, f)
 	return data, true, nil
 }
