@@ -70,3 +70,14 @@ func TestIsInit(t *testing.T) {
 		}
 	}
 }
+
+// TestRunRefusesTheRealRoot: not PID 1, the init does nothing to the
+// running system (mounting over /tmp, taking its links, moving /dev).
+func TestRunRefusesTheRealRoot(t *testing.T) {
+	for _, root := range []string{"", "/", "//"} {
+		err := Run(t.Context(), Options{Root: root, Cmdline: "lekiwi.station=http://s lekiwi.token=t"})
+		if err == nil || !strings.Contains(err.Error(), "only as PID 1") {
+			t.Errorf("Run with root %q = %v, want a refusal", root, err)
+		}
+	}
+}

@@ -78,6 +78,11 @@ func Run(ctx context.Context, o Options) error {
 	if o.Root == "" {
 		o.Root = "/"
 	}
+	if os.Getpid() != 1 && filepath.Clean(o.Root) == "/" {
+		// Mounting over /tmp, taking the links' addresses or moving /dev
+		// away is an initramfs's business, not a running system's.
+		return errors.New("the init works on the real root only as PID 1: give another root directory (agent init --root DIR, in a mount namespace of its own)")
+	}
 	if o.Env == nil {
 		o.Env = os.Environ()
 	}

@@ -182,13 +182,19 @@ func checkInit(newRoot, init string) error {
 
 // switchRoot makes newRoot (a mount point under root) the root, as
 // util-linux's switch_root does, and execs init there with argv and env;
-// it returns only if that fails. It moves root's /dev, /proc, /sys and
-// /run mounts into newRoot (unmounting those newRoot has no directory
-// for) and drops /tmp, makes newRoot the root, then deletes the
-// initramfs's files to give their RAM back — only when root is a
-// ramfs or tmpfs, and never crossing into another filesystem. logf says
-// what was freed.
+// it returns only if that fails. root must be an initramfs (ramfs or
+// tmpfs). It moves root's /dev, /proc, /sys and /run mounts into newRoot
+// (unmounting those newRoot has no directory for) and drops /tmp, makes
+// newRoot the root, then deletes the initramfs's files to give their RAM
+// back, never crossing into another filesystem. logf says what was freed.
 func switchRoot(root, newRoot, init string, argv, env []string, logf func(string, ...any)) error {
+	var rootFS unix.Statfs_t
+	if err := unix.Statfs(root, &rootFS); err != nil {
+		return err
+	}
+	if rootFS.Type != unix.RAMFS_MAGIC && rootFS.Type != unix.TMPFS_MAGIC {
+		return fmt.Errorf("%s is not an initramfs (ramfs or tmpfs): refusing to switch a running system's root", root)
+	}
 	var rootSt, newSt unix.Stat_t
 	if err := unix.Stat(root, &rootSt); err != nil {
 		return err
@@ -232,16 +238,11 @@ func switchRoot(root, newRoot, init string, argv, env []string, logf func(string
 	if err := unix.Chdir("/"); err != nil {
 		return err
 	}
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(oldRoot, &fs); err == nil && (fs.Type == unix.RAMFS_MAGIC || fs.Type == unix.TMPFS_MAGIC) {
-		files, kept, bytes, err := removeTree(oldRoot, rootSt.Dev)
-		if err != nil {
-			logf("switch root: freeing the initramfs: %v (some of its RAM stays in use)", err)
-		}
-		logf("switch root: freed the initramfs: %d files, %.1f MiB; %d mount points left in it", files, float64(bytes)/(1<<20), kept)
-	} else {
-		logf("switch root: the old root is not an initramfs (ramfs or tmpfs): its files are left alone")
+	files, kept, bytes, err := removeTree(oldRoot, rootSt.Dev)
+	if err != nil {
+		logf("switch root: freeing the initramfs: %v (some of its RAM stays in use)", err)
 	}
+	logf("switch root: freed the initramfs: %d files, %.1f MiB; %d mount points left in it", files, float64(bytes)/(1<<20), kept)
 	logf("switch root: exec %s %s", init, strings.Join(argv[1:], " "))
 	if err := unix.Exec(init, argv, env); err != nil {
 		return fmt.Errorf("exec %s: %w", init, err)
