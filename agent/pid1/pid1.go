@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"time"
@@ -104,6 +105,9 @@ func Run(ctx context.Context, o Options) error {
 	if mountErr != nil {
 		con.Printf("mount: %v (steps that need these will fail)", mountErr)
 	}
+	if os.Getpid() == 1 {
+		go holdSignals(ctx, con)
+	}
 	if err := becomeReaper(); err != nil {
 		con.Printf("cannot adopt orphans (%v): zombies may pile up", err)
 	}
@@ -152,6 +156,25 @@ func openConsole(o Options) *Console {
 		}
 	}
 	return NewConsole(f, nil)
+}
+
+// holdSignals keeps PID 1 alive through the signals that would stop a Go
+// program (the kernel sends SIGINT on Ctrl-Alt-Del, a shell may send
+// SIGTERM): the kernel delivers to PID 1 only the signals it handles, and
+// the Go runtime handles them all. Catching them rather than ignoring
+// them lets exec give the root filesystem's init default dispositions.
+func holdSignals(ctx context.Context, con *Console) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-sig:
+			con.Printf("%v received: PID 1 does not stop (power the board off to stop it)", s)
+		}
+	}
 }
 
 // loadAll loads the manifest's modules and prints one line for the step,
