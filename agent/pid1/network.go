@@ -370,6 +370,7 @@ func (l *lease) keep(ctx context.Context, nc netConfig) {
 			nc.logf("network: applying the renewed lease on %s: %v", l.link.Name, err)
 		} else {
 			*l = *fresh
+			nc.logf("network: renewed %s on %s for %s", l.addr, l.link.Name, l.expires)
 		}
 		got = time.Now()
 		next = raw.ACK.IPAddressRenewalTime(l.expires / 2)

@@ -26,8 +26,9 @@ import (
 // busybox udhcpd as the factory's DHCP server: every wired link is brought
 // up, a lease is taken and applied (address, default route, resolv.conf),
 // the DHCP messages carry the provisioning vendor class and a client
-// identifier (seen by a listener on the station's bridge), and a factory
-// run that fails is started again until it succeeds.
+// identifier (seen by a listener on the station's bridge), the lease
+// (4 s here) is renewed while the factory run goes on, and a factory run
+// that fails is started again until it succeeds.
 func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 	if !netlab.Inside() {
 		if err := netlab.Available(); err != nil {
@@ -53,6 +54,7 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	lab.FactoryLease = 4 * time.Second
 	stop, err := lab.StartFactoryDHCP(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err) // busybox is in the Makefile's DEB_TEST
@@ -75,6 +77,12 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 			}
 			if runs < 3 {
 				return errors.New("station unreachable")
+			}
+			// A long run (an image download): the lease is renewed meanwhile.
+			for !strings.Contains(con.String(), "network: renewed") {
+				if err := sleep(ctx, 100*time.Millisecond); err != nil {
+					return errors.New("the lease was not renewed during the run")
+				}
 			}
 			return nil
 		},
@@ -115,7 +123,8 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 	if !strings.Contains(string(resolv), "nameserver "+lab.StationIP.String()+"\n") || !strings.Contains(string(resolv), "search "+netlab.FactoryDomain+"\n") {
 		t.Errorf("resolv.conf:\n%s\nwant the lease's name server %s and domain %s", resolv, lab.StationIP, netlab.FactoryDomain)
 	}
-	for _, want := range []string{"carrier up", "leased " + leased.String() + " from " + lab.FactoryIP.String(), "run 1 stopped: station unreachable", "run 2 stopped"} {
+	for _, want := range []string{"carrier up", "leased " + leased.String() + " from " + lab.FactoryIP.String() + ", router " + lab.StationIP.String(),
+		"run 1 stopped: station unreachable", "run 2 stopped", "renewed " + leased.String() + " on " + lab.PisIf + " for 4s"} {
 		if !strings.Contains(con.String(), want) {
 			t.Errorf("the console lacks %q", want)
 		}
@@ -123,8 +132,12 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 
 	mac := linkMAC(t, lab)
 	msgs := seen()
-	if len(msgs) < 2 {
-		t.Fatalf("the station's bridge saw %d DHCP messages, want DISCOVER and REQUEST", len(msgs))
+	var renewal bool
+	for _, m := range msgs {
+		renewal = renewal || (m.MessageType() == dhcpv4.MessageTypeRequest && m.ClientIPAddr.Equal(leased.Addr().AsSlice()))
+	}
+	if len(msgs) < 3 || !renewal {
+		t.Fatalf("the station's bridge saw %d DHCP messages (renewal from %s: %v), want DISCOVER, REQUEST and a renewing REQUEST", len(msgs), leased.Addr(), renewal)
 	}
 	for _, m := range msgs {
 		if got := m.ClassIdentifier(); got != VendorClass {

@@ -227,10 +227,10 @@ func runFactory(ctx context.Context, o Options, b Boot, con *Console) error {
 	if err != nil {
 		return err
 	}
-	defer l.Close()
 	keepCtx, stopKeeping := context.WithCancel(ctx)
-	defer stopKeeping()
-	go l.keep(keepCtx, nc)
+	kept := make(chan struct{})
+	go func() { l.keep(keepCtx, nc); close(kept) }()
+	defer func() { stopKeeping(); <-kept; l.Close() }()
 
 	ro := factory.RunOptions{
 		StationURL: b.StationURL,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,12 +58,16 @@ func (l *Lab) StartFactoryDHCP(ctx context.Context, dir string) (stop func() err
 		return nil, errors.New("netlab: the factory DHCP server needs busybox (Debian busybox)")
 	}
 	first, last := l.FactoryPool()
+	lease := time.Hour
+	if l.FactoryLease > 0 {
+		lease = l.FactoryLease
+	}
 	conf := filepath.Join(dir, "udhcpd.conf")
 	body := strings.Join([]string{
 		"start " + first.String(), "end " + last.String(), "interface " + l.FactoryIf,
 		"max_leases 245", "lease_file " + filepath.Join(dir, "udhcpd.leases"),
 		"pidfile " + filepath.Join(dir, "udhcpd.pid"),
-		"option subnet 255.255.255.0", "option lease 3600",
+		"option subnet 255.255.255.0", "option lease " + strconv.Itoa(int(lease.Seconds())),
 		"option router " + l.StationIP.String(), "option dns " + l.StationIP.String(), "option domain " + FactoryDomain, "",
 	}, "\n")
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
