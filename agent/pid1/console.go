@@ -1,8 +1,12 @@
 package pid1
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,4 +77,42 @@ func (c *Console) Write(p []byte) (int, error) {
 // Printf writes one line, tagged "init: ".
 func (c *Console) Printf(format string, args ...any) {
 	_, _ = fmt.Fprintf(c, "init: "+format+"\n", args...)
+}
+
+// openTerminals opens, under devRoot, every console the kernel prints its
+// own messages on (sysRoot/class/tty/console/active: "ttyAMA10 tty1" for
+// console=serial0,115200 console=tty1). /dev/console reaches only one of
+// them, and the technician may be at the serial cable or at the screen.
+func openTerminals(sysRoot, devRoot string) []io.Writer {
+	b, err := os.ReadFile(filepath.Join(sysRoot, "class/tty/console/active"))
+	if err != nil {
+		return nil
+	}
+	var ws []io.Writer
+	for _, name := range strings.Fields(string(b)) {
+		if !filepath.IsLocal(name) {
+			continue
+		}
+		if f, err := os.OpenFile(filepath.Join(devRoot, name), os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+			ws = append(ws, f)
+		}
+	}
+	return ws
+}
+
+// tee writes to every terminal and succeeds when one took the line: a
+// serial adapter that went away must not silence the screen.
+type tee []io.Writer
+
+func (t tee) Write(p []byte) (int, error) {
+	var errs []error
+	for _, w := range t {
+		if _, err := w.Write(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(t) {
+		return 0, errors.Join(errs...)
+	}
+	return len(p), nil
 }

@@ -3,6 +3,8 @@ package pid1
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -54,3 +56,39 @@ func TestConsoleKeepsWholeLinesOfConcurrentWriters(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleReachesEveryKernelConsole: with console=serial0,115200
+// console=tty1 the kernel prints on both, and so does the init.
+func TestConsoleReachesEveryKernelConsole(t *testing.T) {
+	root := t.TempDir()
+	for path, body := range map[string]string{"sys/class/tty/console/active": "ttyAMA10 tty1\n", "dev/ttyAMA10": "", "dev/tty1": "", "dev/console": ""} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, path)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, path), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	openConsole(Options{Root: root}).Printf("mode factory")
+	for _, term := range []string{"ttyAMA10", "tty1"} {
+		b, err := os.ReadFile(filepath.Join(root, "dev", term))
+		if err != nil || !strings.HasSuffix(string(b), "] init: mode factory\n") {
+			t.Errorf("%s got %q (%v), want the line", term, b, err)
+		}
+	}
+}
+
+func TestTeeGoesOnWithoutOneTerminal(t *testing.T) {
+	var screen bytes.Buffer
+	gone := failingWriter{}
+	if n, err := (tee{gone, &screen}).Write([]byte("line\n")); n != 5 || err != nil || screen.String() != "line\n" {
+		t.Errorf("tee with one terminal gone = %d, %v; screen %q", n, err, screen.String())
+	}
+	if _, err := (tee{gone, gone}).Write([]byte("line\n")); err == nil {
+		t.Error("tee with every terminal gone reported success")
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, os.ErrClosed }

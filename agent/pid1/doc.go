@@ -4,8 +4,9 @@
 // and ext4 in modules.
 //
 // Run does what PID 1 must, in this order, printing one line per step on
-// the console (each prefixed with the time since boot, like the kernel's
-// messages, since the console is the technician's only window):
+// every console the kernel prints on (serial and screen), each prefixed
+// with the time since boot like the kernel's messages — the console is
+// the technician's only window:
 //
 //  1. mount /proc, /sys, /dev (devtmpfs), /dev/pts, and tmpfs on /run and
 //     /tmp, skipping what is mounted already;

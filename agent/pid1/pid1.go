@@ -137,23 +137,27 @@ func Run(ctx context.Context, o Options) error {
 	}
 }
 
-// openConsole makes the init's console: o.Console, else Root/dev/console,
-// which PID 1 also puts on its standard descriptors (so that a Go panic,
-// and the root filesystem's init, write there too), else stderr.
+// openConsole makes the init's console: o.Console, else every terminal
+// the kernel prints on (openTerminals), else Root/dev/console, else
+// stderr. PID 1 also puts /dev/console on its standard descriptors, so
+// that a Go panic, and the root filesystem's init, write there too.
 func openConsole(o Options) *Console {
 	if o.Console != nil {
 		return NewConsole(o.Console, nil)
 	}
 	f, err := os.OpenFile(filepath.Join(o.Root, "dev", "console"), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err == nil && os.Getpid() == 1 {
+		for fd := 0; fd <= 2; fd++ {
+			_ = unix.Dup3(int(f.Fd()), fd, 0)
+		}
+	}
+	if terms := openTerminals(filepath.Join(o.Root, "sys"), filepath.Join(o.Root, "dev")); len(terms) > 0 {
+		return NewConsole(tee(terms), nil)
+	}
 	if err != nil {
 		c := NewConsole(os.Stderr, nil)
 		c.Printf("open /dev/console: %v: writing to the inherited stderr", err)
 		return c
-	}
-	if os.Getpid() == 1 {
-		for fd := 0; fd <= 2; fd++ {
-			_ = unix.Dup3(int(f.Fd()), fd, 0)
-		}
 	}
 	return NewConsole(f, nil)
 }
