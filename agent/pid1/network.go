@@ -190,16 +190,20 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// waitCarrier polls the links until all have carrier (IFF_LOWER_UP) or
-// carrierWait passed, and returns which have it. An Ethernet PHY takes a
-// few seconds to negotiate after the link is set up.
+// waitCarrier polls the links until all have carrier (IFF_LOWER_UP), or
+// carrierWait passed, or 2 s passed since one had it (an unplugged second
+// adapter must not hold up the plugged one), and returns which have it.
+// An Ethernet PHY takes a few seconds to negotiate after the link is up.
 func waitCarrier(ctx context.Context, rt *rtnl.Conn, links []*net.Interface, nc netConfig) map[int]bool {
 	up := map[int]bool{}
 	deadline := time.Now().Add(nc.carrierWait)
 	for {
 		for _, ifc := range links {
-			if m, err := rt.Conn.Link.Get(uint32(ifc.Index)); err == nil && m.Flags&unix.IFF_LOWER_UP != 0 {
+			if m, err := rt.Conn.Link.Get(uint32(ifc.Index)); err == nil && m.Flags&unix.IFF_LOWER_UP != 0 && !up[ifc.Index] {
 				up[ifc.Index] = true
+				if grace := time.Now().Add(2 * time.Second); grace.Before(deadline) {
+					deadline = grace
+				}
 			}
 		}
 		if len(up) == len(links) || time.Now().After(deadline) || ctx.Err() != nil {

@@ -62,16 +62,23 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 	t.Cleanup(func() { stop() })
 	// The lab gives the Pis' side a static address; the init starts bare.
 	ipCmd(t, "-n", lab.Pis, "addr", "flush", "dev", lab.PisIf)
+	// A second adapter with no cable: its peer stays down.
+	ipCmd(t, "-n", lab.Pis, "link", "add", "eth1", "type", "veth", "peer", "name", "unplugged", "netns", lab.Factory)
 
 	seen := watchDHCP(t, ctx, lab)
 	root := t.TempDir()
 	con := &syncBuffer{}
 	runs := 0
+	var start time.Time
+	var networkTook time.Duration
 	o := Options{
 		Root:           root,
 		FactoryBackoff: time.Millisecond,
 		runFactory: func(ctx context.Context, ro factory.RunOptions) error {
 			runs++
+			if runs == 1 {
+				networkTook = time.Since(start)
+			}
 			if ro.StationURL != "http://10.81.0.1:8080" || ro.Token != "tok" || ro.Probe.ProcRoot != filepath.Join(root, "proc") {
 				t.Errorf("factory run options = %+v", ro)
 			}
@@ -91,12 +98,16 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	start = time.Now()
 	err = lab.Run(lab.Pis, func() error {
 		return runFactory(ctx, o, boot, NewConsole(con, func() time.Duration { return 0 }))
 	})
 	t.Logf("console:\n%s", con.String())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if networkTook > 7*time.Second {
+		t.Errorf("the network step took %s: the unplugged eth1 held up eth0 (want about 2 s of grace, not the 10 s carrier wait)", networkTook)
 	}
 	if runs != 3 {
 		t.Errorf("the factory run ran %d times, want 3 (two failures, then success)", runs)
@@ -123,7 +134,7 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 	if !strings.Contains(string(resolv), "nameserver "+lab.StationIP.String()+"\n") || !strings.Contains(string(resolv), "search "+netlab.FactoryDomain+"\n") {
 		t.Errorf("resolv.conf:\n%s\nwant the lease's name server %s and domain %s", resolv, lab.StationIP, netlab.FactoryDomain)
 	}
-	for _, want := range []string{"carrier up", "leased " + leased.String() + " from " + lab.FactoryIP.String() + ", router " + lab.StationIP.String(),
+	for _, want := range []string{"eth0 (", ") carrier up, eth1 (", ") no carrier", "leased " + leased.String() + " from " + lab.FactoryIP.String() + ", router " + lab.StationIP.String(),
 		"run 1 stopped: station unreachable", "run 2 stopped", "renewed " + leased.String() + " on " + lab.PisIf + " for 4s"} {
 		if !strings.Contains(con.String(), want) {
 			t.Errorf("the console lacks %q", want)
