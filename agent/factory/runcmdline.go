@@ -14,19 +14,18 @@ import (
 // a few KiB; anything far longer is not a kernel command line).
 const maxCmdline = 64 << 10
 
-// KernelArgs parses a kernel command line into its key=value arguments,
-// the way the kernel splits it: on white space, with double quotes keeping
-// spaces inside a value (`key="a b"`, also `"key=a b"`). Bare flags map to
-// "". When a key repeats, the last one wins, as for the kernel's own
-// parameters.
-func KernelArgs(cmdline string) map[string]string {
-	args := map[string]string{}
+// KernelWords splits a kernel command line into its arguments the way the
+// kernel does: on white space, with double quotes keeping spaces inside a
+// value (`key="a b"`, also `"key=a b"`), the quotes themselves dropped.
+// The order is kept, for arguments whose last occurrence wins over another
+// (ro and rw).
+func KernelWords(cmdline string) []string {
+	var words []string
 	var word strings.Builder
 	inQuote, inWord := false, false
 	flush := func() {
 		if inWord {
-			k, v, _ := strings.Cut(word.String(), "=")
-			args[k] = v
+			words = append(words, word.String())
 		}
 		word.Reset()
 		inWord = false
@@ -44,6 +43,18 @@ func KernelArgs(cmdline string) map[string]string {
 		}
 	}
 	flush()
+	return words
+}
+
+// KernelArgs parses a kernel command line (KernelWords) into its key=value
+// arguments. Bare flags map to "". When a key repeats, the last one wins, as
+// for the kernel's own parameters.
+func KernelArgs(cmdline string) map[string]string {
+	args := map[string]string{}
+	for _, w := range KernelWords(cmdline) {
+		k, v, _ := strings.Cut(w, "=")
+		args[k] = v
+	}
 	return args
 }
 

@@ -28,6 +28,14 @@ func TestKernelArgs(t *testing.T) {
 	}
 }
 
+func TestKernelWordsKeepOrder(t *testing.T) {
+	got := KernelWords(`ro root=PARTUUID=x "rootflags=a b" rw -- single`)
+	want := []string{"ro", "root=PARTUUID=x", "rootflags=a b", "rw", "--", "single"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("KernelWords = %q, want %q", got, want)
+	}
+}
+
 func TestStationFromCmdline(t *testing.T) {
 	for _, tc := range []struct {
 		name, cmdline, url, token, err string

@@ -1,8 +1,11 @@
 // Command agent is the Lekiwi Heartbeat robot agent: `agent run` is the
 // daemon systemd starts on every robot; `agent systemd-unit` prints its unit
 // file; `agent version` prints the build; `agent factory probe` reports the
-// board and its servo buses in the provisioning environment. All logic
-// lives in agent/...; this is flags around it.
+// board and its servo buses in the provisioning environment, and
+// `agent factory run` provisions it. Started as PID 1 under the name init
+// (an initramfs's /init), it is the initramfs's init (agent/pid1), and so
+// is `agent init` for tests. All logic lives in agent/...; this is flags
+// around it.
 package main
 
 import (
@@ -21,10 +24,16 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/config"
 	"github.com/lekiwi/heartbeat/agent/daemon"
+	"github.com/lekiwi/heartbeat/agent/pid1"
 	"github.com/lekiwi/heartbeat/agent/systemd"
 )
 
 func main() {
+	// The kernel starts /init with its own arguments for init, which are
+	// not subcommands: PID 1 goes straight to its work and never returns.
+	if pid1.IsInit(os.Args[0], os.Getpid()) {
+		pid1.Main(os.Args[1:])
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRoot(os.Stdout, os.Stderr, os.LookupEnv)
@@ -41,13 +50,18 @@ func newRoot(stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) *c
 		Long: `The robot agent keeps a Raspberry Pi robot (LeKiwi or XLE) in touch with its
 control servers: hello, heartbeats, telemetry on change, durable events,
 answers to commands. Messages control has not acknowledged are kept on disk
-and resent after a reconnect or a reboot.`,
+and resent after a reconnect or a reboot.
+
+The same binary provisions a board in the factory (agent factory) and is
+the init of the provisioning initramfs and of a disk boot that needs
+modules: started as PID 1 under the name init (/init links to it), it
+mounts, loads modules and provisions or boots the disk (agent init --help).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRunCmd(lookupEnv), newUnitCmd(), newVersionCmd(), newFactoryCmd())
+	root.AddCommand(newRunCmd(lookupEnv), newUnitCmd(), newVersionCmd(), newFactoryCmd(), newInitCmd())
 	return root
 }
 

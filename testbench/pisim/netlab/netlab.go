@@ -43,6 +43,9 @@ type Lab struct {
 
 	// NetnsDir is where ip keeps named namespaces; default /run/netns.
 	NetnsDir string
+	// FactoryLease is how long the factory DHCP server's leases last;
+	// default an hour (tests of renewal shorten it).
+	FactoryLease time.Duration
 }
 
 // Available returns why a Lab cannot be built here (not root, no ip), or nil.

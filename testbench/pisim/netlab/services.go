@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,9 @@ func (l *Lab) ListenUDP(ns string, addr netip.AddrPort) (conn *net.UDPConn, err 
 	return conn, err
 }
 
+// FactoryDomain is the DNS domain the factory DHCP server hands out.
+const FactoryDomain = "factory.lan"
+
 // FactoryPool is the address range the factory DHCP server hands out.
 func (l *Lab) FactoryPool() (first, last netip.Addr) {
 	b := l.Prefix.Addr().As4()
@@ -45,19 +49,26 @@ func (l *Lab) FactoryPool() (first, last netip.Addr) {
 
 // StartFactoryDHCP runs busybox udhcpd in the factory namespace: the
 // network's own DHCP server, which knows nothing of Pis and hands out
-// addresses from FactoryPool. dir holds its configuration and lease file.
+// addresses from FactoryPool, with the station as router and name server
+// and FactoryDomain as the domain. dir holds its configuration and lease
+// file.
 // Stop it with the returned function (the namespace's deletion would too).
 func (l *Lab) StartFactoryDHCP(ctx context.Context, dir string) (stop func() error, err error) {
 	if _, err := exec.LookPath("busybox"); err != nil {
 		return nil, errors.New("netlab: the factory DHCP server needs busybox (Debian busybox)")
 	}
 	first, last := l.FactoryPool()
+	lease := time.Hour
+	if l.FactoryLease > 0 {
+		lease = l.FactoryLease
+	}
 	conf := filepath.Join(dir, "udhcpd.conf")
 	body := strings.Join([]string{
 		"start " + first.String(), "end " + last.String(), "interface " + l.FactoryIf,
 		"max_leases 245", "lease_file " + filepath.Join(dir, "udhcpd.leases"),
 		"pidfile " + filepath.Join(dir, "udhcpd.pid"),
-		"option subnet 255.255.255.0", "option lease 3600", "",
+		"option subnet 255.255.255.0", "option lease " + strconv.Itoa(int(lease.Seconds())),
+		"option router " + l.StationIP.String(), "option dns " + l.StationIP.String(), "option domain " + FactoryDomain, "",
 	}, "\n")
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		return nil, fmt.Errorf("netlab: writing udhcpd configuration: %w", err)
