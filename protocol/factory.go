@@ -106,6 +106,10 @@ const (
 
 	KernelArgStation = "lekiwi.station" // lekiwi.station=http://10.0.0.1:8080
 	KernelArgToken   = "lekiwi.token"   // lekiwi.token=<board token>
+	// KernelArgPingTimeout, optional, is how long the probe waits for each
+	// servo's answer (a Go duration): a station whose boards' serial
+	// adapters or hubs are slow sets it in --kernel-args.
+	KernelArgPingTimeout = "lekiwi.servo_ping_timeout" // lekiwi.servo_ping_timeout=50ms
 )
 
 // Plan actions.

@@ -120,11 +120,18 @@ const (
 )
 
 func (o *RunOptions) defaults() error {
-	if o.StationURL == "" || o.Token == "" {
-		proc := o.Probe.ProcRoot
-		if proc == "" {
-			proc = "/proc"
+	proc := o.Probe.ProcRoot
+	if proc == "" {
+		proc = "/proc"
+	}
+	if o.Probe.PingTimeout == 0 {
+		d, err := PingTimeoutFromCmdline(proc)
+		if err != nil {
+			return err
 		}
+		o.Probe.PingTimeout = d
+	}
+	if o.StationURL == "" || o.Token == "" {
 		u, t, err := StationFromCmdline(proc)
 		if err != nil {
 			return err

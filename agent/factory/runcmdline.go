@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -58,19 +59,46 @@ func KernelArgs(cmdline string) map[string]string {
 	return args
 }
 
-// StationFromCmdline reads the station URL and the board token the station
-// put on the kernel command line it served (protocol.KernelArgStation,
-// protocol.KernelArgToken) from procRoot/cmdline.
-func StationFromCmdline(procRoot string) (stationURL, token string, err error) {
+// readCmdline reads procRoot/cmdline into its key=value arguments.
+func readCmdline(procRoot string) (map[string]string, string, error) {
 	path := filepath.Join(procRoot, "cmdline")
 	f, err := os.Open(path)
 	if err != nil {
-		return "", "", fmt.Errorf("read the kernel command line for the station URL: %w (pass --station and --token)", err)
+		return nil, path, err
 	}
 	defer f.Close()
 	buf := make([]byte, maxCmdline)
 	n, _ := f.Read(buf)
-	args := KernelArgs(string(buf[:n]))
+	return KernelArgs(string(buf[:n])), path, nil
+}
+
+// PingTimeoutFromCmdline reads protocol.KernelArgPingTimeout from
+// procRoot/cmdline: 0 when it is not there (or there is no command line),
+// an error when it is not a duration between 1 ms and 10 s.
+func PingTimeoutFromCmdline(procRoot string) (time.Duration, error) {
+	args, path, err := readCmdline(procRoot)
+	if err != nil {
+		return 0, nil
+	}
+	v, ok := args[protocol.KernelArgPingTimeout]
+	if !ok {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Millisecond || d > 10*time.Second {
+		return 0, fmt.Errorf("%s: %s=%q: want a duration from 1ms to 10s, e.g. 50ms", path, protocol.KernelArgPingTimeout, v)
+	}
+	return d, nil
+}
+
+// StationFromCmdline reads the station URL and the board token the station
+// put on the kernel command line it served (protocol.KernelArgStation,
+// protocol.KernelArgToken) from procRoot/cmdline.
+func StationFromCmdline(procRoot string) (stationURL, token string, err error) {
+	args, path, err := readCmdline(procRoot)
+	if err != nil {
+		return "", "", fmt.Errorf("read the kernel command line for the station URL: %w (pass --station and --token)", err)
+	}
 	stationURL, token = args[protocol.KernelArgStation], args[protocol.KernelArgToken]
 	if stationURL == "" || token == "" {
 		return "", "", fmt.Errorf("%s has no %s=… and %s=…: this board was not booted by a netboot station (pass --station and --token to run by hand)", path, protocol.KernelArgStation, protocol.KernelArgToken)

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -119,4 +120,35 @@ func FuzzKernelArgs(f *testing.F) {
 			t.Fatalf("KernelArgs(%q) = %v, want %v", s, args, want)
 		}
 	})
+}
+
+func TestPingTimeoutFromCmdline(t *testing.T) {
+	for _, c := range []struct {
+		cmdline string
+		want    time.Duration
+		err     string
+	}{
+		{"console=ttyAMA0 lekiwi.station=http://x:1 lekiwi.token=t", 0, ""},
+		{"lekiwi.servo_ping_timeout=500ms rdinit=/init", 500 * time.Millisecond, ""},
+		{"lekiwi.servo_ping_timeout=fast", 0, `"fast": want a duration`},
+		{"lekiwi.servo_ping_timeout=1m", 0, "from 1ms to 10s"},
+	} {
+		proc := t.TempDir()
+		if err := os.WriteFile(filepath.Join(proc, "cmdline"), []byte(c.cmdline+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := PingTimeoutFromCmdline(proc)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: error %v, want one saying %q", c.cmdline, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%q: %v, %v; want %v", c.cmdline, got, err, c.want)
+		}
+	}
+	if d, err := PingTimeoutFromCmdline(filepath.Join(t.TempDir(), "no-proc")); d != 0 || err != nil {
+		t.Errorf("without a command line: %v, %v; want 0, nil (the default)", d, err)
+	}
 }
