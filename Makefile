@@ -16,6 +16,7 @@ RUN_DIR ?= .run
 DEB_BUILD := gcc pkg-config libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev
 DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables \
              e2fsprogs dosfstools mtools fdisk bmap-tools docker-registry genimage xz-utils zstd cloud-init \
+             acl attr libcap2-bin \
              mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus \
              chromium qemu-system-arm device-tree-compiler cpio
 

@@ -3,6 +3,7 @@ package assemble
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -283,3 +284,40 @@ func TestUpdateKeysEnableUpdates(t *testing.T) {
 
 // testUnit stands in for the agent's unit file, which the caller passes.
 const testUnit = "[Service]\nExecStart=/usr/bin/lekiwi-agent run\n"
+
+// A root whose files carry attributes too big for their inodes needs an
+// attribute block each: the system slot sized from the content must hold
+// them. 20000 small files with distinct SELinux-sized labels take a data
+// block and an attribute block each; counting only the data blocks, the
+// headroom the slot gets (168 MiB) falls about 11 MiB short.
+func TestBuildSizesTheSystemSlotForAttributeBlocks(t *testing.T) {
+	need(t, "e2fsck")
+	in := inputs(t)
+	label := strings.Repeat("x", 220)
+	content := strings.Repeat("c", 100)
+	for i := 0; i < 20000; i++ {
+		if err := in.Root.Add(tree.Entry{Path: fmt.Sprintf("usr/share/labelled/d%03d/f%05d", i%200, i), Kind: tree.File, Mode: 0o644, ModTime: epoch,
+			Size: int64(len(content)), Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(content)), nil },
+			Xattrs: map[string][]byte{"security.selinux": []byte(fmt.Sprintf("system_u:object_r:%s_%05d_t:s0", label, i))}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "a.img")
+	if err := Build(context.Background(), in, options(t, img)); err != nil {
+		t.Fatalf("the system slot sized from the content does not hold it: %v", err)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	plan, err := layout.ReadGPT(f, st.Size())
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := extract(t, img, plan.Part(layout.SystemA))
+	if out, err := exec.Command("e2fsck", "-fn", sys).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn system_a: %v\n%s", err, out)
+	}
+}

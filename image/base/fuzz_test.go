@@ -30,7 +30,9 @@ func FuzzReadMBR(f *testing.F) {
 func FuzzImportTar(f *testing.F) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	_ = tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
+	_ = tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755, PAXRecords: map[string]string{
+		"SCHILY.acl.default":                   "user::rwx\ngroup::r-x\ngroup:4:r-x\nmask::r-x\nother::r-x\n",
+		"SCHILY.xattr.system.posix_acl_access": string(journalACL)}})
 	_ = tw.WriteHeader(&tar.Header{Name: "etc/a", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1,
 		PAXRecords: map[string]string{"SCHILY.xattr.user.x": "y"}})
 	_, _ = tw.Write([]byte("a"))

@@ -80,13 +80,8 @@ func importTar(ctx context.Context, r io.Reader, o Options, c *cleaner) (*tree.T
 			return nil, n, fmt.Errorf("tar entry %d: %w: refusing a tarball that writes outside its root", n, err)
 		}
 		e := tree.Entry{Path: p, Mode: modeBits(uint32(hdr.Mode)), UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), ModTime: hdr.ModTime.UTC()}
-		for k, v := range hdr.PAXRecords {
-			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-				if e.Xattrs == nil {
-					e.Xattrs = map[string][]byte{}
-				}
-				e.Xattrs[name] = []byte(v)
-			}
+		if e.Xattrs, err = tarXattrs(p, hdr.PAXRecords); err != nil {
+			return nil, n, fmt.Errorf("tar entry %d: %w", n, err)
 		}
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:

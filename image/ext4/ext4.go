@@ -9,8 +9,13 @@
 // no checksums (no metadata_csum), group metadata sits at the start of each
 // group (no flex_bg). Inodes and blocks are handed out in the tree's sorted
 // path order, so the same tree and Params give the same bytes. Extended
-// attributes must fit in the inode (96 bytes: enough for
-// security.capability). Write assumes the region reads as zeros (a fresh
+// attributes (getxattr(2) values; POSIX ACLs are converted to ext4's form)
+// go into the inode while they fit (92 bytes: security.capability, or a
+// directory's two small ACLs), as mke2fs -d places them, and the rest into
+// one attribute block per inode, shared by inodes whose rest is the same
+// (as the kernel shares them, up to 1024 inodes a block); a set larger
+// than that block (values that would need ea_inode) is refused, naming the
+// file and attribute. Write assumes the region reads as zeros (a fresh
 // sparse image file) unless Params.ZeroMetadata is set, in which case it
 // zeroes the inode tables itself so a region holding an older filesystem can
 // be rewritten in place. A tree that does not fit is refused with
@@ -35,7 +40,10 @@
 // This file holds the on-disk layout both sides share.
 package ext4
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // The superblock sits superblockOffset bytes into the filesystem, whatever
 // the block size, and carries superblockMagic at sMagic.
@@ -225,11 +233,20 @@ const (
 
 // Extended attributes: a magic, then entries from the front and values
 // from the back (in the inode after its extra fields, or in a block after
-// a 32-byte header).
+// a 32-byte header). Entry names and values are padded to 4 bytes; a zero
+// word ends the entries.
 const (
 	xattrMagic       = 0xEA020000
 	xattrBlockHeader = 32
 	xattrEntryHeader = 16
+
+	xhMagic    = 0  // uint32: xattrMagic
+	xhRefcount = 4  // uint32: inodes whose i_file_acl names the block
+	xhBlocks   = 8  // uint32: always 1
+	xhHash     = 12 // uint32: see xattrBlockHash
+	// The kernel shares a block among at most this many inodes
+	// (EXT4_XATTR_REFCOUNT_MAX).
+	xattrRefcountMax = 1024
 
 	xeNameLen   = 0  // uint8
 	xeNameIndex = 1  // uint8: see xattrPrefix
@@ -239,6 +256,29 @@ const (
 	xeHash      = 12 // uint32
 	xeName      = 16
 )
+
+// ext4 stores POSIX ACLs in its own form: a version-1 header, then
+// 4-byte entries (tag, permissions) and 8-byte ones (tag, permissions, id)
+// for named users and groups.
+const (
+	aclDiskVersion    = 1
+	aclDiskHeader     = 4
+	aclDiskShortEntry = 4
+	aclDiskEntry      = 8
+)
+
+// xattrIndex splits a full attribute name into its on-disk name index and
+// the rest, the inverse of xattrPrefix. The ACL names come first: they
+// share the "system." prefix.
+func xattrIndex(full string) (index uint8, name string, ok bool) {
+	for _, i := range []uint8{2, 3, 1, 4, 6, 7} {
+		p, _ := xattrPrefix(i)
+		if rest, found := strings.CutPrefix(full, p); found && (rest == "") == (i == 2 || i == 3) {
+			return i, rest, true
+		}
+	}
+	return 0, "", false
+}
 
 // xattrPrefix maps an on-disk name index to its namespace prefix.
 func xattrPrefix(index uint8) (string, bool) {

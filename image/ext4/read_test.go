@@ -49,6 +49,12 @@ func stage(t *testing.T) string {
 		must(os.WriteFile(filepath.Join(dir, "etc/deep", strings.Repeat("n", 40)+string(rune('A'+i%26))+string(rune('a'+i/26))), nil, 0o644))
 	}
 	must(syscall.Setxattr(filepath.Join(dir, "suid"), "user.note", []byte("hello"), 0))
+	// More than an inode holds: mke2fs puts these in an attribute block.
+	must(syscall.Setxattr(filepath.Join(dir, "big"), "user.big", bytes.Repeat([]byte("v"), 300), 0))
+	acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // user::rwx group::r-x
+		8, 0, 5, 0, 4, 0, 0, 0, 0x10, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 5, 0, 0xff, 0xff, 0xff, 0xff} // group:4:r-x mask::r-x other::r-x
+	must(syscall.Setxattr(filepath.Join(dir, "etc/deep"), "system.posix_acl_access", acl, 0))
+	must(syscall.Setxattr(filepath.Join(dir, "etc/deep"), "system.posix_acl_default", acl, 0))
 	if os.Geteuid() == 0 {
 		must(syscall.Mknod(filepath.Join(dir, "tty"), syscall.S_IFCHR|0o620, int((4<<8)|5)))
 		must(syscall.Mknod(filepath.Join(dir, "disk"), syscall.S_IFBLK|0o660, int((259<<8)|(1&0xff)|((300&0xfff00)<<12))))
@@ -150,8 +156,8 @@ func TestWalkMatchesStagedDirectory(t *testing.T) {
 				if err != nil {
 					t.Errorf("%s xattrs: %v", p, err)
 				}
-				for _, name := range []string{"user.note", "security.capability"} {
-					want := make([]byte, 64)
+				for _, name := range []string{"user.note", "security.capability", "user.big", "system.posix_acl_access", "system.posix_acl_default"} {
+					want := make([]byte, 512)
 					n, herr := syscall.Getxattr(host, name, want)
 					if herr != nil {
 						if _, ok := x[name]; ok {
@@ -207,8 +213,14 @@ func TestOpenRejects(t *testing.T) {
 
 // FuzzReadExt4 feeds mutated filesystems through everything an import
 // does: walk, read every file, link and attribute. It must never panic or
-// hang.
+// hang. Besides tiny.ext4, it starts from xattr.ext4, whose attributes and
+// ACLs sit in inodes and in attribute blocks (1 KiB blocks): made by
+// mkfs.ext4 -b 1024 -N 32 -O ^has_journal -d from a directory holding a
+// file with user.note and a 300-byte user.big, a second file with the same
+// user.big, a symlink, and a directory with access and default ACLs naming
+// a user and a group.
 func FuzzReadExt4(f *testing.F) {
+	f.Add(fsimagetest.ReadFixture(f, "testdata/xattr.ext4"))
 	fsimagetest.FuzzImage(f, "testdata/tiny.ext4", Open, func(fs *FS, enough func() bool) {
 		_ = fs.Walk(func(p string, in *Inode) error {
 			if enough() {

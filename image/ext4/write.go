@@ -65,6 +65,10 @@ type node struct {
 	extents  []extent
 	leaves   []uint32 // extent leaf blocks when the extents do not fit the inode
 	xattrs   []byte   // rendered in-inode xattr area (after the magic), or nil
+	// xattrBlock names the attribute block laid out for the attributes
+	// that do not fit the inode, or is nil; sharedBlock is where it went.
+	xattrBlock  *xattrBlockKey
+	sharedBlock *sharedXattrBlock
 }
 
 type geometry struct {
@@ -247,17 +251,30 @@ func ftypeOf(k tree.Kind) uint8 {
 	return 0
 }
 
-// Estimate returns the data blocks (files, directories, symlinks) and the
-// inodes the tree needs, before filesystem metadata and journal: the basis
-// for sizing a partition.
+// Estimate returns the data blocks (files, directories, symlinks,
+// attribute blocks) and the inodes the tree needs, before filesystem
+// metadata and journal: the basis for sizing a partition. Directories are
+// counted as Write fills them, lost+found included; extent tree leaves of
+// files split into more than four extents are not.
 func Estimate(t *tree.Tree) (dataBytes int64, inodes int) {
+	var shared xattrBlocks
+	dirs := map[string]*dirFill{".": newDirFill(), "lost+found": newDirFill()}
+	dirs["."].add("lost+found") // Write makes it, and lists it first
 	for _, e := range t.Entries() {
+		if e.Kind != tree.Hardlink && len(e.Xattrs) > 0 {
+			// An attribute set Write refuses is not counted: the build
+			// stops there with the reason.
+			if _, block, err := layoutXattrs(e.Xattrs); err == nil && block != nil {
+				if _, isNew := shared.use(blockKey(block), e.Xattrs); isNew {
+					dataBytes += BlockSize
+				}
+			}
+		}
 		switch e.Kind {
 		case tree.File:
 			dataBytes += (e.Size + BlockSize - 1) / BlockSize * BlockSize
 			inodes++
 		case tree.Dir:
-			dataBytes += BlockSize
 			inodes++
 		case tree.Symlink:
 			if len(e.Link) >= 60 {
@@ -268,9 +285,43 @@ func Estimate(t *tree.Tree) (dataBytes int64, inodes int) {
 		default:
 			inodes++
 		}
+		if e.Path == "." || e.Path == "lost+found" {
+			continue
+		}
+		if e.Kind == tree.Dir {
+			dirs[e.Path] = newDirFill()
+		}
+		if d := dirs[path.Dir(e.Path)]; d != nil {
+			d.add(path.Base(e.Path))
+		}
+	}
+	for _, d := range dirs {
+		dataBytes += d.blocks * BlockSize
 	}
 	return dataBytes, inodes + firstInode
 }
+
+// dirFill follows how renderDir fills a directory's blocks, for Estimate.
+type dirFill struct{ blocks, used int64 }
+
+func newDirFill() *dirFill {
+	d := &dirFill{}
+	d.add(".")
+	d.add("..")
+	return d
+}
+
+func (d *dirFill) add(name string) {
+	rec := int64(direntLen(name))
+	if d.blocks == 0 || d.used+rec > BlockSize {
+		d.blocks, d.used = d.blocks+1, 0
+	}
+	d.used += rec
+}
+
+// direntLen is the size of a directory entry for name: header and name,
+// padded to 4 bytes.
+func direntLen(name string) int { return (deName + len(name) + 3) &^ 3 }
 
 // Overhead returns the bytes of metadata (inode tables, bitmaps,
 // descriptors, journal) an ext4 of the given size carries for the given
@@ -342,9 +393,21 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 			return err
 		}
 	}
+	var xattrBlocks xattrBlocks
 	for _, n := range nodes {
 		if n.e.Kind == tree.Hardlink {
 			continue
+		}
+		if n.xattrBlock != nil {
+			b, isNew := xattrBlocks.use(*n.xattrBlock, n.e.Xattrs)
+			if isNew {
+				ex, err := a.alloc(1)
+				if err != nil {
+					return noSpace()
+				}
+				b.at = ex[0].start
+			}
+			n.sharedBlock, n.xattrBlock = b, nil
 		}
 		if n.e.Kind == tree.Dir {
 			n.dirData, err = renderDir(n.children, n.e.Path)
@@ -476,6 +539,13 @@ func Write(w io.WriterAt, size int64, t *tree.Tree, p Params) error {
 		if fw.err != nil {
 			return fw.err
 		}
+	}
+	for _, b := range xattrBlocks.all {
+		blk, err := b.render()
+		if err != nil {
+			return err
+		}
+		fw.at(blk, int64(b.at)*BlockSize)
 	}
 	// Inode tables: one write per group for the used run of inodes.
 	for grp := uint32(0); grp < g.groups; grp++ {
@@ -649,20 +719,27 @@ func collect(t *tree.Tree, now time.Time) ([]*node, map[string]*node, error) {
 				n.nblocks = 1
 			}
 		}
-		if len(e.Xattrs) > 0 {
-			x, err := renderXattrs(e.Xattrs)
-			if err != nil {
-				return nil, nil, fmt.Errorf("ext4: %s: %w", e.Path, err)
-			}
-			n.xattrs = x
-		}
 		byPath[e.Path] = n
 		nodes = append(nodes, n)
 	}
-	if x, err := renderXattrs(root.e.Xattrs); err != nil {
-		return nil, nil, fmt.Errorf("ext4: root directory: %w", err)
-	} else if len(root.e.Xattrs) > 0 {
-		root.xattrs = x
+	for _, n := range nodes {
+		if n.e.Kind == tree.Hardlink {
+			continue // the file's inode carries the attributes
+		}
+		ibody, block, err := layoutXattrs(n.e.Xattrs)
+		if err != nil {
+			name := n.e.Path
+			if n.ino == RootInode {
+				name = "the root directory"
+			}
+			return nil, nil, fmt.Errorf("ext4: %s: %w", name, err)
+		}
+		n.xattrs = ibody
+		if block != nil {
+			// Only the block's digest is kept: Write lays it out again.
+			key := blockKey(block)
+			n.xattrBlock = &key
+		}
 	}
 	for _, n := range nodes {
 		if n.e.Kind == tree.Dir {
@@ -719,7 +796,7 @@ func renderDir(children []dirent, p string) ([]byte, error) {
 		lastOff = -1
 	}
 	for _, c := range children {
-		rec := (deName + len(c.name) + 3) &^ 3
+		rec := direntLen(c.name)
 		if len(blk)+rec > BlockSize {
 			flush()
 		}
@@ -737,77 +814,6 @@ func renderDir(children []dirent, p string) ([]byte, error) {
 	}
 	flush()
 	return out, nil
-}
-
-// xattrSpace is what an inode holds after its extra fields: 256 - 128 -
-// 32, less the 4-byte magic.
-const xattrSpace = inodeSize - goodOldInodeSize - extraIsize - 4
-
-// renderXattrs lays the attributes out as an in-inode xattr area (without
-// the magic): entries from the front, values from the back.
-func renderXattrs(x map[string][]byte) ([]byte, error) {
-	if len(x) == 0 {
-		return nil, nil
-	}
-	names := make([]string, 0, len(x))
-	for k := range x {
-		names = append(names, k)
-	}
-	sortStrings(names)
-	area := make([]byte, xattrSpace)
-	entryOff := 0
-	valueEnd := xattrSpace
-	for _, full := range names {
-		v := x[full]
-		var idx uint8
-		name := full
-		// The ACL names first: they share the "system." prefix.
-		for _, i := range []uint8{2, 3, 1, 4, 6, 7} {
-			if p, _ := xattrPrefix(i); len(full) >= len(p) && full[:len(p)] == p {
-				idx, name = i, full[len(p):]
-				break
-			}
-		}
-		if idx == 0 {
-			return nil, fmt.Errorf("extended attribute %q has no known namespace (user., trusted., security., system.)", full)
-		}
-		elen := (xattrEntryHeader + len(name) + 3) &^ 3
-		vlen := (len(v) + 3) &^ 3
-		valueEnd -= vlen
-		if entryOff+elen+4 > valueEnd || len(name) > 255 {
-			return nil, fmt.Errorf("extended attributes need more than the %d bytes that fit in an inode (this writer stores them only in the inode)", xattrSpace)
-		}
-		e := area[entryOff:]
-		e[xeNameLen] = uint8(len(name))
-		e[xeNameIndex] = idx
-		binary.LittleEndian.PutUint16(e[xeValueOff:], uint16(valueEnd))
-		binary.LittleEndian.PutUint32(e[xeValueSize:], uint32(len(v)))
-		copy(e[xeName:], name)
-		copy(area[valueEnd:], v)
-		binary.LittleEndian.PutUint32(e[xeHash:], xattrHash(name, area[valueEnd:valueEnd+vlen], len(v)))
-		entryOff += elen
-	}
-	return area, nil
-}
-
-// xattrHash is e2fsprogs' ext2fs_ext_attr_hash_entry (name bytes signed).
-func xattrHash(name string, value []byte, size int) uint32 {
-	var h uint32
-	for i := 0; i < len(name); i++ {
-		h = (h << 5) ^ (h >> 27) ^ uint32(int32(int8(name[i])))
-	}
-	for i := 0; i < (size+3)/4; i++ {
-		h = (h << 16) ^ (h >> 16) ^ binary.LittleEndian.Uint32(value[4*i:])
-	}
-	return h
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 func putExtentHeader(b []byte, entries, max, depth int) {
@@ -884,7 +890,13 @@ func inodeBytes(n *node, now time.Time) []byte {
 		links = 1
 	}
 	le.PutUint16(b[iLinks:], uint16(links))
-	sectors := uint64(n.nblocks+uint32(len(n.leaves))) * (BlockSize / 512)
+	blocks := n.nblocks + uint32(len(n.leaves))
+	if n.sharedBlock != nil {
+		// Every inode counts its attribute block, shared or not.
+		blocks++
+		le.PutUint32(b[iFileACL:], n.sharedBlock.at)
+	}
+	sectors := uint64(blocks) * (BlockSize / 512)
 	le.PutUint32(b[iBlocks:], uint32(sectors))
 	iblock := b[iBlock : iBlock+iBlockLen]
 	switch {

@@ -3,6 +3,8 @@ package ext4
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/lekiwi/heartbeat/image/posixacl"
 )
 
 // Xattrs returns the extended attributes of an inode by full name
@@ -48,8 +50,11 @@ func (fs *FS) rawXattrs(in *Inode) (map[string][]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("inode %d xattr block: %w", in.Num, err)
 		}
-		if le.Uint32(b) != xattrMagic {
+		if le.Uint32(b[xhMagic:]) != xattrMagic {
 			return nil, corrupt("inode %d: xattr block %d has no magic", in.Num, in.fileACL)
+		}
+		if n := le.Uint32(b[xhBlocks:]); n != 1 {
+			return nil, corrupt("inode %d: xattr block %d says it spans %d blocks (the kernel accepts only 1)", in.Num, in.fileACL, n)
 		}
 		if err := parseXattrs(b[xattrBlockHeader:], b, out); err != nil {
 			return nil, fmt.Errorf("inode %d xattr block %d: %w", in.Num, in.fileACL, err)
@@ -92,37 +97,49 @@ func parseXattrs(entries, values []byte, out map[string][]byte) error {
 	return nil
 }
 
-// POSIX ACL tags that carry an id.
-const (
-	aclUser  = 0x02
-	aclGroup = 0x08
-)
-
-// aclToVFS converts ext4's ACL encoding (version 1, short entries without
-// ids) to the xattr form of the Linux VFS (version 2, 8-byte entries).
+// aclToVFS converts a POSIX ACL from ext4's on-disk form to the xattr form
+// of the Linux VFS, as the kernel's ext4_acl_from_disk and getxattr(2)
+// would. The entries are taken as they are: this reads, it does not judge.
 func aclToVFS(b []byte) ([]byte, error) {
 	le := binary.LittleEndian
-	if len(b) < 4 || le.Uint32(b) != 1 {
-		return nil, corrupt("ACL without version 1 header")
+	if len(b) < aclDiskHeader || le.Uint32(b) != aclDiskVersion {
+		return nil, corrupt("ACL without version %d header", aclDiskVersion)
 	}
-	out := le.AppendUint32(nil, 2)
-	for off := 4; off < len(b); {
-		if off+4 > len(b) {
+	var acl posixacl.ACL
+	for off := aclDiskHeader; off < len(b); {
+		if off+aclDiskShortEntry > len(b) {
 			return nil, corrupt("ACL entry truncated")
 		}
-		tag, perm := le.Uint16(b[off:]), le.Uint16(b[off+2:])
-		id := uint32(0xFFFFFFFF)
-		off += 4
-		if tag == aclUser || tag == aclGroup {
-			if off+4 > len(b) {
+		e := posixacl.Entry{Tag: posixacl.Tag(le.Uint16(b[off:])), Perm: le.Uint16(b[off+2:])}
+		size := aclDiskShortEntry
+		if e.Tag.Named() {
+			if off+aclDiskEntry > len(b) {
 				return nil, corrupt("ACL entry id truncated")
 			}
-			id = le.Uint32(b[off:])
-			off += 4
+			e.ID, size = le.Uint32(b[off+aclDiskShortEntry:]), aclDiskEntry
 		}
-		out = le.AppendUint16(out, tag)
-		out = le.AppendUint16(out, perm)
-		out = le.AppendUint32(out, id)
+		acl = append(acl, e)
+		off += size
+	}
+	return acl.Xattr(), nil
+}
+
+// aclToDisk converts a POSIX ACL from the VFS xattr form to ext4's, as the
+// kernel's ext4_acl_to_disk does; an ACL the kernel would refuse to set is
+// refused.
+func aclToDisk(v []byte) ([]byte, error) {
+	acl, err := posixacl.ParseXattr(v)
+	if err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
+	out := le.AppendUint32(nil, aclDiskVersion)
+	for _, e := range acl {
+		out = le.AppendUint16(out, uint16(e.Tag))
+		out = le.AppendUint16(out, e.Perm)
+		if e.Tag.Named() {
+			out = le.AppendUint32(out, e.ID)
+		}
 	}
 	return out, nil
 }

@@ -2,7 +2,8 @@
 // code share: skipping when a Debian tool that builds or checks a fixture is
 // missing, running a filesystem writer on a fresh file, making a GPT disk
 // to fill, opening an image with its size, loading a testdata fixture,
-// fuzzing a reader from a seed, and checking that a refusal says why. Every helper fails the test itself
+// fuzzing a reader from a seed, mounting an image to ask the kernel, and
+// checking that a refusal says why. Every helper fails the test itself
 // instead of returning an error, so that the tests read as what they check.
 package fsimagetest
 
@@ -125,6 +126,44 @@ func FuzzImage[FS any](f *testing.F, seed string, open func(io.ReaderAt, int64) 
 			return entries > 10000
 		})
 	})
+}
+
+// Mount mounts the filesystem image at img through a loop device with the
+// given mount options ("ro", "rw"), so a test can check what the kernel
+// itself makes of an image or have the kernel write one, and returns the
+// mount point and a function that unmounts it (before the test reads back
+// what the kernel wrote; it is called when the test ends otherwise). It
+// skips the test, saying why, only where mounting cannot work at all: not
+// root, or no loop device to be had. Any other mount failure (the kernel
+// refusing the filesystem) fails the test.
+func Mount(t testing.TB, img, options string) (dir string, unmount func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting an image needs root: the kernel's view of it is not checked")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("no loop devices here (%v): the kernel's view of the image is not checked", err)
+	}
+	dir = t.TempDir()
+	out, err := exec.Command("mount", "-o", "loop,"+options, img, dir).CombinedOutput()
+	if err != nil {
+		if msg := string(out); strings.Contains(msg, "loop device") || strings.Contains(msg, "permission denied") || strings.Contains(msg, "not permitted") {
+			t.Skipf("cannot mount through a loop device here (%v: %s): the kernel's view of the image is not checked", err, strings.TrimSpace(msg))
+		}
+		t.Fatalf("mount -o loop,%s %s: %v\n%s", options, img, err, out)
+	}
+	mounted := true
+	unmount = func() {
+		if !mounted {
+			return
+		}
+		mounted = false
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", dir, err, out)
+		}
+	}
+	t.Cleanup(unmount)
+	return dir, unmount
 }
 
 // WantErrorMentioning fails the test unless err is an error whose message

@@ -54,7 +54,10 @@ type Entry struct {
 	Link string
 	// Major and Minor are the device numbers of a CharDevice or BlockDevice.
 	Major, Minor uint32
-	// Xattrs are extended attributes (e.g. "security.capability").
+	// Xattrs are extended attributes by full name ("security.capability"),
+	// with the values getxattr(2) returns: POSIX ACLs
+	// (system.posix_acl_access, system.posix_acl_default) in the VFS form,
+	// as image/posixacl reads and writes it, never a filesystem's own.
 	Xattrs map[string][]byte
 	// Open returns the content of a File. It may be called more than once.
 	Open func() (io.ReadCloser, error)
