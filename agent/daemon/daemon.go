@@ -115,6 +115,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		}
 	}
 
+	img := runningImage(cfg.UpdateImageInfo, log)
+	var helloImage *protocol.ImageInfo
+	if img != nil {
+		helloImage = collect.Image(*img)
+	}
 	col := collect.New(collect.Options{
 		Roots:    collect.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys, Etc: cfg.Roots.Etc},
 		DiskPath: cfg.DiskPath,
@@ -127,6 +132,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Collector:               col,
 		Hardware:                hardware(cfg.Hardware),
 		AgentVersion:            version,
+		Image:                   helloImage,
 		HeartbeatInterval:       cfg.HeartbeatInterval,
 		TelemetrySampleInterval: cfg.TelemetrySampleInterval,
 		TelemetryMinInterval:    cfg.TelemetryMinInterval,
@@ -142,7 +148,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		return fmt.Errorf("start agent: %w", err)
 	}
 	running.Store(a)
-	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version,
+	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version, "image", imageVersion(img),
 		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending, "mtls", !cfg.Insecure)
 
 	// The runtime until ctx ends, and beside it the components that use
@@ -157,7 +163,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// teleop, services, mdns: the live fleet view's parts (live.go), each
 	// optional (teleop_enabled, services_enabled, mdns_enabled); they emit
 	// through the runtime's durable queue.
-	for _, run := range liveComponents(cfg, version, a, log) {
+	for _, run := range liveComponents(cfg, img, version, a, log) {
 		g.Go(func() error { return run(runCtx) })
 	}
 	g.Go(func() error { return a.Run(runCtx) })

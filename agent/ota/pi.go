@@ -1,7 +1,6 @@
 package ota
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
+	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -41,13 +41,9 @@ type PiOptions struct {
 // o.Disk names it) and builds the updater on them with the image's profile
 // and the robot's health check (RobotHealth); close releases them.
 func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
-	b, err := os.ReadFile(o.ImageInfo)
+	info, err := layout.ReadImageInfo(o.ImageInfo)
 	if err != nil {
-		return nil, nil, fmt.Errorf("updates: image metadata: %w", err)
-	}
-	var info struct{ Version, Profile string }
-	if err := json.Unmarshal(b, &info); err != nil || info.Profile == "" {
-		return nil, nil, fmt.Errorf("updates: %s names no profile (%v): was the image made by provision image build?", o.ImageInfo, err)
+		return nil, nil, fmt.Errorf("updates: %w", err)
 	}
 	prof, err := profiles.Load(info.Profile)
 	if err != nil {

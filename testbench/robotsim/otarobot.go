@@ -432,7 +432,7 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 		return false, err
 	}
 	a, err := agent.New(agent.Options{RobotID: r.ID, RobotType: r.Type, Servers: r.servers, Queue: q, Collector: col, Hardware: hw,
-		AgentVersion: "1.0.0", HeartbeatInterval: time.Second, TelemetrySampleInterval: 200 * time.Millisecond, TelemetryMinInterval: 500 * time.Millisecond,
+		AgentVersion: "1.0.0", Image: collect.Image(*info), HeartbeatInterval: time.Second, TelemetrySampleInterval: 200 * time.Millisecond, TelemetryMinInterval: 500 * time.Millisecond,
 		FirstReconnectJitter: -1, Logger: r.log, HTTPClient: r.ident.HTTPClient(), Identity: r.ident,
 		Commands: map[string]agent.CommandHandler{protocol.CommandUpdate: h.Handle}})
 	if err != nil {
