@@ -145,7 +145,10 @@ type Update struct {
 	// UpdateDisk is the whole boot disk (like /dev/mmcblk0); "" means the
 	// disk holding the running root filesystem.
 	UpdateDisk string `yaml:"update_disk"`
-	// UpdateImageInfo is the running image's metadata (version, profile).
+	// UpdateImageInfo is the running image's metadata (image.json:
+	// version, profile), read at start whether updates are on or not: its
+	// release goes into hello, its profile picks the watched units. A
+	// missing file means a system not made by provision image build.
 	UpdateImageInfo string `yaml:"update_image_info"`
 	// UpdateHealthCommand is run with /bin/sh -c in a trial boot's health
 	// check; "" uses the profile's health.command, if any.
