@@ -29,9 +29,15 @@ const (
 
 // Hardware identifies the board.
 type Hardware struct {
-	Serial   string `json:"serial,omitempty"`
+	Serial string `json:"serial,omitempty"`
+	// Model is the board's name as its device tree gives it ("Raspberry
+	// Pi 5 Model B Rev 1.0"); a machine that is not a board says so
+	// ("virtual machine (linux,dummy-virt)").
 	Model    string `json:"model,omitempty"`
-	Revision string `json:"revision,omitempty"`
+	Revision string `json:"revision,omitempty"` // a Pi's revision code, hex: "d04170"
+	// MemoryMB and Manufacturer are what a Pi's revision code says.
+	MemoryMB     int    `json:"memory_mb,omitempty"`
+	Manufacturer string `json:"manufacturer,omitempty"`
 }
 
 // Hello is the first message of a connection, from the robot.

@@ -95,7 +95,7 @@ type Config struct {
 	Roots    Roots  `yaml:"roots"`
 	DiskPath string `yaml:"disk_path"`
 	// Hardware overrides what the board reports; empty fields are read from
-	// <proc>/device-tree and <proc>/cpuinfo.
+	// the device tree and <proc>/cpuinfo (collect.ReadHardware).
 	Hardware Hardware `yaml:"hardware"`
 
 	LogLevel string `yaml:"log_level"` // debug, info, warn, error
@@ -301,9 +301,9 @@ func (c *Config) resolveHardware() error {
 	if h.Serial != "" && h.Model != "" && h.Revision != "" {
 		return nil
 	}
-	hw, err := collect.ReadHardware(c.Roots.Proc)
+	hw, err := collect.ReadHardware(collect.Roots{Proc: c.Roots.Proc, Sys: c.Roots.Sys})
 	if err != nil {
-		return fmt.Errorf("read board identity under %s: %w (or set hardware.serial, hardware.model and hardware.revision)", c.Roots.Proc, err)
+		return fmt.Errorf("read board identity under %s and %s: %w (or set hardware.serial, hardware.model and hardware.revision)", c.Roots.Proc, c.Roots.Sys, err)
 	}
 	if h.Serial == "" {
 		h.Serial = hw.Serial

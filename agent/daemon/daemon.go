@@ -206,8 +206,10 @@ func firstReconnectJitter(d time.Duration) time.Duration {
 	return d
 }
 
+// hardware is the board as configured and read (config.Load fills what
+// was not configured), with what its revision code says.
 func hardware(h config.Hardware) protocol.Hardware {
-	return protocol.Hardware{Serial: h.Serial, Model: h.Model, Revision: h.Revision}
+	return collect.DecodeRevision(protocol.Hardware{Serial: h.Serial, Model: h.Model, Revision: h.Revision})
 }
 
 // setupUpdates builds the update handler and the updater on the real

@@ -127,6 +127,7 @@ func TestRunNotifiesAndConnects(t *testing.T) {
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	url, frames := control(t)
 	cfg := testConfig(t, url)
+	cfg.Hardware = config.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "c04170"}
 	// image.json as provision image build writes it.
 	os.WriteFile(cfg.UpdateImageInfo, []byte(`{
   "version": "2026.11.2",
@@ -176,6 +177,9 @@ func TestRunNotifiesAndConnects(t *testing.T) {
 	hello, _ := protocol.DecodePayload[protocol.Hello](seen[protocol.TypeHello])
 	if hello.AgentVersion != "9.9.9" || hello.OSVersion != "Debian GNU/Linux 12 (bookworm)" {
 		t.Fatalf("hello %+v", hello)
+	}
+	if want := (protocol.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "c04170", MemoryMB: 4096, Manufacturer: "Sony UK"}); hello.Hardware != want {
+		t.Fatalf("hello hardware %+v, want %+v (the revision code decoded)", hello.Hardware, want)
 	}
 	wantImage := protocol.ImageInfo{Version: "2026.11.2", Profile: "lekiwi", Created: time.Unix(1762075800, 0).UTC(), Seed: "5b1e0a"}
 	if hello.Image == nil || *hello.Image != wantImage {

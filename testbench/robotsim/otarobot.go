@@ -427,7 +427,7 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	col := collect.New(collect.Options{Roots: roots, Statfs: func(string) (collect.DiskUsage, error) {
 		return collect.DiskUsage{TotalBytes: 32 << 30, UsedBytes: 4 << 30}, nil
 	}})
-	hw, err := collect.ReadHardware(roots.Proc)
+	hw, err := collect.ReadHardware(roots)
 	if err != nil {
 		return false, err
 	}
