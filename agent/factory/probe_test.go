@@ -145,7 +145,7 @@ func TestProbeFixtures(t *testing.T) {
 				},
 				// The GPS receiver's port is listed, not pinged.
 				ServoBuses: []protocol.ServoBus{{Device: "/dev/ttyUSB0", IDs: ids(1, 9)}},
-				Warnings: []string{`serial port /dev/ttyACM0 (USB 1546:01a8) not pinged: not a known servo adapter; if a servo bus is on it, add "1546:01a8" to the profile's hardware.servo_adapters`},
+				Warnings:   []string{`serial port /dev/ttyACM0 (USB 1546:01a8) not pinged: not a known servo adapter; if a servo bus is on it, add "1546:01a8" to the profile's hardware.servo_adapters`},
 			},
 		},
 		{
