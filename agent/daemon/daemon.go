@@ -27,6 +27,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -230,6 +231,9 @@ func setupUpdates(cfg config.Config, version string, transport http.RoundTripper
 	u, closeFn, err := ota.OpenPi(ota.PiOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
 		Disk: cfg.UpdateDisk, ImageInfo: cfg.UpdateImageInfo, HealthCommand: cfg.UpdateHealthCommand, AgentVersion: version,
 		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Report: h.Report,
+		// The agent is a systemd service: the reboot is systemd's to do
+		// (the unit's seccomp filter has no reboot(2)).
+		Reboot:    reboot.Systemd{},
 		Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected }})
 	if err != nil {
 		return nil, nil, nil, err

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
@@ -25,6 +26,9 @@ type PiOptions struct {
 	HealthCommand               string // "" uses the profile's
 	AgentVersion                string
 	Roots                       rpi.Roots
+	// Reboot restarts the Pi (required): the agent service asks systemd
+	// (reboot.Systemd), whose unit forbids reboot(2).
+	Reboot reboot.Rebooter
 	// Transport reaches control's registry with the robot's mTLS identity
 	// (control accepts robot certificates for pulls); nil: the default.
 	Transport http.RoundTripper
@@ -61,7 +65,7 @@ func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("updates: %w", err)
 	}
-	ctl, err := rpi.New(rpi.Options{DeviceTree: filepath.Join(orDefault(o.Roots.Proc, "/proc"), "device-tree"), BootConfig: bc})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: filepath.Join(orDefault(o.Roots.Proc, "/proc"), "device-tree"), BootConfig: bc, Reboot: o.Reboot})
 	if err != nil {
 		bc.Close()
 		return nil, nil, err
