@@ -103,8 +103,8 @@ func ReadHardware(r Roots) (protocol.Hardware, error) {
 
 // DecodeRevision fills what a Raspberry Pi revision code says about the
 // board — memory size, maker, and the model name when none is known — into
-// hw. A code that does not parse, or fields the decoder does not know (a
-// board newer than its table), leave those fields as they were: the code
+// hw. A code that does not parse changes nothing; a field the decoder
+// does not know (a board newer than its table) is left empty. The code
 // itself is still reported, and an unknown board is no reason to fail.
 func DecodeRevision(hw protocol.Hardware) protocol.Hardware {
 	if hw.Revision == "" {
