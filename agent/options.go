@@ -77,7 +77,10 @@ type Options struct {
 	Collector Collector
 
 	Hardware     protocol.Hardware
-	AgentVersion string            // default "dev"
+	AgentVersion string // default "dev"
+	// Image is the running image's metadata announced in hello
+	// (collect.Image); nil on a system not made by provision image build.
+	Image        *protocol.ImageInfo
 	Packages     map[string]string // announced in hello
 	Capabilities []string          // default telemetry, events, commands, queue
 

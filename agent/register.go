@@ -48,6 +48,7 @@ func (a *Agent) hello(ctx context.Context, conn *websocket.Conn) (protocol.Hello
 		Hardware:     a.o.Hardware,
 		OSVersion:    a.tel.last.OSVersion,
 		Packages:     a.o.Packages,
+		Image:        a.o.Image,
 	}
 	b, err := a.encode(protocol.TypeHello, seq, h)
 	if err != nil {

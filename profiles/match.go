@@ -52,13 +52,9 @@ func (m Match) Held() bool { return m.Profile == nil }
 
 // MatchEmbedded matches against every embedded profile.
 func MatchEmbedded(buses []ObservedBus) (Match, error) {
-	var ps []*Profile
-	for _, name := range Names() {
-		p, err := Load(name)
-		if err != nil {
-			return Match{}, fmt.Errorf("match hardware: %w", err)
-		}
-		ps = append(ps, p)
+	ps, err := LoadAll()
+	if err != nil {
+		return Match{}, fmt.Errorf("match hardware: %w", err)
 	}
 	return MatchHardware(buses, ps), nil
 }

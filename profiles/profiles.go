@@ -156,6 +156,13 @@ type User struct {
 type Hardware struct {
 	// Buses are the servo buses (one USB serial adapter each).
 	Buses []Bus `yaml:"buses"`
+	// ServoAdapters are further USB IDs ("vendor:product", 4 lowercase hex
+	// digits each, as sysfs idVendor and idProduct read) of serial
+	// adapters this robot's servo buses may be wired to, beyond the common
+	// chips the factory probe knows (agent/factory.DefaultServoAdapters).
+	// The probe pings only ports on known adapters; it runs before the
+	// board's profile is known, so it takes every profile's (optional).
+	ServoAdapters []string `yaml:"servo_adapters"`
 }
 
 // Bus is one servo bus and the servo IDs that answer on it.
@@ -222,6 +229,19 @@ func Load(name string) (*Profile, error) {
 		return nil, fmt.Errorf("embedded profile %s names itself %q: the name must equal the file name", file, p.Name)
 	}
 	return p, nil
+}
+
+// LoadAll returns every embedded profile, in name order.
+func LoadAll() ([]*Profile, error) {
+	var ps []*Profile
+	for _, name := range Names() {
+		p, err := Load(name)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
 }
 
 // LoadFile reads and validates a profile from a file on disk; errors carry

@@ -90,6 +90,10 @@ func TestParseRejects(t *testing.T) {
 			"bad.yaml:10:13: hardware.buses[0].ids: servo IDs \"9-1\": need 0 <= first <= last <= 253",
 			"bad.yaml:11:13: hardware.buses[1].ids: servo IDs \"1-300\"",
 			"bad.yaml:12:7: hardware.buses[2]: missing required key \"role\""}, 3},
+		{"bad servo adapters", "+hardware:\n  servo_adapters: [\"0403:6014\", \"0403:6014\", \"FTDI\", \"0403:6O14\"]\n", []string{
+			"bad.yaml:9:33: hardware.servo_adapters[1]: 0403:6014 is listed twice",
+			"bad.yaml:9:46: hardware.servo_adapters[2]: \"FTDI\" is not a USB vendor:product ID",
+			"bad.yaml:9:54: hardware.servo_adapters[3]: \"0403:6O14\" is not a USB vendor:product ID"}, 3},
 		{"relative file path", "+files:\n  - path: etc/x\n    mode: \"0644\"\n", []string{"bad.yaml:9:11: files[0].path: path \"etc/x\" must be absolute"}, 1},
 		{"dotdot file path", "+files:\n  - path: /etc/../root/x\n    mode: \"0644\"\n", []string{"bad.yaml:9:11: files[0].path: path \"/etc/../root/x\" must not contain \"..\""}, 1},
 		{"unclean file path", "+files:\n  - path: /etc//x/\n    mode: \"0644\"\n", []string{"bad.yaml:9:11: files[0].path: path \"/etc//x/\" must name a file and be clean"}, 1},

@@ -51,6 +51,7 @@ var (
 	systemdUnit  = regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|socket|target|timer|path|mount|automount|swap|slice)$`)
 	userName     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 	extraKey     = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	usbID        = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{4}$`) // vendor:product as sysfs spells it
 	sshKeyTypes  = []string{"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"}
 	requiredKeys = []string{"name", "robot_type", "arch", "hostname_pattern", "agent"}
 )
@@ -290,6 +291,17 @@ func abbreviate(s string) string {
 }
 
 func (v *validator) hardware() {
+	seen := map[string]bool{}
+	for i, id := range v.p.Hardware.ServoAdapters {
+		at := fmt.Sprintf("hardware.servo_adapters[%d]", i)
+		switch {
+		case !usbID.MatchString(id):
+			v.errf(at, "%q is not a USB vendor:product ID: want 4 lowercase hex digits each, as lsusb and sysfs idVendor/idProduct show them, such as \"0403:6014\"", abbreviate(id))
+		case seen[id]:
+			v.errf(at, "%s is listed twice", id)
+		}
+		seen[id] = true
+	}
 	for i := range v.p.Hardware.Buses {
 		at := fmt.Sprintf("hardware.buses[%d]", i)
 		if !v.present(at + ".ids") {

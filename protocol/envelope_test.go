@@ -135,3 +135,38 @@ func TestEncodeRefusesOversizeFrames(t *testing.T) {
 		t.Fatalf("Encode = %v, want too_large", err)
 	}
 }
+
+// The image fields are optional both ways: an old agent's hello has none
+// and decodes with a nil Image; a new agent's hello carries them, and a
+// control that does not know the field ignores it (unknown fields are
+// ignored), so no protocol version is needed.
+func TestHelloImageIsOptional(t *testing.T) {
+	old := `{"min_version":1,"max_version":1,"agent_version":"1.0","stream":"s","robot_type":"lekiwi"}`
+	env := Envelope{Type: TypeHello, RobotID: "kiwi-1", Sequence: 1, Timestamp: time.Now(), Payload: json.RawMessage(old)}
+	h, err := DecodePayload[Hello](env)
+	if err != nil || h.Image != nil {
+		t.Fatalf("hello without image: %+v, %v", h, err)
+	}
+
+	created := time.Date(2026, 11, 2, 9, 30, 0, 0, time.UTC)
+	sent := Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "1.0", Stream: "s", RobotType: RobotLeKiwi,
+		Image: &ImageInfo{Version: "2026.11.2", Profile: "lekiwi", Created: created, Seed: "ab12"}}
+	env, err = New(TypeHello, "kiwi-1", 1, time.Now(), sent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(env.Payload), `"image":{"version":"2026.11.2","profile":"lekiwi","created":"2026-11-02T09:30:00Z","seed":"ab12"}`) {
+		t.Fatalf("hello payload %s", env.Payload)
+	}
+	h, err = DecodePayload[Hello](env)
+	if err != nil || h.Image == nil || *h.Image != *sent.Image {
+		t.Fatalf("hello with image: %+v, %v", h.Image, err)
+	}
+	// Controls from before the field decode hellos with DecodePayload too,
+	// which ignores what it does not know.
+	future := `{"min_version":1,"max_version":1,"agent_version":"1.0","stream":"s","robot_type":"lekiwi","image":{"version":"x"},"board_firmware":{"eeprom":"2026-01-01"}}`
+	env.Payload = json.RawMessage(future)
+	if h, err = DecodePayload[Hello](env); err != nil || h.Stream != "s" || h.Image.Version != "x" {
+		t.Fatalf("hello with a field this side does not know: %+v, %v", h, err)
+	}
+}

@@ -29,9 +29,15 @@ const (
 
 // Hardware identifies the board.
 type Hardware struct {
-	Serial   string `json:"serial,omitempty"`
+	Serial string `json:"serial,omitempty"`
+	// Model is the board's name as its device tree gives it ("Raspberry
+	// Pi 5 Model B Rev 1.0"); a machine that is not a board says so
+	// ("virtual machine (linux,dummy-virt)").
 	Model    string `json:"model,omitempty"`
-	Revision string `json:"revision,omitempty"`
+	Revision string `json:"revision,omitempty"` // a Pi's revision code, hex: "d04170"
+	// MemoryMB and Manufacturer are what a Pi's revision code says.
+	MemoryMB     int    `json:"memory_mb,omitempty"`
+	Manufacturer string `json:"manufacturer,omitempty"`
 }
 
 // Hello is the first message of a connection, from the robot.
@@ -49,6 +55,23 @@ type Hello struct {
 	Hardware  Hardware          `json:"hardware"`
 	OSVersion string            `json:"os_version,omitempty"`
 	Packages  map[string]string `json:"packages,omitempty"`
+	// Image is the release the robot's system was built as (its
+	// /etc/lekiwi/image.json); nil on a system `provision image build`
+	// did not make, and from agents older than the field. It changes only
+	// with the system itself: a new hello after an update's reboot.
+	Image *ImageInfo `json:"image,omitempty"`
+}
+
+// ImageInfo identifies the image a robot runs. Every field is optional.
+type ImageInfo struct {
+	Version string `json:"version,omitempty"` // the release, as built
+	Profile string `json:"profile,omitempty"` // the robot profile it was built for
+	// Created is the build's timestamp (SOURCE_DATE_EPOCH), the same for
+	// every rebuild of the same inputs.
+	Created time.Time `json:"created,omitzero"`
+	// Seed (hex) is what the disk's partition GUIDs and filesystem ids
+	// derive from; builds whose slots fit one disk share it.
+	Seed string `json:"seed,omitempty"`
 }
 
 // Validate implements Validator.

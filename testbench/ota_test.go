@@ -187,11 +187,13 @@ func TestOTAEndToEnd(t *testing.T) {
 			t.Errorf("robot %s downloaded %d bytes of a %d-byte release: not a delta", id, dl, fullSize)
 		}
 	}
-	// Control sees the new OS on every updated robot.
+	// Control sees the new OS and image on every updated robot: the new
+	// slot's image.json, read by the agent at its first start there.
 	waitFor(t, 10*time.Second, "control reports v2 on the updated robots", func() bool {
 		for _, id := range good {
 			rb, err := n.Store().Robot(ctx, id)
-			if err != nil || !strings.Contains(rb.Deployment.OSVersion, "Lekiwi OS "+imgs.V2Version) {
+			if err != nil || !strings.Contains(rb.Deployment.OSVersion, "Lekiwi OS "+imgs.V2Version) ||
+				rb.Deployment.Image == nil || rb.Deployment.Image.Version != imgs.V2Version || rb.Deployment.Image.Profile != "lekiwi" {
 				return false
 			}
 		}
@@ -238,6 +240,16 @@ func TestOTAEndToEnd(t *testing.T) {
 			t.Errorf("robot %s: a power cycle after the rollback boots %+v, want slot A", id, b)
 		}
 	}
+	// ... and control names v1 again as their image.
+	waitFor(t, 10*time.Second, "control reports v1 on the rolled back robots", func() bool {
+		for _, id := range []string{"lekiwi-ota-sick", "lekiwi-ota-hang"} {
+			rb, err := n.Store().Robot(ctx, id)
+			if err != nil || rb.Deployment.Image == nil || rb.Deployment.Image.Version != imgs.V1Version {
+				return false
+			}
+		}
+		return true
+	})
 	t.Logf("scenario took %s", time.Since(start).Round(time.Millisecond))
 }
 

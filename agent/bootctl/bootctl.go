@@ -116,7 +116,10 @@ func (s Status) PendingCommit() bool { return s.Trial && s.Booted != s.Default }
 //     and only the next one — selects the armed trial slot; the one-shot
 //     flag is volatile and consumed before the firmware loads anything, so
 //     any hang (watchdog reset), crash or power cut during the trial falls
-//     back to the default. On success Reboot does not return.
+//     back to the default. On success the machine restarts: Reboot does
+//     not return, or (asked of systemd, see agent/reboot) returns nil with
+//     the restart under way and the caller about to be stopped. An error
+//     means no restart was started; the service manager's refusal is in it.
 //   - Commit(slot) makes slot the default. slot must be the running slot
 //     (commit only what has booted). It is durable when it returns; before
 //     that, a power cut leaves either the old default or slot — on the Pi

@@ -165,38 +165,77 @@ func TestSampleErrors(t *testing.T) {
 }
 
 func TestReadHardware(t *testing.T) {
-	pi5 := protocol.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "d04170"}
+	pi5 := protocol.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "d04170", MemoryMB: 8192, Manufacturer: "Sony UK"}
+	pi4 := protocol.Hardware{Serial: "10000000b7e3a9f2", Model: "Raspberry Pi 4 Model B Rev 1.4", Revision: "c03114", MemoryMB: 4096, Manufacturer: "Sony UK"}
 	tests := []struct {
-		name   string
-		mutate func(proc string) error
-		want   protocol.Hardware
+		name    string
+		fixture string
+		mutate  func(root string) error // root holds proc/ and sys/
+		want    protocol.Hardware
 	}{
-		{name: "device tree and cpuinfo", want: pi5},
-		{name: "cpuinfo only", mutate: func(p string) error { return os.RemoveAll(filepath.Join(p, "device-tree")) }, want: pi5},
-		{name: "device tree only", mutate: func(p string) error { return os.Remove(filepath.Join(p, "cpuinfo")) }, want: pi5},
-		{name: "device tree wins", mutate: func(p string) error {
-			return os.WriteFile(filepath.Join(p, "device-tree", "serial-number"), []byte("00000000cafe0001\x00"), 0o644)
-		}, want: protocol.Hardware{Serial: "00000000cafe0001", Model: pi5.Model, Revision: pi5.Revision}},
-		{name: "nothing", mutate: func(p string) error {
-			return errors.Join(os.RemoveAll(filepath.Join(p, "device-tree")), os.Remove(filepath.Join(p, "cpuinfo")))
+		{name: "pi5 device tree and cpuinfo", fixture: "pi5", want: pi5},
+		{name: "pi5 cpuinfo only", fixture: "pi5", mutate: remove("proc/device-tree"), want: pi5},
+		{name: "pi5 device tree only", fixture: "pi5", mutate: remove("proc/cpuinfo"), want: pi5},
+		{name: "device tree wins", fixture: "pi5", mutate: func(root string) error {
+			return os.WriteFile(filepath.Join(root, "proc/device-tree/serial-number"), []byte("00000000cafe0001\x00"), 0o644)
+		}, want: protocol.Hardware{Serial: "00000000cafe0001", Model: pi5.Model, Revision: pi5.Revision, MemoryMB: 8192, Manufacturer: "Sony UK"}},
+		{name: "pi5 4GB from /sys/firmware/devicetree (no /proc/device-tree, no cpuinfo lines)", fixture: "pi5-4gb",
+			want: protocol.Hardware{Serial: "5d1c07e2a4b9f318", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "c04170", MemoryMB: 4096, Manufacturer: "Sony UK"}},
+		{name: "pi4", fixture: "pi4", want: pi4},
+		{name: "pi4 without a model anywhere: the revision code names it", fixture: "pi4", mutate: func(root string) error {
+			return errors.Join(os.Remove(filepath.Join(root, "proc/device-tree/model")),
+				os.WriteFile(filepath.Join(root, "proc/cpuinfo"), []byte("Revision\t: c03114\n"), 0o644))
+		}, want: protocol.Hardware{Serial: "10000000b7e3a9f2", Model: "Raspberry Pi 4B", Revision: "c03114", MemoryMB: 4096, Manufacturer: "Sony UK"}},
+		{name: "a tree with no model and no revision: compatible, labelled", fixture: "pi4", mutate: func(root string) error {
+			return errors.Join(os.Remove(filepath.Join(root, "proc/device-tree/model")), os.Remove(filepath.Join(root, "proc/device-tree/system/linux,revision")),
+				os.Remove(filepath.Join(root, "proc/cpuinfo")))
+		}, want: protocol.Hardware{Serial: "10000000b7e3a9f2", Model: "raspberrypi,4-model-b (device-tree compatible; the tree names no model)"}},
+		{name: "an unknown revision code keeps what is known", fixture: "pi5", mutate: func(root string) error {
+			return os.WriteFile(filepath.Join(root, "proc/cpuinfo"), []byte("Revision\t: d04ff0\n"), 0o644)
+		}, want: protocol.Hardware{Serial: pi5.Serial, Model: pi5.Model, Revision: "d04ff0", MemoryMB: 8192, Manufacturer: "Sony UK"}},
+		{name: "qemu virt", fixture: "qemu-virt", want: protocol.Hardware{Model: "virtual machine (linux,dummy-virt)"}},
+		{name: "qemu virt without model", fixture: "qemu-virt", mutate: remove("sys/firmware/devicetree/base/model"),
+			want: protocol.Hardware{Model: "virtual machine (linux,dummy-virt)"}},
+		{name: "x86 vm: no device tree", fixture: "vm", want: protocol.Hardware{}},
+		{name: "nothing", fixture: "pi5", mutate: func(root string) error {
+			return errors.Join(os.RemoveAll(filepath.Join(root, "proc/device-tree")), os.Remove(filepath.Join(root, "proc/cpuinfo")))
 		}, want: protocol.Hardware{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			copyTree(t, "testdata/pi5", dir)
-			proc := filepath.Join(dir, "proc")
+			copyTree(t, filepath.Join("testdata", tt.fixture), dir)
 			if tt.mutate != nil {
-				if err := tt.mutate(proc); err != nil {
+				if err := tt.mutate(dir); err != nil {
 					t.Fatal(err)
 				}
 			}
-			got, err := ReadHardware(proc)
+			got, err := ReadHardware(Roots{Proc: filepath.Join(dir, "proc"), Sys: filepath.Join(dir, "sys")})
 			if err != nil || got != tt.want {
 				t.Fatalf("ReadHardware = %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
 	}
+}
+
+// An unreadable device tree is an error naming it, not an empty identity.
+func TestReadHardwareUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	copyTree(t, "testdata/pi5", dir)
+	model := filepath.Join(dir, "proc/device-tree/model")
+	if err := os.Remove(model); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(model, 0o755); err != nil { // reading a directory fails
+		t.Fatal(err)
+	}
+	if _, err := ReadHardware(Roots{Proc: filepath.Join(dir, "proc"), Sys: filepath.Join(dir, "sys")}); err == nil || !strings.Contains(err.Error(), model) {
+		t.Fatalf("ReadHardware with an unreadable model = %v, want an error naming %s", err, model)
+	}
+}
+
+func remove(rel string) func(root string) error {
+	return func(root string) error { return os.RemoveAll(filepath.Join(root, rel)) }
 }
 
 func TestAddresses(t *testing.T) {

@@ -95,7 +95,7 @@ type Config struct {
 	Roots    Roots  `yaml:"roots"`
 	DiskPath string `yaml:"disk_path"`
 	// Hardware overrides what the board reports; empty fields are read from
-	// <proc>/device-tree and <proc>/cpuinfo.
+	// the device tree and <proc>/cpuinfo (collect.ReadHardware).
 	Hardware Hardware `yaml:"hardware"`
 
 	LogLevel string `yaml:"log_level"` // debug, info, warn, error
@@ -145,7 +145,10 @@ type Update struct {
 	// UpdateDisk is the whole boot disk (like /dev/mmcblk0); "" means the
 	// disk holding the running root filesystem.
 	UpdateDisk string `yaml:"update_disk"`
-	// UpdateImageInfo is the running image's metadata (version, profile).
+	// UpdateImageInfo is the running image's metadata (image.json:
+	// version, profile), read at start whether updates are on or not: its
+	// release goes into hello, its profile picks the watched units. A
+	// missing file means a system not made by provision image build.
 	UpdateImageInfo string `yaml:"update_image_info"`
 	// UpdateHealthCommand is run with /bin/sh -c in a trial boot's health
 	// check; "" uses the profile's health.command, if any.
@@ -298,9 +301,9 @@ func (c *Config) resolveHardware() error {
 	if h.Serial != "" && h.Model != "" && h.Revision != "" {
 		return nil
 	}
-	hw, err := collect.ReadHardware(c.Roots.Proc)
+	hw, err := collect.ReadHardware(collect.Roots{Proc: c.Roots.Proc, Sys: c.Roots.Sys})
 	if err != nil {
-		return fmt.Errorf("read board identity under %s: %w (or set hardware.serial, hardware.model and hardware.revision)", c.Roots.Proc, err)
+		return fmt.Errorf("read board identity under %s and %s: %w (or set hardware.serial, hardware.model and hardware.revision)", c.Roots.Proc, c.Roots.Sys, err)
 	}
 	if h.Serial == "" {
 		h.Serial = hw.Serial

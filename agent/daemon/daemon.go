@@ -27,6 +27,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -115,6 +116,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		}
 	}
 
+	img := runningImage(cfg.UpdateImageInfo, log)
+	var helloImage *protocol.ImageInfo
+	if img != nil {
+		helloImage = collect.Image(*img)
+	}
 	col := collect.New(collect.Options{
 		Roots:    collect.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys, Etc: cfg.Roots.Etc},
 		DiskPath: cfg.DiskPath,
@@ -127,6 +133,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Collector:               col,
 		Hardware:                hardware(cfg.Hardware),
 		AgentVersion:            version,
+		Image:                   helloImage,
 		HeartbeatInterval:       cfg.HeartbeatInterval,
 		TelemetrySampleInterval: cfg.TelemetrySampleInterval,
 		TelemetryMinInterval:    cfg.TelemetryMinInterval,
@@ -142,7 +149,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		return fmt.Errorf("start agent: %w", err)
 	}
 	running.Store(a)
-	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version,
+	log.Info("agent starting", "robot", cfg.RobotID, "type", cfg.RobotType, "version", version, "image", imageVersion(img),
 		"servers", cfg.Servers, "queue", qpath, "stream", q.Stream(), "pending", q.Stats().Pending, "mtls", !cfg.Insecure)
 
 	// The runtime until ctx ends, and beside it the components that use
@@ -157,7 +164,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// teleop, services, mdns: the live fleet view's parts (live.go), each
 	// optional (teleop_enabled, services_enabled, mdns_enabled); they emit
 	// through the runtime's durable queue.
-	for _, run := range liveComponents(cfg, version, a, log) {
+	for _, run := range liveComponents(cfg, img, version, a, log) {
 		g.Go(func() error { return run(runCtx) })
 	}
 	g.Go(func() error { return a.Run(runCtx) })
@@ -200,8 +207,10 @@ func firstReconnectJitter(d time.Duration) time.Duration {
 	return d
 }
 
+// hardware is the board as configured and read (config.Load fills what
+// was not configured), with what its revision code says.
 func hardware(h config.Hardware) protocol.Hardware {
-	return protocol.Hardware{Serial: h.Serial, Model: h.Model, Revision: h.Revision}
+	return collect.DecodeRevision(protocol.Hardware{Serial: h.Serial, Model: h.Model, Revision: h.Revision})
 }
 
 // setupUpdates builds the update handler and the updater on the real
@@ -222,6 +231,9 @@ func setupUpdates(cfg config.Config, version string, transport http.RoundTripper
 	u, closeFn, err := ota.OpenPi(ota.PiOptions{KeysDir: cfg.UpdateKeysDir, StateDir: stateDir, CacheDir: cacheDir,
 		Disk: cfg.UpdateDisk, ImageInfo: cfg.UpdateImageInfo, HealthCommand: cfg.UpdateHealthCommand, AgentVersion: version,
 		Roots: rpi.Roots{Proc: cfg.Roots.Proc, Sys: cfg.Roots.Sys}, Transport: transport, Report: h.Report,
+		// The agent is a systemd service: the reboot is systemd's to do
+		// (the unit's seccomp filter has no reboot(2)).
+		Reboot:    reboot.Systemd{},
 		Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected }})
 	if err != nil {
 		return nil, nil, nil, err

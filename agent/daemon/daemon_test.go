@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -126,6 +127,18 @@ func TestRunNotifiesAndConnects(t *testing.T) {
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	url, frames := control(t)
 	cfg := testConfig(t, url)
+	cfg.Hardware = config.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "c04170"}
+	// image.json as provision image build writes it.
+	os.WriteFile(cfg.UpdateImageInfo, []byte(`{
+  "version": "2026.11.2",
+  "profile": "lekiwi",
+  "base": "2025-10-01-raspios-bookworm-arm64-lite.img.xz",
+  "base_arch": "arm64",
+  "created": 1762075800,
+  "agent_sha256": "9f0c",
+  "seed": "5b1e0a"
+}
+`), 0o644)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -165,6 +178,13 @@ func TestRunNotifiesAndConnects(t *testing.T) {
 	if hello.AgentVersion != "9.9.9" || hello.OSVersion != "Debian GNU/Linux 12 (bookworm)" {
 		t.Fatalf("hello %+v", hello)
 	}
+	if want := (protocol.Hardware{Serial: "3f2a9c1e5b7d8e01", Model: "Raspberry Pi 5 Model B Rev 1.0", Revision: "c04170", MemoryMB: 4096, Manufacturer: "Sony UK"}); hello.Hardware != want {
+		t.Fatalf("hello hardware %+v, want %+v (the revision code decoded)", hello.Hardware, want)
+	}
+	wantImage := protocol.ImageInfo{Version: "2026.11.2", Profile: "lekiwi", Created: time.Unix(1762075800, 0).UTC(), Seed: "5b1e0a"}
+	if hello.Image == nil || *hello.Image != wantImage {
+		t.Fatalf("hello image %+v, want %+v", hello.Image, wantImage)
+	}
 	tel, _ := protocol.DecodePayload[protocol.Telemetry](seen[protocol.TypeTelemetry])
 	if tel.Network.Hostname != "lekiwi-9" || tel.UptimeSeconds != 42.5 || tel.Resources.DiskTotalBytes == 0 {
 		t.Fatalf("telemetry %+v: want values from the configured roots", tel)
@@ -190,5 +210,47 @@ func TestRunFailsOnUnusableStateDir(t *testing.T) {
 	err := Run(context.Background(), cfg, "dev", nil)
 	if err == nil || !strings.Contains(err.Error(), "open agent state") {
 		t.Fatalf("Run = %v, want an error opening the state", err)
+	}
+}
+
+// A system without image.json is not an image we built: no image in hello,
+// a debug line and no warning. A corrupt one is a warning, and no image.
+func TestRunningImage(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"version":"1.2.0","profile":"xle","created":1,"seed":"aa","future":true}`), 0o644)
+	corrupt := filepath.Join(dir, "corrupt.json")
+	os.WriteFile(corrupt, []byte(`{"version":"1.2.0",`), 0o644)
+	noProfile := filepath.Join(dir, "noprofile.json")
+	os.WriteFile(noProfile, []byte(`{"version":"1.2.0"}`), 0o644)
+	for _, tc := range []struct {
+		name, path  string
+		wantVersion string
+		wantLevel   slog.Level
+		wantLog     string
+	}{
+		{"image", good, "1.2.0", slog.LevelDebug, ""},
+		{"missing", filepath.Join(dir, "missing.json"), "", slog.LevelDebug, "not a system made by provision image build"},
+		{"corrupt", corrupt, "", slog.LevelWarn, "corrupt.json: image metadata is not JSON"},
+		{"no profile", noProfile, "", slog.LevelWarn, "names no profile"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf strings.Builder
+			log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			img := runningImage(tc.path, log)
+			if got := imageVersion(img); got != tc.wantVersion {
+				t.Fatalf("image version %q, want %q", got, tc.wantVersion)
+			}
+			out := buf.String()
+			if tc.wantLog == "" {
+				if out != "" {
+					t.Fatalf("logged %q for a good image.json", out)
+				}
+				return
+			}
+			if !strings.Contains(out, "level="+tc.wantLevel.String()) || !strings.Contains(out, tc.wantLog) || strings.Count(out, "\n") != 1 {
+				t.Fatalf("log %q, want one %s line containing %q", out, tc.wantLevel, tc.wantLog)
+			}
+		})
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/mdns"
 	"github.com/lekiwi/heartbeat/agent/services"
 	"github.com/lekiwi/heartbeat/agent/teleop"
+	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -39,17 +40,13 @@ type emitter interface {
 func retryPolicy() backoff.Policy { return backoff.Policy{Base: time.Second, Cap: 5 * time.Minute} }
 
 // loadProfile finds the profile whose teleop ports and units the agent
-// watches: cfg.Profile, else image.json's "profile", else the embedded
-// profile named like the robot type.
-func loadProfile(cfg config.Config) (*profiles.Profile, error) {
+// watches: cfg.Profile, else the running image's (image, nil when the
+// system has no image.json), else the embedded profile named like the
+// robot type.
+func loadProfile(cfg config.Config, image *layout.ImageInfo) (*profiles.Profile, error) {
 	name, from := cfg.Profile, "profile setting"
-	if name == "" && cfg.UpdateImageInfo != "" {
-		if b, err := os.ReadFile(cfg.UpdateImageInfo); err == nil {
-			var info struct{ Profile string }
-			if json.Unmarshal(b, &info) == nil && info.Profile != "" {
-				name, from = info.Profile, cfg.UpdateImageInfo
-			}
-		}
+	if name == "" && image != nil {
+		name, from = image.Profile, cfg.UpdateImageInfo
 	}
 	if name == "" {
 		name, from = string(cfg.RobotType), "robot type"
@@ -244,12 +241,12 @@ func osVersion(etc string) string {
 // liveComponents are the parts cfg enables, each emitting through em until
 // its ctx ends. None returns an error: a part that fails is logged and
 // retried or left off, and the agent runs on.
-func liveComponents(cfg config.Config, version string, em emitter, log *slog.Logger) []func(ctx context.Context) error {
+func liveComponents(cfg config.Config, image *layout.ImageInfo, version string, em emitter, log *slog.Logger) []func(ctx context.Context) error {
 	var parts []func(ctx context.Context) error
 	var prof *profiles.Profile
 	if cfg.TeleopEnabled || cfg.ServicesEnabled {
 		var err error
-		if prof, err = loadProfile(cfg); err != nil {
+		if prof, err = loadProfile(cfg, image); err != nil {
 			log.Error("teleoperation detection and service watch off", "err", err)
 		}
 	}

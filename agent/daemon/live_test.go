@@ -232,7 +232,7 @@ func TestLoadProfile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cfg
 			c.Profile, c.UpdateImageInfo = tc.profile, tc.image
-			p, err := loadProfile(c)
+			p, err := loadProfile(c, runningImage(tc.image, slog.New(slog.DiscardHandler)))
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err %v, want one naming %s", err, tc.wantErr)

@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,14 +27,47 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/collect"
 	"github.com/lekiwi/heartbeat/agent/servo"
+	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 	"github.com/lekiwi/heartbeat/raspberrypi"
 )
 
-// ServoAdapters are the USB IDs (vendor:product) of the serial adapters
-// Feetech servo buses are wired to: the WCH CH343 on Feetech's and
-// Waveshare's bus servo driver boards, which LeKiwi and XLE use.
-var ServoAdapters = []string{"1a86:55d3"}
+// DefaultServoAdapters are the USB IDs (vendor:product, as sysfs
+// idVendor and idProduct read) of the USB-serial chips bus-servo driver
+// boards are built on:
+//
+//	1a86:55d3  WCH CH343: Feetech's FE-URT-1 and Waveshare's bus servo
+//	           driver boards (LeKiwi, XLE)
+//	1a86:7523  WCH CH340/CH341: older and cheaper boards, SO-100 leader arms
+//	0403:6001  FTDI FT232R (and QEMU's emulated usb-serial, an FT232)
+//	0403:6010  FTDI FT2232
+//	0403:6014  FTDI FT232H (Robotis U2D2)
+//	0403:6015  FTDI FT230X/FT231X
+//	10c4:ea60  Silicon Labs CP210x
+//
+// A list, not every tty: a ping is bytes written at 1 Mbaud, and a GPS
+// receiver, an LTE modem in AT mode or a microcontroller on ttyACM must
+// not get them by surprise. Ports on other adapters are listed in the
+// report, with a warning, but not pinged; a robot whose bus is on another
+// chip names it in its profile (hardware.servo_adapters).
+func DefaultServoAdapters() []string {
+	return []string{"1a86:55d3", "1a86:7523", "0403:6001", "0403:6010", "0403:6014", "0403:6015", "10c4:ea60"}
+}
+
+// ServoAdapters are the adapters the probe pings by default:
+// DefaultServoAdapters and those of every profile in ps. The probe runs
+// before the board's profile is known, so every profile's count.
+func ServoAdapters(ps []*profiles.Profile) []string {
+	ids := DefaultServoAdapters()
+	for _, p := range ps {
+		for _, id := range p.Hardware.ServoAdapters {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
 
 // DefaultServoIDs are pinged on every bus: LeKiwi and XLE use 1-9.
 var DefaultServoIDs = []int{1, 2, 3, 4, 5, 6, 7, 8, 9}
@@ -47,7 +81,12 @@ type Options struct {
 	// OpenBus opens a serial port as a servo bus. Default: servo.Open at
 	// 1 Mbaud with PingTimeout.
 	OpenBus func(device string) (servo.Pinger, error)
-	// ServoIDs are pinged on each serial port; default DefaultServoIDs.
+	// ServoAdapters are the USB IDs ("vendor:product") whose serial ports
+	// are pinged as servo buses; nil: ServoAdapters of the embedded
+	// profiles.
+	ServoAdapters []string
+	// ServoIDs are pinged on each servo adapter's port; default
+	// DefaultServoIDs.
 	ServoIDs []int
 	// PingTimeout bounds each ping; default servo.DefaultPingTimeout.
 	PingTimeout time.Duration
@@ -80,7 +119,7 @@ func Probe(ctx context.Context, o Options) (*protocol.HardwareReport, error) {
 	r := &protocol.HardwareReport{}
 	warn := func(err error) { r.Warnings = append(r.Warnings, err.Error()) }
 
-	board, err := readBoard(o.ProcRoot)
+	board, err := readBoard(o.ProcRoot, o.SysRoot)
 	if err != nil {
 		warn(err)
 	}
@@ -91,7 +130,15 @@ func Probe(ctx context.Context, o Options) (*protocol.HardwareReport, error) {
 	if r.Storage, err = readStorage(o.SysRoot); err != nil {
 		warn(err)
 	}
-	if r.USB, err = readUSB(o.SysRoot); err != nil {
+	adapters := o.ServoAdapters
+	if adapters == nil {
+		ps, err := profiles.LoadAll()
+		if err != nil {
+			warn(fmt.Errorf("servo adapters named by the profiles: %w (pinging the default adapters only)", err))
+		}
+		adapters = ServoAdapters(ps)
+	}
+	if r.USB, err = readUSB(o.SysRoot, adapters); err != nil {
 		warn(err)
 	}
 	if r.Video, err = readVideo(o.SysRoot); err != nil {
@@ -101,18 +148,33 @@ func Probe(ctx context.Context, o Options) (*protocol.HardwareReport, error) {
 	if r.SerialPorts, err = readSerialPorts(o.SysRoot, o.DevRoot); err != nil {
 		warn(err)
 	}
-	r.ServoBuses = pingBuses(ctx, o, r.SerialPorts)
+	var buses []protocol.SerialPort
+	for _, p := range r.SerialPorts {
+		id := p.Vendor + ":" + p.Product
+		switch {
+		case slices.Contains(adapters, id):
+			buses = append(buses, p)
+		case p.Vendor == "":
+			warn(fmt.Errorf("serial port %s not pinged: its USB device was not found in sysfs", p.Device))
+		default:
+			warn(fmt.Errorf("serial port %s (USB %s) not pinged: not a known servo adapter; if a servo bus is on it, add %q to the profile's hardware.servo_adapters", p.Device, id, id))
+		}
+	}
+	r.ServoBuses = pingBuses(ctx, o, buses)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("hardware probe: %w", err)
 	}
 	return r, nil
 }
 
-func readBoard(procRoot string) (protocol.BoardInfo, error) {
-	hw, err := collect.ReadHardware(procRoot)
+// readBoard identifies the board as the agent does (collect.ReadHardware:
+// device tree, cpuinfo) and decodes its revision code in full; an unknown
+// code is a warning naming the field the decoder did not know.
+func readBoard(procRoot, sysRoot string) (protocol.BoardInfo, error) {
+	hw, err := collect.ReadHardware(collect.Roots{Proc: procRoot, Sys: sysRoot})
 	b := protocol.BoardInfo{Serial: hw.Serial, Revision: hw.Revision, Model: hw.Model}
 	if err != nil {
-		return b, fmt.Errorf("board identity from %s: %w", procRoot, err)
+		return b, fmt.Errorf("board identity from %s and %s: %w", procRoot, sysRoot, err)
 	}
 	if hw.Revision == "" {
 		return b, fmt.Errorf("board identity: no revision code in %s/cpuinfo or the device tree: not a Raspberry Pi?", procRoot)
@@ -123,9 +185,6 @@ func readBoard(procRoot string) (protocol.BoardInfo, error) {
 	}
 	dec, err := rev.Decode()
 	b.Type, b.BoardRevision, b.MemoryMB, b.Manufacturer, b.Processor = dec.Model, dec.PCBRevision, dec.MemoryMB, dec.Manufacturer, dec.Processor
-	if b.Model == "" && dec.Model != "" {
-		b.Model = "Raspberry Pi " + dec.Model
-	}
 	if err != nil {
 		return b, fmt.Errorf("board identity: %w", err)
 	}
@@ -247,7 +306,7 @@ func readStorage(sysRoot string) ([]protocol.StorageDevice, error) {
 	return out, nil
 }
 
-func readUSB(sysRoot string) ([]protocol.USBDevice, error) {
+func readUSB(sysRoot string, servoAdapters []string) ([]protocol.USBDevice, error) {
 	dir := filepath.Join(sysRoot, "bus", "usb", "devices")
 	names, err := listClass(dir)
 	if err != nil {
@@ -269,11 +328,8 @@ func readUSB(sysRoot string) ([]protocol.USBDevice, error) {
 			Manufacturer: readLine(filepath.Join(d, "manufacturer")),
 			Serial:       readLine(filepath.Join(d, "serial")),
 		}
-		id := u.Vendor + ":" + u.Product
-		for _, a := range ServoAdapters {
-			if id == a {
-				u.Class = protocol.USBClassServoAdapter
-			}
+		if slices.Contains(servoAdapters, u.Vendor+":"+u.Product) {
+			u.Class = protocol.USBClassServoAdapter
 		}
 		if u.Class == "" && hasVideoInterface(d, name) {
 			u.Class = protocol.USBClassCamera
@@ -387,8 +443,8 @@ func splitNum(s string) (string, int) {
 	return s[:i], n
 }
 
-// pingBuses pings every serial port as a servo bus, all ports at once (each
-// bus is its own wire), the IDs of one port one after the other.
+// pingBuses pings the servo adapters' ports, all ports at once (each bus
+// is its own wire), the IDs of one port one after the other.
 func pingBuses(ctx context.Context, o Options, ports []protocol.SerialPort) []protocol.ServoBus {
 	if len(ports) == 0 {
 		return nil

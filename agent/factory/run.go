@@ -42,8 +42,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/customize"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -85,9 +84,11 @@ type RunOptions struct {
 	// (O_DIRECT, O_EXCL). The target is closed (if an io.Closer) before the
 	// identity is written through a buffered descriptor of path.
 	OpenTarget func(path string, imageSize int64) (flash.Target, int64, error)
-	// Reboot restarts the board; called once, at the end. Default: sync and
-	// reboot(2). If it returns nil (a dry run), Run returns nil.
-	Reboot func() error
+	// Reboot restarts the board; called once, at the end. Required: in
+	// the provisioning initramfs no service manager runs, so `agent
+	// factory run` passes reboot.Syscall. If it returns nil (a dry run),
+	// Run returns nil.
+	Reboot reboot.Rebooter
 	// Log receives what a technician at the console should see; default
 	// os.Stderr.
 	Log io.Writer
@@ -150,7 +151,7 @@ func (o *RunOptions) defaults() error {
 		o.OpenTarget = openBlockTarget
 	}
 	if o.Reboot == nil {
-		o.Reboot = reboot
+		return errors.New("factory run: no way to reboot given (reboot.Syscall in the provisioning initramfs)")
 	}
 	if o.Log == nil {
 		o.Log = os.Stderr
@@ -193,15 +194,6 @@ func openBlockTarget(path string, imageSize int64) (flash.Target, int64, error) 
 		return nil, 0, err
 	}
 	return t, t.Info().Size, nil
-}
-
-// reboot flushes the disks and restarts the board.
-func reboot() error {
-	unix.Sync()
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
-		return fmt.Errorf("reboot: %w (power-cycle the board)", err)
-	}
-	return nil
 }
 
 // runner is one factory run.
@@ -472,7 +464,8 @@ func (r *runner) reportBytes(ctx context.Context, step string, done, total int64
 func (r *runner) reboot(ctx context.Context, why string) error {
 	r.report(ctx, protocol.StationProgress{Step: StepReboot, Status: StatusStarted, Detail: why})
 	r.logf("rebooting (%s)", why)
-	if err := r.o.Reboot(); err != nil {
+	if err := r.o.Reboot.Reboot(ctx, ""); err != nil {
+		err = fmt.Errorf("%w (power-cycle the board)", err)
 		r.report(ctx, protocol.StationProgress{Step: StepReboot, Status: StatusFailed, Detail: err.Error()})
 		return err
 	}

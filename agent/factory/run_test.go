@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/agent/servo"
 	"github.com/lekiwi/heartbeat/image/bmap"
 	"github.com/lekiwi/heartbeat/image/layout"
@@ -313,7 +314,7 @@ func newHarness(t *testing.T, img testImage, busIDs func(probe int) []int) *harn
 			}
 			return &fileDisk{File: f}, fi.Size(), nil
 		},
-		Reboot: func() error { h.reboots.Add(1); return nil },
+		Reboot: reboot.Func(func(context.Context, string) error { h.reboots.Add(1); return nil }),
 		Log:    &h.log,
 		Sleep: func(ctx context.Context, d time.Duration) error {
 			h.sleepsMu.Lock()

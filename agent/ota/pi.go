@@ -1,7 +1,6 @@
 package ota
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl/rpi"
+	"github.com/lekiwi/heartbeat/agent/reboot"
+	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/ociart"
 	"github.com/lekiwi/heartbeat/image/release"
 	"github.com/lekiwi/heartbeat/profiles"
@@ -25,6 +26,9 @@ type PiOptions struct {
 	HealthCommand               string // "" uses the profile's
 	AgentVersion                string
 	Roots                       rpi.Roots
+	// Reboot restarts the Pi (required): the agent service asks systemd
+	// (reboot.Systemd), whose unit forbids reboot(2).
+	Reboot reboot.Rebooter
 	// Transport reaches control's registry with the robot's mTLS identity
 	// (control accepts robot certificates for pulls); nil: the default.
 	Transport http.RoundTripper
@@ -41,13 +45,9 @@ type PiOptions struct {
 // o.Disk names it) and builds the updater on them with the image's profile
 // and the robot's health check (RobotHealth); close releases them.
 func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
-	b, err := os.ReadFile(o.ImageInfo)
+	info, err := layout.ReadImageInfo(o.ImageInfo)
 	if err != nil {
-		return nil, nil, fmt.Errorf("updates: image metadata: %w", err)
-	}
-	var info struct{ Version, Profile string }
-	if err := json.Unmarshal(b, &info); err != nil || info.Profile == "" {
-		return nil, nil, fmt.Errorf("updates: %s names no profile (%v): was the image made by provision image build?", o.ImageInfo, err)
+		return nil, nil, fmt.Errorf("updates: %w", err)
 	}
 	prof, err := profiles.Load(info.Profile)
 	if err != nil {
@@ -65,7 +65,7 @@ func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("updates: %w", err)
 	}
-	ctl, err := rpi.New(rpi.Options{DeviceTree: filepath.Join(orDefault(o.Roots.Proc, "/proc"), "device-tree"), BootConfig: bc})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: filepath.Join(orDefault(o.Roots.Proc, "/proc"), "device-tree"), BootConfig: bc, Reboot: o.Reboot})
 	if err != nil {
 		bc.Close()
 		return nil, nil, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lekiwi/heartbeat/agent/factory"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/profiles"
 	"github.com/lekiwi/heartbeat/protocol"
 )
@@ -50,11 +52,14 @@ reason.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Probe = factory.Options{ProcRoot: procRoot, SysRoot: sysRoot, DevRoot: devRoot}
 			o.Log = cmd.ErrOrStderr()
+			// The provisioning initramfs has no service manager: the run
+			// reboots with reboot(2) itself.
+			o.Reboot = reboot.Syscall{}
 			if noReboot {
-				o.Reboot = func() error {
+				o.Reboot = reboot.Func(func(context.Context, string) error {
 					fmt.Fprintln(cmd.OutOrStdout(), "factory run finished: not rebooting (--no-reboot)")
 					return nil
-				}
+				})
 			}
 			return factory.Run(cmd.Context(), o)
 		},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/control/api"
 	"github.com/lekiwi/heartbeat/control/store"
+	"github.com/lekiwi/heartbeat/protocol"
 )
 
 // output is the --output flag of the read commands: a table for people,
@@ -67,11 +68,11 @@ func newRobots(f *adminFlags) *cobra.Command {
 				return err
 			}
 			return output(out).show(cmd.OutOrStdout(), api.RobotList{Robots: robots}, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tMODEL\tAGENT\tOS\tTELEOP\tCPU\tMEM\tDISK\tTEMP\tLAST SEEN")
+				fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tMODEL\tIMAGE\tAGENT\tOS\tTELEOP\tCPU\tMEM\tDISK\tTEMP\tLAST SEEN")
 				for _, r := range robots {
 					res := r.Resources
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Type, robotState(r), dash(r.Hardware.Model),
-						dash(r.Deployment.AgentVersion), dash(r.Deployment.OSVersion), teleop(r.Teleoperation),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Type, robotState(r), dash(r.Hardware.Model),
+						dash(imageVersion(r.Deployment.Image)), dash(r.Deployment.AgentVersion), dash(r.Deployment.OSVersion), teleop(r.Teleoperation),
 						fmt.Sprintf("%.0f%%", res.CPUPercent), share(res.MemoryUsedBytes, res.MemoryTotalBytes),
 						share(res.DiskUsedBytes, res.DiskTotalBytes), temperature(res.TemperatureC), ago(r.Status.LastSeen))
 				}
@@ -160,6 +161,16 @@ func robotTable(tw *tabwriter.Writer, r store.Robot) {
 		{"SERIAL", dash(r.Hardware.Serial)},
 		{"HOSTNAME", dash(r.Network.Hostname)},
 		{"IPS", dash(strings.Join(r.Network.IPs, ", "))},
+		{"IMAGE", dash(imageVersion(r.Deployment.Image))},
+	}
+	if img := r.Deployment.Image; img != nil {
+		rows = append(rows, [][2]string{
+			{"IMAGE PROFILE", dash(img.Profile)},
+			{"IMAGE BUILT", stamp(img.Created)},
+			{"IMAGE SEED", dash(img.Seed)},
+		}...)
+	}
+	rows = append(rows, [][2]string{
 		{"AGENT", dash(r.Deployment.AgentVersion)},
 		{"OS", dash(r.Deployment.OSVersion)},
 		{"TELEOPERATION", teleop(r.Teleoperation)},
@@ -168,7 +179,7 @@ func robotTable(tw *tabwriter.Writer, r store.Robot) {
 		{"DISK", share(res.DiskUsedBytes, res.DiskTotalBytes)},
 		{"TEMPERATURE", temperature(res.TemperatureC)},
 		{"REGISTERED", stamp(r.RegisteredAt)},
-	}
+	}...)
 	if r.Certificate != nil {
 		rows = append(rows, [2]string{"CERTIFICATE", r.Certificate.Serial + " until " + stamp(r.Certificate.NotAfter)})
 	}
@@ -178,6 +189,15 @@ func robotTable(tw *tabwriter.Writer, r store.Robot) {
 	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
 	}
+}
+
+// imageVersion is the release a robot's system was built as, "" when it
+// did not say (no image metadata, or an agent from before the field).
+func imageVersion(img *protocol.ImageInfo) string {
+	if img == nil {
+		return ""
+	}
+	return img.Version
 }
 
 func robotState(r store.Robot) string {

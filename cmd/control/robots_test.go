@@ -21,7 +21,11 @@ func seedFleet(t *testing.T, st *store.Store) {
 	t.Helper()
 	now := time.Now().UTC()
 	conn := func(id string) []byte {
-		b, _ := json.Marshal(store.ConnectedData{Session: "s-" + id, Node: "test", Type: protocol.RobotLeKiwi, AgentVersion: "1.4.0"})
+		d := store.ConnectedData{Session: "s-" + id, Node: "test", Type: protocol.RobotLeKiwi, AgentVersion: "1.4.0"}
+		if id == "kiwi-01" { // kiwi-02 runs a system not built by provision image build
+			d.Image = &protocol.ImageInfo{Version: "2026.11.2", Profile: "lekiwi", Created: time.Date(2026, 11, 2, 9, 30, 0, 0, time.UTC), Seed: "5b1e0a"}
+		}
+		b, _ := json.Marshal(d)
 		return b
 	}
 	teleop, _ := json.Marshal(protocol.TeleopData{Operator: "198.51.100.7", Since: now})
@@ -75,7 +79,8 @@ func TestRobotsCommands(t *testing.T) {
 
 	table := run("robots", "ls")
 	lines := strings.Split(strings.TrimSpace(table), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[1], "active by 198.51.100.7") ||
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[0], "IMAGE") || !strings.Contains(lines[1], "2026.11.2") ||
+		strings.Contains(lines[2], "2026.11.2") || !strings.Contains(lines[1], "active by 198.51.100.7") ||
 		!strings.Contains(lines[1], "25%") || !strings.Contains(lines[1], "51.5°C") || !strings.Contains(lines[2], "offline") {
 		t.Fatalf("robots ls table:\n%s", table)
 	}
@@ -84,11 +89,17 @@ func TestRobotsCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(run("robots", "show", "kiwi-01", "-o", "json")), &r); err != nil {
 		t.Fatal(err)
 	}
-	if r.ID != "kiwi-01" || r.Deployment.AgentVersion != "1.4.0" || r.Resources.CPUPercent != 12 {
+	if r.ID != "kiwi-01" || r.Deployment.AgentVersion != "1.4.0" || r.Resources.CPUPercent != 12 || r.Deployment.Image == nil || r.Deployment.Image.Version != "2026.11.2" {
 		t.Fatalf("robots show: %+v", r)
 	}
-	if show := run("robots", "show", "kiwi-01"); !strings.Contains(show, "TELEOPERATION") || !strings.Contains(show, "1.4.0") {
-		t.Fatalf("robots show table:\n%s", show)
+	show := run("robots", "show", "kiwi-01")
+	for _, want := range []string{"TELEOPERATION", "1.4.0", "IMAGE          2026.11.2", "IMAGE PROFILE  lekiwi", "IMAGE SEED     5b1e0a", "IMAGE BUILT    2026-11-"} {
+		if !strings.Contains(show, want) {
+			t.Fatalf("robots show table lacks %q:\n%s", want, show)
+		}
+	}
+	if show := run("robots", "show", "kiwi-02"); !strings.Contains(show, "IMAGE          -") || strings.Contains(show, "IMAGE PROFILE") {
+		t.Fatalf("robots show of a robot without image:\n%s", show)
 	}
 
 	for _, bad := range [][]string{

@@ -161,7 +161,8 @@ func (c *client) recv() (protocol.Envelope, error) {
 
 func (c *client) hello(stream string) protocol.HelloReply {
 	c.t.Helper()
-	c.send(protocol.TypeHello, protocol.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "test", Stream: stream, RobotType: protocol.RobotLeKiwi, Hardware: protocol.Hardware{Serial: "s-" + c.robot}})
+	c.send(protocol.TypeHello, protocol.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "test", Stream: stream, RobotType: protocol.RobotLeKiwi, Hardware: protocol.Hardware{Serial: "s-" + c.robot},
+		Image: &protocol.ImageInfo{Version: "2026.11.2", Profile: "lekiwi"}})
 	env, err := c.recv()
 	if err != nil || env.Type != protocol.TypeHello {
 		c.t.Fatalf("hello reply: %+v, %v", env, err)
@@ -257,6 +258,9 @@ func TestHelloHeartbeatAndDurableAck(t *testing.T) {
 	r, err := h.st.Robot(context.Background(), "kiwi-1")
 	if err != nil || !r.Teleoperation.Active || r.Status.State != store.StateOnline || r.Hardware.Serial != "s-kiwi-1" {
 		t.Fatalf("robot %+v, %v", r, err)
+	}
+	if img := r.Deployment.Image; img == nil || img.Version != "2026.11.2" || img.Profile != "lekiwi" {
+		t.Fatalf("robot's image %+v, want hello's", img)
 	}
 }
 

@@ -193,7 +193,7 @@ func (s *session) hello(ctx context.Context) error {
 	s.connected = store.ConnectedData{
 		Session: s.id, Node: s.g.cfg.NodeID, Remote: s.remote, ProtocolVersion: version,
 		AgentVersion: hello.AgentVersion, OSVersion: hello.OSVersion, Packages: hello.Packages,
-		Type: hello.RobotType, Hardware: hello.Hardware, Capabilities: hello.Capabilities,
+		Type: hello.RobotType, Hardware: hello.Hardware, Capabilities: hello.Capabilities, Image: hello.Image,
 	}
 	// The connection record is queued, not waited for: the robot's own
 	// messages queue behind it on the committer, so none is acknowledged

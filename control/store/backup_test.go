@@ -37,9 +37,13 @@ func seedFleet(t *testing.T, s *Store, robots int) []string {
 		if i%3 == 0 {
 			typ = protocol.RobotXLE
 		}
+		var image *protocol.ImageInfo // every fourth robot runs a system made without provision image build
+		if i%4 != 1 {
+			image = &protocol.ImageInfo{Version: fmt.Sprintf("2026.11.%d", i%3), Profile: string(typ), Created: t0.Add(-time.Hour), Seed: "5b1e0a"}
+		}
 		evs := []Event{{RobotID: id, Type: TypeRobotConnected, Time: tick(), Actor: "robot:" + id, CorrelationID: "s-" + id,
 			Data: mustJSON(t, ConnectedData{Session: "s-" + id, Node: "n1", AgentVersion: "1.0", OSVersion: "Debian 12", Type: typ,
-				Hardware: protocol.Hardware{Serial: "serial-" + id}, Packages: map[string]string{"lekiwi-agent": "1.0"}})}}
+				Hardware: protocol.Hardware{Serial: "serial-" + id}, Packages: map[string]string{"lekiwi-agent": "1.0"}, Image: image})}}
 		for k := 1; k <= 5; k++ {
 			temp := 40 + float64(k)
 			evs = append(evs, Event{RobotID: id, Type: TypeTelemetryReported, Time: tick(), Stream: "st-" + id, RobotSeq: uint64(k),

@@ -41,11 +41,15 @@ type Robot struct {
 // a wire type (netboot reads it).
 type RobotStatus = protocol.RobotStatus
 
-// Deployment is what software the robot runs.
+// Deployment is what software the robot runs. Image is the release its
+// system was built as, from its last hello (nil when the system has no
+// image metadata, or the agent predates it); after an update it changes
+// with the hello of the new slot's first boot.
 type Deployment struct {
-	OSVersion    string            `json:"os_version,omitempty"`
-	AgentVersion string            `json:"agent_version,omitempty"`
-	Packages     map[string]string `json:"packages,omitempty"`
+	OSVersion    string              `json:"os_version,omitempty"`
+	AgentVersion string              `json:"agent_version,omitempty"`
+	Packages     map[string]string   `json:"packages,omitempty"`
+	Image        *protocol.ImageInfo `json:"image,omitempty"`
 }
 
 // Teleoperation says whether a person is driving the robot.
@@ -69,16 +73,17 @@ type RegisteredData struct {
 
 // ConnectedData is the data of RobotConnected.
 type ConnectedData struct {
-	Session         string             `json:"session"`
-	Node            string             `json:"node"`
-	Remote          string             `json:"remote,omitempty"`
-	ProtocolVersion int                `json:"protocol_version"`
-	AgentVersion    string             `json:"agent_version"`
-	OSVersion       string             `json:"os_version,omitempty"`
-	Packages        map[string]string  `json:"packages,omitempty"`
-	Type            protocol.RobotType `json:"type"`
-	Hardware        protocol.Hardware  `json:"hardware"`
-	Capabilities    []string           `json:"capabilities,omitempty"`
+	Session         string              `json:"session"`
+	Node            string              `json:"node"`
+	Remote          string              `json:"remote,omitempty"`
+	ProtocolVersion int                 `json:"protocol_version"`
+	AgentVersion    string              `json:"agent_version"`
+	OSVersion       string              `json:"os_version,omitempty"`
+	Packages        map[string]string   `json:"packages,omitempty"`
+	Type            protocol.RobotType  `json:"type"`
+	Hardware        protocol.Hardware   `json:"hardware"`
+	Capabilities    []string            `json:"capabilities,omitempty"`
+	Image           *protocol.ImageInfo `json:"image,omitempty"`
 }
 
 // DisconnectedData is the data of RobotDisconnected.
@@ -131,7 +136,9 @@ func Apply(r *Robot, e Event) error {
 		if d.Hardware != (protocol.Hardware{}) {
 			r.Hardware = d.Hardware
 		}
-		r.Deployment = Deployment{OSVersion: d.OSVersion, AgentVersion: d.AgentVersion, Packages: d.Packages}
+		// Hello says what runs now: an image field missing from it (an
+		// older agent, a system not built as an image) clears the last.
+		r.Deployment = Deployment{OSVersion: d.OSVersion, AgentVersion: d.AgentVersion, Packages: d.Packages, Image: d.Image}
 	case TypeRobotDisconnected:
 		var d DisconnectedData
 		if err := json.Unmarshal(e.Data, &d); err != nil {

@@ -161,6 +161,22 @@ func TestApply(t *testing.T) {
 				t.Fatalf("%+v", r)
 			}
 		}},
+		{"hello names the image; a hello without one clears it", []Event{
+			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1", AgentVersion: "1.2", Image: &protocol.ImageInfo{Version: "2026.11.2", Profile: "lekiwi", Created: t0, Seed: "5b1e"}})},
+			{Type: TypeTelemetryReported, Data: mustJSON(t, protocol.Telemetry{OSVersion: "os2"})},
+		}, func(t *testing.T, r Robot) {
+			if img := r.Deployment.Image; img == nil || img.Version != "2026.11.2" || img.Profile != "lekiwi" || !img.Created.Equal(t0) || img.Seed != "5b1e" || r.Deployment.OSVersion != "os2" {
+				t.Fatalf("deployment %+v image %+v", r.Deployment, r.Deployment.Image)
+			}
+			var after Robot
+			after = r
+			if err := Apply(&after, Event{Seq: 9, RobotID: r.ID, Type: TypeRobotConnected, Time: t0, Data: mustJSON(t, ConnectedData{Session: "s2", AgentVersion: "1.1"})}); err != nil {
+				t.Fatal(err)
+			}
+			if after.Deployment.Image != nil || after.Deployment.AgentVersion != "1.1" {
+				t.Fatalf("after a hello without image: %+v", after.Deployment)
+			}
+		}},
 		{"stale disconnect keeps newer session", []Event{
 			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s1"})},
 			{Type: TypeRobotConnected, Data: mustJSON(t, ConnectedData{Session: "s2"})},

@@ -75,7 +75,9 @@ type robot struct {
 	seq  uint64
 }
 
-func connectRobot(ctx context.Context, t *testing.T, n *node.Node, id string, typ protocol.RobotType, osVersion string) *robot {
+// connectRobot says hello as an agent on a system built as image version
+// imageVersion ("" for a system made without provision image build).
+func connectRobot(ctx context.Context, t *testing.T, n *node.Node, id string, typ protocol.RobotType, osVersion, imageVersion string) *robot {
 	t.Helper()
 	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n.URL(), "http")+"/v1/agent", nil)
 	if err != nil {
@@ -90,8 +92,12 @@ func connectRobot(ctx context.Context, t *testing.T, n *node.Node, id string, ty
 		}
 	}()
 	r := &robot{id: id, conn: conn}
+	var image *protocol.ImageInfo
+	if imageVersion != "" {
+		image = &protocol.ImageInfo{Version: imageVersion, Profile: string(typ), Created: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC), Seed: "5b1e0a"}
+	}
 	r.send(ctx, t, protocol.TypeHello, protocol.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "0.9.1", Stream: "s-" + id,
-		RobotType: typ, OSVersion: osVersion, Hardware: protocol.Hardware{Serial: "sn-" + id, Model: "Raspberry Pi 5 Model B Rev 1.0"}})
+		RobotType: typ, OSVersion: osVersion, Hardware: protocol.Hardware{Serial: "sn-" + id, Model: "Raspberry Pi 5 Model B Rev 1.0"}, Image: image})
 	return r
 }
 
@@ -205,7 +211,7 @@ func TestDashboardInChromium(t *testing.T) {
 		id  string
 		typ protocol.RobotType
 	}{{"lekiwi-1", protocol.RobotLeKiwi}, {"lekiwi-2", protocol.RobotLeKiwi}, {"xle-1", protocol.RobotXLE}} {
-		r := connectRobot(robotsCtx, t, n, spec.id, spec.typ, "2026.6.0")
+		r := connectRobot(robotsCtx, t, n, spec.id, spec.typ, "Debian GNU/Linux 12 (bookworm)", "2026.6.0")
 		r.telemetry(robotsCtx, t, float64(10+20*i), 48+float64(i))
 		robots[spec.id] = r
 		go r.heartbeats(robotsCtx)
@@ -321,7 +327,7 @@ func TestDashboardInChromium(t *testing.T) {
 	var row map[string]string
 	eval(`Object.fromEntries([...document.querySelectorAll('#fleet tr[data-robot="xle-1"] td')].map(td => [td.dataset.col, td.textContent]))`, &row)
 	for col, want := range map[string]string{"id": "xle-1", "online": "online", "type": "xle", "model": "Raspberry Pi 5 Model B Rev 1.0",
-		"os": "2026.6.0", "agent": "0.9.1", "teleop": "idle", "cpu": "50%", "memory": "25%", "disk": "38%", "temp": "50.0 °C"} {
+		"image": "2026.6.0", "os": "Debian GNU/Linux 12 (bookworm)", "agent": "0.9.1", "teleop": "idle", "cpu": "50%", "memory": "25%", "disk": "38%", "temp": "50.0 °C"} {
 		if row[col] != want {
 			t.Errorf("fleet row xle-1 column %s = %q, want %q (row %v)", col, row[col], want, row)
 		}
@@ -336,10 +342,11 @@ func TestDashboardInChromium(t *testing.T) {
 	eval(`Number(document.querySelector('#fleet tr[data-robot="lekiwi-1"] td[data-col="uptime"]').dataset.value)`, &up0)
 	step("heartbeats move the uptime", 10*time.Second,
 		wait(fmt.Sprintf(`Number(document.querySelector('#fleet tr[data-robot="lekiwi-1"] td[data-col="uptime"]').dataset.value) > %f`, up0+1)))
-	newcomer := connectRobot(robotsCtx, t, n, "lekiwi-9", protocol.RobotLeKiwi, "2026.6.1")
+	newcomer := connectRobot(robotsCtx, t, n, "lekiwi-9", protocol.RobotLeKiwi, "Debian GNU/Linux 12 (bookworm)", "")
 	go newcomer.heartbeats(robotsCtx)
 	step("a robot that connects appears", 10*time.Second,
-		wait(`document.querySelector('#fleet tr[data-robot="lekiwi-9"] td[data-col="online"]')?.textContent === 'online'`))
+		wait(`document.querySelector('#fleet tr[data-robot="lekiwi-9"] td[data-col="online"]')?.textContent === 'online'`),
+		wait(`document.querySelector('#fleet tr[data-robot="lekiwi-9"] td[data-col="image"]').textContent === '—'`))
 	robots["xle-1"].telemetry(robotsCtx, t, 87, 81.5)
 	step("telemetry updates CPU and temperature", 10*time.Second,
 		wait(`document.querySelector('#fleet tr[data-robot="xle-1"] td[data-col="cpu"]').textContent === '87%'`),
@@ -360,6 +367,9 @@ func TestDashboardInChromium(t *testing.T) {
 		wait(`document.querySelectorAll('#robot-plots [data-plot="CPU"] polyline').length === 1`),
 		wait(`document.querySelector('#robot-plots [data-plot="Temperature"]').textContent.includes('last 81.5')`),
 		wait(`document.querySelectorAll('#robot-events tbody tr').length > 0`),
+		wait(`(() => { const dd = [...document.querySelectorAll('#robot-props dt')].find(dt => dt.textContent === 'Image')?.nextElementSibling;
+			return dd?.textContent === '2026.6.0' && dd.querySelector('span').title.startsWith('profile xle, built ') })()`),
+		wait(`[...document.querySelectorAll('#robot-props dt')].find(dt => dt.textContent === 'Image profile')?.nextElementSibling.textContent === 'xle'`),
 		wait(`window.__noReload === true`))
 	shot(t, tab, "robot")
 

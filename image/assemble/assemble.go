@@ -38,8 +38,8 @@ const (
 	AgentUnit      = "etc/systemd/system/lekiwi-agent.service"
 	AgentDropIn    = "etc/systemd/system/lekiwi-agent.service.d/10-robot.conf"
 	UpdateKeysDir  = "etc/lekiwi/update-keys"
-	ImageInfoPath  = "etc/lekiwi/image.json"
-	BootInfoFile   = "lekiwi-image.json" // the same metadata on each boot slot
+	ImageInfoPath  = layout.ImageInfoPath
+	BootInfoFile   = layout.BootInfoFile // the same metadata on each boot slot
 	PersistentDir  = "/var/lib/lekiwi"
 	RobotEnvFile   = "robot.env" // in the persistent partition: per-robot agent settings
 	SeedFileSize   = 64 << 10    // each cloud-init seed file, padded so customize rewrites it in place
@@ -47,16 +47,8 @@ const (
 )
 
 // Info is the image's metadata, in /etc/lekiwi/image.json and on each boot
-// slot.
-type Info struct {
-	Version     string `json:"version"`
-	Profile     string `json:"profile"`
-	Base        string `json:"base"`
-	BaseArch    string `json:"base_arch,omitempty"`
-	Created     int64  `json:"created"` // SOURCE_DATE_EPOCH
-	AgentSHA256 string `json:"agent_sha256,omitempty"`
-	Seed        string `json:"seed"` // hex: GUIDs and filesystem ids derive from it
-}
+// slot; its shape is image/layout's, which the agent reads.
+type Info = layout.ImageInfo
 
 // Inputs are what the image is made of.
 type Inputs struct {

@@ -33,6 +33,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/config"
 	"github.com/lekiwi/heartbeat/agent/daemon"
 	"github.com/lekiwi/heartbeat/agent/factory"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/agent/servo"
 	"github.com/lekiwi/heartbeat/agent/systemd"
 	"github.com/lekiwi/heartbeat/image/assemble"
@@ -341,12 +342,12 @@ func (b *Board) Provision(ctx context.Context, cmdline string, o RunOptions) err
 			}
 			return fileTarget{f}, fi.Size(), nil
 		},
-		Reboot: func() error {
+		Reboot: reboot.Func(func(context.Context, string) error {
 			b.mu.Lock()
 			b.rebooted = true
 			b.mu.Unlock()
 			return nil
-		},
+		}),
 		Log:           b.log(),
 		HoldPoll:      o.HoldPoll,
 		ProgressEvery: 200 * time.Millisecond,

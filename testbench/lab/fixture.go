@@ -68,7 +68,7 @@ func (b Board) WriteTree(dir string) (collect.Roots, error) {
 
 // Hardware is what collect.ReadHardware reads from the board's tree.
 func (b Board) Hardware() protocol.Hardware {
-	return protocol.Hardware{Serial: b.Serial, Model: b.Model, Revision: b.Revision}
+	return collect.DecodeRevision(protocol.Hardware{Serial: b.Serial, Model: b.Model, Revision: b.Revision})
 }
 
 // TreeFiles are the board's fixture files by path under the tree.

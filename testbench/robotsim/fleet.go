@@ -226,7 +226,7 @@ func (r *Robot) Start(ctx context.Context) error {
 		col, hw = &sharedSample{shared: r.shared, net: r.network()}, r.Board.Hardware()
 	} else {
 		col = newSimCollector(r.roots, r.interfaces())
-		if hw, err = collect.ReadHardware(r.roots.Proc); err != nil {
+		if hw, err = collect.ReadHardware(r.roots); err != nil {
 			q.Close()
 			return fmt.Errorf("robot %s hardware: %w", r.ID, err)
 		}

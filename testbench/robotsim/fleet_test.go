@@ -58,7 +58,7 @@ func TestSharedBoardRobotMatchesItsOwnTree(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hw, err := collect.ReadHardware(roots.Proc)
+		hw, err := collect.ReadHardware(roots)
 		if err != nil {
 			t.Fatal(err)
 		}

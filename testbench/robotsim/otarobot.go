@@ -26,6 +26,7 @@ import (
 	"github.com/lekiwi/heartbeat/agent/ota"
 	"github.com/lekiwi/heartbeat/agent/ota/updatecmd"
 	"github.com/lekiwi/heartbeat/agent/queue"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/control/pki"
 	"github.com/lekiwi/heartbeat/image/assemble"
 	"github.com/lekiwi/heartbeat/image/customize"
@@ -363,14 +364,14 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	ictx, stop := context.WithCancel(ctx)
 	defer stop()
 	var rebootedFlag atomic.Bool
-	reboot := func(rctx context.Context, arg string) error {
+	restart := reboot.Func(func(rctx context.Context, arg string) error {
 		if err := r.pi.Reboot(rctx, arg); err != nil {
 			return err
 		}
 		rebootedFlag.Store(true)
 		stop() // the system goes down
 		return nil
-	}
+	})
 
 	q, err := queue.Open(filepath.Join(r.stateDir(), queue.FileName), queue.Options{})
 	if err != nil {
@@ -383,7 +384,7 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	}
 	defer disk.Close()
 	bc := r.plan.Part(layout.BootConfig)
-	ctl, err := rpi.New(rpi.Options{DeviceTree: r.dt, BootConfig: fileSection{f: disk, start: bc.Start, size: bc.Size}, Reboot: reboot})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: r.dt, BootConfig: fileSection{f: disk, start: bc.Start, size: bc.Size}, Reboot: restart})
 	if err != nil {
 		return false, err
 	}
@@ -427,12 +428,12 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	col := collect.New(collect.Options{Roots: roots, Statfs: func(string) (collect.DiskUsage, error) {
 		return collect.DiskUsage{TotalBytes: 32 << 30, UsedBytes: 4 << 30}, nil
 	}})
-	hw, err := collect.ReadHardware(roots.Proc)
+	hw, err := collect.ReadHardware(roots)
 	if err != nil {
 		return false, err
 	}
 	a, err := agent.New(agent.Options{RobotID: r.ID, RobotType: r.Type, Servers: r.servers, Queue: q, Collector: col, Hardware: hw,
-		AgentVersion: "1.0.0", HeartbeatInterval: time.Second, TelemetrySampleInterval: 200 * time.Millisecond, TelemetryMinInterval: 500 * time.Millisecond,
+		AgentVersion: "1.0.0", Image: collect.Image(*info), HeartbeatInterval: time.Second, TelemetrySampleInterval: 200 * time.Millisecond, TelemetryMinInterval: 500 * time.Millisecond,
 		FirstReconnectJitter: -1, Logger: r.log, HTTPClient: r.ident.HTTPClient(), Identity: r.ident,
 		Commands: map[string]agent.CommandHandler{protocol.CommandUpdate: h.Handle}})
 	if err != nil {

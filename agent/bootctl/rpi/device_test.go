@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
@@ -52,7 +53,7 @@ func commitOn(t *testing.T, path string) {
 	defer dev.Close()
 	dt := t.TempDir()
 	WriteBootInfo(dt, BootInfo{Tryboot: true, Partition: layout.BootB})
-	ctl, err := New(Options{DeviceTree: dt, BootConfig: dev, Reboot: func(context.Context, string) error { return nil }})
+	ctl, err := New(Options{DeviceTree: dt, BootConfig: dev, Reboot: reboot.Func(func(context.Context, string) error { return nil })})
 	if err != nil {
 		t.Fatal(err)
 	}

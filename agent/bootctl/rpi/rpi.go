@@ -3,7 +3,8 @@
 // which partition booted and whether it was a tryboot; autoboot.txt on the
 // bootconfig partition ([all] tryboot_a_b=1 boot_partition=N, [tryboot]
 // boot_partition=M) says which slot a normal and a trial boot select;
-// `reboot "0 tryboot"` sets the firmware's one-shot trial flag.
+// a reboot with the argument "0 tryboot" sets the firmware's one-shot
+// trial flag (the caller's reboot.Rebooter carries it to reboot(2)).
 //
 // A commit rewrites autoboot.txt in place: the file is padded to one
 // sector at build time, every version of it has the same length, and only
@@ -22,6 +23,7 @@ import (
 	"io"
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/image/fat"
 )
 
@@ -42,15 +44,17 @@ type Options struct {
 	// FindBootConfig). Required.
 	BootConfig Device
 	// Reboot restarts the machine with a reboot argument ("" or
-	// "0 tryboot"); RebootSyscall when nil. Tests and models pass their own.
-	Reboot func(ctx context.Context, arg string) error
+	// "0 tryboot"). Required, and the caller's choice: reboot.Systemd for
+	// the agent service (its seccomp filter has no reboot(2)),
+	// reboot.Syscall without a service manager; models pass their own.
+	Reboot reboot.Rebooter
 }
 
 // Controller implements bootctl.Controller for a Raspberry Pi.
 type Controller struct {
 	dt     string
 	dev    Device
-	reboot func(ctx context.Context, arg string) error
+	reboot reboot.Rebooter
 }
 
 var _ bootctl.Controller = (*Controller)(nil)
@@ -64,7 +68,7 @@ func New(o Options) (*Controller, error) {
 		o.DeviceTree = "/proc/device-tree"
 	}
 	if o.Reboot == nil {
-		o.Reboot = RebootSyscall
+		return nil, fmt.Errorf("rpi boot control: no way to reboot given (reboot.Systemd under systemd, reboot.Syscall without a service manager)")
 	}
 	return &Controller{dt: o.DeviceTree, dev: o.BootConfig, reboot: o.Reboot}, nil
 }
@@ -174,7 +178,7 @@ func (c *Controller) Reboot(ctx context.Context, tryboot bool) error {
 	if tryboot {
 		arg = "0 tryboot"
 	}
-	if err := c.reboot(ctx, arg); err != nil {
+	if err := c.reboot.Reboot(ctx, arg); err != nil {
 		return fmt.Errorf("reboot %q: %w", arg, err)
 	}
 	return nil

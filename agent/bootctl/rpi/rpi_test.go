@@ -13,6 +13,7 @@ import (
 
 	"github.com/lekiwi/heartbeat/agent/bootctl"
 	"github.com/lekiwi/heartbeat/agent/bootctl/bootctltest/powercut"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
@@ -215,10 +216,10 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fx.ctl, err = New(Options{DeviceTree: fx.dt, BootConfig: sec, Reboot: func(ctx context.Context, arg string) error {
+	fx.ctl, err = New(Options{DeviceTree: fx.dt, BootConfig: sec, Reboot: reboot.Func(func(ctx context.Context, arg string) error {
 		fx.reboots = append(fx.reboots, arg)
 		return nil
-	}})
+	})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ camera() { # ROOT PORT NAME VIDEO
 	video "$1" "$HC/$2/$2:1.0" "video$((${4#video} + 1))" "$3: $3"
 }
 
-rm -rf lekiwi-pi5 xle-pi5 bare-pi4
+rm -rf lekiwi-pi5 xle-pi5 bare-pi4 ftdi-pi5 qemu-virt
 
 # LeKiwi: Pi 5 8GB, one servo adapter (IDs 1-9 in the test's simulator),
 # front and wrist cameras.
@@ -126,3 +126,40 @@ f $r/sys/$us/model "Cruzer Blade"
 disk $r "$us" sda 30031872 1
 usbdev $r devices/platform/scb/fd500000.pcie/pci0000:00/0000:00:00.0/0000:01:00.0/usb2/2-1 0781 5567 "Cruzer Blade" SanDisk 4C530001
 usbif $r devices/platform/scb/fd500000.pcie/pci0000:00/0000:00:00.0/0000:01:00.0/usb2/2-1/2-1:1.0 08
+
+# LeKiwi built with an FTDI FT232R adapter (0403:6001) on ttyUSB0, and a
+# u-blox GPS receiver (1546:01a8) on ttyACM0 that must not be pinged.
+pi5 ftdi-pi5 d04170 10000000f7d1a2b3
+usbdev ftdi-pi5 "$HC/1-1" 0403 6001 "FT232R USB UART" FTDI A10KZP45
+usbif ftdi-pi5 "$HC/1-1/1-1:1.0" ff
+tty ftdi-pi5 "$HC/1-1/1-1:1.0" ttyUSB0/tty/ttyUSB0
+usbdev ftdi-pi5 "$HC/1-2" 1546 01a8 "u-blox GNSS receiver" "u-blox AG - www.u-blox.com" ""
+usbif ftdi-pi5 "$HC/1-2/1-2:1.0" 02
+usbif ftdi-pi5 "$HC/1-2/1-2:1.1" 0a
+tty ftdi-pi5 "$HC/1-2/1-2:1.0" tty/ttyACM0
+
+# QEMU 7.2 "virt" (-M virt -cpu cortex-a72 -device qemu-xhci -device
+# usb-serial): no board model (the tree's model is linux,dummy-virt, see
+# -M virt,dumpdtb=), no revision code, a virtio disk, and QEMU's emulated
+# usb-serial, an FTDI FT232 (0403:6001), on ttyUSB0.
+r=qemu-virt
+f $r/proc/cpuinfo "processor	: 0
+BogoMIPS	: 125.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x0
+CPU part	: 0xd08
+CPU revision	: 3"
+f $r/proc/meminfo "MemTotal:        2014408 kB"
+dt $r/sys/firmware/devicetree/base/model "linux,dummy-virt"
+dt $r/sys/firmware/devicetree/base/compatible "linux,dummy-virt"
+ln -sfn ../sys/firmware/devicetree/base $r/proc/device-tree
+vd=devices/platform/a003e00.virtio_mmio/virtio1
+disk $r "$vd" vda 16777216 0
+part $r "$vd" vda vda1
+qx=devices/platform/4010000000.pcie/pci0000:00/0000:00:01.0/usb1
+usbdev $r "$qx" 1d6b 0002 "xHCI Host Controller" "Linux 6.1.0-57-arm64 xhci-hcd" 0000:00:01.0
+usbdev $r "$qx/1-1" 0403 6001 "QEMU USB SERIAL" QEMU 1-0000:00:01.0-1
+usbif $r "$qx/1-1/1-1:1.0" ff
+tty $r "$qx/1-1/1-1:1.0" ttyUSB0/tty/ttyUSB0

@@ -246,7 +246,7 @@ func newRobot(t *testing.T, f *fixture) *robot {
 	bc := f.plan.Part(layout.BootConfig)
 	sec, err := dev.Section(bc.Start, bc.Size)
 	must(t, "bootconfig", err)
-	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: sec, Reboot: pi.Reboot})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: sec, Reboot: pi})
 	must(t, "controller", err)
 	return &robot{dev: dev, pi: pi, ctl: ctl, dir: dir, keys: []ed25519.PublicKey{f.key.Public().(ed25519.PublicKey)}}
 }

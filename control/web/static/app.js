@@ -428,10 +428,21 @@ function show(name, node, page) {
 }
 
 const FLEET_COLUMNS = [
-  ['id', 'Robot'], ['online', 'Online'], ['type', 'Type'], ['model', 'Model'], ['os', 'OS'], ['agent', 'Agent'],
+  ['id', 'Robot'], ['online', 'Online'], ['type', 'Type'], ['model', 'Model'], ['image', 'Image'], ['os', 'OS'], ['agent', 'Agent'],
   ['teleop', 'Teleoperation'], ['cpu', 'CPU'], ['memory', 'Memory'], ['disk', 'Disk'], ['temp', 'Temp'],
   ['uptime', 'Uptime'], ['seen', 'Last seen'],
 ];
+
+// imageOf is the release a robot's system was built as (its hello's
+// image.json), or null for a system not made by provision image build.
+function imageOf(r) {
+  return (r.deployment && r.deployment.image) || null;
+}
+
+function imageBuilt(img) {
+  const d = img && img.created ? new Date(img.created) : null;
+  return d && isFinite(d.getTime()) ? d.toLocaleString() : '—';
+}
 
 function fleetCells(r) {
   const res = r.resources || {};
@@ -447,6 +458,9 @@ function fleetCells(r) {
     online: el('span', { class: `badge ${online ? 'online' : 'offline'}`, text: online ? 'online' : 'offline' }),
     type: r.type || '—',
     model: (r.hardware && r.hardware.model) || '—',
+    image: imageOf(r) && imageOf(r).version
+      ? el('span', { title: `profile ${imageOf(r).profile || '?'}, built ${imageBuilt(imageOf(r))}`, text: imageOf(r).version })
+      : '—',
     os: (r.deployment && r.deployment.os_version) || '—',
     agent: (r.deployment && r.deployment.agent_version) || '—',
     teleop: tele.active ? el('span', { class: 'badge teleop', title: tele.operator ? `operator ${tele.operator} since ${tele.session_start || '?'}` : '', text: tele.operator ? `driven · ${tele.operator}` : 'driven' }) : el('span', { class: 'muted', text: 'idle' }),
@@ -482,7 +496,7 @@ function renderFleet() {
   const matches = (r) => {
     const q = filter.value.trim().toLowerCase();
     if (!q) return true;
-    return [r.id, r.type, r.hardware && r.hardware.model, r.deployment && r.deployment.os_version, r.deployment && r.deployment.agent_version]
+    return [r.id, r.type, r.hardware && r.hardware.model, imageOf(r) && imageOf(r).version, r.deployment && r.deployment.os_version, r.deployment && r.deployment.agent_version]
       .some((v) => v && String(v).toLowerCase().includes(q));
   };
   const renderSummary = () => {
@@ -630,6 +644,7 @@ function renderRobot(id) {
     const net = r.network || {};
     const rows = [
       ['Online', c.online], ['Type', c.type], ['Model', c.model], ['Serial', (r.hardware && r.hardware.serial) || '—'],
+      ['Image', c.image], ['Image profile', (imageOf(r) && imageOf(r).profile) || '—'], ['Image built', imageBuilt(imageOf(r))],
       ['OS version', c.os], ['Agent version', c.agent], ['Teleoperation', c.teleop], ['Uptime', c.uptime],
       ['Last seen', c.seen], ['Control node', (r.status && r.status.node) || '—'],
       ['Network', [net.hostname, net.mac, (net.ips || []).join(' ')].filter(Boolean).join(' · ') || '—'],

@@ -45,7 +45,7 @@ type Pi struct {
 // against.
 func NewControlledPi(disk io.ReaderAt, size int64, bootConfig rpi.Device, dt string) (*Pi, *rpi.Controller, error) {
 	pi := NewPi(disk, size, PiOptions{DeviceTree: dt, Watchdog: time.Minute})
-	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: bootConfig, Reboot: pi.Reboot})
+	ctl, err := rpi.New(rpi.Options{DeviceTree: dt, BootConfig: bootConfig, Reboot: pi})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -59,8 +59,8 @@ func NewPi(disk io.ReaderAt, size int64, o PiOptions) *Pi {
 // Reboot is what the kernel's reboot(RESTART2, arg) does on a Pi: "0
 // tryboot" sets the one-shot flag (the leading number is a partition
 // override, 0 meaning "use autoboot.txt"; others are not modelled). The
-// system stops; Boot brings it up again. Its signature matches
-// rpi.Options.Reboot.
+// system stops; Boot brings it up again. A Pi is the reboot.Rebooter of
+// its rpi.Controller.
 func (p *Pi) Reboot(ctx context.Context, arg string) error {
 	if err := ctx.Err(); err != nil {
 		return err
