@@ -26,6 +26,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -133,17 +134,16 @@ type kernelSource struct {
 	dir     string // "" or Pi5Dir
 	name    string // where it came from ("boot/vmlinuz-…", "kernel8.img")
 	entry   *tree.Entry
-	modules fs.FS // root holding lib/modules/<release>
+	modules fs.FS // root holding lib/modules/<release> and lib/firmware
 }
 
 // sources is what the build reads, whatever the kind of input.
 type sources struct {
-	boot     *tree.Tree // files for the boot directory's root (firmware, device trees, overlays)
-	kernels  []kernelSource
-	firmware fs.FS // a root whose lib/firmware the modules' firmware comes from
-	list     []Source
-	notes    []string
-	close    []func() error
+	boot    *tree.Tree // files for the boot directory's root (firmware, device trees, overlays)
+	kernels []kernelSource
+	list    []Source
+	notes   []string
+	close   []func() error
 }
 
 func (s *sources) Close() error {
@@ -220,7 +220,7 @@ func Build(ctx context.Context, o Options) (*Kit, error) {
 		}
 		k.Boots = append(k.Boots, *b)
 		k.Warnings = append(k.Warnings, warnings...)
-		if slicesContains(b.Boards, "pi5") {
+		if slices.Contains(b.Boards, "pi5") {
 			k.Pi5 = true
 		}
 	}
@@ -290,7 +290,7 @@ func buildBoot(ctx context.Context, o Options, w *writer, ks kernelSource, epoch
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := pack.Build(f, pack.Spec{Agent: o.Agent, Modules: mods, Load: resolved, Firmware: firmwareFS(ks), Epoch: epoch})
+	res, err := pack.Build(f, pack.Spec{Agent: o.Agent, Modules: mods, Load: resolved, Firmware: ks.modules, Epoch: epoch})
 	if cerr := f.close(); err == nil {
 		err = cerr
 	}
@@ -311,9 +311,6 @@ func buildBoot(ctx context.Context, o Options, w *writer, ks kernelSource, epoch
 	return b, warnings, nil
 }
 
-// firmwareFS is where a kernel's modules find their firmware: its own root.
-func firmwareFS(ks kernelSource) fs.FS { return ks.modules }
-
 func entryRelease(e *tree.Entry) (string, error) {
 	rc, err := e.Open()
 	if err != nil {
@@ -321,15 +318,6 @@ func entryRelease(e *tree.Entry) (string, error) {
 	}
 	defer rc.Close()
 	return kmod.KernelRelease(rc)
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // writer writes the kit's files into its temporary directory, hashing

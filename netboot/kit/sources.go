@@ -40,7 +40,9 @@ func fileSource(kind, p string) (Source, error) {
 // Raspberry Pi firmware, and any others for their /lib/firmware.
 func openDebs(ctx context.Context, o Options) (*sources, error) {
 	src := &sources{boot: tree.New()}
-	firmware := tree.New()
+	// merged is one root for the initramfs: the kernel package's modules
+	// and every package's firmware.
+	merged := tree.New()
 	var kernel *base.Base
 	var kernelName, release string
 	haveFirmware := false
@@ -85,7 +87,7 @@ func openDebs(ctx context.Context, o Options) (*sources, error) {
 			haveFirmware = len(entries) > 0
 		}
 		for _, dir := range []string{"lib/firmware", "usr/lib/firmware"} {
-			if err := copyTree(firmware, b.Root, dir, "lib/firmware"); err != nil {
+			if err := copyTree(merged, b.Root, dir, "lib/firmware"); err != nil {
 				return src, fmt.Errorf("kit: --deb %s: %w", p, err)
 			}
 		}
@@ -118,13 +120,13 @@ func openDebs(ctx context.Context, o Options) (*sources, error) {
 	}
 	// The kernel's own root serves its modules; firmware from every
 	// package is merged beside them.
-	if err := copyTree(firmware, kernel.Root, "lib/modules", "lib/modules"); err != nil {
+	if err := copyTree(merged, kernel.Root, "lib/modules", "lib/modules"); err != nil {
 		return src, err
 	}
-	if err := copyTree(firmware, kernel.Root, "usr/lib/modules", "lib/modules"); err != nil {
+	if err := copyTree(merged, kernel.Root, "usr/lib/modules", "lib/modules"); err != nil {
 		return src, err
 	}
-	src.kernels = []kernelSource{{boards: []string{"pi4", "qemu-virt"}, name: kernelName, entry: entry, modules: firmware.FS()}}
+	src.kernels = []kernelSource{{boards: []string{"pi4", "qemu-virt"}, name: kernelName, entry: entry, modules: merged.FS()}}
 	if _, ok := src.boot.Get(Pi5DeviceTree); !ok {
 		src.notes = append(src.notes, fmt.Sprintf("This kit boots Raspberry Pi 4 boards (and QEMU's virt machine), not the Pi 5: Debian's kernel %s has no Pi 5 device tree (%s). For Pi 5 boards build the kit from a Raspberry Pi OS image: netboot kit build --pios 2024-11-19-raspios-bookworm-arm64-lite.img.xz", release, Pi5DeviceTree))
 	}
