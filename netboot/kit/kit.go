@@ -63,7 +63,8 @@ type Options struct {
 	Force bool
 	// Modules are loaded in addition to DefaultModules; each must exist.
 	Modules []string
-	// Epoch stamps the initramfs, kit.json and the files' times.
+	// Epoch stamps the initramfs, kit.json and the files' times; zero is
+	// 1970-01-01.
 	Epoch time.Time
 	// TempDir holds unpacked sources while building (default os.TempDir()).
 	TempDir string
@@ -180,6 +181,9 @@ func Build(ctx context.Context, o Options) (*Kit, error) {
 		return nil, fmt.Errorf("kit: agent: %w (make build writes bin/agent-linux-arm64)", err)
 	}
 	epoch := o.Epoch.UTC().Truncate(time.Second)
+	if o.Epoch.IsZero() {
+		epoch = time.Unix(0, 0).UTC()
+	}
 	var src *sources
 	if o.PiOS != "" {
 		src, err = openPiOS(ctx, o)

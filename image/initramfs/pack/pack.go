@@ -44,7 +44,8 @@ type Spec struct {
 	// Firmware, if set, is a root file system whose lib/firmware holds
 	// the firmware the modules name.
 	Firmware fs.FS
-	// Epoch stamps every entry and the manifest (SOURCE_DATE_EPOCH).
+	// Epoch stamps every entry and the manifest (SOURCE_DATE_EPOCH);
+	// zero is 1970-01-01.
 	Epoch time.Time
 }
 
@@ -86,6 +87,9 @@ func Layout(s Spec) (*tree.Tree, *Result, error) {
 		return nil, nil, err
 	}
 	epoch := s.Epoch.UTC().Truncate(time.Second)
+	if s.Epoch.IsZero() {
+		epoch = time.Unix(0, 0).UTC() // cpio times cannot go before 1970
+	}
 	t := tree.New()
 	for _, d := range []string{"dev", "proc", "sys", "run", "etc/lekiwi", "usr/bin", initramfs.ModulesDir, initramfs.FirmwareDir} {
 		if err := t.Add(tree.Entry{Path: d, Kind: tree.Dir, Mode: 0o755, ModTime: epoch}); err != nil {
