@@ -18,7 +18,7 @@ DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables \
              e2fsprogs dosfstools mtools fdisk bmap-tools docker-registry genimage xz-utils zstd cloud-init \
              acl attr libcap2-bin \
              mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus \
-             chromium systemd qemu-system-arm device-tree-compiler cpio
+             chromium systemd qemu-system-arm device-tree-compiler cpio debian-archive-keyring
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -35,6 +35,8 @@ its own NVMe, eMMC or SD card, verifies it and reboots as a robot.
 
   netboot serve    run the station (DHCP, TFTP, HTTP, events to control)
   netboot status   show the boards a running station knows about
+  netboot kit build  write the boot directory serve needs (firmware, kernel,
+                   provisioning initramfs) from Debian packages or Pi OS
 
 Prerequisites:
   - each Pi's EEPROM boot order tries the network (BOOT_ORDER with a 2,
@@ -48,6 +50,6 @@ Prerequisites:
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServe(), newStatus())
+	root.AddCommand(newServe(), newStatus(), newKit())
 	return root
 }

@@ -52,7 +52,8 @@ to control, Pi or not.
 TFTP (port 69): <serial>/config.txt and <serial>/cmdline.txt are generated
 for each board (they boot --kernel and --initramfs and carry this station's
 URL and a one-time token); every other file comes from --boot-dir (Debian
-raspi-firmware layout; files in --boot-dir/pi4 or /pi5 win for that model).
+raspi-firmware layout, as netboot kit build writes it; files in
+--boot-dir/pi4 or /pi5 win for that model).
 
 HTTP (--http-addr): the boards' API (report, plan, progress), the image
 (--image, or the --profile-image of the board's profile, each with its .bmap
@@ -94,7 +95,7 @@ DHCP on an interface).`,
 	fl.StringVar(&f.tftpAddr, "tftp-addr", ":69", "TFTP listen address")
 	fl.StringVar(&f.httpAddr, "http-addr", ":8080", "HTTP listen address (boards' API, image, /status, /metrics)")
 	fl.StringVar(&f.stationURL, "url", "", "URL boards reach the HTTP API at (default http://<server-ip>:<http port>)")
-	fl.StringVar(&f.bootDir, "boot-dir", "", "directory of boot files: firmware, device trees, kernel, initramfs (required)")
+	fl.StringVar(&f.bootDir, "boot-dir", "", "directory of boot files: firmware, device trees, kernel, initramfs — netboot kit build writes one (required)")
 	fl.StringVar(&f.kernel, "kernel", "vmlinuz", "provisioning kernel, a file in --boot-dir")
 	fl.StringVar(&f.initramfs, "initramfs", "initrd.img", "provisioning initramfs, a file in --boot-dir")
 	fl.StringVar(&f.args, "kernel-args", station.DefaultKernelArgs, "kernel arguments before the station's own in cmdline.txt")

@@ -1,5 +1,6 @@
 // Package base imports what an image is built from — a Raspberry Pi OS disk
-// image, a root filesystem tarball or an OCI image — into image/tree trees,
+// image, a root filesystem tarball, an OCI image or a Debian package's
+// files — into image/tree trees,
 // without root, mounts or loop devices. File contents stay where they are
 // (in the image, the tarball's spool, a decompressed temporary file) and are
 // read only when a writer opens an entry, so a whole root filesystem is
@@ -27,6 +28,7 @@ const (
 	KindDiskImage Kind = iota + 1 // Raspberry Pi OS style MBR image: bootfs FAT + rootfs ext4
 	KindTarball                   // root filesystem tarball (debootstrap, mmdebstrap, docker export)
 	KindOCI                       // OCI image reference, layers flattened
+	KindDeb                       // Debian binary package (.deb): its data.tar as the root
 )
 
 func (k Kind) String() string {
@@ -37,6 +39,8 @@ func (k Kind) String() string {
 		return "root filesystem tarball"
 	case KindOCI:
 		return "OCI image"
+	case KindDeb:
+		return "Debian package"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -53,7 +57,10 @@ type Base struct {
 	// shell; "" if it could not be told.
 	Arch        string
 	Description string
-	cleanup     func() error
+	// Deb names the package when Kind is KindDeb.
+	Deb *DebControl
+
+	cleanup func() error
 }
 
 // Options tune Open.
@@ -88,7 +95,7 @@ func diskSuffixes() []string    { return []string{".img.xz", ".img.zst", ".img"}
 func tarballSuffixes() []string { return []string{".tar.gz", ".tgz", ".tar.xz", ".tar.zst", ".tar"} }
 
 // Open imports source: a file whose name ends in .img, .img.xz, .img.zst,
-// .tar, .tar.gz, .tgz, .tar.xz or .tar.zst; "oci-layout:DIR" for an OCI
+// .tar, .tar.gz, .tgz, .tar.xz, .tar.zst or .deb; "oci-layout:DIR" for an OCI
 // image layout on disk; or an OCI image reference
 // (registry:5000/debian:bookworm). On error nothing is left behind.
 func Open(ctx context.Context, source string, o Options) (*Base, error) {
@@ -120,6 +127,12 @@ func open(ctx context.Context, source string, o Options, c *cleaner) (*Base, err
 	if statErr == nil && st.IsDir() {
 		return nil, errors.New("is a directory: give a disk image, a tarball or an OCI reference (use oci-layout:DIR for an OCI layout)")
 	}
+	if isDeb(source) {
+		if statErr != nil {
+			return nil, fmt.Errorf("Debian package: %w", statErr)
+		}
+		return openDeb(ctx, source, o, c)
+	}
 	for _, s := range diskSuffixes() {
 		if strings.HasSuffix(lower, s) {
 			if statErr != nil {
@@ -137,7 +150,7 @@ func open(ctx context.Context, source string, o Options, c *cleaner) (*Base, err
 		}
 	}
 	if statErr == nil {
-		return nil, fmt.Errorf("unknown kind of base (extension %q): name it .img, .img.xz, .img.zst, .tar, .tar.gz, .tar.xz or .tar.zst", filepath.Ext(source))
+		return nil, fmt.Errorf("unknown kind of base (extension %q): name it .img, .img.xz, .img.zst, .tar, .tar.gz, .tar.xz, .tar.zst or .deb", filepath.Ext(source))
 	}
 	if !errors.Is(statErr, fs.ErrNotExist) {
 		return nil, statErr

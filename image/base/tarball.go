@@ -4,11 +4,9 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -200,7 +198,7 @@ func DetectArch(root *tree.Tree) string {
 		return ""
 	}
 	for _, p := range []string{"bin/sh", "usr/bin/env", "bin/busybox", "usr/bin/dpkg", "bin/ls", "usr/bin/ls", "sbin/init"} {
-		e, err := resolve(root, p)
+		e, err := root.Resolve(p)
 		if err != nil {
 			continue
 		}
@@ -209,47 +207,6 @@ func DetectArch(root *tree.Tree) string {
 		}
 	}
 	return ""
-}
-
-// resolve follows symlinks in every component of p inside t and returns the
-// File it ends at (a hard link resolves to its file).
-func resolve(t *tree.Tree, p string) (*tree.Entry, error) {
-	hops := 0
-	parts := strings.Split(p, "/")
-	cur := ""
-	for i := 0; i < len(parts); i++ {
-		next := path.Join(cur, parts[i])
-		e, ok := t.Get(next)
-		if !ok {
-			return nil, fmt.Errorf("%s: not found", next)
-		}
-		switch e.Kind {
-		case tree.Symlink:
-			if hops++; hops > 40 {
-				return nil, errors.New("too many symlinks")
-			}
-			target := e.Link
-			if !strings.HasPrefix(target, "/") {
-				target = path.Join("/", cur, target)
-			}
-			rest := append(strings.Split(strings.TrimPrefix(path.Clean(target), "/"), "/"), parts[i+1:]...)
-			parts, cur, i = rest, "", -1
-			continue
-		case tree.Hardlink:
-			if i == len(parts)-1 {
-				f, ok := t.Get(e.Link)
-				if !ok {
-					return nil, errors.New("dangling hard link")
-				}
-				return f, nil
-			}
-		}
-		cur = next
-		if i == len(parts)-1 {
-			return e, nil
-		}
-	}
-	return nil, errors.New("empty path")
 }
 
 func elfArch(e *tree.Entry) string {

@@ -9,12 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/gzip"
 	"io"
 	"os"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+	"github.com/xi2/xz"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,10 +129,15 @@ func fill(r io.Reader, buf []byte) (int, error) {
 
 // Decompress wraps r for the compression named by ext (".xz", ".zst",
 // ".gz"). The returned close releases the decoder.
+//
+// xz is decoded by xi2/xz, a port of XZ Embedded: on a Debian kernel
+// package's 360 MB data.tar.xz it took 6 s where ulikunitz/xz took minutes
+// (about 1 MB/s on this project's 2-core machines), and every xz an image,
+// a .deb or a flash source comes in goes through here.
 func Decompress(r io.Reader, ext string) (io.Reader, func(), error) {
 	switch ext {
 	case ".xz":
-		xr, err := xz.NewReader(r)
+		xr, err := xz.NewReader(r, 0)
 		if err != nil {
 			return nil, nil, fmt.Errorf("not a valid xz file (corrupt or incomplete download?): %w", err)
 		}
