@@ -1,56 +1,30 @@
 package pid1
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lekiwi/heartbeat/image/initramfs"
 )
 
 // ManifestPath is where the initramfs builder writes the manifest, relative
-// to the initramfs's root.
-const ManifestPath = "etc/lekiwi/initramfs.json"
+// to the initramfs's root (image/initramfs owns the format).
+const ManifestPath = initramfs.ManifestPath
 
-// manifest is the part of the initramfs builder's manifest the init reads:
-// the kernel release the modules were built for and the modules in load
-// order (dependencies first), each at lib/modules/<release>/<path>,
-// uncompressed. The builder (image/initramfs) owns the format; readManifest
-// is the one place that reads it.
-type manifest struct {
-	KernelRelease string `json:"kernel_release"`
-	Modules       []struct {
-		Name string `json:"name"`
-		Path string `json:"path"`
-	} `json:"modules"`
-}
-
-// readManifest reads root/ManifestPath. A missing manifest is not an
-// error (fs.ErrNotExist is returned for the caller to say so): a kernel
-// with its drivers built in needs no modules.
-func readManifest(root string) (*manifest, error) {
-	path := filepath.Join(root, ManifestPath)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+// readManifest reads and validates root/ManifestPath with the builder's
+// own reader. A missing manifest wraps fs.ErrNotExist for the caller to
+// say so: a kernel with its drivers built in needs no modules.
+func readManifest(root string) (*initramfs.Manifest, error) {
+	m, err := initramfs.ReadManifest(os.DirFS(root))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (the initramfs is damaged: rebuild it with netboot kit build)", err)
 	}
-	var m manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w (the initramfs is damaged: rebuild it)", path, err)
-	}
-	if m.KernelRelease == "" || strings.ContainsAny(m.KernelRelease, "/\\") || m.KernelRelease == ".." {
-		return nil, fmt.Errorf("%s: kernel_release %q is not a kernel release (rebuild the initramfs)", path, m.KernelRelease)
-	}
-	for i, mod := range m.Modules {
-		if mod.Name == "" || !filepath.IsLocal(mod.Path) {
-			return nil, fmt.Errorf("%s: module %d (%q at %q) has no name or a path outside lib/modules/%s (rebuild the initramfs)", path, i+1, mod.Name, mod.Path, m.KernelRelease)
-		}
-	}
-	return &m, nil
+	return m, err
 }
 
 // ModuleLoader loads one kernel module from an uncompressed .ko file.
@@ -80,11 +54,10 @@ type moduleResult struct {
 // failure: a driver for hardware the board lacks may refuse to load, and
 // the step that needs a device says what is missing. kernelRelease is the
 // running kernel's (uname -r), to explain a whole set that fails.
-func loadModules(root string, m *manifest, kernelRelease string, ld ModuleLoader) moduleResult {
+func loadModules(root string, m *initramfs.Manifest, kernelRelease string, ld ModuleLoader) moduleResult {
 	var r moduleResult
-	dir := filepath.Join(root, "lib", "modules", m.KernelRelease)
 	for _, mod := range m.Modules {
-		err := ld.LoadModule(filepath.Join(dir, mod.Path))
+		err := ld.LoadModule(filepath.Join(root, mod.Path))
 		switch {
 		case err == nil:
 			r.Loaded++

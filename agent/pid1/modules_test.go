@@ -23,6 +23,9 @@ func (r *recordingLoader) LoadModule(path string) error {
 	return r.errs[filepath.Base(path)]
 }
 
+// sha is a well-formed agent checksum for the manifests below.
+var sha = strings.Repeat("ab", 32)
+
 func writeManifest(t *testing.T, root, body string) {
 	t.Helper()
 	p := filepath.Join(root, ManifestPath)
@@ -34,14 +37,14 @@ func writeManifest(t *testing.T, root, body string) {
 	}
 }
 
-const manifestJSON = `{"kernel_release": "6.1.0-57-arm64", "built": "2025-01-01T00:00:00Z", "agent_sha256": "00",
+const manifestJSON = `{"kernel_release": "6.1.0-57-arm64", "built": "2025-01-01T00:00:00Z", "agent_sha256": "abababababababababababababababababababababababababababababababab",
  "modules": [
-  {"name": "nvme_core", "path": "kernel/drivers/nvme/host/nvme-core.ko"},
-  {"name": "nvme", "path": "kernel/drivers/nvme/host/nvme.ko"},
-  {"name": "crc16", "path": "kernel/lib/crc16.ko"},
-  {"name": "ext4", "path": "kernel/fs/ext4/ext4.ko"},
-  {"name": "ftdi_sio", "path": "kernel/drivers/usb/serial/ftdi_sio.ko"},
-  {"name": "virtio_net", "path": "kernel/drivers/net/virtio_net.ko"}
+  {"name": "nvme_core", "path": "/lib/modules/6.1.0-57-arm64/kernel/drivers/nvme/host/nvme-core.ko"},
+  {"name": "nvme", "path": "/lib/modules/6.1.0-57-arm64/kernel/drivers/nvme/host/nvme.ko"},
+  {"name": "crc16", "path": "/lib/modules/6.1.0-57-arm64/kernel/lib/crc16.ko"},
+  {"name": "ext4", "path": "/lib/modules/6.1.0-57-arm64/kernel/fs/ext4/ext4.ko"},
+  {"name": "ftdi_sio", "path": "/lib/modules/6.1.0-57-arm64/kernel/drivers/usb/serial/ftdi_sio.ko"},
+  {"name": "virtio_net", "path": "/lib/modules/6.1.0-57-arm64/kernel/drivers/net/virtio_net.ko"}
  ]}`
 
 func TestLoadModulesInOrderAndReportsFailures(t *testing.T) {
@@ -59,10 +62,9 @@ func TestLoadModulesInOrderAndReportsFailures(t *testing.T) {
 	}}
 	r := loadModules(root, m, "6.1.0-57-arm64", ld)
 
-	dir := filepath.Join(root, "lib/modules/6.1.0-57-arm64")
 	var want []string
 	for _, mod := range m.Modules {
-		want = append(want, filepath.Join(dir, mod.Path))
+		want = append(want, filepath.Join(root, mod.Path))
 	}
 	if strings.Join(ld.loaded, "\n") != strings.Join(want, "\n") {
 		t.Errorf("loaded\n%s\nwant the manifest's order\n%s", strings.Join(ld.loaded, "\n"), strings.Join(want, "\n"))
@@ -71,9 +73,9 @@ func TestLoadModulesInOrderAndReportsFailures(t *testing.T) {
 		t.Fatalf("result %+v, want 2 loaded, 1 present, 3 failed", r)
 	}
 	for i, want := range []string{
-		"module ext4 (kernel/fs/ext4/ext4.ko): no such file or directory: a symbol it needs is missing",
-		"module ftdi_sio (kernel/drivers/usb/serial/ftdi_sio.ko): no such device: no such device on this board",
-		"module virtio_net (kernel/drivers/net/virtio_net.ko): open virtio_net.ko: file does not exist: the file is missing from the initramfs",
+		"module ext4 (/lib/modules/6.1.0-57-arm64/kernel/fs/ext4/ext4.ko): no such file or directory: a symbol it needs is missing",
+		"module ftdi_sio (/lib/modules/6.1.0-57-arm64/kernel/drivers/usb/serial/ftdi_sio.ko): no such device: no such device on this board",
+		"module virtio_net (/lib/modules/6.1.0-57-arm64/kernel/drivers/net/virtio_net.ko): open virtio_net.ko: file does not exist: the file is missing from the initramfs",
 	} {
 		if !strings.Contains(r.Failed[i].Error(), want) {
 			t.Errorf("failure %d = %q, want it to contain %q", i, r.Failed[i], want)
@@ -90,13 +92,13 @@ func TestModuleFailureForAnotherKernel(t *testing.T) {
 
 func TestFinitModuleOnAMissingFile(t *testing.T) {
 	root := t.TempDir()
-	writeManifest(t, root, `{"kernel_release": "6.1.0-57-arm64", "modules": [{"name": "gone", "path": "kernel/gone.ko"}]}`)
+	writeManifest(t, root, `{"kernel_release": "6.1.0-57-arm64", "agent_sha256": "`+sha+`", "modules": [{"name": "gone", "path": "/lib/modules/6.1.0-57-arm64/kernel/gone.ko"}]}`)
 	m, err := readManifest(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := loadModules(root, m, "6.1.0-57-arm64", finitModule{})
-	if len(r.Failed) != 1 || !strings.Contains(r.Failed[0].Error(), "module gone (kernel/gone.ko)") || !strings.Contains(r.Failed[0].Error(), "missing from the initramfs") {
+	if len(r.Failed) != 1 || !strings.Contains(r.Failed[0].Error(), "module gone (/lib/modules/6.1.0-57-arm64/kernel/gone.ko)") || !strings.Contains(r.Failed[0].Error(), "missing from the initramfs") {
 		t.Errorf("result %+v, want the missing file named", r)
 	}
 }
@@ -106,9 +108,9 @@ func TestReadManifestRefuses(t *testing.T) {
 		t.Errorf("no manifest: %v, want fs.ErrNotExist (a kernel with built-in drivers needs none)", err)
 	}
 	for _, tc := range []struct{ body, want string }{
-		{`{"kernel_release": "6.1", "modules": [{"name": "x", "path": "../../../etc/passwd"}]}`, "outside lib/modules/6.1"},
-		{`{"kernel_release": "6.1", "modules": [{"name": "", "path": "a.ko"}]}`, "has no name"},
-		{`{"kernel_release": "../..", "modules": []}`, "not a kernel release"},
+		{`{"kernel_release": "6.1", "agent_sha256": "` + sha + `", "modules": [{"name": "x", "path": "/etc/passwd"}]}`, "want an uncompressed .ko under /lib/modules/6.1/"},
+		{`{"kernel_release": "6.1", "agent_sha256": "` + sha + `", "modules": [{"name": "", "path": "/lib/modules/6.1/a.ko"}]}`, "want a unique name"},
+		{`{"kernel_release": "../..", "agent_sha256": "` + sha + `", "modules": []}`, "kernel release"},
 		{`{"kernel_release": "6.1", "modules": [`, "rebuild it"},
 	} {
 		root := t.TempDir()

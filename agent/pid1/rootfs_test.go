@@ -363,7 +363,7 @@ func switchRootChild(t *testing.T, dir string) {
 	must(unix.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"))
 	for path, body := range map[string]string{
 		"usr/bin/lekiwi-agent": strings.Repeat("the agent ", 100000),
-		ManifestPath:           `{"kernel_release": "` + kernelRelease() + `", "modules": []}`,
+		ManifestPath:           `{"kernel_release": "` + kernelRelease() + `", "agent_sha256": "` + strings.Repeat("ab", 32) + `", "modules": []}`,
 		"etc/hostname":         "initramfs\n",
 	} {
 		must(os.MkdirAll(filepath.Join(dir, filepath.Dir(path)), 0o755))
