@@ -173,6 +173,11 @@ func Build(ctx context.Context, in Inputs, o Options) (err error) {
 	infoJSON = append(infoJSON, '\n')
 
 	tmp := o.Out + ".partial"
+	// The output's folder is made, as a newcomer's `--out images/x.img`
+	// expects; only the folder, never anything else.
+	if err := os.MkdirAll(filepath.Dir(o.Out), 0o755); err != nil {
+		return fmt.Errorf("output folder for %s: %w", o.Out, err)
+	}
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)

@@ -100,7 +100,8 @@ func TestBuildPassesCheckersAndIsReproducible(t *testing.T) {
 	if err := Build(context.Background(), inputs(t), options(t, img)); err != nil {
 		t.Fatal(err)
 	}
-	img2 := filepath.Join(dir, "b.img")
+	// Into a folder that does not exist yet: Build makes it.
+	img2 := filepath.Join(dir, "new", "folder", "b.img")
 	o2 := options(t, img2)
 	if err := Build(context.Background(), inputs(t), o2); err != nil {
 		t.Fatal(err)
