@@ -18,6 +18,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
 	"github.com/lekiwi/heartbeat/agent/factory"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/testbench/pisim/netlab"
 )
 
@@ -81,6 +82,11 @@ func TestFactoryNetworkLeasesOverDHCP(t *testing.T) {
 			}
 			if ro.StationURL != "http://10.81.0.1:8080" || ro.Token != "tok" || ro.Probe.ProcRoot != filepath.Join(root, "proc") {
 				t.Errorf("factory run options = %+v", ro)
+			}
+			// factory.Run refuses to start without a way to reboot; in the
+			// initramfs it is reboot(2) itself.
+			if _, ok := ro.Reboot.(reboot.Syscall); !ok {
+				t.Errorf("factory run reboots with %T, want reboot.Syscall (no service manager in the initramfs)", ro.Reboot)
 			}
 			if runs < 3 {
 				return errors.New("station unreachable")

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lekiwi/heartbeat/agent/factory"
+	"github.com/lekiwi/heartbeat/agent/reboot"
 	"github.com/lekiwi/heartbeat/internal/version"
 )
 
@@ -244,9 +245,10 @@ func runFactory(ctx context.Context, o Options, b Boot, con *Console) error {
 			SysRoot:  filepath.Join(o.Root, "sys"),
 			DevRoot:  filepath.Join(o.Root, "dev"),
 		},
-		// Reboot stays factory's own: sync, then reboot(2), which needs
-		// no init system to talk to — PID 1 itself restarts the board.
-		Log: con,
+		// sync, then reboot(2): there is no service manager to ask —
+		// PID 1 itself restarts the board.
+		Reboot: reboot.Syscall{},
+		Log:    con,
 	}
 	wait := o.FactoryBackoff
 	for attempt := 1; ; attempt++ {
