@@ -18,7 +18,8 @@ DEB_TEST  := $(DEB_BUILD) procps openssl iproute2 iptables \
              e2fsprogs dosfstools mtools fdisk bmap-tools docker-registry genimage xz-utils zstd cloud-init \
              acl attr libcap2-bin \
              mount busybox tftp-hpa curl dnsmasq-base casync xdelta3 avahi-daemon avahi-utils dbus \
-             chromium systemd qemu-system-arm device-tree-compiler cpio debian-archive-keyring
+             chromium systemd qemu-system-arm device-tree-compiler cpio debian-archive-keyring \
+             mmdebstrap qemu-user-static arch-test
 
 define ensure_debs
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -59,14 +60,17 @@ run: build
 # alone: they time failovers of a 3-process cluster on this 2-core machine,
 # and beside another package's tests (as -p 2 ran them once testbench was
 # split) a killed leader's writes came back after 5-7.6 s instead of ~2 s.
+# Then the real-boot lab alone (one LeKiwi board under QEMU TCG, which
+# takes both cores); `make vm-test` runs both profiles and a held board.
 test: deps-test
 	$(GO) vet -tags $(TAGS) ./...
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provision
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/netboot
 	$(GO) test -race -count=1 -timeout 10m ./protocol/... ./agent/... ./cmd/agent/... ./control/pki/... ./control/auth/... ./cmd/provision/...
-	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 $$($(GO) list -tags $(TAGS) ./... | grep -v '/testbench/chaos$$')
+	$(GO) test -tags $(TAGS) -count=1 -timeout 15m -p 2 $$($(GO) list -tags $(TAGS) ./... | grep -v -E '/testbench/(chaos|realboot)$$')
 	$(GO) test -tags $(TAGS) -count=1 -timeout 10m ./testbench/chaos
+	$(GO) test -tags $(TAGS) -count=1 -timeout 30m ./testbench/realboot
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -92,6 +96,7 @@ VM_LOGS ?= $(RUN_DIR)/vmlab
 .PHONY: vm-test
 vm-test: deps-test
 	$(GO) test -count=1 -timeout 20m -v ./testbench/vmlab/ -args -vmlab.long -vmlab.logdir=$(abspath $(VM_LOGS))
+	$(GO) test -tags $(TAGS) -count=1 -timeout 60m -v ./testbench/realboot/ -args -realboot.all
 
 # HA chaos acceptance at full size: 2 control nodes + witness as
 # real processes, 1,000 simulated agents; kill -9 of the leader, partition

@@ -26,8 +26,11 @@ func ModuleGroups() []ModuleGroup {
 			[]string{"nvme", "sdhci-iproc", "mmc_block", "usb-storage", "uas", "sd_mod"}},
 		// ext4's metadata checksums need the crc32c algorithm, which the
 		// kernel asks modprobe for; there is no modprobe in the initramfs.
+		// nls_ascii is FAT's default I/O charset in Debian's kernel: without
+		// it the installed system's boot partition does not mount (the
+		// robot's disk boot uses this initramfs too).
 		{"filesystems of the installed system (ext4 root, FAT boot partition)",
-			[]string{"ext4", "crc32c_generic", "vfat", "nls_cp437", "nls_iso8859-1"}},
+			[]string{"ext4", "crc32c_generic", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii"}},
 		// genet is bcmgenet's module; the Pi 4's PHY sits behind the
 		// unimac MDIO bus; macb is the Pi 5's Ethernet (through RP1).
 		{"network: the Pi 4's and Pi 5's Ethernet and USB Ethernet adapters",
