@@ -39,7 +39,7 @@ import (
 )
 
 var (
-	all          = flag.Bool("realboot.all", false, "both profiles and the held board (make vm-test); without it one LeKiwi board")
+	all          = flag.Bool("realboot.all", false, "an XLE board too (make vm-test); without it a LeKiwi board and a held one")
 	fixturesFlag = flag.String("realboot.fixtures", "", "fixtures prepared outside the namespace (set by the test itself)")
 )
 
@@ -165,14 +165,17 @@ func TestBareBoardToRobot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	f := newFloor(t, ctx)
-	boards := []*board{{name: "lekiwi", profile: "lekiwi", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x01},
-		serial: 0x5eb00001, revision: piRevision, buses: vmlab.LeKiwiBuses()}}
+	// A LeKiwi board and a board no profile fits (ten seconds of TCG) in
+	// make test; the XLE board too with -realboot.all.
+	boards := []*board{
+		{name: "lekiwi", profile: "lekiwi", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x01},
+			serial: 0x5eb00001, revision: piRevision, buses: vmlab.LeKiwiBuses()},
+		{name: "held", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x03},
+			serial: 0x5eb00003, revision: piRevision, buses: []vmlab.ServoBus{{IDs: []int{1, 2, 3, 4, 5}}}},
+	}
 	if *all {
-		boards = append(boards,
-			&board{name: "xle", profile: "xle", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x02},
-				serial: 0x5eb00002, revision: piRevision, buses: vmlab.XLEBuses()},
-			&board{name: "held", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x03},
-				serial: 0x5eb00003, revision: piRevision, buses: []vmlab.ServoBus{{IDs: []int{1, 2, 3, 4, 5}}}})
+		boards = append(boards, &board{name: "xle", profile: "xle", mac: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x5e, 0x00, 0x02},
+			serial: 0x5eb00002, revision: piRevision, buses: vmlab.XLEBuses()})
 	}
 	for _, b := range boards {
 		b.disk = sparseDisk(t, filepath.Join(f.dir, b.name+"-nvme.img"), 2<<30)
