@@ -39,7 +39,7 @@ func vmDir(t *testing.T) string {
 // builds them all as modules: NVMe, the xHCI controller with the USB core,
 // the FTDI serial driver, and virtio-net on virtio-pci. Their dependencies
 // (nvme-core, t10-pi, usb-common, usbserial, net_failover, failover,
-// virtio_pci_*_dev…) are resolved from each module's .modinfo.
+// virtio_pci_*_dev…) are resolved by image/kmod from each module's .modinfo.
 var smokeModules = []string{"nvme", "xhci_pci", "ftdi_sio", "virtio_pci", "virtio_net"}
 
 // kernelFixture is the Debian arm64 kernel, fetched into the lab's cache
@@ -68,12 +68,12 @@ func smokeInitramfs(t *testing.T, ctx context.Context, k fixture.Kernel) string 
 	if err != nil {
 		t.Fatal(err)
 	}
-	mods, err := k.ResolveModules(smokeModules...)
+	mods, err := k.Modules.Resolve(smokeModules...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "initrd.cpio")
-	if err := fixture.WriteInitramfs(out, init, mods); err != nil {
+	out := filepath.Join(dir, "initrd.cpio.gz")
+	if err := fixture.WriteInitramfs(out, init, k.Modules, mods); err != nil {
 		t.Fatal(err)
 	}
 	return out
