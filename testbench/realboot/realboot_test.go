@@ -574,6 +574,10 @@ func (r robotView) checkHardware(t *testing.T, b *board) {
 	}
 }
 
+// waitOnline waits until control's record of the robot is complete: online
+// (its hello committed), with the network and resources its first
+// telemetry brings — the record is checked as control holds it, not at the
+// first moment one field says online.
 func (f *floor) waitOnline(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM, timeout time.Duration) robotView {
 	t.Helper()
 	id := b.profile + "-" + b.serial.String()
@@ -584,7 +588,8 @@ func (f *floor) waitOnline(t *testing.T, ctx context.Context, b *board, vm *vmla
 		var doc json.RawMessage
 		lastErr = f.control.Admin().Do(ctx, "GET", "/v1/robots/"+id, nil, &doc)
 		if lastErr == nil {
-			if lastErr = json.Unmarshal(doc, &last); lastErr == nil && last.Status.State == "online" {
+			if lastErr = json.Unmarshal(doc, &last); lastErr == nil && last.Status.State == "online" &&
+				last.Network.MAC != "" && last.Resources.MemoryTotal > 0 {
 				return last
 			}
 		}
@@ -596,7 +601,7 @@ func (f *floor) waitOnline(t *testing.T, ctx context.Context, b *board, vm *vmla
 		case <-time.After(2 * time.Second):
 		}
 	}
-	t.Fatalf("%s: robot %s not online within %s (last: %+v, %v)", b.name, id, timeout, last, lastErr)
+	t.Fatalf("%s: robot %s not online with its network and resources within %s (last: %+v, %v)", b.name, id, timeout, last, lastErr)
 	return last
 }
 
