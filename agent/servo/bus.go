@@ -93,10 +93,16 @@ func (b *Bus) Ping(ctx context.Context, id int) (bool, error) {
 	}
 	n := 0
 	var corrupt error
-	for {
+	for last := false; ; {
+		if last {
+			return false, corrupt
+		}
+		// Once the deadline has passed, read once more without waiting:
+		// a process descheduled past its timeout (a loaded Pi) must not
+		// call a servo missing whose answer is already in the buffer.
 		left := time.Until(deadline)
 		if left <= 0 {
-			return false, corrupt
+			left, last = 0, true
 		}
 		if err := ctx.Err(); err != nil {
 			return false, err
