@@ -24,7 +24,9 @@ type UpdateArgs struct {
 	HealthTimeoutSeconds int `json:"health_timeout_seconds,omitempty"`
 	// HealthRetries is how many times the agent re-runs a failed trial-boot
 	// health check before rolling back (default 0: the first failure rolls
-	// back).
+	// back). A failure is an answer — a required unit failed, the health
+	// command exited non-zero; "not yet" (no session with control, a unit
+	// still starting) is waited out until HealthTimeoutSeconds.
 	HealthRetries int `json:"health_retries,omitempty"`
 	// Rollback asks the agent to go back to its previous slot (a deployment
 	// rolled back) instead of installing Release.

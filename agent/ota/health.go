@@ -9,6 +9,13 @@ import (
 	"strings"
 )
 
+// ErrUnhealthy marks a health check's answer "this robot is not healthy" —
+// a unit that failed, a health command that exited non-zero — as opposed
+// to "not yet" (no session with control yet, a unit still starting),
+// which a trial waits out until its timeout. A trial rolls back after
+// UpdateArgs.HealthRetries+1 such answers.
+var ErrUnhealthy = errors.New("unhealthy")
+
 // Check is one part of the trial boot's health check.
 type Check struct {
 	Name string
@@ -52,24 +59,32 @@ func SystemdActive(systemctl string, units ...string) Check {
 		// is-active prints one state per unit, in order.
 		states := strings.Fields(string(out))
 		var down []string
+		failed := false
 		for i, u := range units {
 			if i >= len(states) || states[i] != "active" {
 				st := "unknown"
 				if i < len(states) {
 					st = states[i]
 				}
+				failed = failed || st == "failed"
 				down = append(down, u+" is "+st)
 			}
 		}
 		if len(down) == 0 {
 			return fmt.Errorf("systemctl is-active: %w", err)
 		}
+		if failed {
+			// A failed unit is an answer; activating or inactive units
+			// may still come up.
+			return fmt.Errorf("%w: %s", ErrUnhealthy, strings.Join(down, ", "))
+		}
 		return errors.New(strings.Join(down, ", "))
 	}}
 }
 
 // Command runs argv (the profile's optional health command); a non-zero
-// exit fails the check with the end of its output as the reason.
+// exit fails the check (ErrUnhealthy) with the end of its output as the
+// reason.
 func Command(argv ...string) Check {
 	return Check{Name: "health command", Run: func(ctx context.Context) error {
 		if len(argv) == 0 {
@@ -88,6 +103,10 @@ func Command(argv ...string) Check {
 			name := strings.Join(argv, " ")
 			if len(argv) == 3 && argv[1] == "-c" {
 				name = argv[2]
+			}
+			var exit *exec.ExitError
+			if errors.As(err, &exit) && ctx.Err() == nil {
+				err = fmt.Errorf("%w: %w", ErrUnhealthy, err)
 			}
 			if tail != "" {
 				return fmt.Errorf("%q: %w: %s", name, err, tail)

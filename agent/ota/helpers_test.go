@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,6 +186,7 @@ type robot struct {
 	reports  []protocol.UpdateState
 	mu       sync.Mutex
 	tweak    func(*ota.Options) // applied to every agent's options
+	bootID   atomic.Value       // the firmware model's Boot.ID of the running boot
 }
 
 func newRobot(dev *powercut.Device, plan *layout.Plan, dir string) (*robot, error) {
@@ -207,6 +209,7 @@ func (r *robot) boot(want bootctl.Slot, trial bool) error {
 	if err != nil {
 		return err
 	}
+	r.bootID.Store(b.ID)
 	if b.Slot != want || b.Trial != trial {
 		return fmt.Errorf("the firmware booted %s (trial %v, %s), want %s (trial %v)", b.Slot, b.Trial, b.Reason, want, trial)
 	}
@@ -243,6 +246,10 @@ func (r *robot) newAgent(src ota.Source, health func(context.Context) error, key
 		// No timed progress reports: the tests compare the sequence of
 		// states, which a slow machine would otherwise pad with repeats.
 		ProgressInterval: time.Hour,
+		BootID: func() (string, error) {
+			id, _ := r.bootID.Load().(string) // "" before the first power-on
+			return id, nil
+		},
 	}
 	if r.tweak != nil {
 		r.tweak(&o)

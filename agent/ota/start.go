@@ -37,7 +37,9 @@ type Outcome struct {
 //     Commit the running slot and report committed; not: report
 //     rolled_back with the reason and Reboot(false) — the one-shot flag is
 //     gone, so the default (old) slot boots.
-//   - Running the old slot with an armed update recorded: the trial never
+//   - Running the old slot with an armed update recorded: in the boot that
+//     asked for the trial (same boot id), the reboot never happened:
+//     report failed, ReasonRebootNotMade; in a later boot the trial never
 //     reached the agent (watchdog reset, power cut): report rolled_back,
 //     ReasonTrialLost.
 //   - An install interrupted before it was armed: Outcome.Resume.
@@ -75,10 +77,13 @@ func (u *Updater) OnStart(ctx context.Context) (Outcome, error) {
 		if st.Booted != p.From {
 			return u.end(state, p, protocol.UpdateFailed, fmt.Sprintf("interrupted install of slot %s, but slot %s is running now", p.Slot, st.Booted))
 		}
-		return Outcome{Resume: &protocol.UpdateArgs{DeploymentID: p.DeploymentID, Release: p.Release, Version: p.Version, HealthTimeoutSeconds: p.HealthTimeoutSeconds}}, nil
+		return Outcome{Resume: &protocol.UpdateArgs{DeploymentID: p.DeploymentID, Release: p.Release, Version: p.Version,
+			HealthTimeoutSeconds: p.HealthTimeoutSeconds, HealthRetries: p.HealthRetries}}, nil
 	case st.Booted == p.Slot && st.Default == p.Slot:
 		// Committed, but the record was not cleared before a restart.
 		return u.endCommitted(state, p)
+	case st.Booted == p.From && p.BootID != "" && p.BootID == u.bootID():
+		return u.end(state, p, protocol.UpdateFailed, ReasonRebootNotMade+"; still running slot "+string(st.Booted))
 	case st.Booted == p.From:
 		if p.Rollback {
 			return u.end(state, p, protocol.UpdateFailed, "rollback: "+ReasonTrialLost+"; still running slot "+string(st.Booted))
@@ -103,7 +108,7 @@ func (u *Updater) settleTrial(ctx context.Context, st bootctl.Status, state *Sta
 	if p.HealthTimeoutSeconds > 0 {
 		timeout = time.Duration(p.HealthTimeoutSeconds) * time.Second
 	}
-	herr := u.healthy(ctx, timeout)
+	herr := u.healthy(ctx, timeout, p.HealthRetries)
 	if herr != nil && ctx.Err() != nil {
 		return Outcome{}, fmt.Errorf("trial of slot %s: health check interrupted: %w", st.Booted, ctx.Err())
 	}
@@ -131,18 +136,21 @@ func (u *Updater) settleTrial(ctx context.Context, st bootctl.Status, state *Sta
 	return out, nil
 }
 
-// healthy retries the health check until it passes or timeout ends. The
+// healthy retries the health check until it passes, until it has failed
+// (ErrUnhealthy) retries+1 times, or until timeout ends; a "not yet"
+// (no session with control, a unit still starting) only waits. The
 // failure reported is the last attempt that ran to its end: an attempt the
 // timeout cut short fails in whatever check it had reached (a killed
 // systemctl reads as every unit "unknown"), which is not why the robot is
 // unhealthy.
-func (u *Updater) healthy(ctx context.Context, timeout time.Duration) error {
+func (u *Updater) healthy(ctx context.Context, timeout time.Duration, retries int) error {
 	if u.o.Health == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var failure error
+	failures := 0
 	for {
 		err := u.o.Health(ctx)
 		if err == nil {
@@ -150,6 +158,11 @@ func (u *Updater) healthy(ctx context.Context, timeout time.Duration) error {
 		}
 		if ctx.Err() == nil || failure == nil {
 			failure = err
+		}
+		if ctx.Err() == nil && errors.Is(err, ErrUnhealthy) {
+			if failures++; failures > retries {
+				return fmt.Errorf("%w (%d failed checks; the update allows %d retries)", err, failures, retries)
+			}
 		}
 		t := time.NewTimer(u.o.HealthRetry)
 		select {
@@ -217,7 +230,8 @@ func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error 
 		cur.Version = u.o.CurrentVersion
 	}
 	state.Pending = &Pending{DeploymentID: args.DeploymentID, Version: rec.Version, Slot: prev, From: st.Booted,
-		Phase: phaseArmed, Rollback: true, HealthTimeoutSeconds: args.HealthTimeoutSeconds, Started: u.o.Now()}
+		Phase: phaseArmed, Rollback: true, HealthTimeoutSeconds: args.HealthTimeoutSeconds, HealthRetries: args.HealthRetries,
+		Started: u.o.Now(), BootID: u.bootID()}
 	if err := saveState(u.o.Store, state); err != nil {
 		return fail(err)
 	}

@@ -42,7 +42,13 @@ type Pending struct {
 	// command rather than a new release.
 	Rollback             bool      `json:"rollback,omitempty"`
 	HealthTimeoutSeconds int       `json:"health_timeout_seconds,omitempty"`
+	HealthRetries        int       `json:"health_retries,omitempty"`
 	Started              time.Time `json:"started"`
+	// BootID is the kernel's boot id (/proc/sys/kernel/random/boot_id)
+	// when the trial reboot was asked for. An agent that starts again
+	// under the same id knows no reboot happened: its request failed or
+	// it was killed making it — not a trial that never came up.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // SlotRecord is what the updater knows a slot holds.
@@ -81,8 +87,8 @@ func ParseState(b []byte) (*State, error) {
 		if p.Phase != phaseInstalling && p.Phase != phaseArmed {
 			return nil, fmt.Errorf("update state: unknown phase %q", p.Phase)
 		}
-		if p.HealthTimeoutSeconds < 0 {
-			return nil, fmt.Errorf("update state: negative health timeout %d", p.HealthTimeoutSeconds)
+		if p.HealthTimeoutSeconds < 0 || p.HealthRetries < 0 {
+			return nil, fmt.Errorf("update state: negative health timeout %d or retries %d", p.HealthTimeoutSeconds, p.HealthRetries)
 		}
 	}
 	for slot := range s.Slots {

@@ -116,7 +116,18 @@ func TestHealthComposer(t *testing.T) {
 	if err := SystemdActive(fake, "agent.service", "teleop.service").Run(ctx); err != nil {
 		t.Fatalf("active units: %v", err)
 	}
-	if err := SystemdActive(fake, "agent.service", "bad.service").Run(ctx); err == nil || err.Error() != "bad.service is failed" {
-		t.Fatalf("failed unit: %v", err)
+	if err := SystemdActive(fake, "agent.service", "bad.service").Run(ctx); !errors.Is(err, ErrUnhealthy) || !strings.HasSuffix(err.Error(), ": bad.service is failed") {
+		t.Fatalf("failed unit: %v; want ErrUnhealthy naming it", err)
+	}
+	// A unit still starting is "not yet", not a failure.
+	starting := filepath.Join(dir, "systemctl-starting")
+	if err := os.WriteFile(starting, []byte("#!/bin/sh\necho activating\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := SystemdActive(starting, "app.service").Run(ctx); err == nil || errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("activating unit: %v; want a plain not-yet error", err)
+	}
+	if err := Command("false").Run(ctx); !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("non-zero exit: %v; want ErrUnhealthy", err)
 	}
 }

@@ -3,6 +3,7 @@ package ota_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -149,5 +150,86 @@ func TestRollbackCommand(t *testing.T) {
 	}
 	if len(fresh.Writes()) != 0 {
 		t.Fatal("a refused rollback wrote to the disk")
+	}
+}
+
+// TestHealthRetries: a health check that answers "unhealthy" rolls the
+// trial back after HealthRetries+1 answers, well before the timeout; one
+// that says "not yet" is waited out until the timeout, however many
+// retries.
+func TestHealthRetries(t *testing.T) {
+	f := getFixture(t)
+	ctx := context.Background()
+	for _, retries := range []int{0, 2} {
+		t.Run(fmt.Sprintf("%d retries", retries), func(t *testing.T) {
+			dev := powercut.NewDevice(f.disk1(t), powercut.Fault{})
+			r, err := newRobot(dev, f.plan, t.TempDir())
+			must(t, "robot", err)
+			must(t, "power on", r.boot(bootctl.A, false))
+			r.tweak = func(o *ota.Options) { o.HealthTimeout = time.Minute }
+			args := f.args()
+			args.HealthRetries = retries
+			must(t, "install", r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, args))
+			must(t, "trial boot", r.boot(bootctl.B, true))
+			calls := 0
+			failing := func(context.Context) error {
+				calls++
+				return fmt.Errorf("services active: %w: robot-app.service is failed", ota.ErrUnhealthy)
+			}
+			start := time.Now()
+			out, err := r.agent(t, ota.DirSource{}, failing, f.key).OnStart(ctx)
+			must(t, "on start", err)
+			if calls != retries+1 {
+				t.Errorf("the health check ran %d times with %d retries; want %d", calls, retries, retries+1)
+			}
+			if el := time.Since(start); el > 30*time.Second {
+				t.Errorf("rolled back after %s: it waited for the timeout, not the answers", el)
+			}
+			last := r.last()
+			if out.State != protocol.UpdateRolledBack || !out.Rebooted || !strings.Contains(last.Reason, "robot-app.service is failed") ||
+				!strings.Contains(last.Reason, fmt.Sprintf("%d failed checks; the update allows %d retries", retries+1, retries)) {
+				t.Fatalf("outcome %+v, last report %+v", out, last)
+			}
+			must(t, "back on the old slot", r.boot(bootctl.A, false))
+		})
+	}
+	t.Run("not yet is waited out", func(t *testing.T) {
+		r, _ := installed(t, f)
+		calls := 0
+		notYet := func(context.Context) error { calls++; return errors.New("control reachable: no session yet") }
+		out, err := r.agent(t, ota.DirSource{}, notYet, f.key).OnStart(ctx)
+		must(t, "on start", err)
+		if out.State != protocol.UpdateRolledBack || calls < 3 || !strings.Contains(r.last().Reason, "not healthy within") {
+			t.Fatalf("outcome %+v after %d checks, last report %+v; want a rollback at the timeout", out, calls, r.last())
+		}
+	})
+}
+
+// TestRebootNeverMade: the agent asked for the trial reboot, and starts
+// again in the same boot (its request failed, or it was killed making it,
+// as a seccomp filter did on a real kernel). That is an update that
+// failed for its own reason — not a trial that never came up — and a new
+// update can run.
+func TestRebootNeverMade(t *testing.T) {
+	f := getFixture(t)
+	ctx := context.Background()
+	dev := powercut.NewDevice(f.disk1(t), powercut.Fault{})
+	r, err := newRobot(dev, f.plan, t.TempDir())
+	must(t, "robot", err)
+	must(t, "power on", r.boot(bootctl.A, false))
+	must(t, "install", r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, f.args()))
+	// No power-on: the agent restarts in the boot that asked.
+	out, err := r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx)
+	must(t, "on start", err)
+	last := r.last()
+	if out.State != protocol.UpdateFailed || last.State != protocol.UpdateFailed || !strings.HasPrefix(last.Reason, ota.ReasonRebootNotMade) ||
+		last.DeploymentID != "dep-1" {
+		t.Fatalf("outcome %+v, last report %+v; want failed, %q", out, last, ota.ReasonRebootNotMade)
+	}
+	// Settled: the next update is not refused as pending.
+	must(t, "install again", r.agent(t, ota.DirSource{}, nil, f.key).Install(ctx, f.args()))
+	must(t, "trial boot", r.boot(bootctl.B, true))
+	if out, err := r.agent(t, ota.DirSource{}, nil, f.key).OnStart(ctx); err != nil || out.State != protocol.UpdateCommitted {
+		t.Fatalf("second try: %+v, %v", out, err)
 	}
 }

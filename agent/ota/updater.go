@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,14 @@ const (
 // ReasonTrialLost is the rollback reason when the trial boot never reached
 // the agent: the watchdog reset a hung trial, or power was lost.
 const ReasonTrialLost = "trial boot did not come up (watchdog reset or power loss)"
+
+// ReasonRebootNotMade is the failure reason when the agent starts again
+// in the boot that asked for the trial reboot: the machine never
+// restarted, so the trial was never tried.
+const ReasonRebootNotMade = "the reboot into the trial never happened: the agent started again in the same boot (its reboot request failed or the agent was killed making it; see its journal)"
+
+// BootIDFile is where Linux gives the id of the running boot.
+const BootIDFile = "/proc/sys/kernel/random/boot_id"
 
 // Errors the updater returns for requests it refuses; check with errors.Is.
 var (
@@ -101,6 +110,10 @@ type Options struct {
 	// ProgressInterval spaces downloading/writing progress reports.
 	ProgressInterval time.Duration
 	Now              func() time.Time // default time.Now
+	// BootID returns the running boot's id; default reads BootIDFile.
+	// An error leaves the id unrecorded, and a restart in the same boot
+	// then reads as a trial that never came up.
+	BootID func() (string, error)
 }
 
 // Updater runs one update at a time.
@@ -145,6 +158,9 @@ func New(o Options) (*Updater, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.BootID == nil {
+		o.BootID = readBootID
 	}
 	if o.Report == nil {
 		o.Report = func(protocol.UpdateState) {}
@@ -192,7 +208,8 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 
 	// From here on the inactive slot is no longer a known version.
 	state.Pending = &Pending{DeploymentID: args.DeploymentID, Release: args.Release, Version: rel.Config.Version,
-		Slot: target, From: st.Booted, Phase: phaseInstalling, HealthTimeoutSeconds: args.HealthTimeoutSeconds, Started: u.o.Now()}
+		Slot: target, From: st.Booted, Phase: phaseInstalling, HealthTimeoutSeconds: args.HealthTimeoutSeconds,
+		HealthRetries: args.HealthRetries, Started: u.o.Now()}
 	// The running, default slot is complete by definition; its version is
 	// what the updater wrote there, or the image's.
 	from := state.slot(st.Booted)
@@ -221,6 +238,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	// hashes are the release's, as verified before the seed was carried.
 	rec.Complete, rec.SHA256 = true, hashes
 	state.Pending.Phase = phaseArmed
+	state.Pending.BootID = u.bootID()
 	if err := saveState(u.o.Store, state); err != nil {
 		return abandon(err)
 	}
@@ -496,6 +514,23 @@ type readerAt struct {
 }
 
 func (r readerAt) ReadAt(p []byte, off int64) (int, error) { return r.d.ReadAt(p, r.off+off) }
+
+// bootID is the running boot's id, or "" when it cannot be read.
+func (u *Updater) bootID() string {
+	id, err := u.o.BootID()
+	if err != nil {
+		return ""
+	}
+	return id
+}
+
+func readBootID() (string, error) {
+	b, err := os.ReadFile(BootIDFile)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
 
 // failed reports base as failed with err's reason and returns err.
 func (u *Updater) failed(base protocol.UpdateState, err error) error {

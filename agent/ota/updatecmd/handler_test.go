@@ -228,11 +228,12 @@ func (collector) Sample(context.Context) (protocol.Telemetry, error) {
 // robot is a modelled Pi (firmware, real rpi controller) whose disk and
 // persistent directory outlive each agent process.
 type robot struct {
-	dev  *powercut.Device
-	pi   *firmware.Pi
-	ctl  *rpi.Controller
-	dir  string
-	keys []ed25519.PublicKey
+	dev    *powercut.Device
+	pi     *firmware.Pi
+	ctl    *rpi.Controller
+	dir    string
+	keys   []ed25519.PublicKey
+	bootID string // the firmware model's id of the running boot
 }
 
 func newRobot(t *testing.T, f *fixture) *robot {
@@ -255,6 +256,7 @@ func (r *robot) boot(t *testing.T, want bootctl.Slot, trial bool) {
 	t.Helper()
 	b, err := r.pi.Boot()
 	must(t, "boot", err)
+	r.bootID = b.ID
 	if b.Slot != want || b.Trial != trial {
 		t.Fatalf("the firmware booted %s (trial %v, %s), want %s (trial %v)", b.Slot, b.Trial, b.Reason, want, trial)
 	}
@@ -284,7 +286,7 @@ func (r *robot) start(t *testing.T, c *control) *process {
 		HealthTimeout: 10 * time.Second, HealthRetry: 20 * time.Millisecond, RetryDelay: time.Millisecond,
 		// No timed progress reports: the tests compare the sequence of
 		// states, which a slow machine would otherwise pad with repeats.
-		ProgressInterval: time.Hour})
+		ProgressInterval: time.Hour, BootID: func() (string, error) { return r.bootID, nil }})
 	must(t, "updater", err)
 	a, err = agent.New(agent.Options{RobotID: "lekiwi-7", RobotType: protocol.RobotLeKiwi, Servers: []string{c.url()},
 		Queue: q, Collector: collector{}, AgentVersion: "1.2", FirstReconnectJitter: -1, Logger: log,

@@ -52,6 +52,9 @@ type Boot struct {
 	// Reason says why this slot: "default" or "tryboot", plus any failed
 	// attempt that led here.
 	Reason string
+	// ID is the kernel's boot id for this power-on or reset (what
+	// /proc/sys/kernel/random/boot_id reads): new at every Pi.Boot.
+	ID string
 }
 
 // Autoboot is the firmware's reading of autoboot.txt for one boot mode.

@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"strconv"
@@ -117,6 +118,7 @@ func (p *Pi) bootLocked() (Boot, error) {
 			return Boot{}, err
 		}
 	}
+	b.ID = rand.Text()
 	p.running = &b
 	p.lastKick = p.now
 	p.boots = append(p.boots, b)
