@@ -210,3 +210,55 @@ func TestFromDisk(t *testing.T) {
 		t.Errorf("normal boot after the rewrite: %+v, %v", b, err)
 	}
 }
+
+// TestFirmwareTryboot: the flag follows the kernel's restart line, lasts
+// one boot, and a power cut or a restart without the argument clears it.
+func TestFirmwareTryboot(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "mdir", "mcopy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (apt-get install fdisk mtools)", tool)
+		}
+	}
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{Boot: map[string][]byte{
+		"config.txt":  []byte("kernel=vmlinuz\n"),
+		"cmdline.txt": []byte("console=serial0,115200 rootwait\n"),
+		"vmlinuz":     []byte("kernel"),
+	}})
+	ctx := context.Background()
+	fw := &piboot.Firmware{Disk: img.Path, Board: piboot.Board{Revision: pi5, Tryboot: true}}
+	boot := func(want int, trial bool) {
+		t.Helper()
+		b, err := fw.PowerOn(ctx, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Partition != want || b.Tryboot != trial {
+			t.Fatalf("booted partition %d (tryboot %v), want %d (tryboot %v)", b.Partition, b.Tryboot, want, trial)
+		}
+	}
+	trybootConsole := []string{"[   41.2] systemd-shutdown[1]: Rebooting with argument '0 tryboot'.", "[   41.3] reboot: Restarting system with command '0 tryboot'"}
+	boot(layout.BootA, false) // Board.Tryboot is not the firmware's flag
+	for _, tc := range []struct {
+		name      string
+		console   []string
+		restarted bool
+		next      int
+		trial     bool
+	}{
+		{"restart with tryboot", trybootConsole, true, layout.BootB, true},
+		{"plain restart", []string{"reboot: Restarting system"}, true, layout.BootA, false},
+		{"restart with another argument", []string{"reboot: Restarting system with command 'recovery'"}, true, layout.BootA, false},
+		{"the last restart counts", append(append([]string(nil), trybootConsole...), "reboot: Restarting system"), true, layout.BootA, false},
+		{"power off", []string{"reboot: Power down"}, false, layout.BootA, false},
+	} {
+		if got := fw.Restarted(tc.console); got != tc.restarted || fw.Tryboot() != tc.trial {
+			t.Errorf("%s: Restarted = %v, flag %v; want %v, %v", tc.name, got, fw.Tryboot(), tc.restarted, tc.trial)
+		}
+		boot(tc.next, tc.trial)
+		// One boot only: the next one is the default again.
+		boot(layout.BootA, false)
+	}
+	fw.Restarted(trybootConsole)
+	fw.PowerCut()
+	boot(layout.BootA, false)
+}
