@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,7 @@ var (
 type fixtures struct {
 	Dir                                string
 	Agent, Control, Netboot, Provision string
+	Agent2                             string   // release 2's agent: a newer version
 	Debs                               []string // the kit's sources
 	Base                               string   // the robot image's root tarball
 }
@@ -58,9 +60,11 @@ func prepare(t *testing.T, ctx context.Context) string {
 	fx := fixtures{Dir: dir}
 	start := time.Now()
 	bin := filepath.Join(dir, "bin")
-	fx.Agent = filepath.Join(bin, "agent-linux-arm64")
-	if err := fixture.BuildGuestBinary(ctx, "github.com/lekiwi/heartbeat/cmd/agent", fx.Agent); err != nil {
-		t.Fatal(err)
+	fx.Agent, fx.Agent2 = filepath.Join(bin, "agent-linux-arm64"), filepath.Join(bin, "agent2-linux-arm64")
+	for _, a := range []struct{ out, version string }{{fx.Agent, agent1Version}, {fx.Agent2, agent2Version}} {
+		if err := fixture.BuildGuestBinary(ctx, "github.com/lekiwi/heartbeat/cmd/agent", a.out, a.version); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var err error
 	if fx.Control, err = lab.ControlBinary(ctx, bin); err != nil {
@@ -139,6 +143,9 @@ type floor struct {
 	log     *os.File
 	steps   *stepClock
 	mapped  map[string]int64 // bytes of data in each profile's image (its block map)
+	// release2 is the LeKiwi image's next release in control's registry
+	// (host/repo@digest), which the LeKiwi board updates to.
+	release2 string
 }
 
 func TestBareBoardToRobot(t *testing.T) {
@@ -302,12 +309,19 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 	copyFile(t, filepath.Join(kitDir, kit.Initramfs), filepath.Join(bootDir, "initrd.img"))
 	writeFile(t, filepath.Join(bootDir, "config.txt"), "arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\nenable_uart=1\n")
 	writeFile(t, filepath.Join(bootDir, "cmdline.txt"), "console=serial0,115200 rootwait\n")
+	// The release signing key, as an engineer makes it; images trust it.
+	releaseKey := filepath.Join(dir, "release.key")
+	run(t, ctx, logf, provisionBin, "release", "keygen", "--out", releaseKey)
+	buildImage := func(profile, agent, version string, epoch int64, img string) {
+		runWith(t, ctx, logf, []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(epoch, 10)}, provisionBin, "image", "build",
+			"--base", base, "--firmware", bootDir, "--profile", profile, "--agent", agent, "--control-url", f.control.URL(),
+			"--update-key", releaseKey+".pub", "--version", version, "--boot-size", "64", "--out", img)
+	}
 	images := map[string]string{}
 	for _, profile := range []string{"lekiwi", "xle"} {
 		img := filepath.Join(dir, "images", profile+".img")
 		imgStart := time.Now()
-		run(t, ctx, logf, provisionBin, "image", "build", "--base", base, "--firmware", bootDir, "--profile", profile,
-			"--agent", agent, "--control-url", f.control.URL(), "--version", imageVersion, "--boot-size", "64", "--out", img)
+		buildImage(profile, agent, imageVersion, release1Epoch, img)
 		images[profile] = img
 		f.mapped[profile] = mappedBytes(t, img)
 		t.Logf("%s image built in %s", profile, time.Since(imgStart).Round(100*time.Millisecond))
@@ -315,6 +329,12 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 			break
 		}
 	}
+	// Release 2 of the LeKiwi image, in control's registry.
+	img2 := filepath.Join(dir, "images", "lekiwi-2.img")
+	imgStart := time.Now()
+	buildImage("lekiwi", fx.Agent2, release2Version, release2Epoch, img2)
+	t.Logf("lekiwi release 2 image built in %s", time.Since(imgStart).Round(100*time.Millisecond))
+	f.release2 = f.pushRelease2(t, ctx, provisionBin, img2, releaseKey, filepath.Join(caDir, "ca.crt"))
 
 	// The station's node certificate, as `provision ca issue-node` makes it.
 	certPEM, keyPEM, err := ca.IssueNode(pki.NodeRequest{Name: "station-1"}, time.Now())
@@ -416,7 +436,9 @@ func (f *floor) provision(t *testing.T, ctx context.Context, b *board) {
 	clock.mark("reboot", time.Now())
 
 	// Power on again: the lab's firmware reads the installed disk.
-	b2, err := piboot.FromDisk(ctx, b.disk, piboot.DiskOptions{Dir: t.TempDir(), Board: piboot.Board{Revision: b.revision, Serial: b.serial}})
+	fw := &piboot.Firmware{Disk: b.disk, Board: piboot.Board{Revision: b.revision, Serial: b.serial}}
+	fw.Restarted(consoleText(vm))
+	b2, err := fw.PowerOn(ctx, t.TempDir())
 	if err != nil {
 		t.Fatalf("%s: boot from the installed disk: %v", b.name, err)
 	}
@@ -435,6 +457,9 @@ func (f *floor) provision(t *testing.T, ctx context.Context, b *board) {
 	clock.mark("online", time.Now())
 	robot.checkHardware(t, b)
 	t.Logf("%s: robot %s online %s after power-on: %s", b.name, robot.ID, time.Since(power).Round(time.Second), robot.summary())
+	if b.profile == "lekiwi" {
+		f.update(t, ctx, b, vm2, fw, clock)
+	}
 }
 
 // expectHeld checks a board no profile fits: the station holds it with the
@@ -668,7 +693,14 @@ func freePort(t *testing.T, ip netip.Addr) uint16 {
 
 func run(t *testing.T, ctx context.Context, log *os.File, bin string, args ...string) {
 	t.Helper()
+	runWith(t, ctx, log, nil, bin, args...)
+}
+
+// runWith runs bin with env added to the test's environment.
+func runWith(t *testing.T, ctx context.Context, log *os.File, env []string, bin string, args ...string) {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	log.Write(out)
 	if err != nil {

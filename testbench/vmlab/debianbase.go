@@ -30,9 +30,11 @@ type DebianBase struct {
 }
 
 // DefaultBasePackages make a root systemd boots with: udev for device
-// units (fstab waits on them), D-Bus for the agent's view of services,
-// iproute2 and kmod for a technician.
-var DefaultBasePackages = []string{"systemd", "systemd-sysv", "udev", "dbus", "iproute2", "kmod"}
+// units (fstab waits on them), D-Bus for the agent's view of services and
+// its reboots through logind, iproute2 and kmod for a technician, and
+// openssh-server because the robot profiles require ssh.service (the
+// trial boot's health check waits for it, as on a real robot).
+var DefaultBasePackages = []string{"systemd", "systemd-sysv", "udev", "dbus", "iproute2", "kmod", "openssh-server"}
 
 // networkUnit makes every wired link ask for an address by DHCP.
 const networkUnit = `[Match]

@@ -61,7 +61,7 @@ func smokeInitramfs(t *testing.T, ctx context.Context, k fixture.Kernel) string 
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "init")
-	if err := fixture.BuildGuestBinary(ctx, "github.com/lekiwi/heartbeat/testbench/vmlab/internal/smokeinit", bin); err != nil {
+	if err := fixture.BuildGuestBinary(ctx, "github.com/lekiwi/heartbeat/testbench/vmlab/internal/smokeinit", bin, ""); err != nil {
 		t.Fatal(err)
 	}
 	init, err := os.ReadFile(bin)

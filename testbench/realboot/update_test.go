@@ -1,0 +1,355 @@
+package realboot_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/control/api"
+	"github.com/lekiwi/heartbeat/control/deploy"
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/protocol"
+	"github.com/lekiwi/heartbeat/testbench/vmlab"
+	"github.com/lekiwi/heartbeat/testbench/vmlab/piboot"
+)
+
+// The two releases of the robot image: release 1 is what the factory
+// installs, release 2 differs in its agent (a newer version string) and
+// its image.json. Their build times are fixed so that release 2 is the
+// newer one, whatever order the files were built in.
+const (
+	release2Version = "realboot-2"
+	agent1Version   = "1.0.0-lab"
+	agent2Version   = "1.0.1-lab"
+	release1Epoch   = 1767225600 // 2026-01-01
+	release2Epoch   = release1Epoch + 86400
+)
+
+// pushRelease2 makes release 2 as an engineer does — `provision release
+// create`, `sign`, `push` to control's registry with an engineer's token —
+// and returns its reference by digest.
+func (f *floor) pushRelease2(t *testing.T, ctx context.Context, provisionBin, img, key, caFile string) string {
+	t.Helper()
+	start := time.Now()
+	rel := filepath.Join(f.dir, "release-2")
+	run(t, ctx, f.log, provisionBin, "release", "create", "--image", img, "--version", release2Version, "--profile", "lekiwi", "--out", rel)
+	run(t, ctx, f.log, provisionBin, "release", "sign", "--key", key, rel)
+	var created api.TokenCreated
+	if err := f.control.Admin().Do(ctx, "POST", "/v1/tokens", api.TokenRequest{Name: "realboot-engineer", Role: "engineer"}, &created); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(f.dir, "engineer.token")
+	writeFile(t, tokenFile, created.Token+"\n")
+	host := strings.TrimPrefix(f.control.URL(), "https://")
+	cmd := exec.CommandContext(ctx, provisionBin, "release", "push", "--token-file", tokenFile, "--ca-file", caFile, rel, host+"/lekiwi/os:"+release2Version)
+	cmd.Stderr = f.log
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("provision release push: %v", err)
+	}
+	digest := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(digest, "sha256:") {
+		t.Fatalf("provision release push printed %q, want a digest", out)
+	}
+	t.Logf("release %s created, signed and pushed in %s", release2Version, time.Since(start).Round(100*time.Millisecond))
+	return host + "/lekiwi/os@" + digest
+}
+
+// trybootLine is the kernel's last word when the agent asked for the
+// trial through systemd: systemd-shutdown passes logind's reboot
+// parameter to reboot(2).
+var trybootLine = regexp.MustCompile(`reboot: Restarting system with command '0 tryboot'`)
+
+// update takes the online robot on vm from release 1 to release 2 through
+// control's deployment engine, with the lab playing the firmware's
+// tryboot, and checks the result as control reports it and as third-party
+// tools read the disk.
+func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM, fw *piboot.Firmware, clock *boardClock) {
+	id := b.profile + "-" + b.serial.String()
+	var d deploy.Deployment
+	spec := deploy.Spec{Release: f.release2, Version: release2Version, Target: deploy.Target{Profile: b.profile, RobotIDs: []string{id}},
+		Strategy: deploy.Rolling, BatchSize: deploy.Size{Count: 1}, Health: deploy.Health{TimeoutSeconds: 600}, UpdateTimeoutSeconds: 3600}
+	if err := f.control.Admin().Do(ctx, "POST", "/v1/deployments", spec, &d); err != nil {
+		t.Fatalf("create the deployment: %v", err)
+	}
+	start := time.Now()
+
+	// The agent downloads, writes slot B, arms the trial and asks systemd
+	// for the reboot: services stop in order, then the kernel restarts
+	// with the tryboot argument.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+	_, err := vm.WaitFor(wctx, trybootLine)
+	cancel()
+	if err != nil {
+		t.Fatalf("%s: no trial reboot: %v (deployment %s)\n%s", b.name, err, f.deploymentSummary(ctx, d.ID), tail(filepath.Join(vm.Dir, "console.log"), 40))
+	}
+	clock.mark("written", time.Now())
+	if err := vm.Wait(ctx); err != nil {
+		t.Fatalf("%s: the VM did not restart: %v", b.name, err)
+	}
+	lines := consoleText(vm)
+	if !fw.Restarted(lines) || !fw.Tryboot() {
+		t.Fatalf("%s: the console's last restart did not ask for tryboot", b.name)
+	}
+	// Orderly: systemd stopped the agent's unit before the restart
+	// (a bare reboot(2) stops nothing).
+	if !anyLine(lines, regexp.MustCompile(`Stopped .*lekiwi-agent\.service|Stopped Lekiwi Heartbeat robot agent`)) ||
+		!anyLine(lines, regexp.MustCompile(`systemd-shutdown\[1\]: `)) {
+		t.Errorf("%s: the trial reboot did not go through systemd's shutdown (no stopped agent unit, no systemd-shutdown):\n%s", b.name, tail(filepath.Join(vm.Dir, "console.log"), 30))
+	}
+
+	// The trial: the firmware's next boot, and only that one, is slot B.
+	trial, err := fw.PowerOn(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("%s: trial boot: %v", b.name, err)
+	}
+	if trial.Partition != layout.BootB || !trial.Tryboot {
+		t.Fatalf("%s: the trial boot chose partition %d (tryboot %v), want boot_b (%d) on tryboot", b.name, trial.Partition, trial.Tryboot, layout.BootB)
+	}
+	vm3 := vmlab.StartTest(t, ctx, vmlab.Config{Dir: t.TempDir(),
+		Kernel: trial.Kernel, Initramfs: trial.Initramfs, Cmdline: trial.Cmdline,
+		DeviceTree: b.deviceTree(trial.Bootloader()),
+		Disk:       &vmlab.Disk{Path: b.disk},
+		NIC:        &vmlab.NIC{MAC: b.mac, Bridge: f.lan.StationIf},
+		ServoBuses: b.buses,
+		Timeout:    20 * time.Minute,
+	})
+
+	// Control's view: the deployment succeeded with the robot committed,
+	// and the robot reports release 2's image.
+	got := f.waitDeployment(t, ctx, d.ID, vm3, 15*time.Minute)
+	clock.mark("committed", time.Now())
+	if got.State != deploy.StateCompleted || len(got.Robots) != 1 || got.Robots[0].State != deploy.RobotSucceeded ||
+		got.Robots[0].UpdateState != protocol.UpdateCommitted {
+		t.Fatalf("%s: deployment %s: %s", b.name, d.ID, f.deploymentSummary(ctx, d.ID))
+	}
+	f.waitImage(t, ctx, id, release2Version, vm3, 5*time.Minute)
+	t.Logf("%s: updated to %s and committed %s after the deployment was created", b.name, release2Version, time.Since(start).Round(time.Second))
+
+	// Power cut right after the commit; the next plain power-on boots
+	// slot B.
+	vm3.Close()
+	fw.PowerCut()
+	next, err := fw.PowerOn(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("%s: power-on after the commit: %v", b.name, err)
+	}
+	if next.Partition != layout.BootB || next.Tryboot {
+		t.Errorf("%s: the power-on after the commit chose partition %d (tryboot %v), want boot_b by default", b.name, next.Partition, next.Tryboot)
+	}
+	f.checkDiskAfterUpdate(t, ctx, b)
+}
+
+// waitDeployment polls control until the deployment is in a final state.
+func (f *floor) waitDeployment(t *testing.T, ctx context.Context, id string, vm *vmlab.VM, timeout time.Duration) deploy.Deployment {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var d deploy.Deployment
+	for {
+		err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+id, nil, &d)
+		if err == nil && (d.State == deploy.StateCompleted || d.State == deploy.StatePaused || d.State == deploy.StateAborted ||
+			d.State == deploy.StateRolledBack) {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment %s not final within %s: %s (%v)\n%s", id, timeout, f.deploymentSummary(ctx, id), err, tail(filepath.Join(vm.Dir, "console.log"), 40))
+		}
+		select {
+		case <-vm.Exited():
+			t.Fatalf("the robot's VM stopped during deployment %s: %s\n%s", id, f.deploymentSummary(ctx, id), tail(filepath.Join(vm.Dir, "console.log"), 60))
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// waitImage polls control's robot record until it reports the image
+// version (the agent's hello after its start on the new slot).
+func (f *floor) waitImage(t *testing.T, ctx context.Context, id, version string, vm *vmlab.VM, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var r robotView
+	for {
+		var doc json.RawMessage
+		err := f.control.Admin().Do(ctx, "GET", "/v1/robots/"+id, nil, &doc)
+		if err == nil && json.Unmarshal(doc, &r) == nil && r.Deployment.Image.Version == version && r.Status.State == "online" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("robot %s does not report image %s within %s: %+v (%v)", id, version, timeout, r, err)
+		}
+		select {
+		case <-vm.Exited():
+			t.Fatalf("the robot's VM stopped before it reported image %s", version)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// deploymentSummary is the deployment as control shows it, for failures.
+func (f *floor) deploymentSummary(ctx context.Context, id string) string {
+	var doc json.RawMessage
+	if err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+id, nil, &doc); err != nil {
+		return err.Error()
+	}
+	return string(doc)
+}
+
+// checkDiskAfterUpdate reads the disk with Debian's tools, not the
+// project's: the partition table as built, autoboot.txt naming slot B by
+// default and A for a trial, the FAT partitions clean, both system slots
+// consistent ext4 holding their releases.
+func (f *floor) checkDiskAfterUpdate(t *testing.T, ctx context.Context, b *board) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "sfdisk", "--json", b.disk).Output()
+	if err != nil {
+		t.Fatalf("sfdisk --json %s: %v", b.disk, err)
+	}
+	var table struct {
+		PartitionTable struct {
+			Label      string `json:"label"`
+			SectorSize int64  `json:"sectorsize"`
+			Partitions []struct {
+				Start int64  `json:"start"`
+				Size  int64  `json:"size"`
+				Name  string `json:"name"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal(out, &table); err != nil {
+		t.Fatal(err)
+	}
+	pt := table.PartitionTable
+	sector := pt.SectorSize
+	if sector == 0 {
+		sector = 512
+	}
+	part := map[string][2]int64{} // name → offset, size in bytes
+	for _, p := range pt.Partitions {
+		part[p.Name] = [2]int64{p.Start * sector, p.Size * sector}
+	}
+	for _, name := range []string{"bootconfig", "boot_a", "boot_b", "system_a", "system_b"} {
+		if _, ok := part[name]; !ok {
+			t.Fatalf("sfdisk: no partition %q on the updated disk: %s", name, out)
+		}
+	}
+	if pt.Label != "gpt" {
+		t.Errorf("sfdisk: partition table %q, want gpt", pt.Label)
+	}
+	mtype := exec.CommandContext(ctx, "mtype", "-i", b.disk+"@@"+strconv.FormatInt(part["bootconfig"][0], 10), "::autoboot.txt")
+	mtype.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	auto, err := mtype.Output()
+	if err != nil {
+		t.Fatalf("mtype autoboot.txt: %v", err)
+	}
+	a, err := piboot.ParseAutoboot(string(auto), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := piboot.ParseAutoboot(string(auto), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Partition != layout.BootB || tb.Partition != layout.BootA {
+		t.Errorf("autoboot.txt after the commit names boot partition %d by default and %d for a trial; want %d and %d:\n%s",
+			a.Partition, tb.Partition, layout.BootB, layout.BootA, auto)
+	}
+	for _, name := range []string{"bootconfig", "boot_a", "boot_b"} {
+		checkTool(t, ctx, b.disk, part[name], name, "fsck.fat", "-n")
+	}
+	for name, version := range map[string]string{"system_a": imageVersion, "system_b": release2Version} {
+		img := extract(t, b.disk, part[name], name)
+		// The trial and the committed boot ran slot B read-write and the
+		// lab cut its power: replay its journal first, as the next mount
+		// would, on a copy.
+		if out, err := exec.CommandContext(ctx, "e2fsck", "-fy", img).CombinedOutput(); err != nil {
+			// Exit status 1: errors corrected (the journal replayed).
+			if exit := (*exec.ExitError)(nil); !errors.As(err, &exit) || exit.ExitCode() > 1 {
+				t.Errorf("e2fsck -fy %s: %v\n%s", name, err, out)
+			}
+		}
+		if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", img).CombinedOutput(); err != nil {
+			t.Errorf("e2fsck -fn %s: %v\n%s", name, err, out)
+		}
+		info, err := exec.CommandContext(ctx, "debugfs", "-R", "cat /"+layout.ImageInfoPath, img).Output()
+		if err != nil {
+			t.Fatalf("debugfs %s: %v", name, err)
+		}
+		if ii, err := layout.ParseImageInfo(info); err != nil || ii.Version != version {
+			t.Errorf("%s holds image %q (%v), want %s", name, ii.Version, err, version)
+		}
+		os.Remove(img)
+	}
+}
+
+// extract copies a partition out of the disk image, sparsely, so that the
+// checkers read it as a file of its own.
+func extract(t *testing.T, disk string, p [2]int64, name string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), name+".img")
+	cmd := exec.Command("dd", "if="+disk, "of="+out, "bs=1M", "iflag=skip_bytes,count_bytes", "conv=sparse",
+		"skip="+strconv.FormatInt(p[0], 10), "count="+strconv.FormatInt(p[1], 10), "status=none")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("dd %s: %v: %s", name, err, b)
+	}
+	return out
+}
+
+func checkTool(t *testing.T, ctx context.Context, disk string, p [2]int64, name string, tool string, args ...string) {
+	t.Helper()
+	img := extract(t, disk, p, name)
+	defer os.Remove(img)
+	if out, err := exec.CommandContext(ctx, tool, append(args, img)...).CombinedOutput(); err != nil {
+		t.Errorf("%s %s %s: %v\n%s", tool, strings.Join(args, " "), name, err, out)
+	}
+}
+
+func consoleText(vm *vmlab.VM) []string {
+	var out []string
+	for _, l := range vm.Console.Lines() {
+		out = append(out, l.Text)
+	}
+	return out
+}
+
+func anyLine(lines []string, re *regexp.Regexp) bool {
+	for _, l := range lines {
+		if re.MatchString(l) {
+			return true
+		}
+	}
+	return false
+}
+
+// A release whose trial fails, and one whose trial hangs: the boot files
+// of release 2 with one change each to the kernel command line, so their
+// slots differ from release 2's only in cmdline.txt.
+const (
+	// release 3 masks a service the LeKiwi profile requires (ssh): the
+	// trial boots, the agent connects, its health check never passes.
+	release3Version = "realboot-3-no-ssh"
+	release3Cmdline = "systemd.mask=ssh.service"
+	// release 4's trial never reaches userspace: init exits at once and
+	// the kernel hangs in its panic, as a broken root would.
+	release4Version = "realboot-4-hangs"
+	release4Cmdline = "init=/bin/false"
+)
+
+// watchdogFed is the console line after which the lab's watchdog counts a
+// boot alive: systemd has started the agent. On a Pi, systemd feeds the
+// hardware watchdog from early boot; a boot that hangs before then is
+// reset.
+var watchdogFed = regexp.MustCompile(`Started lekiwi-agent\.service|Started Lekiwi Heartbeat robot agent`)
+
+// labWatchdog is how long a trial boot may take to start the agent under
+// TCG before the lab resets it (the real boot takes about a minute).
+const labWatchdog = 6 * time.Minute
