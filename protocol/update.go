@@ -31,6 +31,11 @@ type UpdateArgs struct {
 	// Rollback asks the agent to go back to its previous slot (a deployment
 	// rolled back) instead of installing Release.
 	Rollback bool `json:"rollback,omitempty"`
+	// AllowDowngrade: an engineer asked to install an older release on
+	// purpose. Without it the agent refuses a release whose security
+	// version is below its floor (the highest it committed, or the build
+	// time of the image it runs). Installing one does not lower the floor.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 }
 
 // Update states, in order; failed and rolled_back end an update.

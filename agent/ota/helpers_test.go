@@ -138,10 +138,15 @@ func buildFixture() (*fixture, error) {
 	return f, nil
 }
 
+// fixtureBuilt is the test images' build time (SOURCE_DATE_EPOCH, Unix
+// seconds). Both share it, so image 1 (the robot's) and the release of
+// image 2 have the same security version: an update, not a downgrade.
+const fixtureBuilt int64 = 1715000000
+
 // buildImage builds a small lekiwi image with files in its root; every
 // build input that feeds the seed is the same for all calls.
 func buildImage(dir, name string, files map[string][]byte) (string, *layout.Plan, error) {
-	img, err := imagetest.Make(dir, imagetest.Options{Name: name, Root: files, Description: "updater test",
+	img, err := imagetest.Make(dir, imagetest.Options{Name: name, Root: files, Description: "updater test", Epoch: time.Unix(fixtureBuilt, 0),
 		Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
 	return img.Path, img.Plan, err
 }
@@ -234,6 +239,7 @@ func (r *robot) newAgent(src ota.Source, health func(context.Context) error, key
 	o := ota.Options{
 		Boot: r.ctl, Disk: r.dev, DiskSize: r.dev.Size(), TrustedKeys: pubs, Source: src,
 		Store: cutStore{ota.FileStore{Path: filepath.Join(r.stateDir, ota.StateFile)}, r.dev}, CacheDir: r.cacheDir, Profile: "lekiwi", AgentVersion: "1.2", CurrentVersion: "1",
+		CurrentSecurityVersion: fixtureBuilt, // image 1's image.json, as ota.OpenPi reads it
 		Report: func(s protocol.UpdateState) {
 			if r.dev.IsCut() {
 				return // the machine is off: nothing leaves it

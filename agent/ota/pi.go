@@ -22,7 +22,7 @@ import (
 type PiOptions struct {
 	KeysDir, StateDir, CacheDir string
 	Disk                        string // "" finds the disk holding the root filesystem
-	ImageInfo                   string // image.json: version and profile
+	ImageInfo                   string // image.json: version, profile and build time (the security floor)
 	HealthCommand               string // "" uses the profile's
 	AgentVersion                string
 	Roots                       rpi.Roots
@@ -95,7 +95,7 @@ func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
 	u, err = New(Options{Boot: ctl, Disk: disk, DiskSize: size, TrustedKeys: keys,
 		Source:   RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: o.Transport}},
 		StateDir: o.StateDir, CacheDir: o.CacheDir, Profile: info.Profile, AgentVersion: o.AgentVersion, CurrentVersion: info.Version,
-		Report: o.Report,
+		CurrentSecurityVersion: info.Created, Report: o.Report,
 		Health: RobotHealth(RobotHealthOptions{Connected: o.Connected, RequiredUnits: prof.Services.Required, Command: command, CommandTimeout: prof.Health.Timeout}),
 	})
 	if err != nil {

@@ -78,7 +78,7 @@ func (u *Updater) OnStart(ctx context.Context) (Outcome, error) {
 			return u.end(state, p, protocol.UpdateFailed, fmt.Sprintf("interrupted install of slot %s, but slot %s is running now", p.Slot, st.Booted))
 		}
 		return Outcome{Resume: &protocol.UpdateArgs{DeploymentID: p.DeploymentID, Release: p.Release, Version: p.Version,
-			HealthTimeoutSeconds: p.HealthTimeoutSeconds, HealthRetries: p.HealthRetries}}, nil
+			HealthTimeoutSeconds: p.HealthTimeoutSeconds, HealthRetries: p.HealthRetries, AllowDowngrade: p.AllowDowngrade}}, nil
 	case st.Booted == p.Slot && st.Default == p.Slot:
 		// Committed, but the record was not cleared before a restart.
 		return u.endCommitted(state, p)
@@ -183,6 +183,11 @@ func (u *Updater) endCommitted(state *State, p *Pending) (Outcome, error) {
 	if p.Rollback {
 		return u.end(state, p, protocol.UpdateRolledBack, fmt.Sprintf("rolled back to version %s (slot %s) on request", p.Version, p.Slot))
 	}
+	// Only upwards: a downgrade committed on request keeps the floor where
+	// it was, so the next ordinary update is still held to the highest
+	// security version this robot ever committed, not to the old release
+	// it now runs.
+	state.SecurityFloor = max(state.SecurityFloor, p.SecurityVersion)
 	return u.end(state, p, protocol.UpdateCommitted, "")
 }
 
@@ -232,6 +237,9 @@ func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error 
 	state.Pending = &Pending{DeploymentID: args.DeploymentID, Version: rec.Version, Slot: prev, From: st.Booted,
 		Phase: phaseArmed, Rollback: true, HealthTimeoutSeconds: args.HealthTimeoutSeconds, HealthRetries: args.HealthRetries,
 		Started: u.o.Now(), BootID: u.bootID()}
+	// Going back is an engineer's explicit act and is not checked against
+	// the floor; the floor keeps the image it leaves.
+	state.SecurityFloor = u.floor(state)
 	if err := saveState(u.o.Store, state); err != nil {
 		return fail(err)
 	}

@@ -49,6 +49,12 @@ type Pending struct {
 	// under the same id knows no reboot happened: its request failed or
 	// it was killed making it — not a trial that never came up.
 	BootID string `json:"boot_id,omitempty"`
+	// SecurityVersion is the release's (release.Config.SecurityVersion):
+	// its commit raises State.SecurityFloor to it.
+	SecurityVersion int64 `json:"security_version,omitempty"`
+	// AllowDowngrade is the command's: an install resumed after a restart
+	// is allowed what the interrupted one was.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 }
 
 // SlotRecord is what the updater knows a slot holds.
@@ -68,6 +74,11 @@ type SlotRecord struct {
 type State struct {
 	Pending *Pending                     `json:"pending,omitempty"`
 	Slots   map[bootctl.Slot]*SlotRecord `json:"slots,omitempty"`
+	// SecurityFloor is the highest security version this robot committed,
+	// or the build time of an image it ran when an update or rollback
+	// started, whichever is higher; it never goes down (see
+	// Updater.floor). Zero on a robot that never updated.
+	SecurityFloor int64 `json:"security_floor,omitempty"`
 }
 
 // ParseState reads a state file's bytes, refusing anything that does not
@@ -90,6 +101,12 @@ func ParseState(b []byte) (*State, error) {
 		if p.HealthTimeoutSeconds < 0 || p.HealthRetries < 0 {
 			return nil, fmt.Errorf("update state: negative health timeout %d or retries %d", p.HealthTimeoutSeconds, p.HealthRetries)
 		}
+		if p.SecurityVersion < 0 {
+			return nil, fmt.Errorf("update state: pending release's security version %d is negative", p.SecurityVersion)
+		}
+	}
+	if s.SecurityFloor < 0 {
+		return nil, fmt.Errorf("update state: security floor %d is negative", s.SecurityFloor)
 	}
 	for slot := range s.Slots {
 		if !slot.Valid() {

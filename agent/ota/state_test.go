@@ -24,6 +24,9 @@ func TestParseState(t *testing.T) {
 		{"bad phase", `{"pending":{"slot":"b","from":"a","phase":"done"}}`, false},
 		{"bad record", `{"slots":{"x":{"complete":true}}}`, false},
 		{"negative timeout", `{"pending":{"slot":"b","from":"a","phase":"armed","health_timeout_seconds":-1}}`, false},
+		{"security floor", `{"security_floor":1715000000,"pending":{"slot":"b","from":"a","phase":"armed","security_version":1716000000,"allow_downgrade":true}}`, true},
+		{"negative security floor", `{"security_floor":-1}`, false},
+		{"negative security version", `{"pending":{"slot":"b","from":"a","phase":"armed","security_version":-1}}`, false},
 		{"not json", `pending`, false},
 		{"too big", `{"x":"` + strings.Repeat("a", maxStateBytes) + `"}`, false},
 	} {
@@ -65,8 +68,11 @@ func FuzzParseState(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if p := s.Pending; p != nil && (!p.Slot.Valid() || !p.From.Valid() || p.Slot == p.From) {
+		if p := s.Pending; p != nil && (!p.Slot.Valid() || !p.From.Valid() || p.Slot == p.From || p.SecurityVersion < 0) {
 			t.Fatalf("accepted %+v", p)
+		}
+		if s.SecurityFloor < 0 {
+			t.Fatalf("accepted security floor %d", s.SecurityFloor)
 		}
 		for slot, r := range s.Slots {
 			if !slot.Valid() || r == nil {

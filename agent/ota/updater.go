@@ -22,6 +22,16 @@
 // The small state file (StateFile in Options.StateDir, on the persistent
 // partition) tells the next start which update was in flight.
 //
+// Downgrades: a validly signed release can still be an old one with a
+// known hole, so a robot refuses a release whose security version
+// (release.Config.SecurityVersion) is below its floor — the highest
+// security version it committed, or the build time of an image it ran
+// when an update started (Options.CurrentSecurityVersion) — unless the
+// command allows the downgrade (protocol.UpdateArgs.AllowDowngrade, an
+// engineer's deployment). Neither an allowed downgrade nor a rollback
+// command lowers the floor: the next ordinary update must still not go
+// below the highest security version the robot ever held.
+//
 // OpenPi builds an Updater on the Raspberry Pi the agent runs on; the
 // update command that drives it is answered by package updatecmd.
 package ota
@@ -95,6 +105,10 @@ type Options struct {
 	// CurrentVersion is the running image's version (image.json); it names
 	// what the old slot holds for a later rollback.
 	CurrentVersion string
+	// CurrentSecurityVersion is the running image's build time
+	// (image.json's created, Unix seconds), the security version releases
+	// of it default to: a release below it is a downgrade. 0: unknown.
+	CurrentSecurityVersion int64
 	// Report receives every state change; nil drops them.
 	Report func(protocol.UpdateState)
 	// Health is the trial boot's health check (see Health); nil passes.
@@ -137,6 +151,8 @@ func New(o Options) (*Updater, error) {
 		return nil, errors.New("updater: state and cache directories are required (on the persistent partition)")
 	case o.Profile == "":
 		return nil, errors.New("updater: the robot's profile is required to check releases against")
+	case o.CurrentSecurityVersion < 0:
+		return nil, fmt.Errorf("updater: the running image's security version %d is negative", o.CurrentSecurityVersion)
 	}
 	if o.Store == nil {
 		o.Store = FileStore{Path: filepath.Join(o.StateDir, StateFile)}
@@ -198,7 +214,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	target := st.Booted.Other()
 	base.Slot = string(target)
 
-	rel, err := u.verify(ctx, args, plan, target)
+	rel, err := u.verify(ctx, args, plan, target, u.floor(state))
 	if err != nil {
 		return fail(err)
 	}
@@ -209,7 +225,8 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	// From here on the inactive slot is no longer a known version.
 	state.Pending = &Pending{DeploymentID: args.DeploymentID, Release: args.Release, Version: rel.Config.Version,
 		Slot: target, From: st.Booted, Phase: phaseInstalling, HealthTimeoutSeconds: args.HealthTimeoutSeconds,
-		HealthRetries: args.HealthRetries, Started: u.o.Now()}
+		HealthRetries: args.HealthRetries, Started: u.o.Now(), SecurityVersion: rel.Config.SecurityVersion, AllowDowngrade: args.AllowDowngrade}
+	state.SecurityFloor = u.floor(state)
 	// The running, default slot is complete by definition; its version is
 	// what the updater wrote there, or the image's.
 	from := state.slot(st.Booted)
@@ -304,9 +321,16 @@ func (u *Updater) preflight(ctx context.Context) (bootctl.Status, *layout.Plan, 
 	return st, plan, state, nil
 }
 
+// floor is the lowest security version the robot installs unless told to
+// downgrade: the highest it committed, or the running image's build time.
+// Install and rollback save it as State.SecurityFloor before they change
+// what runs, so the build time of an image the robot leaves stays part of
+// the floor after an allowed downgrade or a rollback.
+func (u *Updater) floor(s *State) int64 { return max(s.SecurityFloor, u.o.CurrentSecurityVersion) }
+
 // verify fetches and checks the release; nothing is written before it
-// returns without error.
-func (u *Updater) verify(ctx context.Context, args protocol.UpdateArgs, plan *layout.Plan, target bootctl.Slot) (*release.Release, error) {
+// returns without error. floor is the robot's security floor.
+func (u *Updater) verify(ctx context.Context, args protocol.UpdateArgs, plan *layout.Plan, target bootctl.Slot, floor int64) (*release.Release, error) {
 	if args.Release == "" {
 		return nil, fmt.Errorf("%w: the update names no release", ErrRefused)
 	}
@@ -330,6 +354,11 @@ func (u *Updater) verify(ctx context.Context, args protocol.UpdateArgs, plan *la
 	}
 	if !agentSatisfies(u.o.AgentVersion, c.MinAgentVersion) {
 		return nil, fmt.Errorf("%w: release %s needs agent %s or newer, this agent is %s: update the agent first", ErrRefused, c.Version, c.MinAgentVersion, u.o.AgentVersion)
+	}
+	// The security version is read from the verified config: the signature
+	// covers it.
+	if c.SecurityVersion < floor && !args.AllowDowngrade {
+		return nil, fmt.Errorf("%w: release %s is a downgrade: its security version %d is below this robot's floor %d (the highest it committed, or the build time of the image it runs); to install it on purpose, deploy it with allow_downgrade (control deploy create --allow-downgrade)", ErrRefused, c.Version, c.SecurityVersion, floor)
 	}
 	for _, n := range []int{target.BootPartition(), target.SystemPartition()} {
 		part := plan.Part(n)

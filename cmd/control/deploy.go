@@ -106,6 +106,7 @@ teleoperated (or offline) are deferred and updated when free.`,
 	fl.StringVar(&batchFail, "batch-failure-threshold", "", "failed robots in one batch that stop the deployment (default 50%)")
 	fl.StringVar(&totalFail, "failure-threshold", "", "failed robots overall that stop the deployment (default 10%)")
 	fl.StringVar(&spec.OnFailure, "on-failure", "", "what a threshold does: pause (default) or abort")
+	fl.BoolVar(&spec.AllowDowngrade, "allow-downgrade", false, "let robots install this release although it is older (a lower security version) than what they run or once committed; they refuse it otherwise")
 	fl.BoolVar(&spec.AutoRollback, "auto-rollback", false, "on a threshold, roll back every robot updated by this deployment")
 	fl.IntVar(&spec.MaxConcurrent, "max-concurrent", 0, "robots updating at once (0: no bound)")
 	fl.IntVar(&spec.PerMinute, "per-minute", 0, "updates started per minute (0: no bound)")
@@ -177,6 +178,9 @@ teleoperated (or offline) are deferred and updated when free.`,
 // are not simply pending.
 func deploymentTable(tw *tabwriter.Writer, d *deploy.Deployment) {
 	fmt.Fprintf(tw, "ID\t%s\nSTATE\t%s\nRELEASE\t%s (%s)\nSTRATEGY\t%s\n", d.ID, d.State, d.Spec.Release, d.Spec.Version, d.Spec.Strategy)
+	if d.Spec.AllowDowngrade {
+		fmt.Fprintf(tw, "DOWNGRADE\tallowed: robots install it even where it is older than what they run\n")
+	}
 	if d.Reason != "" {
 		fmt.Fprintf(tw, "REASON\t%s\n", d.Reason)
 	}

@@ -126,9 +126,9 @@ func TestDeployCommandsAndRestore(t *testing.T) {
 	}
 
 	// A second deployment on the other robots, paused at once.
-	d2, _ := deployJSON(t, dirA, "create", "--release", testRelease, "--version", "2.4.1", "--robots", strings.Join(robots[4:], ","), "--window", "22-04")
-	if d2.Spec.Window == nil || d2.Spec.Window.StartHour != 22 || d2.Spec.Window.EndHour != 4 || d2.Spec.Strategy != deploy.Rolling {
-		t.Fatalf("second deployment: %+v", d2.Spec)
+	d2, _ := deployJSON(t, dirA, "create", "--release", testRelease, "--version", "2.4.1", "--robots", strings.Join(robots[4:], ","), "--window", "22-04", "--allow-downgrade")
+	if d2.Spec.Window == nil || d2.Spec.Window.StartHour != 22 || d2.Spec.Window.EndHour != 4 || d2.Spec.Strategy != deploy.Rolling || !d2.Spec.AllowDowngrade || d.Spec.AllowDowngrade {
+		t.Fatalf("second deployment: %+v (first: allow downgrade %v)", d2.Spec, d.Spec.AllowDowngrade)
 	}
 	if d2, _ = deployJSON(t, dirA, "pause", d2.ID); d2.State != deploy.StatePaused {
 		t.Fatalf("second deployment paused: %s", d2.State)

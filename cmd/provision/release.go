@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -59,6 +60,7 @@ func newReleaseCreate() *cobra.Command {
 	var (
 		img, version, minAgent, profile, out string
 		parts                                []string
+		security                             int64
 	)
 	c := &cobra.Command{
 		Use:   "create --image IMG --version V --out DIR",
@@ -67,14 +69,24 @@ func newReleaseCreate() *cobra.Command {
 content-defined chunks, stores each distinct chunk once, zstd-compressed, in
 pack blobs, and writes an OCI image layout directory DIR (it must not exist
 or be empty). The same image and flags always give the same digest. Sign it
-next with "provision release sign".`,
+next with "provision release sign".
+
+Robots refuse a release whose security version is below the highest one
+they committed or the build time of the image they run (a downgrade),
+unless the deployment allows it (control deploy create --allow-downgrade).
+The security version defaults to the image's build time (its
+SOURCE_DATE_EPOCH, recorded by "provision image build"), so every later
+build supersedes the earlier ones. After a security fix, raise it past the
+build time of every release with the hole (e.g. --security-version
+$(date +%s)): once a robot commits this release it never goes back below it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var o release.CreateOptions
 			if len(parts) > 0 {
 				o.Partitions = parts
 			}
-			d, err := release.Create(cmdContext(cmd), img, out, release.Meta{Version: version, Profile: profile, MinAgentVersion: minAgent}, o)
+			meta := release.Meta{Version: version, Profile: profile, MinAgentVersion: minAgent, SecurityVersion: security}
+			d, err := release.Create(cmdContext(cmd), img, out, meta, o)
 			if err != nil {
 				return err
 			}
@@ -89,6 +101,7 @@ next with "provision release sign".`,
 	f.StringVar(&profile, "profile", "", "robot profile the image was built for (lekiwi, xle)")
 	f.StringVar(&out, "out", "", "release directory to create (OCI image layout)")
 	f.StringSliceVar(&parts, "partitions", nil, "partitions to carry (default boot_a,system_a,boot_b,system_b)")
+	f.Int64Var(&security, "security-version", 0, "downgrade-protection counter, Unix seconds (default the image's build time); raise it to forbid robots from ever going back below a release with a security fix")
 	for _, n := range []string{"image", "version", "out"} {
 		c.MarkFlagRequired(n)
 	}
@@ -198,6 +211,7 @@ func newReleaseInspect(lookupEnv func(string) (string, bool)) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(w, "version %s  profile %q  minimum agent %q\n", cfg.Version, cfg.Profile, cfg.MinAgentVersion)
+			fmt.Fprintf(w, "security version %d%s\n", cfg.SecurityVersion, securityTime(cfg.SecurityVersion))
 			fmt.Fprintf(w, "chunking %s (%d/%d/%d)  %d distinct chunks\n", cfg.Chunking.Algorithm, cfg.Chunking.Min, cfg.Chunking.Avg, cfg.Chunking.Max, len(cfg.Chunks))
 			for _, p := range cfg.Partitions {
 				fmt.Fprintf(w, "partition %-10s %6d MiB  %6d chunks  sha256 %s\n", p.Name, p.Size>>20, len(p.Chunks), p.SHA256)
@@ -240,4 +254,13 @@ func newReleaseInspect(lookupEnv func(string) (string, bool)) *cobra.Command {
 	c.Flags().StringArrayVar(&keys, "key", nil, "trusted public key (repeatable): verify as a robot would, failing unless one signed it")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the config (metadata and chunk index) as JSON")
 	return c
+}
+
+// securityTime shows a security version as the time it is when it reads as
+// one (the default, a build time), to tell which build a robot's floor is.
+func securityTime(v int64) string {
+	if v <= 0 {
+		return " (none: every robot takes this release for a downgrade)"
+	}
+	return " (" + time.Unix(v, 0).UTC().Format(time.RFC3339) + ")"
 }

@@ -50,8 +50,9 @@ func TestReleaseKeygenCreateSignPushInspect(t *testing.T) {
 		want string
 	}{
 		{[]string{"release", "keygen", "--out", key}, "key id"},
-		{[]string{"release", "create", "--image", img, "--version", "1.0.0", "--profile", "lekiwi", "--min-agent", "0.9.0", "--out", rel}, "sha256:"},
+		{[]string{"release", "create", "--image", img, "--version", "1.0.0", "--profile", "lekiwi", "--min-agent", "0.9.0", "--security-version", "1700000000", "--out", rel}, "sha256:"},
 		{[]string{"release", "inspect", rel}, "signatures: none"},
+		{[]string{"release", "inspect", rel}, "security version 1700000000 (2023-11-14T22:13:20Z)"},
 		{[]string{"release", "sign", "--key", key, rel}, "signed by"},
 		{[]string{"release", "push", "--insecure", rel, ref}, "sha256:"},
 		{[]string{"release", "inspect", "--insecure", "--key", key + ".pub", ref}, "verified: signed by"},
@@ -65,6 +66,11 @@ func TestReleaseKeygenCreateSignPushInspect(t *testing.T) {
 		if !strings.Contains(out, s.want) {
 			t.Fatalf("provision %s printed %q, want %q in it", strings.Join(s.args, " "), out, s.want)
 		}
+	}
+	// This image carries no build metadata to take the security version
+	// from: create says which flag to give.
+	if out, err := runProvision(t, "release", "create", "--image", img, "--version", "1.0.0", "--out", filepath.Join(dir, "rel2")); err == nil || !strings.Contains(err.Error(), "--security-version") {
+		t.Fatalf("create without a security version from an image without metadata: %v\n%s", err, out)
 	}
 	// Another key's robot refuses it.
 	other := filepath.Join(dir, "other.key")

@@ -517,6 +517,7 @@ func (e *Engine) updateCommand(d *Deployment, r RobotProgress, rollback bool, no
 	args, err := json.Marshal(protocol.UpdateArgs{
 		DeploymentID: d.ID, Release: d.Spec.Release, Version: d.Spec.Version,
 		HealthTimeoutSeconds: d.Spec.Health.TimeoutSeconds, HealthRetries: d.Spec.Health.Retries, Rollback: rollback,
+		AllowDowngrade: d.Spec.AllowDowngrade,
 	})
 	if err != nil {
 		return store.Event{}, store.Event{}, err

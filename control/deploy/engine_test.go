@@ -232,7 +232,7 @@ func TestRollingDeploymentInBatchesWithConcurrencyLimit(t *testing.T) {
 		t.Fatalf("after one step: %+v current %d, want 2 sent in batch 0", d.Counts, d.CurrentBatch)
 	}
 	cmds := l.commands()
-	if a := cmds[0].Args; a.Release != d.Spec.Release || a.Version != "2.0.0" || a.HealthTimeoutSeconds != 120 || a.HealthRetries != 2 || a.DeploymentID != d.ID || cmds[0].Cmd.Name != protocol.CommandUpdate {
+	if a := cmds[0].Args; a.Release != d.Spec.Release || a.Version != "2.0.0" || a.HealthTimeoutSeconds != 120 || a.HealthRetries != 2 || a.DeploymentID != d.ID || a.AllowDowngrade || cmds[0].Cmd.Name != protocol.CommandUpdate {
 		t.Fatalf("update args %+v", cmds[0])
 	}
 	maxInFlight := 0
@@ -597,5 +597,29 @@ func TestStaleSendIsRefusedWithItsCommand(t *testing.T) {
 	}
 	if u, _ := l.sends(); u["r-000"] != 1 {
 		t.Fatalf("r-000 has %d update commands queued, want 1", u["r-000"])
+	}
+}
+
+// TestAllowDowngradeReachesUpdateArgs: a deployment that allows a
+// downgrade says so in every update command it sends; the agent refuses an
+// older release without it.
+func TestAllowDowngradeReachesUpdateArgs(t *testing.T) {
+	l := newLab(t, 3)
+	d := l.create(Spec{AllowDowngrade: true, BatchSize: Size{Count: 3}})
+	if !l.get(d.ID).Spec.AllowDowngrade {
+		t.Fatal("the stored spec lost allow_downgrade")
+	}
+	l.step(l.engine())
+	cmds := l.commands()
+	if len(cmds) != 3 {
+		t.Fatalf("%d update commands sent, want 3", len(cmds))
+	}
+	for _, c := range cmds {
+		if !c.Args.AllowDowngrade || c.Args.DeploymentID != d.ID {
+			t.Fatalf("update args %+v: want allow_downgrade", c.Args)
+		}
+		if !strings.Contains(string(c.Cmd.Args), `"allow_downgrade":true`) {
+			t.Fatalf("command args on the wire %s", c.Cmd.Args)
+		}
 	}
 }

@@ -82,6 +82,11 @@ type Spec struct {
 	// OnFailure is pause (default) or abort; ignored with AutoRollback,
 	// which rolls back instead.
 	OnFailure string `json:"on_failure,omitempty"`
+	// AllowDowngrade lets robots install Release although it is older
+	// (a lower security version) than what they run or ever committed;
+	// without it they refuse it. For going back on purpose, e.g. when the
+	// newer release is broken and no fixed one exists yet.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 	// AutoRollback, when a threshold trips, stops the deployment and sends
 	// a rollback to every robot that committed the release in it, and to
 	// every failed robot not known to be back on its old slot.

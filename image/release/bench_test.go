@@ -94,7 +94,7 @@ func TestDeltaBenchmark(t *testing.T) {
 	g.Close()
 	relDir := filepath.Join(work, "rel")
 	start := time.Now()
-	if _, err := Create(context.Background(), gptImg, relDir, Meta{Version: "2"}, CreateOptions{Partitions: []string{"system_a"}}); err != nil {
+	if _, err := Create(context.Background(), gptImg, relDir, Meta{Version: "2", SecurityVersion: 2}, CreateOptions{Partitions: []string{"system_a"}}); err != nil {
 		t.Fatal(err)
 	}
 	createTime := time.Since(start)

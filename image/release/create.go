@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/lekiwi/heartbeat/image/fat"
 	"github.com/lekiwi/heartbeat/image/layout"
 	"github.com/lekiwi/heartbeat/image/release/cdc"
 )
@@ -33,6 +34,11 @@ type Meta struct {
 	Version         string
 	Profile         string
 	MinAgentVersion string
+	// SecurityVersion is Config.SecurityVersion; 0 means the image's build
+	// time (image.json's created). A value below the build time is refused:
+	// a robot running the image takes its build time as its floor, so such
+	// a release could not even be installed again on a robot that runs it.
+	SecurityVersion int64
 }
 
 // CreateOptions tune Create.
@@ -49,7 +55,8 @@ type CreateOptions struct {
 // layout directory dir (created; it must not exist or be empty) and returns
 // the manifest digest. The release is unsigned: SignDir signs it.
 // The output depends only on the image bytes, meta and this package's
-// version (chunking and zstd settings are fixed).
+// version (chunking and zstd settings are fixed): the default security
+// version is read from the image, not the clock.
 func Create(ctx context.Context, imagePath, dir string, meta Meta, o CreateOptions) (string, error) {
 	if meta.Version == "" {
 		return "", errors.New("a release needs a version")
@@ -75,6 +82,10 @@ func Create(ctx context.Context, imagePath, dir string, meta Meta, o CreateOptio
 	if err != nil {
 		return "", fmt.Errorf("image %s: %w (a release is made from an image built by `provision image build`)", imagePath, err)
 	}
+	security, err := securityVersion(f, plan, meta.SecurityVersion)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", imagePath, err)
+	}
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
 		return "", fmt.Errorf("release directory %s exists and is not empty: choose a new one", dir)
 	}
@@ -89,16 +100,11 @@ func Create(ctx context.Context, imagePath, dir string, meta Meta, o CreateOptio
 		return "", err
 	}
 	defer enc.Close()
-	cfg := Config{Version: meta.Version, Profile: meta.Profile, MinAgentVersion: meta.MinAgentVersion, Chunking: CurrentChunking()}
+	cfg := Config{Version: meta.Version, Profile: meta.Profile, MinAgentVersion: meta.MinAgentVersion, SecurityVersion: security, Chunking: CurrentChunking()}
 	seen := map[Hash]int{}
 	var frame []byte
 	for _, name := range names {
-		var part *layout.Partition
-		for i := range plan.Partitions {
-			if plan.Partitions[i].Name == name {
-				part = &plan.Partitions[i]
-			}
-		}
+		part := partitionNamed(plan, name)
 		if part == nil {
 			return "", fmt.Errorf("image %s has no partition named %q", imagePath, name)
 		}
@@ -166,6 +172,63 @@ func Create(ctx context.Context, imagePath, dir string, meta Meta, o CreateOptio
 		return "", err
 	}
 	return writeLayout(dir, raw, meta.Version)
+}
+
+// errNoBuildTime: the image carries no build metadata with a build time.
+var errNoBuildTime = errors.New("no build time")
+
+// securityVersion is the release's security version: explicit when set
+// (and not below the image's build time, when the image records one),
+// else the image's build time.
+func securityVersion(r io.ReaderAt, plan *layout.Plan, explicit int64) (int64, error) {
+	if explicit < 0 {
+		return 0, fmt.Errorf("security version %d is negative", explicit)
+	}
+	built, err := buildTime(r, plan)
+	switch {
+	case explicit == 0 && err != nil:
+		return 0, fmt.Errorf("%w: the release's security version defaults to the image's build time; give one (provision release create --security-version N, e.g. the build's SOURCE_DATE_EPOCH)", err)
+	case explicit == 0:
+		return built, nil
+	case err == nil && explicit < built:
+		return 0, fmt.Errorf("security version %d is below the image's build time %d: robots running this image take its build time as their floor and would refuse the release; give %d or more", explicit, built, built)
+	}
+	return explicit, nil
+}
+
+// buildTime reads the image's build time from the metadata the image
+// builder writes onto boot_a (layout.BootInfoFile).
+func buildTime(r io.ReaderAt, plan *layout.Plan) (int64, error) {
+	const boot = "boot_a"
+	part := partitionNamed(plan, boot)
+	if part == nil {
+		return 0, fmt.Errorf("%w: no %s partition holds build metadata", errNoBuildTime, boot)
+	}
+	fsys, err := fat.Open(io.NewSectionReader(r, part.Start, part.Size), part.Size)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s: %w", errNoBuildTime, boot, err)
+	}
+	b, err := fsys.ReadFile(layout.BootInfoFile)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s has no %s (was the image made by provision image build?): %w", errNoBuildTime, boot, layout.BootInfoFile, err)
+	}
+	info, err := layout.ParseImageInfo(b)
+	if err != nil {
+		return 0, fmt.Errorf("%s/%s: %w", boot, layout.BootInfoFile, err)
+	}
+	if info.Created <= 0 {
+		return 0, fmt.Errorf("%w: %s/%s records build time %d", errNoBuildTime, boot, layout.BootInfoFile, info.Created)
+	}
+	return info.Created, nil
+}
+
+func partitionNamed(plan *layout.Plan, name string) *layout.Partition {
+	for i := range plan.Partitions {
+		if plan.Partitions[i].Name == name {
+			return &plan.Partitions[i]
+		}
+	}
+	return nil
 }
 
 // packWriter appends zstd frames to pack files, starting a new one at

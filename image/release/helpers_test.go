@@ -126,11 +126,12 @@ func newKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
 	return pub, priv
 }
 
-// createSigned makes a signed release directory of img.
+// createSigned makes a signed release directory of img. The images of
+// makeImage carry no build metadata, so the security version is given.
 func createSigned(t testing.TB, img, version string, priv ed25519.PrivateKey, o CreateOptions) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "rel")
-	if _, err := Create(context.Background(), img, dir, Meta{Version: version, Profile: "lekiwi", MinAgentVersion: "0.1.0"}, o); err != nil {
+	if _, err := Create(context.Background(), img, dir, Meta{Version: version, Profile: "lekiwi", MinAgentVersion: "0.1.0", SecurityVersion: 1}, o); err != nil {
 		t.Fatal(err)
 	}
 	if priv != nil {

@@ -50,6 +50,16 @@
 // trusted key, or whose config does not match its digest, before the
 // updater writes anything; the Fetcher checks each chunk's sha256 as it
 // arrives and each partition's sha256 as it is produced.
+//
+// # Security version
+//
+// A valid signature says a release was approved once, not that it is still
+// safe: an old release with a known hole stays validly signed. The config's
+// SecurityVersion, covered by the signature, lets a robot refuse to go back
+// below what it already ran. Create defaults it to the image's build time
+// (image.json's created, SOURCE_DATE_EPOCH), so each build supersedes the
+// ones before it with nobody counting, and the same image still gives the
+// same release.
 package release
 
 import (
@@ -114,9 +124,16 @@ func (h *Hash) UnmarshalText(b []byte) error {
 
 // Config is the config blob: metadata and the chunk index.
 type Config struct {
-	Version         string      `json:"version"`
-	Profile         string      `json:"profile,omitempty"`
-	MinAgentVersion string      `json:"minAgentVersion,omitempty"`
+	Version         string `json:"version"`
+	Profile         string `json:"profile,omitempty"`
+	MinAgentVersion string `json:"minAgentVersion,omitempty"`
+	// SecurityVersion orders releases for downgrade protection: a robot
+	// refuses a release below the highest security version it committed
+	// or the build time of the image it runs, unless an engineer asks for
+	// the downgrade. It is the image's build time (Unix seconds) unless
+	// the release's maker raised it. A release without one (made before
+	// security versions) counts as 0: every robot takes it for a downgrade.
+	SecurityVersion int64       `json:"securityVersion,omitempty"`
 	Chunking        Chunking    `json:"chunking"`
 	Partitions      []Partition `json:"partitions"`
 	Packs           []Pack      `json:"packs"`
@@ -209,6 +226,9 @@ func ParseConfig(b []byte) (*Config, error) {
 func (c *Config) check() error {
 	if c.Version == "" || len(c.Version) > maxMetaLen || len(c.Profile) > maxMetaLen || len(c.MinAgentVersion) > maxMetaLen {
 		return fmt.Errorf("version %q, profile and minimum agent version must be set and short", c.Version)
+	}
+	if c.SecurityVersion < 0 {
+		return fmt.Errorf("security version %d is negative", c.SecurityVersion)
 	}
 	if c.Chunking != CurrentChunking() {
 		return fmt.Errorf("chunked with %+v, this agent chunks with %+v: upgrade the agent first", c.Chunking, CurrentChunking())

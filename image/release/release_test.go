@@ -11,6 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/lekiwi/heartbeat/image/layout"
+	"github.com/lekiwi/heartbeat/internal/imagetest"
 )
 
 func TestCreateIsDeterministicAndComplete(t *testing.T) {
@@ -105,9 +109,11 @@ func TestCreateRefuses(t *testing.T) {
 		want           string
 	}{
 		{"no version", img, filepath.Join(t.TempDir(), "r"), Meta{}, CreateOptions{}, "version"},
-		{"directory not empty", img, notEmpty, Meta{Version: "1"}, CreateOptions{}, "not empty"},
+		{"directory not empty", img, notEmpty, Meta{Version: "1", SecurityVersion: 1}, CreateOptions{}, "not empty"},
 		{"not a GPT image", notImage, filepath.Join(t.TempDir(), "r"), Meta{Version: "1"}, CreateOptions{}, "provision image build"},
-		{"unknown partition", img, filepath.Join(t.TempDir(), "r"), Meta{Version: "1"}, CreateOptions{Partitions: []string{"rootfs"}}, "no partition"},
+		{"unknown partition", img, filepath.Join(t.TempDir(), "r"), Meta{Version: "1", SecurityVersion: 1}, CreateOptions{Partitions: []string{"rootfs"}}, "no partition"},
+		{"no build time to default to", img, filepath.Join(t.TempDir(), "r"), Meta{Version: "1"}, CreateOptions{}, "--security-version"},
+		{"negative security version", img, filepath.Join(t.TempDir(), "r"), Meta{Version: "1", SecurityVersion: -1}, CreateOptions{}, "negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Create(context.Background(), tc.img, tc.dir, tc.meta, tc.o)
@@ -286,5 +292,63 @@ func TestKeyFiles(t *testing.T) {
 	}
 	if _, err := ReadPublicKeys(t.TempDir()); err == nil {
 		t.Fatal("no keys is not an error")
+	}
+}
+
+// TestSecurityVersion: a release's security version defaults to the build
+// time the image builder recorded in the image (so creating a release stays
+// reproducible), an explicit one wins when it is not below that build time,
+// and the config parser refuses a negative one.
+func TestSecurityVersion(t *testing.T) {
+	built := time.Unix(1716000000, 0)
+	img := imagetest.Build(t, t.TempDir(), imagetest.Options{Epoch: built,
+		Sizes: layout.Sizes{Boot: 64 << 20, System: 64 << 20, Persistent: 16 << 20}})
+	create := func(sv int64) (string, *Config, error) {
+		dir := filepath.Join(t.TempDir(), "rel")
+		d, err := Create(context.Background(), img.Path, dir, Meta{Version: "1", Profile: "lekiwi", SecurityVersion: sv}, CreateOptions{Partitions: []string{"boot_a"}})
+		if err != nil {
+			return "", nil, err
+		}
+		raw, cfgBytes, err := ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, _, err := Inspect(raw, cfgBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, cfg, nil
+	}
+	d1, cfg, err := create(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.SecurityVersion != built.Unix() {
+		t.Fatalf("default security version %d, want the image's build time %d", cfg.SecurityVersion, built.Unix())
+	}
+	if d2, _, err := create(0); err != nil || d2 != d1 {
+		t.Fatalf("the same image and flags gave %s, then %s (%v)", d1, d2, err)
+	}
+	raised := built.Unix() + 3600
+	d3, cfg, err := create(raised)
+	if err != nil || cfg.SecurityVersion != raised || d3 == d1 {
+		t.Fatalf("explicit security version: %v, config has %d, digest %s (default's %s)", err, cfg.SecurityVersion, d3, d1)
+	}
+	if _, _, err := create(built.Unix() - 1); err == nil || !strings.Contains(err.Error(), "below the image's build time 1716000000") {
+		t.Fatalf("a security version below the build time: %v", err)
+	}
+
+	_, cfgBytes, err := ReadDir(createSigned(t, makeImage(t, baseFiles()), "1", nil, CreateOptions{Partitions: []string{"boot_a"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(cfgBytes, &c); err != nil {
+		t.Fatal(err)
+	}
+	c["securityVersion"] = -5
+	bad, _ := json.Marshal(c)
+	if _, err := ParseConfig(bad); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("config with a negative security version: %v", err)
 	}
 }

@@ -417,7 +417,7 @@ func (r *OTARobot) instance(ctx context.Context, b firmware.Boot) (rebooted bool
 	transport := countingTransport{next: r.ident.HTTPClient().Transport, n: &r.downloaded}
 	u, err := ota.New(ota.Options{Boot: ctl, Disk: disk, DiskSize: st.Size(), TrustedKeys: keys,
 		Source:   ota.RegistrySource{Options: ociart.Options{Auth: authn.Anonymous, Transport: transport}},
-		StateDir: stateDir, CacheDir: filepath.Join(stateDir, "cache"), Profile: info.Profile, AgentVersion: "1.0.0", CurrentVersion: info.Version,
+		StateDir: stateDir, CacheDir: filepath.Join(stateDir, "cache"), Profile: info.Profile, AgentVersion: "1.0.0", CurrentVersion: info.Version, CurrentSecurityVersion: info.Created,
 		Report: h.Report, BootID: func() (string, error) { return b.ID, nil }, HealthRetry: 200 * time.Millisecond, RetryDelay: 200 * time.Millisecond, ProgressInterval: 200 * time.Millisecond,
 		Health: ota.RobotHealth(ota.RobotHealthOptions{Connected: func() bool { a := running.Load(); return a != nil && a.State() == agent.Connected },
 			RequiredUnits: prof.Services.Required, Systemctl: systemctl, Command: command, CommandTimeout: 5 * time.Second}),
