@@ -107,21 +107,7 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 	}
 
 	// The trial: the firmware's next boot, and only that one, is slot B.
-	trial, err := fw.PowerOn(ctx, t.TempDir())
-	if err != nil {
-		t.Fatalf("%s: trial boot: %v", b.name, err)
-	}
-	if trial.Partition != layout.BootB || !trial.Tryboot {
-		t.Fatalf("%s: the trial boot chose partition %d (tryboot %v), want boot_b (%d) on tryboot", b.name, trial.Partition, trial.Tryboot, layout.BootB)
-	}
-	vm3 := vmlab.StartTest(t, ctx, vmlab.Config{Dir: t.TempDir(),
-		Kernel: trial.Kernel, Initramfs: trial.Initramfs, Cmdline: trial.Cmdline,
-		DeviceTree: b.deviceTree(trial.Bootloader()),
-		Disk:       &vmlab.Disk{Path: b.disk},
-		NIC:        &vmlab.NIC{MAC: b.mac, Bridge: f.lan.StationIf},
-		ServoBuses: b.buses,
-		Timeout:    20 * time.Minute,
-	})
+	vm3 := f.powerOn(t, ctx, b, fw, layout.BootB, true)
 
 	// Control's view: the deployment succeeded with the robot committed,
 	// and the robot reports release 2's image.
@@ -146,6 +132,27 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 		t.Errorf("%s: the power-on after the commit chose partition %d (tryboot %v), want boot_b by default", b.name, next.Partition, next.Tryboot)
 	}
 	f.checkDiskAfterUpdate(t, ctx, b)
+}
+
+// powerOn boots the board from its disk through the lab firmware and
+// checks the firmware's choice.
+func (f *floor) powerOn(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware, partition int, tryboot bool) *vmlab.VM {
+	t.Helper()
+	boot, err := fw.PowerOn(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("%s: power-on: %v", b.name, err)
+	}
+	if boot.Partition != partition || boot.Tryboot != tryboot {
+		t.Fatalf("%s: the firmware chose partition %d (tryboot %v), want %d (tryboot %v)", b.name, boot.Partition, boot.Tryboot, partition, tryboot)
+	}
+	return vmlab.StartTest(t, ctx, vmlab.Config{Dir: t.TempDir(),
+		Kernel: boot.Kernel, Initramfs: boot.Initramfs, Cmdline: boot.Cmdline,
+		DeviceTree: b.deviceTree(boot.Bootloader()),
+		Disk:       &vmlab.Disk{Path: b.disk},
+		NIC:        &vmlab.NIC{MAC: b.mac, Bridge: f.lan.StationIf},
+		ServoBuses: b.buses,
+		Timeout:    20 * time.Minute,
+	})
 }
 
 // waitDeployment polls control until the deployment is in a final state.
