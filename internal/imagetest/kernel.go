@@ -19,7 +19,9 @@ type KernelDisk struct {
 	// places it below the device it hangs off (see PiSDCard, PiNVMe, PiUSB).
 	SysDir       string
 	Major, Minor int // the disk's device number; partition n is Major:Minor+n
-	// Image is the disk image /dev/<Name> links to ("": an empty file).
+	// Image is the disk image /dev/<Name> is (a hard link: a device node
+	// is no symlink, so the image must be on the tree's filesystem); "":
+	// an empty file.
 	// Its GPT gives the partitions; without one the disk shows Partitions
 	// partitions with empty devices.
 	Image      string
@@ -60,7 +62,7 @@ func (d KernelDisk) PartitionName(n int) string {
 //     real disk directory holds beside them (queue/, holders/, power/, a
 //     device link to its parent);
 //   - sys/class/block/<name> and sys/dev/block/MAJ:MIN, links to those;
-//   - dev/<disk>, a link to the image, and dev/<partition>: for partition
+//   - dev/<disk>, the image, and dev/<partition>: for partition
 //     1 (the bootconfig partition, which the agent opens by itself) a copy
 //     of its bytes, for the others an empty file;
 //   - proc/self/mountinfo, the mount table (see MountTable).
@@ -182,7 +184,7 @@ func writeKernelDisk(root string, d KernelDisk) error {
 	if d.Image == "" {
 		return os.WriteFile(node, nil, 0o644)
 	}
-	return os.Symlink(d.Image, node)
+	return os.Link(d.Image, node)
 }
 
 // parentDevice is the device a disk hangs off: the directory above it, or
