@@ -42,9 +42,9 @@ type PiOptions struct {
 	Report func(protocol.UpdateState)
 }
 
-// OpenPi opens the parts of the Raspberry Pi the agent runs on (the boot
-// config partition, the whole boot disk found through sysfs unless
-// o.Disk names it) and builds the updater on them with the image's profile
+// OpenPi opens the parts of the Raspberry Pi the agent runs on (the whole
+// boot disk, o.Disk or the disk holding /, and its bootconfig partition:
+// see openPiParts) and builds the updater on them with the image's profile
 // and the robot's health check (RobotHealth); close releases them.
 func OpenPi(o PiOptions) (u *Updater, closeFn func() error, err error) {
 	info, err := layout.ReadImageInfo(o.ImageInfo)
