@@ -7,13 +7,14 @@
 package device
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // Info is what the technician sees before confirming.
@@ -130,14 +131,14 @@ func Check(info Info, p Policy, roots Roots) error {
 	names := append([]string{info.Name}, info.Partitions...)
 	for _, m := range mounts {
 		for _, n := range names {
-			if m.major == 0 {
+			if m.Major == 0 {
 				continue
 			}
-			if devNumber(roots.Sys, n) == fmt.Sprintf("%d:%d", m.major, m.minor) {
-				if m.mountPoint == "/" || m.mountPoint == "/boot" || m.mountPoint == "/boot/firmware" || m.mountPoint == "/usr" {
-					return fmt.Errorf("%s holds the running system (%s is mounted on %s): %w", info.Path, n, m.mountPoint, ErrRefused)
+			if devNumber(roots.Sys, n) == fmt.Sprintf("%d:%d", m.Major, m.Minor) {
+				if m.Mountpoint == "/" || m.Mountpoint == "/boot" || m.Mountpoint == "/boot/firmware" || m.Mountpoint == "/usr" {
+					return fmt.Errorf("%s holds the running system (%s is mounted on %s): %w", info.Path, n, m.Mountpoint, ErrRefused)
 				}
-				return fmt.Errorf("%s is in use: %s is mounted on %s; unmount it first (umount %s): %w", info.Path, n, m.mountPoint, m.mountPoint, ErrRefused)
+				return fmt.Errorf("%s is in use: %s is mounted on %s; unmount it first (umount %s): %w", info.Path, n, m.Mountpoint, m.Mountpoint, ErrRefused)
 			}
 		}
 	}
@@ -168,57 +169,18 @@ func Inspect(devPath string, roots Roots, p Policy) (Info, error) {
 	return info, Check(info, p, roots)
 }
 
-type mount struct {
-	major, minor int
-	mountPoint   string
-}
-
-// readMounts parses mountinfo: "36 35 98:0 /mnt1 /mnt/parent rw ... - ext3 /dev/root rw".
-func readMounts(path string) ([]mount, error) {
+// readMounts reads the mount table (/proc/self/mountinfo's format).
+func readMounts(path string) ([]*mountinfo.Info, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read the mount table %s: %w", path, err)
 	}
 	defer f.Close()
-	var out []mount
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			return nil, fmt.Errorf("%s line %d: too few fields", path, n)
-		}
-		maj, min, ok := strings.Cut(fields[2], ":")
-		if !ok {
-			return nil, fmt.Errorf("%s line %d: device %q is not major:minor", path, n, fields[2])
-		}
-		a, err1 := strconv.Atoi(maj)
-		b, err2 := strconv.Atoi(min)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s line %d: device %q is not major:minor", path, n, fields[2])
-		}
-		out = append(out, mount{major: a, minor: b, mountPoint: unescape(fields[4])})
+	mounts, err := mountinfo.GetMountsFromReader(f, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read the mount table %s: %w", path, err)
 	}
-	return out, sc.Err()
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mounts, nil
 }
 
 func devNumber(sys, name string) string {

@@ -49,7 +49,7 @@ func fakeSys(t *testing.T, disks ...disk) string {
 	return root
 }
 
-const mountinfo = `22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw
+const mountTable = `22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw
 23 22 8:1 / /boot/efi rw shared:2 - vfat /dev/sda1 rw
 40 22 8:17 / /media/tech/my\040card rw shared:3 - vfat /dev/sdb1 rw
 41 22 0:5 / /dev rw shared:4 - devtmpfs udev rw
@@ -65,7 +65,7 @@ func TestDescribeAndCheck(t *testing.T) {
 		disk{name: "mmcblk0", dev: "179:0", mmcType: "SD", removable: "0", sectors: "31116288"},
 	)
 	mi := filepath.Join(t.TempDir(), "mountinfo")
-	os.WriteFile(mi, []byte(mountinfo), 0o644)
+	os.WriteFile(mi, []byte(mountTable), 0o644)
 	roots := Roots{Sys: sys, MountInfo: mi}
 	bench := Policy{MaxSize: 256e9}
 	for _, tc := range []struct {
@@ -118,7 +118,7 @@ func TestDescribeAndCheck(t *testing.T) {
 }
 
 func FuzzReadMounts(f *testing.F) {
-	f.Add([]byte(mountinfo))
+	f.Add([]byte(mountTable))
 	f.Add([]byte("1 2 3:4 / /x\\0 rw\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := filepath.Join(t.TempDir(), "mi")

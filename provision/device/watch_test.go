@@ -181,7 +181,7 @@ func TestInspect(t *testing.T) {
 	)
 	benchSys{t, sys}.set("sdd", "ro", "1")
 	mi := filepath.Join(t.TempDir(), "mountinfo")
-	os.WriteFile(mi, []byte(mountinfo), 0o644)
+	os.WriteFile(mi, []byte(mountTable), 0o644)
 	roots := Roots{Sys: sys, MountInfo: mi}
 
 	dir := t.TempDir()

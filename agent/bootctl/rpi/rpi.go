@@ -41,7 +41,7 @@ type Options struct {
 	// DeviceTree is the device tree root, /proc/device-tree when empty.
 	DeviceTree string
 	// BootConfig is the bootconfig partition (see OpenDevice and
-	// FindBootConfig). Required.
+	// FindBootDisk). Required.
 	BootConfig Device
 	// Reboot restarts the machine with a reboot argument ("" or
 	// "0 tryboot"). Required, and the caller's choice: reboot.Systemd for
@@ -62,7 +62,7 @@ var _ bootctl.Controller = (*Controller)(nil)
 // New makes a controller; it touches nothing until called.
 func New(o Options) (*Controller, error) {
 	if o.BootConfig == nil {
-		return nil, fmt.Errorf("rpi boot control: no bootconfig partition given (see rpi.FindBootConfig)")
+		return nil, fmt.Errorf("rpi boot control: no bootconfig partition given (see rpi.FindBootDisk)")
 	}
 	if o.DeviceTree == "" {
 		o.DeviceTree = "/proc/device-tree"
@@ -88,6 +88,19 @@ func (c *Controller) readAutoboot() (*fat.FS, []byte, Autoboot, error) {
 		return nil, nil, Autoboot{}, fmt.Errorf("bootconfig partition: %w", err)
 	}
 	return fsys, b, a, nil
+}
+
+// Autoboot reads autoboot.txt from the bootconfig partition, checking that
+// it names a slot for a normal and a trial boot.
+func (c *Controller) Autoboot() (Autoboot, error) {
+	_, _, a, err := c.readAutoboot()
+	if err != nil {
+		return a, err
+	}
+	if _, _, err := a.Slots(); err != nil {
+		return a, fmt.Errorf("bootconfig partition: %w", err)
+	}
+	return a, nil
 }
 
 // Status reads the device tree and autoboot.txt.

@@ -149,44 +149,117 @@ func TestReadBootInfo(t *testing.T) {
 	}
 }
 
-func TestFindBootConfig(t *testing.T) {
+// kernelRoots writes the kernel's view of disks and the mount table under
+// a new directory; it returns the roots to read them from.
+func kernelRoots(t *testing.T, mountinfo string, disks ...imagetest.KernelDisk) Roots {
+	t.Helper()
 	root := t.TempDir()
-	r := Roots{Proc: filepath.Join(root, "proc"), Dev: filepath.Join(root, "dev"), Sys: filepath.Join(root, "sys")}
-	mk := func(p, content string) {
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
+	if err := imagetest.WriteKernelTree(root, mountinfo, disks...); err != nil {
+		t.Fatal(err)
+	}
+	return Roots{Proc: filepath.Join(root, "proc"), Dev: filepath.Join(root, "dev"), Sys: filepath.Join(root, "sys")}
+}
+
+func TestFindBootDiskForEachNaming(t *testing.T) {
+	sd, nvme, usb := imagetest.PiSDCard(""), imagetest.PiNVMe(""), imagetest.PiUSB("")
+	// The same image on every disk: the same partition GUIDs, so only the
+	// mount table tells which one / is on.
+	multipath := nvme
+	multipath.SysDir = "virtual/nvme-subsystem/nvme-subsys0/nvme0n1" // CONFIG_NVME_MULTIPATH
+	for _, c := range []struct {
+		name  string
+		root  string // mount table line for /
+		disks []imagetest.KernelDisk
+		want  BootDisk
+	}{
+		{"sd", "22 1 179:4 / / rw,noatime shared:1 - ext4 /dev/root rw", []imagetest.KernelDisk{sd, usb},
+			BootDisk{Disk: "mmcblk0", BootConfig: "mmcblk0p1"}},
+		{"nvme", "22 1 259:5 / / rw,noatime shared:1 - ext4 /dev/nvme0n1p5 rw", []imagetest.KernelDisk{sd, nvme},
+			BootDisk{Disk: "nvme0n1", BootConfig: "nvme0n1p1"}},
+		{"nvme multipath", "22 1 259:4 / / rw,noatime shared:1 - ext4 /dev/nvme0n1p4 rw", []imagetest.KernelDisk{multipath},
+			BootDisk{Disk: "nvme0n1", BootConfig: "nvme0n1p1"}},
+		{"usb", "22 1 8:4 / / rw,noatime shared:1 - ext4 /dev/sda4 rw", []imagetest.KernelDisk{sd, usb},
+			BootDisk{Disk: "sda", BootConfig: "sda1"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := kernelRoots(t, imagetest.MountTable(c.root), c.disks...)
+			got, err := FindBootDisk(r)
+			want := BootDisk{Disk: filepath.Join(r.Dev, c.want.Disk), BootConfig: filepath.Join(r.Dev, c.want.BootConfig)}
+			if err != nil || got != want {
+				t.Fatalf("FindBootDisk = %+v, %v; want %+v", got, err, want)
+			}
+			if byName, err := BootDiskAt(want.Disk); err != nil || byName != want {
+				t.Fatalf("BootDiskAt(%s) = %+v, %v; want %+v", want.Disk, byName, err, want)
+			}
+		})
+	}
+}
+
+func TestFindBootDiskRefuses(t *testing.T) {
+	sd := imagetest.PiSDCard("")
+	for _, c := range []struct {
+		name, mountinfo string
+		sysfs           func(r Roots)
+		want            []string
+	}{
+		{name: "nfs root", mountinfo: imagetest.MountTable("22 1 0:20 / / rw,relatime shared:1 - nfs 10.0.0.1:/srv/robots/r1 rw,vers=3,addr=10.0.0.1"),
+			want: []string{"/ is nfs from 10.0.0.1:/srv/robots/r1", "not a partition", "set update_disk"}},
+		{name: "overlay root", mountinfo: imagetest.MountTable("22 1 179:4 / / ro,noatime shared:1 - ext4 /dev/mmcblk0p4 ro",
+			"40 22 0:30 / / rw,relatime shared:20 - overlay overlay rw,lowerdir=/media/root-ro,upperdir=/media/root-rw/overlay"),
+			want: []string{"/ is overlay from overlay", "set update_disk"}},
+		{name: "no link in sysfs", mountinfo: imagetest.MountTable("22 1 179:4 / / rw - ext4 /dev/root rw"),
+			sysfs: func(r Roots) { os.Remove(filepath.Join(r.Sys, "dev/block/179:4")) },
+			want:  []string{"block device 179:4, which sysfs does not show", "set update_disk"}},
+		{name: "whole-disk root", mountinfo: imagetest.MountTable("22 1 179:0 / / rw - ext4 /dev/mmcblk0 rw"),
+			want: []string{"/ is on mmcblk0 (179:0), which is not a partition", "set update_disk"}},
+		{name: "root not a slot", mountinfo: imagetest.MountTable("22 1 179:2 / / rw - ext4 /dev/mmcblk0p2 rw"),
+			want: []string{"partition 2 of mmcblk0", "mmcblk0 is not an A/B disk"}},
+		{name: "no bootconfig partition", mountinfo: imagetest.MountTable("22 1 179:4 / / rw - ext4 /dev/root rw"),
+			sysfs: func(r Roots) {
+				os.RemoveAll(filepath.Join(r.Sys, "devices", sd.SysDir, "mmcblk0p1"))
+			},
+			want: []string{"mmcblk0 (holding / on mmcblk0p4) has no partition 1"}},
+		{name: "no root mount", mountinfo: "26 1 0:22 / /proc rw - proc proc rw\n", want: []string{"has no mount on /"}},
+		{name: "bad mount table", mountinfo: "garbage\n", want: []string{"mountinfo", "garbage"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := kernelRoots(t, c.mountinfo, sd)
+			if c.sysfs != nil {
+				c.sysfs(r)
+			}
+			got, err := FindBootDisk(r)
+			if err == nil {
+				t.Fatalf("found %+v", got)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+	if _, err := FindBootDisk(Roots{Proc: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "read the mount table") {
+		t.Errorf("no mount table: %v", err)
+	}
+}
+
+func TestPartitionDeviceNamesAsTheKernel(t *testing.T) {
+	for _, d := range []imagetest.KernelDisk{imagetest.PiSDCard(""), imagetest.PiNVMe(""), imagetest.PiUSB(""), {Name: "vda"}, {Name: "loop0"}} {
+		for _, n := range []int{1, 5, 12} {
+			if got, want := PartitionDevice("/dev/"+d.Name, n), "/dev/"+d.PartitionName(n); got != want {
+				t.Errorf("PartitionDevice(/dev/%s, %d) = %s, want %s", d.Name, n, got, want)
+			}
 		}
 	}
-	link := func(target, p string) {
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.Symlink(target, p); err != nil {
-			t.Fatal(err)
-		}
+	dev := t.TempDir()
+	sda, byID := filepath.Join(dev, "sda"), filepath.Join(dev, "usb-Generic_STORAGE_DEVICE-0:0")
+	os.WriteFile(sda, nil, 0o644)
+	os.Symlink("sda", byID)
+	if got, err := BootDiskAt(byID); err != nil || got != (BootDisk{Disk: sda, BootConfig: sda + "1"}) {
+		t.Errorf("BootDiskAt(a by-id link) = %+v, %v", got, err)
 	}
-	// Two disks with the same layout: the boot disk mmcblk0 and a USB
-	// stick sda. root= names mmcblk0p4.
-	for _, d := range []struct{ disk, sep string }{{"mmcblk0", "p"}, {"sda", ""}} {
-		for n := 1; n <= 6; n++ {
-			part := d.disk + d.sep + string(rune('0'+n))
-			mk(filepath.Join(r.Sys, "devices/platform", d.disk, part, "partition"), string(rune('0'+n))+"\n")
-			link(filepath.Join("../../devices/platform", d.disk, part), filepath.Join(r.Sys, "class/block", part))
-			mk(filepath.Join(r.Dev, part), "")
-		}
-	}
-	link("../../mmcblk0p4", filepath.Join(r.Dev, "disk/by-partuuid/0a1b2c3d-0000-4000-8000-000000000004"))
-	mk(filepath.Join(r.Proc, "cmdline"), "console=tty1 root=PARTUUID=0A1B2C3D-0000-4000-8000-000000000004 rootfstype=ext4 rootwait\n")
-	got, err := FindBootConfig(r)
-	if err != nil || got != filepath.Join(r.Dev, "mmcblk0p1") {
-		t.Fatalf("%q %v, want mmcblk0p1", got, err)
-	}
-	mk(filepath.Join(r.Proc, "cmdline"), "root=/dev/sda5 rootwait\n")
-	if got, err := FindBootConfig(r); err != nil || got != filepath.Join(r.Dev, "sda1") {
-		t.Fatalf("%q %v, want sda1", got, err)
-	}
-	mk(filepath.Join(r.Proc, "cmdline"), "root=LABEL=x\n")
-	if _, err := FindBootConfig(r); err == nil {
-		t.Fatal("accepted root=LABEL=")
+	if _, err := BootDiskAt(filepath.Join(dev, "nvme9n1")); err == nil || !strings.Contains(err.Error(), "update_disk") {
+		t.Errorf("BootDiskAt(a missing disk) = %v", err)
 	}
 }
 
