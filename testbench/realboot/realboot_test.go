@@ -146,6 +146,8 @@ type floor struct {
 	// release2 is the LeKiwi image's next release in control's registry
 	// (host/repo@digest), which the LeKiwi board updates to.
 	release2 string
+	// failing are releases 3 and 4, with -realboot.all.
+	failing failingReleases
 }
 
 func TestBareBoardToRobot(t *testing.T) {
@@ -334,7 +336,26 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 	imgStart := time.Now()
 	buildImage("lekiwi", fx.Agent2, release2Version, release2Epoch, img2)
 	t.Logf("lekiwi release 2 image built in %s", time.Since(imgStart).Round(100*time.Millisecond))
-	f.release2 = f.pushRelease2(t, ctx, provisionBin, img2, releaseKey, filepath.Join(caDir, "ca.crt"))
+	f.release2 = f.pushRelease(t, ctx, provisionBin, img2, release2Version, releaseKey, filepath.Join(caDir, "ca.crt"))
+	if *all {
+		// Releases 3 and 4: release 2's root, a changed kernel command
+		// line each.
+		for _, r := range []struct {
+			version, cmdline string
+			ref              *string
+		}{{release3Version, release3Cmdline, &f.failing.noSSH}, {release4Version, release4Cmdline, &f.failing.hangs}} {
+			boot := filepath.Join(dir, "image-boot-"+r.version)
+			for _, name := range []string{"vmlinuz", "initrd.img", "config.txt"} {
+				copyFile(t, filepath.Join(bootDir, name), filepath.Join(boot, name))
+			}
+			writeFile(t, filepath.Join(boot, "cmdline.txt"), "console=serial0,115200 rootwait "+r.cmdline+"\n")
+			img := filepath.Join(dir, "images", "lekiwi-"+r.version+".img")
+			runWith(t, ctx, logf, []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(release2Epoch+86400, 10)}, provisionBin, "image", "build",
+				"--base", base, "--firmware", boot, "--profile", "lekiwi", "--agent", fx.Agent2, "--control-url", f.control.URL(),
+				"--update-key", releaseKey+".pub", "--version", r.version, "--boot-size", "64", "--out", img)
+			*r.ref = f.pushRelease(t, ctx, provisionBin, img, r.version, releaseKey, filepath.Join(caDir, "ca.crt"))
+		}
+	}
 
 	// The station's node certificate, as `provision ca issue-node` makes it.
 	certPEM, keyPEM, err := ca.IssueNode(pki.NodeRequest{Name: "station-1"}, time.Now())
@@ -459,6 +480,9 @@ func (f *floor) provision(t *testing.T, ctx context.Context, b *board) {
 	t.Logf("%s: robot %s online %s after power-on: %s", b.name, robot.ID, time.Since(power).Round(time.Second), robot.summary())
 	if b.profile == "lekiwi" {
 		f.update(t, ctx, b, vm2, fw, clock)
+		if *all {
+			f.updateFailures(t, ctx, b, fw, clock)
+		}
 	}
 }
 

@@ -33,23 +33,25 @@ const (
 	release2Epoch   = release1Epoch + 86400
 )
 
-// pushRelease2 makes release 2 as an engineer does — `provision release
-// create`, `sign`, `push` to control's registry with an engineer's token —
-// and returns its reference by digest.
-func (f *floor) pushRelease2(t *testing.T, ctx context.Context, provisionBin, img, key, caFile string) string {
+// pushRelease makes a release of img as an engineer does — `provision
+// release create`, `sign`, `push` to control's registry with an engineer's
+// token — and returns its reference by digest.
+func (f *floor) pushRelease(t *testing.T, ctx context.Context, provisionBin, img, version, key, caFile string) string {
 	t.Helper()
 	start := time.Now()
-	rel := filepath.Join(f.dir, "release-2")
-	run(t, ctx, f.log, provisionBin, "release", "create", "--image", img, "--version", release2Version, "--profile", "lekiwi", "--out", rel)
+	rel := filepath.Join(f.dir, "release-"+version)
+	run(t, ctx, f.log, provisionBin, "release", "create", "--image", img, "--version", version, "--profile", "lekiwi", "--out", rel)
 	run(t, ctx, f.log, provisionBin, "release", "sign", "--key", key, rel)
-	var created api.TokenCreated
-	if err := f.control.Admin().Do(ctx, "POST", "/v1/tokens", api.TokenRequest{Name: "realboot-engineer", Role: "engineer"}, &created); err != nil {
-		t.Fatal(err)
-	}
 	tokenFile := filepath.Join(f.dir, "engineer.token")
-	writeFile(t, tokenFile, created.Token+"\n")
+	if _, err := os.Stat(tokenFile); err != nil {
+		var created api.TokenCreated
+		if err := f.control.Admin().Do(ctx, "POST", "/v1/tokens", api.TokenRequest{Name: "realboot-engineer", Role: "engineer"}, &created); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, tokenFile, created.Token+"\n")
+	}
 	host := strings.TrimPrefix(f.control.URL(), "https://")
-	cmd := exec.CommandContext(ctx, provisionBin, "release", "push", "--token-file", tokenFile, "--ca-file", caFile, rel, host+"/lekiwi/os:"+release2Version)
+	cmd := exec.CommandContext(ctx, provisionBin, "release", "push", "--token-file", tokenFile, "--ca-file", caFile, rel, host+"/lekiwi/os:"+version)
 	cmd.Stderr = f.log
 	out, err := cmd.Output()
 	if err != nil {
@@ -59,7 +61,7 @@ func (f *floor) pushRelease2(t *testing.T, ctx context.Context, provisionBin, im
 	if !strings.HasPrefix(digest, "sha256:") {
 		t.Fatalf("provision release push printed %q, want a digest", out)
 	}
-	t.Logf("release %s created, signed and pushed in %s", release2Version, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("release %s created, signed and pushed in %s", version, time.Since(start).Round(100*time.Millisecond))
 	return host + "/lekiwi/os@" + digest
 }
 
@@ -359,4 +361,106 @@ var watchdogFed = regexp.MustCompile(`Started lekiwi-agent\.service|Started Leki
 
 // labWatchdog is how long a trial boot may take to start the agent under
 // TCG before the lab resets it (the real boot takes about a minute).
-const labWatchdog = 6 * time.Minute
+const labWatchdog = 4 * time.Minute
+
+// failingReleases are releases 3 and 4 in control's registry.
+type failingReleases struct{ noSSH, hangs string }
+
+// updateFailures runs the two updates that must not stick, on the robot
+// that committed release 2 (its VM powered off): release 3's trial boots
+// but never passes the health check, so the agent rolls back; release 4's
+// trial hangs before userspace, so the lab's watchdog resets it. Both end
+// with the robot online on release 2 and control's deployment saying why.
+func (f *floor) updateFailures(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware, clock *boardClock) {
+	id := b.profile + "-" + b.serial.String()
+	vm := f.powerOn(t, ctx, b, fw, layout.BootB, false)
+	f.waitImage(t, ctx, id, release2Version, vm, 10*time.Minute)
+
+	// Release 3: the trial comes up, the health check waits for
+	// ssh.service until its timeout, the agent reports rolled_back and
+	// restarts into the default slot.
+	d := f.deploy(t, ctx, b, f.failing.noSSH, release3Version, deploy.Health{TimeoutSeconds: 90, Retries: 1})
+	f.waitTrialReboot(t, ctx, b, vm, fw, d)
+	trial := f.powerOn(t, ctx, b, fw, layout.BootA, true)
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	_, err := trial.WaitFor(wctx, regexp.MustCompile(`reboot: Restarting system$`))
+	cancel()
+	if err != nil {
+		t.Fatalf("%s: the failed trial did not restart: %v (deployment %s)\n%s", b.name, err, f.deploymentSummary(ctx, d), tail(filepath.Join(trial.Dir, "console.log"), 40))
+	}
+	if err := trial.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !fw.Restarted(consoleText(trial)) || fw.Tryboot() {
+		t.Fatalf("%s: the failed trial's restart asked for another trial", b.name)
+	}
+	vm = f.powerOn(t, ctx, b, fw, layout.BootB, false)
+	got := f.waitDeployment(t, ctx, d, vm, 10*time.Minute)
+	clock.mark("rolled back", time.Now())
+	r := robotResult(got)
+	if r.UpdateState != protocol.UpdateRolledBack || !strings.Contains(r.Reason, "ssh.service") {
+		t.Errorf("%s: release 3's deployment says %+v; want rolled_back naming ssh.service", b.name, r)
+	}
+	f.waitImage(t, ctx, id, release2Version, vm, 10*time.Minute)
+	t.Logf("%s: release 3 rolled back: %s", b.name, r.Reason)
+
+	// Release 4: the trial never reaches the agent; the watchdog resets
+	// the board, whose next boot is the default slot again.
+	d = f.deploy(t, ctx, b, f.failing.hangs, release4Version, deploy.Health{TimeoutSeconds: 300})
+	f.waitTrialReboot(t, ctx, b, vm, fw, d)
+	trial = f.powerOn(t, ctx, b, fw, layout.BootA, true)
+	wctx, cancel = context.WithTimeout(ctx, labWatchdog)
+	_, err = trial.WaitFor(wctx, watchdogFed)
+	cancel()
+	if err == nil {
+		t.Fatalf("%s: release 4's trial started the agent; it should hang", b.name)
+	}
+	trial.Close() // the watchdog's reset
+	vm = f.powerOn(t, ctx, b, fw, layout.BootB, false)
+	got = f.waitDeployment(t, ctx, d, vm, 10*time.Minute)
+	clock.mark("hung trial", time.Now())
+	r = robotResult(got)
+	if r.UpdateState != protocol.UpdateRolledBack || !strings.Contains(r.Reason, "did not come up") {
+		t.Errorf("%s: release 4's deployment says %+v; want rolled_back, the trial did not come up", b.name, r)
+	}
+	f.waitImage(t, ctx, id, release2Version, vm, 10*time.Minute)
+	t.Logf("%s: release 4's hung trial reset by the watchdog: %s", b.name, r.Reason)
+	vm.Close()
+}
+
+// deploy creates a one-robot deployment of release and returns its id.
+func (f *floor) deploy(t *testing.T, ctx context.Context, b *board, release, version string, health deploy.Health) string {
+	t.Helper()
+	var d deploy.Deployment
+	spec := deploy.Spec{Release: release, Version: version, Target: deploy.Target{Profile: b.profile, RobotIDs: []string{b.profile + "-" + b.serial.String()}},
+		Strategy: deploy.Rolling, BatchSize: deploy.Size{Count: 1}, Health: health, UpdateTimeoutSeconds: 3600}
+	if err := f.control.Admin().Do(ctx, "POST", "/v1/deployments", spec, &d); err != nil {
+		t.Fatalf("create the deployment of %s: %v", version, err)
+	}
+	return d.ID
+}
+
+// waitTrialReboot waits for the robot on vm to restart into a trial.
+func (f *floor) waitTrialReboot(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM, fw *piboot.Firmware, deployment string) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+	_, err := vm.WaitFor(wctx, trybootLine)
+	cancel()
+	if err != nil {
+		t.Fatalf("%s: no trial reboot: %v (deployment %s)\n%s", b.name, err, f.deploymentSummary(ctx, deployment), tail(filepath.Join(vm.Dir, "console.log"), 40))
+	}
+	if err := vm.Wait(ctx); err != nil {
+		t.Fatalf("%s: the VM did not restart: %v", b.name, err)
+	}
+	if !fw.Restarted(consoleText(vm)) || !fw.Tryboot() {
+		t.Fatalf("%s: the console's last restart did not ask for tryboot", b.name)
+	}
+}
+
+// robotResult is the one robot's line of a one-robot deployment.
+func robotResult(d deploy.Deployment) deploy.RobotProgress {
+	if len(d.Robots) != 1 {
+		return deploy.RobotProgress{}
+	}
+	return d.Robots[0]
+}
