@@ -62,6 +62,11 @@ type UpdateState struct {
 	Total        int64     `json:"total,omitempty"`
 	Downloaded   int64     `json:"downloaded,omitempty"` // bytes fetched over the network (delta)
 	Since        time.Time `json:"since,omitzero"`
+	// On the armed report, what installing cost the agent process: its
+	// peak resident memory so far (getrusage's ru_maxrss, the whole
+	// process lifetime) and the CPU time (user + system) of the install.
+	AgentMaxRSSBytes int64   `json:"agent_max_rss_bytes,omitempty"`
+	AgentCPUSeconds  float64 `json:"agent_cpu_seconds,omitempty"`
 }
 
 // Terminal reports whether the state ends an update.

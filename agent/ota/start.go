@@ -244,7 +244,7 @@ func (u *Updater) rollback(ctx context.Context, args protocol.UpdateArgs) error 
 		return fail(err)
 	}
 	abandon := u.abandonWith(state, fail)
-	if err := u.armAndReboot(ctx, prev, base); err != nil {
+	if err := u.armAndReboot(ctx, prev, base, startCost()); err != nil {
 		return abandon(err)
 	}
 	return nil

@@ -207,6 +207,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	}
 	base := protocol.UpdateState{DeploymentID: args.DeploymentID, Version: args.Version}
 	fail := func(err error) error { return u.failed(base, err) }
+	cost := startCost()
 	st, plan, state, err := u.preflight(ctx)
 	if err != nil {
 		return fail(err)
@@ -259,7 +260,7 @@ func (u *Updater) Install(ctx context.Context, args protocol.UpdateArgs) error {
 	if err := saveState(u.o.Store, state); err != nil {
 		return abandon(err)
 	}
-	if err := u.armAndReboot(ctx, target, base); err != nil {
+	if err := u.armAndReboot(ctx, target, base, cost); err != nil {
 		return abandon(err)
 	}
 	return nil
@@ -281,12 +282,13 @@ func (u *Updater) abandonWith(state *State, fail func(error) error) func(error) 
 // armAndReboot arms a one-shot trial boot of slot, reports the update
 // armed and asks for the trial reboot. Armed but not rebooted is harmless
 // (a normal boot selects the default), but the update has then failed.
-func (u *Updater) armAndReboot(ctx context.Context, slot bootctl.Slot, base protocol.UpdateState) error {
+func (u *Updater) armAndReboot(ctx context.Context, slot bootctl.Slot, base protocol.UpdateState, cost processCost) error {
 	if err := u.o.Boot.ArmTryboot(ctx, slot); err != nil {
 		return fmt.Errorf("arm a trial boot of slot %s: %w", slot, err)
 	}
 	s := base
 	s.State = protocol.UpdateArmed
+	s.AgentMaxRSSBytes, s.AgentCPUSeconds = cost.since()
 	u.report(s)
 	if err := u.o.Boot.Reboot(ctx, true); err != nil {
 		return fmt.Errorf("reboot into the trial of slot %s: %w", slot, err)

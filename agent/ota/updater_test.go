@@ -3,6 +3,7 @@ package ota_test
 import (
 	"context"
 	"crypto/ed25519"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -63,6 +64,11 @@ func TestInstallTrialCommit(t *testing.T) {
 		if s.DeploymentID != "dep-1" || s.Version != "2" || s.Slot != "b" {
 			t.Errorf("report %+v does not name deployment, version and slot", s)
 		}
+	}
+	// The armed report says what the install cost this process.
+	if armed := r.last(); armed.AgentMaxRSSBytes < 1<<20 || armed.AgentCPUSeconds <= 0 || armed.AgentCPUSeconds > installTime.Seconds()*float64(runtime.NumCPU()) {
+		t.Errorf("armed report: peak RSS %d bytes, %.3f CPU s for an install of %s; want a real peak and the install's CPU time",
+			armed.AgentMaxRSSBytes, armed.AgentCPUSeconds, installTime)
 	}
 	full := f.fullDownload(t)
 	written := int64(0)
