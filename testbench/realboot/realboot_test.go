@@ -148,6 +148,8 @@ type floor struct {
 	release2 string
 	// failing are releases 3 and 4, with -realboot.all.
 	failing failingReleases
+	// images are the LeKiwi images of releases 1 and 2, for the benchmark.
+	images [2]string
 }
 
 func TestBareBoardToRobot(t *testing.T) {
@@ -335,6 +337,7 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 	img2 := filepath.Join(dir, "images", "lekiwi-2.img")
 	imgStart := time.Now()
 	buildImage("lekiwi", fx.Agent2, release2Version, release2Epoch, img2)
+	f.images = [2]string{images["lekiwi"], img2}
 	t.Logf("lekiwi release 2 image built in %s", time.Since(imgStart).Round(100*time.Millisecond))
 	f.release2 = f.pushRelease(t, ctx, provisionBin, img2, release2Version, releaseKey, filepath.Join(caDir, "ca.crt"))
 	if *all {

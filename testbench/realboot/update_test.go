@@ -1,9 +1,11 @@
 package realboot_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,6 +123,7 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 	}
 	f.waitImage(t, ctx, id, release2Version, vm3, 5*time.Minute)
 	t.Logf("%s: updated to %s and committed %s after the deployment was created", b.name, release2Version, time.Since(start).Round(time.Second))
+	t.Logf("%s: the update, phase by phase (TCG on this machine; not a Pi's times):\n%s", b.name, f.updatePhases(t, ctx, id, d.ID, start))
 
 	// Power cut right after the commit; the next plain power-on boots
 	// slot B.
@@ -463,4 +466,100 @@ func robotResult(d deploy.Deployment) deploy.RobotProgress {
 		return deploy.RobotProgress{}
 	}
 	return d.Robots[0]
+}
+
+// updatePhases reads the robot's update reports from control's event log
+// (the agent's own clock, in order) and says how long each phase took,
+// what was downloaded against what the release holds, and what the
+// install cost the agent process; plus, from the images, how much of the
+// slot really changed (64 KiB pieces of boot_a and system_a that differ
+// between release 1 and release 2).
+func (f *floor) updatePhases(t *testing.T, ctx context.Context, robot, deployment string, created time.Time) string {
+	t.Helper()
+	var page struct {
+		Events []struct {
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
+		} `json:"events"`
+	}
+	if err := f.control.Admin().Do(ctx, "GET", "/v1/events?robot="+robot+"&limit=1000", nil, &page); err != nil {
+		t.Fatal(err)
+	}
+	type mark struct {
+		state string
+		at    time.Time
+	}
+	var marks []mark
+	var armed, last protocol.UpdateState
+	for _, e := range page.Events {
+		var pe protocol.Event
+		var us protocol.UpdateState
+		if json.Unmarshal(e.Data, &pe) != nil || pe.Kind != protocol.EventUpdate || json.Unmarshal(pe.Data, &us) != nil || us.DeploymentID != deployment {
+			continue
+		}
+		if len(marks) == 0 || marks[len(marks)-1].state != us.State {
+			marks = append(marks, mark{us.State, us.Since})
+		}
+		if us.State == protocol.UpdateArmed {
+			armed = us
+		}
+		if us.Total > 0 {
+			last = us
+		}
+	}
+	var s strings.Builder
+	prev := created
+	fmt.Fprintf(&s, "  deployment created → ")
+	for _, m := range marks {
+		fmt.Fprintf(&s, "%s +%s → ", m.state, m.at.Sub(prev).Round(100*time.Millisecond))
+		prev = m.at
+	}
+	fmt.Fprintf(&s, "(total %s)\n", prev.Sub(created).Round(time.Second))
+	fmt.Fprintf(&s, "  downloaded %.1f MiB of the %.1f MiB the new slot holds; the slot's real change: %.1f MiB (64 KiB pieces of boot_a + system_a that differ between the release images)\n",
+		float64(armed.Downloaded)/(1<<20), float64(last.Total)/(1<<20), float64(f.changedBytes(t))/(1<<20))
+	fmt.Fprintf(&s, "  agent during the install: peak RSS %.1f MiB, %.1f CPU s", float64(armed.AgentMaxRSSBytes)/(1<<20), armed.AgentCPUSeconds)
+	return s.String()
+}
+
+// changedBytes compares the A slots of the two release images piece by
+// piece.
+func (f *floor) changedBytes(t *testing.T) int64 {
+	t.Helper()
+	a, err := os.Open(f.images[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := os.Open(f.images[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	plan, err := layout.ReadGPT(a, mustSize(t, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const piece = 64 << 10
+	pa, pb := make([]byte, piece), make([]byte, piece)
+	var changed int64
+	for _, n := range []int{layout.BootA, layout.SystemA} {
+		p := plan.Part(n)
+		for off := p.Start; off < p.Start+p.Size; off += piece {
+			na, _ := a.ReadAt(pa, off)
+			nb, _ := b.ReadAt(pb, off)
+			if na != nb || !bytes.Equal(pa[:na], pb[:nb]) {
+				changed += piece
+			}
+		}
+	}
+	return changed
+}
+
+func mustSize(t *testing.T, f *os.File) int64 {
+	t.Helper()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }
