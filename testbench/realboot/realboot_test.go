@@ -418,7 +418,7 @@ func (f *floor) provision(t *testing.T, ctx context.Context, b *board) {
 		Dir: t.TempDir(),
 	})
 	if err != nil {
-		t.Fatalf("network boot: %v\nso far: %+v", err, res.Files)
+		t.Fatalf("network boot: %v\nso far: %+v (DHCP %+v)\n%s", err, res.Files, res.DHCP, f.lan.Describe(ctx))
 	}
 	clock.mark("dhcp", power.Add(res.DHCP.AckLatency))
 	clock.mark("tftp", time.Now())

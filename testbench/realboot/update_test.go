@@ -104,9 +104,10 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 		t.Fatalf("%s: the console's last restart did not ask for tryboot", b.name)
 	}
 	// Orderly: systemd stopped the agent's unit before the restart
-	// (a bare reboot(2) stops nothing).
-	if !anyLine(lines, regexp.MustCompile(`Stopped .*lekiwi-agent\.service|Stopped Lekiwi Heartbeat robot agent`)) ||
-		!anyLine(lines, regexp.MustCompile(`systemd-shutdown\[1\]: `)) {
+	// (a bare reboot(2) stops nothing), and systemd-shutdown unmounted
+	// the filesystems.
+	if !anyLine(lines, regexp.MustCompile(`Stopped .*(lekiwi-agent|Lekiwi Heartbeat robot agent)`)) ||
+		!anyLine(lines, regexp.MustCompile(`systemd-shutdown\[1\]: All filesystems unmounted`)) {
 		t.Errorf("%s: the trial reboot did not go through systemd's shutdown (no stopped agent unit, no systemd-shutdown):\n%s", b.name, tail(filepath.Join(vm.Dir, "console.log"), 30))
 	}
 
@@ -275,9 +276,23 @@ func (f *floor) checkDiskAfterUpdate(t *testing.T, ctx context.Context, b *board
 		t.Errorf("autoboot.txt after the commit names boot partition %d by default and %d for a trial; want %d and %d:\n%s",
 			a.Partition, tb.Partition, layout.BootB, layout.BootA, auto)
 	}
-	for _, name := range []string{"bootconfig", "boot_a", "boot_b"} {
+	// boot_a and the bootconfig partition were not mounted at the cut:
+	// clean as they are. boot_b was (the committed slot was running):
+	// its dirty flag is the cut's, cleared first on a copy, as the next
+	// boot's fsck would.
+	for _, name := range []string{"bootconfig", "boot_a"} {
 		checkTool(t, ctx, b.disk, part[name], name, "fsck.fat", "-n")
 	}
+	bootB := extract(t, b.disk, part["boot_b"], "boot_b")
+	if out, err := exec.CommandContext(ctx, "fsck.fat", "-a", bootB).CombinedOutput(); err != nil {
+		if exit := (*exec.ExitError)(nil); !errors.As(err, &exit) || exit.ExitCode() > 1 {
+			t.Errorf("fsck.fat -a boot_b: %v\n%s", err, out)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "fsck.fat", "-n", bootB).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n boot_b after clearing the dirty flag: %v\n%s", err, out)
+	}
+	os.Remove(bootB)
 	for name, version := range map[string]string{"system_a": imageVersion, "system_b": release2Version} {
 		img := extract(t, b.disk, part[name], name)
 		// The trial and the committed boot ran slot B read-write and the
@@ -325,10 +340,15 @@ func checkTool(t *testing.T, ctx context.Context, disk string, p [2]int64, name 
 	}
 }
 
+// ansiEscape is a terminal colour or attribute sequence; systemd colours
+// its status lines on the console.
+var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+
+// consoleText is the VM's console, without colours.
 func consoleText(vm *vmlab.VM) []string {
 	var out []string
 	for _, l := range vm.Console.Lines() {
-		out = append(out, l.Text)
+		out = append(out, ansiEscape.ReplaceAllString(l.Text, ""))
 	}
 	return out
 }

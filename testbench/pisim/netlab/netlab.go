@@ -151,6 +151,35 @@ func (l *Lab) Path(ns string) string {
 // opens live there (servers under test are started this way).
 func (l *Lab) Run(ns string, fn func() error) error { return netns.Run(l.Path(ns), fn) }
 
+// Describe reports the lab's network as the kernel holds it — each
+// namespace's addresses and neighbour (ARP) entries, the bridge's ports
+// and learned MACs — for the message of a test whose traffic went
+// nowhere.
+func (l *Lab) Describe(ctx context.Context) string {
+	var s strings.Builder
+	for _, c := range []struct {
+		title string
+		args  []string
+	}{
+		{"station addresses", []string{"ip", "-br", "addr"}},
+		{"station neighbours", []string{"ip", "neigh"}},
+		{"bridge ports", []string{"bridge", "link"}},
+		{"bridge MACs", []string{"bridge", "fdb", "show", "br", l.StationIf}},
+		{"pis addresses", []string{"ip", "-n", l.Pis, "-br", "addr"}},
+		{"pis neighbours", []string{"ip", "-n", l.Pis, "neigh"}},
+		{"factory neighbours", []string{"ip", "-n", l.Factory, "neigh"}},
+	} {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		out, err := exec.CommandContext(cctx, c.args[0], c.args[1:]...).CombinedOutput()
+		cancel()
+		fmt.Fprintf(&s, "%s (%s):\n%s", c.title, strings.Join(c.args, " "), out)
+		if err != nil {
+			fmt.Fprintf(&s, "  (%v)\n", err)
+		}
+	}
+	return s.String()
+}
+
 // Close deletes the namespaces, and with them the bridge and veths.
 func (l *Lab) Close() error {
 	var errs []error
