@@ -93,10 +93,14 @@ bench-flash: build deps-test
 # two servo buses and boot time per emulated CPU model (minutes of TCG).
 # VM_LOGS keeps every VM's console and QEMU logs.
 VM_LOGS ?= $(RUN_DIR)/vmlab
+# VM_CUTS power cuts at random points of as many updates of the LeKiwi robot
+# (a few minutes each under TCG), placed by VM_SEED.
+VM_CUTS ?= 20
+VM_SEED ?= 1
 .PHONY: vm-test
 vm-test: deps-test
 	$(GO) test -count=1 -timeout 20m -v ./testbench/vmlab/ -args -vmlab.long -vmlab.logdir=$(abspath $(VM_LOGS))
-	$(GO) test -tags $(TAGS) -count=1 -timeout 60m -v ./testbench/realboot/ -args -realboot.all
+	$(GO) test -tags $(TAGS) -count=1 -timeout 240m -v ./testbench/realboot/ -args -realboot.all -realboot.cuts=$(VM_CUTS) -realboot.seed=$(VM_SEED)
 
 # HA chaos acceptance at full size: 2 control nodes + witness as
 # real processes, 1,000 simulated agents; kill -9 of the leader, partition

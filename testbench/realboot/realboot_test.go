@@ -42,6 +42,8 @@ import (
 var (
 	all          = flag.Bool("realboot.all", false, "an XLE board too (make vm-test); without it a LeKiwi board and a held one")
 	fixturesFlag = flag.String("realboot.fixtures", "", "fixtures prepared outside the namespace (set by the test itself)")
+	cutsFlag     = flag.Int("realboot.cuts", 0, "power cuts at random points of as many updates of the LeKiwi robot (make vm-test: 20)")
+	seedFlag     = flag.Uint64("realboot.seed", 1, "seed of the power cuts' points and delays")
 )
 
 // fixtures are what the test prepares before it moves into its private
@@ -150,6 +152,8 @@ type floor struct {
 	failing failingReleases
 	// images are the LeKiwi images of releases 1 and 2, for the benchmark.
 	images [2]string
+	// release1 is release 1 in control's registry, with -realboot.cuts.
+	release1 string
 }
 
 func TestBareBoardToRobot(t *testing.T) {
@@ -166,6 +170,7 @@ func TestBareBoardToRobot(t *testing.T) {
 		if *all {
 			args = append(args, "-realboot.all")
 		}
+		args = append(args, fmt.Sprintf("-realboot.cuts=%d", *cutsFlag), fmt.Sprintf("-realboot.seed=%d", *seedFlag))
 		out, err := netlab.Reexec(ctx, args...)
 		t.Logf("in a private network namespace:\n%s", out)
 		if err != nil {
@@ -340,6 +345,9 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 	f.images = [2]string{images["lekiwi"], img2}
 	t.Logf("lekiwi release 2 image built in %s", time.Since(imgStart).Round(100*time.Millisecond))
 	f.release2 = f.pushRelease(t, ctx, provisionBin, img2, release2Version, releaseKey, filepath.Join(caDir, "ca.crt"))
+	if *cutsFlag > 0 {
+		f.release1 = f.pushRelease(t, ctx, provisionBin, images["lekiwi"], imageVersion, releaseKey, filepath.Join(caDir, "ca.crt"))
+	}
 	if *all {
 		// Releases 3 and 4: release 2's root, a changed kernel command
 		// line each.
@@ -485,6 +493,9 @@ func (f *floor) provision(t *testing.T, ctx context.Context, b *board) {
 		f.update(t, ctx, b, vm2, fw, clock)
 		if *all {
 			f.updateFailures(t, ctx, b, fw, clock)
+		}
+		if *cutsFlag > 0 {
+			f.reportCuts(t, f.powerCuts(t, ctx, b, fw, *cutsFlag, *seedFlag))
 		}
 	}
 }

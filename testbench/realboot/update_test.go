@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -454,9 +455,15 @@ func (f *floor) updateFailures(t *testing.T, ctx context.Context, b *board, fw *
 // deploy creates a one-robot deployment of release and returns its id.
 func (f *floor) deploy(t *testing.T, ctx context.Context, b *board, release, version string, health deploy.Health) string {
 	t.Helper()
+	return f.deployOpts(t, ctx, b, release, version, health, false)
+}
+
+// deployOpts is deploy, allowing a downgrade when asked.
+func (f *floor) deployOpts(t *testing.T, ctx context.Context, b *board, release, version string, health deploy.Health, downgrade bool) string {
+	t.Helper()
 	var d deploy.Deployment
 	spec := deploy.Spec{Release: release, Version: version, Target: deploy.Target{Profile: b.profile, RobotIDs: []string{b.profile + "-" + b.serial.String()}},
-		Strategy: deploy.Rolling, BatchSize: deploy.Size{Count: 1}, Health: health, UpdateTimeoutSeconds: 3600}
+		Strategy: deploy.Rolling, BatchSize: deploy.Size{Count: 1}, Health: health, UpdateTimeoutSeconds: 3600, AllowDowngrade: downgrade}
 	if err := f.control.Admin().Do(ctx, "POST", "/v1/deployments", spec, &d); err != nil {
 		t.Fatalf("create the deployment of %s: %v", version, err)
 	}
@@ -582,4 +589,186 @@ func mustSize(t *testing.T, f *os.File) int64 {
 		t.Fatal(err)
 	}
 	return fi.Size()
+}
+
+// Cut points of the power-cut sweep: the update state control last saw
+// from the robot when the lab pulls the plug (after a random delay), or
+// the moment of the trial restart itself.
+const (
+	cutDownloading = "downloading"
+	cutWriting     = "writing"
+	cutArmed       = "armed"   // the kernel restarted for the trial; power lost before the trial boot
+	cutTrial       = "trial"   // during the trial's health check and commit
+	cutCommitted   = "settled" // just after control saw the update's end
+)
+
+var cutPoints = []string{cutDownloading, cutWriting, cutArmed, cutTrial, cutCommitted}
+
+// cutOutcome is one run of the sweep.
+type cutOutcome struct {
+	point   string // the cut point drawn
+	at      string // where the update was when the power went (the point, or "settled" if it passed it unseen)
+	delay   time.Duration
+	booted  int    // boot partition the power-on after the cut chose
+	result  string // the deployment's robot result after the cut
+	retried bool   // a second deployment was needed to finish
+}
+
+// powerCuts runs n updates of the robot (VM powered off, release 2
+// committed), alternating releases 1 and 2, each with a power cut at a
+// seeded random point; after every cut the board must boot a complete slot
+// with its agent online, and the update must reach success, by itself or
+// retried.
+func (f *floor) powerCuts(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware, n int, seed uint64) []cutOutcome {
+	rng := rand.New(rand.NewPCG(seed, 0xc07))
+	id := b.profile + "-" + b.serial.String()
+	releases := []struct{ ref, version string }{{f.release1, imageVersion}, {f.release2, release2Version}}
+	current := 1 // release 2 runs
+	vm := f.powerOn(t, ctx, b, fw, f.committedBoot(t, ctx, b), false)
+	var outcomes []cutOutcome
+	for i := range n {
+		next := 1 - current
+		rel := releases[next]
+		f.waitImage(t, ctx, id, releases[current].version, vm, 10*time.Minute)
+		o := cutOutcome{point: cutPoints[rng.IntN(len(cutPoints))], delay: time.Duration(rng.IntN(8000)) * time.Millisecond}
+		d := f.deployOpts(t, ctx, b, rel.ref, rel.version, deploy.Health{TimeoutSeconds: 600}, next == 0)
+		vm, o.at = f.cutAt(t, ctx, b, fw, vm, d, o.point, o.delay)
+		// The cut: power lost, the flag with it; the next power-on must
+		// boot a complete slot whose agent comes online.
+		vm.Close()
+		fw.PowerCut()
+		o.booted = f.committedBoot(t, ctx, b)
+		vm = f.powerOn(t, ctx, b, fw, o.booted, false)
+		got, vmAfter := f.runUntilFinal(t, ctx, b, fw, vm, d, 30*time.Minute)
+		vm = vmAfter
+		r := robotResult(got)
+		o.result = r.State + "/" + r.UpdateState
+		if r.State != deploy.RobotSucceeded {
+			o.retried = true
+			d = f.deployOpts(t, ctx, b, rel.ref, rel.version, deploy.Health{TimeoutSeconds: 600}, next == 0)
+			got, vm = f.runUntilFinal(t, ctx, b, fw, vm, d, 30*time.Minute)
+			if r := robotResult(got); r.State != deploy.RobotSucceeded {
+				t.Fatalf("%s: cut %d (%s +%s): the retried update did not succeed: %s", b.name, i, o.point, o.delay, f.deploymentSummary(ctx, d))
+			}
+		}
+		current = next
+		outcomes = append(outcomes, o)
+		t.Logf("%s: power cut %d/%d at %s +%s (update %s): booted partition %d, deployment %s, retried %v", b.name, i+1, n, o.point, o.delay, o.at, o.booted, o.result, o.retried)
+	}
+	f.waitImage(t, ctx, id, releases[current].version, vm, 10*time.Minute)
+	vm.Close()
+	return outcomes
+}
+
+// committedBoot is the partition a plain power-on boots now (read with
+// the lab's independent tools).
+func (f *floor) committedBoot(t *testing.T, ctx context.Context, b *board) int {
+	t.Helper()
+	boot, err := piboot.FromDisk(ctx, b.disk, piboot.DiskOptions{Board: piboot.Board{Revision: b.revision, Serial: b.serial}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("%s: read the disk's boot choice: %v", b.name, err)
+	}
+	return boot.Partition
+}
+
+// cutAt follows the update on vm (restarting into the trial when asked)
+// until point, waits delay and returns the VM to cut and where the update
+// was.
+func (f *floor) cutAt(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware, vm *vmlab.VM, deployment, point string, delay time.Duration) (*vmlab.VM, string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case <-vm.Exited():
+			if !fw.Restarted(consoleText(vm)) {
+				t.Fatalf("%s: the robot powered off during the update", b.name)
+			}
+			if point == cutArmed && fw.Tryboot() {
+				return vm, cutArmed // the trial restart: cut before its boot
+			}
+			vm = f.powerOn(t, ctx, b, fw, f.nextBoot(t, ctx, b, fw), fw.Tryboot())
+			continue
+		case <-time.After(time.Second):
+		}
+		var d deploy.Deployment
+		if err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+deployment, nil, &d); err != nil {
+			continue
+		}
+		r := robotResult(d)
+		reached := r.UpdateState == point
+		if point == cutCommitted {
+			reached = (protocol.UpdateState{State: r.UpdateState}).Terminal()
+		}
+		if point == cutArmed {
+			reached = false // waits for the restart above
+		}
+		if reached || (protocol.UpdateState{State: r.UpdateState}).Terminal() {
+			at := r.UpdateState
+			if (protocol.UpdateState{State: at}).Terminal() {
+				at = cutCommitted
+			}
+			select {
+			case <-vm.Exited():
+			case <-time.After(delay):
+			}
+			return vm, at
+		}
+	}
+	t.Fatalf("%s: the update never reached %s", b.name, point)
+	return vm, ""
+}
+
+// nextBoot is the partition the firmware's next power-on chooses, tryboot
+// flag included.
+func (f *floor) nextBoot(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware) int {
+	t.Helper()
+	boot, err := piboot.FromDisk(ctx, b.disk, piboot.DiskOptions{Board: piboot.Board{Revision: b.revision, Serial: b.serial, Tryboot: fw.Tryboot()}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("%s: read the disk's boot choice: %v", b.name, err)
+	}
+	return boot.Partition
+}
+
+// runUntilFinal keeps the robot running — every restart it asks for is
+// the firmware's next boot — until control's deployment is final.
+func (f *floor) runUntilFinal(t *testing.T, ctx context.Context, b *board, fw *piboot.Firmware, vm *vmlab.VM, deployment string, timeout time.Duration) (deploy.Deployment, *vmlab.VM) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-vm.Exited():
+			if !fw.Restarted(consoleText(vm)) {
+				t.Fatalf("%s: the robot powered off during deployment %s", b.name, deployment)
+			}
+			vm = f.powerOn(t, ctx, b, fw, f.nextBoot(t, ctx, b, fw), fw.Tryboot())
+			continue
+		case <-time.After(2 * time.Second):
+		}
+		var d deploy.Deployment
+		if err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+deployment, nil, &d); err == nil &&
+			(d.State == deploy.StateCompleted || d.State == deploy.StatePaused || d.State == deploy.StateAborted || d.State == deploy.StateRolledBack) {
+			return d, vm
+		}
+	}
+	t.Fatalf("%s: deployment %s not final within %s: %s", b.name, deployment, timeout, f.deploymentSummary(ctx, deployment))
+	return deploy.Deployment{}, vm
+}
+
+// reportCuts logs which cut points the sweep hit and what followed.
+func (f *floor) reportCuts(t *testing.T, outcomes []cutOutcome) {
+	t.Helper()
+	byPoint := map[string]int{}
+	retried := 0
+	for _, o := range outcomes {
+		byPoint[o.at]++
+		if o.retried {
+			retried++
+		}
+	}
+	var parts []string
+	for _, p := range cutPoints {
+		parts = append(parts, fmt.Sprintf("%s %d", p, byPoint[p]))
+	}
+	t.Logf("power-cut sweep (seed %d): %d cuts, by where the update was: %s; every power-on booted a complete slot and the agent came back online; %d updates needed a retry, all then succeeded",
+		*seedFlag, len(outcomes), strings.Join(parts, ", "), retried)
 }
