@@ -60,8 +60,10 @@ run: build
 # alone: they time failovers of a 3-process cluster on this 2-core machine,
 # and beside another package's tests (as -p 2 ran them once testbench was
 # split) a killed leader's writes came back after 5-7.6 s instead of ~2 s.
-# Then the real-boot lab alone (one LeKiwi board under QEMU TCG, which
-# takes both cores); `make vm-test` runs both profiles and a held board.
+# Then the real-boot lab alone (a LeKiwi board under QEMU TCG, which takes
+# both cores, from bare board to robot and through one A/B update, plus a
+# held board); `make vm-test` adds the XLE board, a rolled-back and a hung
+# trial, and the power-cut sweep.
 test: deps-test
 	$(GO) vet -tags $(TAGS) ./...
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/agent
