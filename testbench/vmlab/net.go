@@ -43,13 +43,16 @@ func NewNet(ctx context.Context) (*Net, error) {
 	if err := NetAvailable(); err != nil {
 		return nil, err
 	}
-	n := &Net{Name: "vmlab-" + randomHex(3), Bridge: "br0"}
+	id := randomHex(3)
+	n := &Net{Name: "vmlab-" + id, Bridge: "br0"}
 	if err := ipCmd(ctx, "", "netns", "add", n.Name); err != nil {
 		return nil, err
 	}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"link", "add", n.Bridge, "type", "bridge"},
+		// A fixed address, or the bridge takes its lowest port's MAC
+		// and changes it as VM taps come and go (see netlab).
+		{"link", "add", n.Bridge, "address", "02:76:6d:" + id[0:2] + ":" + id[2:4] + ":" + id[4:6], "type", "bridge"},
 		{"link", "set", n.Bridge, "up"},
 	} {
 		if err := ipCmd(ctx, n.Netns(), args...); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lekiwi/heartbeat/agent/servo"
+	"github.com/lekiwi/heartbeat/internal/netns"
 )
 
 func TestConsoleWaitFor(t *testing.T) {
@@ -124,5 +125,54 @@ func TestStartFailsClean(t *testing.T) {
 	}
 	if socks, _ := filepath.Glob(filepath.Join(dir, "*.sock")); len(socks) > 0 {
 		t.Errorf("sockets left: %v", socks)
+	}
+}
+
+// TestBridgeKeepsItsMAC: ports with lower MACs come and go (VM taps do)
+// and the bridge's own address stays, so the ARP caches of everything on
+// it stay right.
+func TestBridgeKeepsItsMAC(t *testing.T) {
+	if err := NetAvailable(); err != nil {
+		t.Skip(err)
+	}
+	ctx := context.Background()
+	n, err := NewNet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	mac := func() string {
+		t.Helper()
+		var hw string
+		err := netns.Run(n.Netns(), func() error {
+			ifi, err := net.InterfaceByName(n.Bridge)
+			if err == nil {
+				hw = ifi.HardwareAddr.String()
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hw
+	}
+	before := mac()
+	for _, args := range [][]string{
+		{"link", "add", "low0", "address", "00:00:5e:00:00:01", "type", "veth", "peer", "name", "low1"},
+		{"link", "set", "low0", "master", n.Bridge},
+		{"link", "set", "low0", "up"},
+	} {
+		if err := ipCmd(ctx, n.Netns(), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := mac(); got != before {
+		t.Errorf("a port with a lower MAC changed the bridge's address from %s to %s", before, got)
+	}
+	if err := ipCmd(ctx, n.Netns(), "link", "del", "low0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mac(); got != before {
+		t.Errorf("removing the port changed the bridge's address from %s to %s", before, got)
 	}
 }

@@ -107,7 +107,13 @@ func (l *Lab) build(ctx context.Context, id string) error {
 	}
 	steps := [][]string{
 		{"netns", "add", l.Factory}, {"netns", "add", l.Pis},
-		{"link", "add", l.StationIf, "type", "bridge"},
+		// A fixed address: a bridge without one takes the lowest of
+		// its ports' MACs, so each QEMU tap plugged in and removed
+		// changed the station's MAC under the Pis' ARP caches, and a
+		// board netbooted minutes later sent its TFTP requests to a
+		// MAC that had gone (seen: six unanswered tries, the entry in
+		// PROBE). A real station's NIC keeps its MAC.
+		{"link", "add", l.StationIf, "address", "02:6c:62:" + id[0:2] + ":" + id[2:4] + ":" + id[4:6], "type", "bridge"},
 		{"link", "set", "lo", "up"},
 		{"-n", l.Factory, "link", "set", "lo", "up"},
 		{"-n", l.Pis, "link", "set", "lo", "up"},
