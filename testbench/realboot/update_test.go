@@ -518,6 +518,7 @@ func (f *floor) updatePhases(t *testing.T, ctx context.Context, robot, deploymen
 	}
 	var marks []mark
 	var armed, last protocol.UpdateState
+	var downloaded int64 // the writing and later reports carry it
 	for _, e := range page.Events {
 		var pe protocol.Event
 		var us protocol.UpdateState
@@ -533,6 +534,7 @@ func (f *floor) updatePhases(t *testing.T, ctx context.Context, robot, deploymen
 		if us.Total > 0 {
 			last = us
 		}
+		downloaded = max(downloaded, us.Downloaded)
 	}
 	var s strings.Builder
 	prev := created
@@ -543,7 +545,7 @@ func (f *floor) updatePhases(t *testing.T, ctx context.Context, robot, deploymen
 	}
 	fmt.Fprintf(&s, "(total %s)\n", prev.Sub(created).Round(time.Second))
 	fmt.Fprintf(&s, "  downloaded %.1f MiB of the %.1f MiB the new slot holds; the slot's real change: %.1f MiB (64 KiB pieces of boot_a + system_a that differ between the release images)\n",
-		float64(armed.Downloaded)/(1<<20), float64(last.Total)/(1<<20), float64(f.changedBytes(t))/(1<<20))
+		float64(downloaded)/(1<<20), float64(last.Total)/(1<<20), float64(f.changedBytes(t))/(1<<20))
 	fmt.Fprintf(&s, "  agent during the install: peak RSS %.1f MiB, %.1f CPU s", float64(armed.AgentMaxRSSBytes)/(1<<20), armed.AgentCPUSeconds)
 	return s.String()
 }
