@@ -132,18 +132,27 @@ func (s *Store) Backup(ctx context.Context, w io.Writer, o BackupOptions) (Backu
 	headers := make(chan BackupHeader, 1)
 	pages := make(chan []byte, 2)
 	done := make(chan error, 1)
+	// The header is read first, and the channels are closed only after
+	// snapshot returns: a snapshot that ended before anyone looked (a
+	// small log) still hands over its header, and one that failed before
+	// it closes headers empty. (Selecting on header and result at once
+	// once took a finished snapshot's nil result for a failure.)
 	go func() {
-		done <- s.snapshot(ctx, o, headers, pages)
+		err := s.snapshot(ctx, o, headers, pages)
+		close(headers)
 		close(pages)
+		done <- err
 	}()
 
 	var sum BackupSummary
 	h := sha256.New()
 	out := &countingWriter{w: io.MultiWriter(w, h)}
-	var hdr BackupHeader
-	select {
-	case hdr = <-headers:
-	case err := <-done:
+	hdr, ok := <-headers
+	if !ok {
+		err := <-done
+		if err == nil {
+			err = errors.New("the snapshot ended without a header")
+		}
 		return sum, fmt.Errorf("back up the event log: %w", err)
 	}
 	sum.Header = hdr

@@ -279,6 +279,20 @@ func TestBackupOfEmptyLogRestores(t *testing.T) {
 	}
 }
 
+// TestBackupOfASmallLogNeverReadsAsFailed: a snapshot of a small log can
+// end before Backup looks for its header — both ready at once — which
+// once failed a backup with "back up the event log: %!w(<nil>)". Many
+// backups in a row, each must succeed.
+func TestBackupOfASmallLogNeverReadsAsFailed(t *testing.T) {
+	s := openSingle(t)
+	for i := range 300 {
+		var buf bytes.Buffer
+		if _, err := s.Backup(context.Background(), &buf, BackupOptions{}); err != nil {
+			t.Fatalf("backup %d of an empty log: %v", i, err)
+		}
+	}
+}
+
 // slowWriter sleeps on every write, so a backup takes long enough for the
 // concurrent writer to commit many transactions meanwhile.
 type slowWriter struct {
