@@ -152,7 +152,8 @@ type floor struct {
 	failing failingReleases
 	// images are the LeKiwi images of releases 1 and 2, for the benchmark.
 	images [2]string
-	// release1 is release 1 in control's registry, with -realboot.cuts.
+	// release1 is release 1 in control's registry: the downgrade the
+	// robot must refuse, and the sweep's other release.
 	release1 string
 }
 
@@ -345,9 +346,7 @@ func newFloor(t *testing.T, ctx context.Context) *floor {
 	f.images = [2]string{images["lekiwi"], img2}
 	t.Logf("lekiwi release 2 image built in %s", time.Since(imgStart).Round(100*time.Millisecond))
 	f.release2 = f.pushRelease(t, ctx, provisionBin, img2, release2Version, releaseKey, filepath.Join(caDir, "ca.crt"))
-	if *cutsFlag > 0 {
-		f.release1 = f.pushRelease(t, ctx, provisionBin, images["lekiwi"], imageVersion, releaseKey, filepath.Join(caDir, "ca.crt"))
-	}
+	f.release1 = f.pushRelease(t, ctx, provisionBin, images["lekiwi"], imageVersion, releaseKey, filepath.Join(caDir, "ca.crt"))
 	if *all {
 		// Releases 3 and 4: release 2's root, a changed kernel command
 		// line each.

@@ -3,9 +3,12 @@ package realboot_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -126,6 +129,10 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 	f.waitImage(t, ctx, id, release2Version, vm3, 5*time.Minute)
 	t.Logf("%s: updated to %s and committed %s after the deployment was created", b.name, release2Version, time.Since(start).Round(time.Second))
 	t.Logf("%s: the update, phase by phase (TCG on this machine; not a Pi's times):\n%s", b.name, f.updatePhases(t, ctx, id, d.ID, start))
+
+	// Release 1 again, without allow_downgrade: older than the committed
+	// release 2, refused before a byte is written.
+	f.refuseDowngrade(t, ctx, b, vm3)
 
 	// Power cut right after the commit; the next plain power-on boots
 	// slot B.
@@ -420,6 +427,7 @@ func (f *floor) updateFailures(t *testing.T, ctx context.Context, b *board, fw *
 	}
 	vm = f.powerOn(t, ctx, b, fw, layout.BootB, false)
 	got := f.waitDeployment(t, ctx, d, vm, 10*time.Minute)
+	f.closeFailed(t, ctx, got)
 	clock.mark("rolled back", time.Now())
 	r := robotResult(got)
 	if r.UpdateState != protocol.UpdateRolledBack || !strings.Contains(r.Reason, "ssh.service") {
@@ -442,6 +450,7 @@ func (f *floor) updateFailures(t *testing.T, ctx context.Context, b *board, fw *
 	trial.Close() // the watchdog's reset
 	vm = f.powerOn(t, ctx, b, fw, layout.BootB, false)
 	got = f.waitDeployment(t, ctx, d, vm, 10*time.Minute)
+	f.closeFailed(t, ctx, got)
 	clock.mark("hung trial", time.Now())
 	r = robotResult(got)
 	if r.UpdateState != protocol.UpdateRolledBack || !strings.Contains(r.Reason, "did not come up") {
@@ -645,6 +654,7 @@ func (f *floor) powerCuts(t *testing.T, ctx context.Context, b *board, fw *piboo
 		vm = vmAfter
 		r := robotResult(got)
 		o.result = r.State + "/" + r.UpdateState
+		f.closeFailed(t, ctx, got)
 		if r.State != deploy.RobotSucceeded {
 			o.retried = true
 			d = f.deployOpts(t, ctx, b, rel.ref, rel.version, deploy.Health{TimeoutSeconds: 600}, next == 0)
@@ -773,4 +783,59 @@ func (f *floor) reportCuts(t *testing.T, outcomes []cutOutcome) {
 	}
 	t.Logf("power-cut sweep (seed %d): %d cuts, by where the update was: %s; every power-on booted a complete slot and the agent came back online; %d updates needed a retry, all then succeeded",
 		*seedFlag, len(outcomes), strings.Join(parts, ", "), retried)
+}
+
+// refuseDowngrade deploys release 1 to the robot running release 2 (on
+// vm), as an ordinary deployment: the agent must refuse it as a
+// downgrade, and slot A (release 1's, the inactive one) must be untouched.
+func (f *floor) refuseDowngrade(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM) {
+	t.Helper()
+	before := f.slotDigest(t, b, layout.BootA, layout.SystemA)
+	d := f.deploy(t, ctx, b, f.release1, imageVersion, deploy.Health{TimeoutSeconds: 600})
+	got := f.waitDeployment(t, ctx, d, vm, 10*time.Minute)
+	f.closeFailed(t, ctx, got)
+	r := robotResult(got)
+	if r.State == deploy.RobotSucceeded || r.UpdateState != protocol.UpdateFailed || !strings.Contains(r.Reason, "downgrade") {
+		t.Errorf("%s: release 1 deployed over release 2: %+v; want it refused as a downgrade", b.name, r)
+	}
+	if after := f.slotDigest(t, b, layout.BootA, layout.SystemA); after != before {
+		t.Errorf("%s: the refused downgrade changed slot A", b.name)
+	}
+	t.Logf("%s: downgrade refused: %s", b.name, r.Reason)
+}
+
+// slotDigest hashes partitions of the board's disk (read while the VM
+// runs: the partitions are not the running slot's).
+func (f *floor) slotDigest(t *testing.T, b *board, parts ...int) string {
+	t.Helper()
+	disk, err := os.Open(b.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	plan, err := layout.ReadGPT(disk, mustSize(t, disk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	for _, n := range parts {
+		p := plan.Part(n)
+		if _, err := io.Copy(h, io.NewSectionReader(disk, p.Start, p.Size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// closeFailed aborts a deployment that stopped on a failure, as an
+// engineer does after reading why: a paused deployment keeps its robots
+// busy, and the next one for this robot would be refused.
+func (f *floor) closeFailed(t *testing.T, ctx context.Context, d deploy.Deployment) {
+	t.Helper()
+	if d.State != deploy.StatePaused {
+		return
+	}
+	if err := f.control.Admin().Do(ctx, "POST", "/v1/deployments/"+d.ID+"/abort", nil, nil); err != nil {
+		t.Fatalf("abort the failed deployment %s: %v", d.ID, err)
+	}
 }
