@@ -76,6 +76,10 @@ func (f *floor) pushRelease(t *testing.T, ctx context.Context, provisionBin, img
 // parameter to reboot(2).
 var trybootLine = regexp.MustCompile(`reboot: Restarting system with command '0 tryboot'`)
 
+// agentStopped is systemd stopping the agent's unit, on a console line
+// without colours (consoleText).
+var agentStopped = regexp.MustCompile(`Stopped .*(lekiwi-agent|Lekiwi Heartbeat robot agent)`)
+
 // update takes the online robot on vm from release 1 to release 2 through
 // control's deployment engine, with the lab playing the firmware's
 // tryboot, and checks the result as control reports it and as third-party
@@ -110,7 +114,7 @@ func (f *floor) update(t *testing.T, ctx context.Context, b *board, vm *vmlab.VM
 	// Orderly: systemd stopped the agent's unit before the restart
 	// (a bare reboot(2) stops nothing), and systemd-shutdown unmounted
 	// the filesystems.
-	if !anyLine(lines, regexp.MustCompile(`Stopped .*(lekiwi-agent|Lekiwi Heartbeat robot agent)`)) ||
+	if !anyLine(lines, agentStopped) ||
 		!anyLine(lines, regexp.MustCompile(`systemd-shutdown\[1\]: All filesystems unmounted`)) {
 		t.Errorf("%s: the trial reboot did not go through systemd's shutdown (no stopped agent unit, no systemd-shutdown):\n%s", b.name, tail(filepath.Join(vm.Dir, "console.log"), 30))
 	}
@@ -388,7 +392,9 @@ const (
 // boot alive: systemd has started the agent. On a Pi, systemd feeds the
 // hardware watchdog from early boot; a boot that hangs before then is
 // reset.
-var watchdogFed = regexp.MustCompile(`Started lekiwi-agent\.service|Started Lekiwi Heartbeat robot agent`)
+// (systemd colours the unit's name and shortens it: "Started
+// \x1b[0;1;39mlekiwi-agent.servi…\x1b[0m - Lekiwi Heartbeat robot agent.")
+var watchdogFed = regexp.MustCompile(`Started .*(lekiwi-agent|Lekiwi Heartbeat robot agent)`)
 
 // labWatchdog is how long a trial boot may take to start the agent under
 // TCG before the lab resets it (the real boot takes about a minute).
@@ -837,5 +843,25 @@ func (f *floor) closeFailed(t *testing.T, ctx context.Context, d deploy.Deployme
 	}
 	if err := f.control.Admin().Do(ctx, "POST", "/v1/deployments/"+d.ID+"/abort", nil, nil); err != nil {
 		t.Fatalf("abort the failed deployment %s: %v", d.ID, err)
+	}
+}
+
+// TestConsolePatterns checks the lab's console patterns against lines as
+// the lab's VMs print them (colours and all), so that a wait for one
+// cannot pass by never matching.
+func TestConsolePatterns(t *testing.T) {
+	started := "[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mlekiwi-agent.servi…\x1b[0m - Lekiwi Heartbeat robot agent."
+	if !watchdogFed.MatchString(started) {
+		t.Errorf("watchdogFed does not match %q", started)
+	}
+	if watchdogFed.MatchString("         Starting \x1b[0;1;39mlekiwi-agent.serv… - Lekiwi Heartbeat robot agent...") {
+		t.Error("watchdogFed matches the unit starting, not started")
+	}
+	stopped := ansiEscape.ReplaceAllString("[\x1b[0;32m  OK  \x1b[0m] Stopped \x1b[0;1;39mlekiwi-agent.servi…\x1b[0m - Lekiwi Heartbeat robot agent.", "")
+	if !anyLine([]string{stopped}, agentStopped) {
+		t.Errorf("the stopped-agent pattern does not match %q", stopped)
+	}
+	if !trybootLine.MatchString("[  197.563465] reboot: Restarting system with command '0 tryboot'") {
+		t.Error("trybootLine does not match the kernel's restart line")
 	}
 }
