@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -52,12 +53,19 @@ func SystemdActive(systemctl string, units ...string) Check {
 		if len(units) == 0 {
 			return nil
 		}
+		// is-active prints one state per unit, in order. Its exit status
+		// is 0 when ANY of them is active (systemctl(1)), so it says
+		// nothing about the others: the states decide. (A trial whose
+		// ssh.service was masked committed on a real system because the
+		// agent's own unit was active.)
 		out, err := exec.CommandContext(ctx, systemctl, append([]string{"is-active", "--"}, units...)...).Output()
-		if err == nil {
+		states := strings.Fields(string(out))
+		if err == nil && len(states) == len(units) && !slices.ContainsFunc(states, func(s string) bool { return s != "active" }) {
 			return nil
 		}
-		// is-active prints one state per unit, in order.
-		states := strings.Fields(string(out))
+		if err == nil {
+			err = errors.New("exit status 0")
+		}
 		var down []string
 		failed := false
 		for i, u := range units {

@@ -112,10 +112,11 @@ func TestHealthComposer(t *testing.T) {
 	if err := Command("sh", "-c", "echo disk full; exit 3").Run(ctx); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("failing command: %v", err)
 	}
-	// A fake systemctl: is-active prints one state per unit.
+	// A fake systemctl that behaves as the real one: is-active prints one
+	// state per unit and exits 0 when at least one of them is active.
 	dir := t.TempDir()
 	fake := filepath.Join(dir, "systemctl")
-	script := "#!/bin/sh\nshift; shift\nrc=0\nfor u in \"$@\"; do case $u in bad*) echo failed; rc=3;; *) echo active;; esac; done\nexit $rc\n"
+	script := "#!/bin/sh\nshift; shift\nrc=3\nfor u in \"$@\"; do case $u in bad*) echo failed;; masked*) echo inactive;; *) echo active; rc=0;; esac; done\nexit $rc\n"
 	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +125,10 @@ func TestHealthComposer(t *testing.T) {
 	}
 	if err := SystemdActive(fake, "agent.service", "bad.service").Run(ctx); !errors.Is(err, ErrUnhealthy) || !strings.HasSuffix(err.Error(), ": bad.service is failed") {
 		t.Fatalf("failed unit: %v; want ErrUnhealthy naming it", err)
+	}
+	// One unit active is not all: systemctl exits 0, the other is down.
+	if err := SystemdActive(fake, "agent.service", "masked-ssh.service").Run(ctx); err == nil || errors.Is(err, ErrUnhealthy) || err.Error() != "masked-ssh.service is inactive" {
+		t.Fatalf("one of two units active: %v; want a not-yet naming the inactive one", err)
 	}
 	// A unit still starting is "not yet", not a failure.
 	starting := filepath.Join(dir, "systemctl-starting")
