@@ -180,8 +180,7 @@ func (f *floor) waitDeployment(t *testing.T, ctx context.Context, id string, vm 
 	var d deploy.Deployment
 	for {
 		err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+id, nil, &d)
-		if err == nil && (d.State == deploy.StateCompleted || d.State == deploy.StatePaused || d.State == deploy.StateAborted ||
-			d.State == deploy.StateRolledBack) {
+		if err == nil && settled(d) {
 			return d
 		}
 		if time.Now().After(deadline) {
@@ -569,20 +568,8 @@ func (f *floor) updatePhases(t *testing.T, ctx context.Context, robot, deploymen
 // piece.
 func (f *floor) changedBytes(t *testing.T) int64 {
 	t.Helper()
-	a, err := os.Open(f.images[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := os.Open(f.images[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	plan, err := layout.ReadGPT(a, mustSize(t, a))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, plan := openDisk(t, f.images[0])
+	b, _ := openDisk(t, f.images[1])
 	const piece = 64 << 10
 	pa, pb := make([]byte, piece), make([]byte, piece)
 	var changed int64
@@ -599,13 +586,33 @@ func (f *floor) changedBytes(t *testing.T) int64 {
 	return changed
 }
 
-func mustSize(t *testing.T, f *os.File) int64 {
+// openDisk opens a disk image read-only (closed when the test ends) and
+// reads its partition table.
+func openDisk(t *testing.T, path string) (*os.File, *layout.Plan) {
 	t.Helper()
-	fi, err := f.Stat()
+	fd, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fi.Size()
+	t.Cleanup(func() { fd.Close() })
+	fi, err := fd.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := layout.ReadGPT(fd, fi.Size())
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return fd, plan
+}
+
+// settled reports whether a deployment is in a final state.
+func settled(d deploy.Deployment) bool {
+	switch d.State {
+	case deploy.StateCompleted, deploy.StatePaused, deploy.StateAborted, deploy.StateRolledBack:
+		return true
+	}
+	return false
 }
 
 // Cut points of the power-cut sweep: the update state control last saw
@@ -764,7 +771,7 @@ func (f *floor) runUntilFinal(t *testing.T, ctx context.Context, b *board, fw *p
 		}
 		var d deploy.Deployment
 		if err := f.control.Admin().Do(ctx, "GET", "/v1/deployments/"+deployment, nil, &d); err == nil &&
-			(d.State == deploy.StateCompleted || d.State == deploy.StatePaused || d.State == deploy.StateAborted || d.State == deploy.StateRolledBack) {
+			settled(d) {
 			return d, vm
 		}
 	}
@@ -814,15 +821,7 @@ func (f *floor) refuseDowngrade(t *testing.T, ctx context.Context, b *board, vm 
 // runs: the partitions are not the running slot's).
 func (f *floor) slotDigest(t *testing.T, b *board, parts ...int) string {
 	t.Helper()
-	disk, err := os.Open(b.disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer disk.Close()
-	plan, err := layout.ReadGPT(disk, mustSize(t, disk))
-	if err != nil {
-		t.Fatal(err)
-	}
+	disk, plan := openDisk(t, b.disk)
 	h := sha256.New()
 	for _, n := range parts {
 		p := plan.Part(n)
